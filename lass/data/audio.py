@@ -1,0 +1,156 @@
+"""Audio file I/O for the data layer: info, mono reads of segments with resampling, atomic writes.
+
+Resampling uses ``soxr`` (the SoX resampler, high quality). A segment read at a rate other
+than the file's is resampled from a block that starts on a sample shared by both rates,
+with margins on both sides, so a segment equals the same stretch of the whole file
+resampled, apart from the resampler's edge effects at the very start and end of the file.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from lass.errors import DataError
+
+#: Extra input samples read on each side of a segment that is resampled.
+RESAMPLE_MARGIN = 256
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """What a file holds: ``frames`` per channel at ``sample_rate``, ``channels`` channels."""
+
+    path: Path
+    frames: int
+    sample_rate: int
+    channels: int
+
+    def frames_at(self, sample_rate: int) -> int:
+        """Length in samples once resampled to ``sample_rate`` (floor)."""
+        return (self.frames * sample_rate) // self.sample_rate
+
+
+def audio_info(path: str | os.PathLike[str]) -> AudioInfo:
+    """Read the header of an audio file; a missing or unreadable file raises :class:`DataError`."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"audio file not found: {p}")
+    try:
+        info = sf.info(str(p))
+    except (sf.LibsndfileError, RuntimeError, OSError) as err:
+        raise DataError(f"cannot read audio file {p}: {err}") from None
+    if info.frames <= 0:
+        raise DataError(f"audio file is empty: {p}")
+    return AudioInfo(path=p, frames=int(info.frames), sample_rate=int(info.samplerate),
+                     channels=int(info.channels))
+
+
+def _read_frames(info: AudioInfo, start: int, stop: int) -> np.ndarray:
+    """Read source frames ``[start, stop)`` as mono float32, zero-padded outside the file."""
+    lo, hi = max(start, 0), min(stop, info.frames)
+    out = np.zeros(stop - start, dtype=np.float32)
+    if hi > lo:
+        try:
+            data = sf.read(str(info.path), start=lo, stop=hi, dtype="float32", always_2d=True)[0]
+        except (sf.LibsndfileError, RuntimeError, OSError) as err:
+            raise DataError(f"cannot read audio file {info.path}: {err}") from None
+        if data.shape[0] != hi - lo:
+            raise DataError(f"audio file is truncated: {info.path} (read {data.shape[0]} of "
+                            f"{hi - lo} frames at offset {lo})")
+        out[lo - start: hi - start] = data.mean(axis=1)
+    return out
+
+
+def read_audio(path: str | os.PathLike[str] | AudioInfo, sample_rate: int | None = None,
+               start: int = 0, frames: int | None = None) -> np.ndarray:
+    """Read a mono segment of an audio file, resampled to ``sample_rate``.
+
+    Multi-channel files are averaged to mono.
+
+    Args:
+        path: file path (or its :class:`AudioInfo`).
+        sample_rate: output rate; ``None`` keeps the file's rate.
+        start: first output sample (at ``sample_rate``).
+        frames: number of output samples; ``None`` reads to the end. A segment running past
+            the end of the file is zero-padded.
+
+    Returns:
+        ``(time,)`` float32 array.
+    """
+    info = path if isinstance(path, AudioInfo) else audio_info(path)
+    sr_out = info.sample_rate if sample_rate is None else int(sample_rate)
+    if sr_out <= 0:
+        raise DataError(f"sample rate must be positive, got {sr_out}")
+    if start < 0:
+        raise DataError(f"start must be >= 0, got {start}")
+    total = info.frames_at(sr_out)
+    if frames is None:
+        frames = max(total - start, 0)
+    if sr_out == info.sample_rate:
+        return _read_frames(info, start, start + frames)
+    g = math.gcd(info.sample_rate, sr_out)
+    step_in, step_out = info.sample_rate // g, sr_out // g
+    # Block boundaries on samples common to both rates, with a margin for the filter.
+    first_block = max((start * info.sample_rate // sr_out - RESAMPLE_MARGIN) // step_in, 0)
+    last_block = math.ceil(((start + frames) * info.sample_rate / sr_out + RESAMPLE_MARGIN)
+                           / step_in)
+    src = _read_frames(info, first_block * step_in, last_block * step_in)
+    out = soxr.resample(src, info.sample_rate, sr_out, quality="HQ")
+    offset = start - first_block * step_out
+    seg = np.zeros(frames, dtype=np.float32)
+    avail = out[offset: offset + frames]
+    seg[: avail.shape[0]] = avail
+    # Samples past the end of the file stay zero, as at the file's own rate.
+    if start + frames > total:
+        seg[max(total - start, 0):] = 0.0
+    return seg
+
+
+def write_wav(path: str | os.PathLike[str], audio: np.ndarray, sample_rate: int,
+              subtype: str = "PCM_16") -> None:
+    """Write ``audio`` (``(time,)`` or ``(time, channels)``) atomically to a WAV file.
+
+    The file appears under its name only once it is complete (write to a temporary file in
+    the same folder, then rename), so an interrupted run never leaves a half-written file.
+    """
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    arr = np.asarray(audio)
+    if not np.all(np.isfinite(arr)):
+        raise DataError(f"refusing to write non-finite audio to {p}")
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    os.close(fd)
+    try:
+        sf.write(tmp, arr, sample_rate, subtype=subtype, format="WAV")
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """Write a text file atomically (temporary file in the same folder, then rename)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def rms_db(audio: np.ndarray) -> float:
+    """Root-mean-square level in dB relative to full scale (``-inf`` for digital silence)."""
+    power = float(np.mean(np.square(audio, dtype=np.float64))) if audio.size else 0.0
+    return 10.0 * math.log10(power) if power > 0 else -math.inf
