@@ -53,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
 def _synth(args: argparse.Namespace) -> int:
     config = SynthConfig(hours=args.hours, seed=args.seed, sample_rate=args.sample_rate)
     bar = tqdm(total=None, unit="song", desc="rendering", file=sys.stderr,
-               disable=None, dynamic_ncols=True)
+               dynamic_ncols=True)
     start = time.perf_counter()
 
     def progress(done: int, total: int, seconds: float) -> None:
@@ -82,7 +82,7 @@ def _synth(args: argparse.Namespace) -> int:
 def _toy(args: argparse.Namespace) -> int:
     if args.items < 3:
         raise DataError("--items must be at least 3 (one track per split)")
-    length = int(round(args.seconds * args.sample_rate))
+    length = round(args.seconds * args.sample_rate)
     data = ToyData(args.sources, length=length, sample_rate=args.sample_rate, size=args.items,
                    seed=args.seed)
     out: Path = args.out
@@ -91,7 +91,7 @@ def _toy(args: argparse.Namespace) -> int:
     n_test = n_valid = max(1, args.items // 10)
     splits = np.array(["test"] * n_test + ["valid"] * n_valid
                       + ["train"] * (args.items - n_test - n_valid))
-    for i in tqdm(range(args.items), desc="writing", unit="track", file=sys.stderr, disable=None):
+    for i in tqdm(range(args.items), desc="writing", unit="track", file=sys.stderr):
         chunk = data[i]
         for name, wave in zip(chunk.names, chunk.audio.numpy(), strict=True):
             write_wav(out / str(splits[i]) / chunk.track / f"{name}.wav", wave, args.sample_rate,

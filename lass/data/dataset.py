@@ -192,7 +192,7 @@ class StemDataset(IterableDataset[Chunk]):
 
 def chunk_samples(seconds: float, sample_rate: int) -> int:
     """Number of samples in ``seconds`` at ``sample_rate`` (rounded to nearest)."""
-    n = int(math.floor(seconds * sample_rate + 0.5))
+    n = math.floor(seconds * sample_rate + 0.5)
     if n <= 0:
         raise DataError(f"chunk of {seconds} s is empty at {sample_rate} Hz")
     return n

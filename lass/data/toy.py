@@ -66,7 +66,8 @@ class ToyData(Dataset[Chunk]):
         self.sources = tuple(sources)
         self.length, self.sample_rate, self.size, self.seed = length, sample_rate, size, seed
         self.amplitude = (float(lo), float(hi))
-        self.keys_hz = PIANO_KEYS_HZ[PIANO_KEYS_HZ < sample_rate / 2]
+        keys = PIANO_KEYS_HZ
+        self.keys_hz = keys[keys < sample_rate / 2]
 
     def __len__(self) -> int:
         return self.size

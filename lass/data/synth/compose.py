@@ -423,7 +423,7 @@ def _compose_bass(rng: np.random.Generator, style: DrumStyle, tempo: float, key_
     # (onset step, pitch, velocity, is_long, is_dead) before timing.
     events: list[tuple[int, int, int, bool, bool]] = []
     bar = 0
-    for s_idx, (name, n_bars) in enumerate(sections):
+    for name, n_bars in sections:
         rhythm = _pick(rng, pool)
         alt = _pick(rng, pool)
         rests_out = name == "intro" and rng.random() < 0.5
@@ -525,7 +525,7 @@ def compose_song(rng: np.random.Generator, target_seconds: float = 30.0,
     name = style if style is not None else _pick(rng, sorted(DRUM_STYLES))
     st = DRUM_STYLES[name]
     tempo = float(rng.integers(st.tempo[0], st.tempo[1] + 1))
-    bars = max(8, int(round(target_seconds / (240.0 / tempo) / 4.0)) * 4)
+    bars = max(8, round(target_seconds / (240.0 / tempo) / 4.0) * 4)
     kit = _pick(rng, st.kits) if rng.random() < 0.85 else _pick(rng, sorted(DRUM_KITS))
     bass_program = (_pick(rng, st.bass_programs) if rng.random() < 0.7
                     else _pick(rng, sorted(BASS_PROGRAMS)))

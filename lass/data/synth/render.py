@@ -24,7 +24,8 @@ TICKS_PER_BEAT = 960
 BEND_RANGE = 12  # semitones, set by RPN 0 at the start of a bass part
 DRUM_CHANNEL = 9
 #: Where Debian's fluid-soundfont-gm puts the General MIDI soundfont.
-SOUNDFONT_CANDIDATES = ("/usr/share/sounds/sf2/FluidR3_GM.sf2", "/usr/share/soundfonts/FluidR3_GM.sf2",
+SOUNDFONT_CANDIDATES = ("/usr/share/sounds/sf2/FluidR3_GM.sf2",
+                        "/usr/share/soundfonts/FluidR3_GM.sf2",
                         "/usr/share/sounds/sf2/default-GM.sf2")
 
 
@@ -40,7 +41,8 @@ def find_soundfont(path: str | os.PathLike[str] | None = None) -> Path:
     for c in candidates:
         if c is not None and Path(c).is_file():
             return Path(c)
-    raise RenderError(f"General MIDI soundfont not found (looked for {', '.join(map(str, candidates))}); "
+    looked = ", ".join(map(str, candidates))
+    raise RenderError(f"General MIDI soundfont not found (looked for {looked}); "
                       "install Debian's fluid-soundfont-gm or set LASS_SOUNDFONT")
 
 
@@ -55,20 +57,20 @@ def find_fluidsynth() -> str:
 def part_to_midi(part: Part, tempo: float, drums: bool) -> mido.MidiFile:
     """One part as a type-0 MIDI file at ``tempo`` bpm (drums on channel 10)."""
     channel = DRUM_CHANNEL if drums else 0
-    us_per_beat = int(round(60_000_000 / tempo))
+    us_per_beat = round(60_000_000 / tempo)
     ticks_per_s = TICKS_PER_BEAT * 1_000_000 / us_per_beat
     # (tick, order, message): at equal ticks, bends and note-offs come before note-ons.
     events: list[tuple[int, int, mido.Message]] = []
     for n in part.notes:
-        on = int(round(n.time * ticks_per_s))
-        off = max(int(round((n.time + n.duration) * ticks_per_s)), on + 1)
+        on = round(n.time * ticks_per_s)
+        off = max(round((n.time + n.duration) * ticks_per_s), on + 1)
         events.append((on, 2, mido.Message("note_on", channel=channel, note=n.pitch,
                                            velocity=n.velocity)))
         events.append((off, 0, mido.Message("note_off", channel=channel, note=n.pitch,
                                             velocity=0)))
     for b in part.bends:
         value = int(np.clip(round(b.semitones / BEND_RANGE * 8192), -8192, 8191))
-        events.append((int(round(b.time * ticks_per_s)), 1,
+        events.append((round(b.time * ticks_per_s), 1,
                        mido.Message("pitchwheel", channel=channel, pitch=value)))
     events.sort(key=lambda e: (e[0], e[1]))
     track = mido.MidiTrack()
@@ -91,7 +93,7 @@ def render_midi(midi: mido.MidiFile, seconds: float, sample_rate: int, *,
                 soundfont: Path, reverb: float = 0.0, room: float = 0.2) -> np.ndarray:
     """Render ``midi`` with FluidSynth; return ``(samples,)`` float32 mono, cut to ``seconds``."""
     exe = find_fluidsynth()
-    length = int(round(seconds * sample_rate))
+    length = round(seconds * sample_rate)
     with tempfile.TemporaryDirectory(prefix="lass-render-") as tmp:
         mid_path, wav_path = Path(tmp) / "part.mid", Path(tmp) / "part.wav"
         midi.save(str(mid_path))
