@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -52,12 +53,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def _synth(args: argparse.Namespace) -> int:
     config = SynthConfig(hours=args.hours, seed=args.seed, sample_rate=args.sample_rate)
-    bar = tqdm(total=None, unit="song", desc="rendering", file=sys.stderr,
-               dynamic_ncols=True)
+    bars: list[tqdm[Any]] = []  # made at the first report, once every check has passed
     start = time.perf_counter()
 
     def progress(done: int, total: int, seconds: float) -> None:
-        bar.total = total
+        if not bars:
+            bars.append(tqdm(total=total, unit="song", desc="rendering", file=sys.stderr,
+                             dynamic_ncols=True))
+        bar = bars[0]
         bar.n = done
         wall = time.perf_counter() - start
         if seconds > 0 and wall > 0:
@@ -68,7 +71,8 @@ def _synth(args: argparse.Namespace) -> int:
         summary = make_synth_dataset(config, args.out, jobs=args.jobs, progress=progress,
                                      soundfont=args.soundfont)
     finally:
-        bar.close()
+        for bar in bars:
+            bar.close()
     run = summary["last_run"]
     assert isinstance(run, dict)
     print(f"wrote {args.out}: songs {summary['songs']}, hours {summary['hours']}")
