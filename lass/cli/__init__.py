@@ -1,7 +1,8 @@
 """Command-line entry points: argument parsing and I/O over the library API.
 
 Every command runs through :func:`run_cli`, which turns a :class:`~lass.errors.LassError`
-(bad input, missing file, ...) into one ``<prog>: error: <message>`` line on stderr and a
+or a package's own user error (bad input, missing file, corrupt
+checkpoint, ...) into one ``<prog>: error: <message>`` line on stderr and a
 non-zero exit status, never a traceback.
 """
 
@@ -11,6 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from lass.errors import LassError
+from vqvae.errors import CodecError
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -21,7 +23,7 @@ def run_cli(prog: str, main: Callable[[Sequence[str] | None], int],
     """Run ``main(argv)``; report user errors as one line and return the exit status."""
     try:
         return main(argv)
-    except LassError as err:
+    except (LassError, CodecError) as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:

@@ -1,0 +1,224 @@
+"""``lass-train-vqvae``: train the convolutional VQ-VAE on stems *and* their mixtures.
+
+    lass-train-vqvae --data data/synth --out runs/codec --steps 20000
+
+Each training item is, at random, one stem or the mixture of all stems (the data set's
+mixing rule), with a random gain, so the codec encodes mixtures as well as single sources.
+Every ``--valid-every`` steps the reconstruction SDR on the valid split is measured per stem
+and on mixtures, with the codebook's perplexity. Checkpoints go to ``OUT/model`` (the codec,
+loadable with ``vqvae.load_codec``) and ``OUT/trainer.pt``; ``--resume`` continues a run
+exactly. ``OUT/log.jsonl`` records the numbers; ``OUT/summary.json`` the last validation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from lass.cli import run_cli
+from lass.data import StemDataset, chunk_samples, find_tracks, mix
+from lass.data.audio import write_text_atomic
+from lass.errors import DataError
+from vqvae.conv import ConvVQVAE, ConvVQVAEConfig
+from vqvae.train import CodecTrainer, TrainConfig, perplexity, reconstruction_sdr
+
+PROG = "lass-train-vqvae"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, required=True, help="stem data set root")
+    p.add_argument("--out", type=Path, required=True, help="run folder")
+    p.add_argument("--stems", nargs="+", default=["drums", "bass"])
+    p.add_argument("--layout", default="auto", help="auto, folder, slakh or musdb")
+    p.add_argument("--mix", default=None, help="mixing rule (default: the data set's, or mean)")
+    p.add_argument("--sample-rate", type=int, default=22050)
+    p.add_argument("--hop", type=int, default=64)
+    p.add_argument("--codebook-size", type=int, default=1024)
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--channels", type=int, default=32)
+    p.add_argument("--steps", type=int, default=20000)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--seconds", type=float, default=1.0, help="length of training chunks")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--spec-weight", type=float, default=0.02)
+    p.add_argument("--mix-fraction", type=float, default=1 / 3,
+                   help="share of training items that are mixtures")
+    p.add_argument("--valid-every", type=int, default=500)
+    p.add_argument("--valid-chunks", type=int, default=64)
+    p.add_argument("--checkpoint-every", type=int, default=250)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    return p
+
+
+def _mix_rule(args: argparse.Namespace) -> str:
+    if args.mix:
+        return str(args.mix)
+    meta = args.data / "dataset.json"
+    if meta.is_file():
+        try:
+            return str(json.loads(meta.read_text(encoding="utf-8")).get("mix", "mean"))
+        except (OSError, ValueError):
+            pass
+    return "mean"
+
+
+class Batches:
+    """Training batches as a pure function of ``(seed, step)`` (so resuming is exact)."""
+
+    def __init__(self, data: StemDataset, batch: int, seed: int, mix_fraction: float,
+                 rule: str) -> None:
+        self.data, self.batch, self.seed, self.rule = data, batch, seed, rule
+        self.mix_fraction = mix_fraction
+
+    def __call__(self, step: int) -> torch.Tensor:
+        """``(batch, time)`` waveforms for ``step``."""
+        rng = np.random.default_rng([self.seed, step])
+        items = []
+        for _ in range(self.batch):
+            for _tries in range(1000):
+                chunk = self.data.chunk_at(int(rng.integers(len(self.data))))
+                if self.data.keep(chunk):
+                    break
+            else:
+                raise DataError("could not find a non-silent training chunk in 1000 tries")
+            if rng.random() < self.mix_fraction:
+                wave = mix(chunk.audio, self.rule, dim=0)
+            else:
+                wave = chunk.audio[int(rng.integers(chunk.audio.shape[0]))]
+            items.append(wave * float(rng.uniform(0.6, 1.4)))
+        return torch.stack(items)
+
+
+def _valid_set(data: StemDataset, n: int, rule: str) -> dict[str, torch.Tensor]:
+    chunks = []
+    for chunk in data:
+        chunks.append(chunk)
+        if len(chunks) == n:
+            break
+    if not chunks:
+        raise DataError("the valid split has no non-silent chunk")
+    audio = torch.stack([c.audio for c in chunks])  # (n, stems, time)
+    out = {name: audio[:, i] for i, name in enumerate(data.stems)}
+    out["mixture"] = mix(audio, rule, dim=1)
+    return out
+
+
+def validate(model: ConvVQVAE, valid: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Mean reconstruction SDR per stem and on mixtures, and the codebook's perplexity."""
+    result: dict[str, float] = {}
+    all_codes = []
+    for name, wave in valid.items():
+        sdr, codes = reconstruction_sdr(model, wave)
+        result[f"sdr_{name}"] = round(float(sdr.mean()), 3)
+        all_codes.append(codes)
+    codes = torch.cat([c.flatten() for c in all_codes])
+    result["perplexity"] = round(perplexity(codes, model.codebook_size), 1)
+    result["used_codes"] = int(torch.unique(codes).numel())
+    return result
+
+
+def _append_log(path: Path, record: dict[str, Any]) -> None:
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record) + "\n")
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = _parser().parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" \
+        else args.device
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise DataError("--device cuda asked for, but no CUDA device is available")
+    out: Path = args.out
+    if (out / "trainer.pt").is_file() and not args.resume:
+        raise DataError(f"{out} already holds a training run; pass --resume or choose another "
+                        "--out")
+    rule = _mix_rule(args)
+    train_tracks = find_tracks(args.data, "train", args.stems, args.layout)
+    valid_tracks = find_tracks(args.data, "valid", args.stems, args.layout)
+    chunk = chunk_samples(args.seconds, args.sample_rate)
+    chunk -= chunk % args.hop
+    if chunk <= 0:
+        raise DataError(f"--seconds {args.seconds} is shorter than one hop")
+    train = StemDataset(train_tracks, sample_rate=args.sample_rate, chunk=chunk,
+                        stems=args.stems, seed=args.seed)
+    valid = StemDataset(valid_tracks, sample_rate=args.sample_rate, chunk=chunk,
+                        stems=args.stems, seed=12345)
+    tcfg = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, warmup=args.warmup,
+                       spec_weight=args.spec_weight, seed=args.seed)
+    if args.resume and (out / "trainer.pt").is_file():
+        trainer = CodecTrainer.resume(out, tcfg, device=device)
+        if trainer.model.sample_rate != args.sample_rate:
+            raise DataError(f"the run in {out} is at {trainer.model.sample_rate} Hz, not "
+                            f"{args.sample_rate}")
+    else:
+        torch.manual_seed(args.seed)
+        model = ConvVQVAE(ConvVQVAEConfig(sample_rate=args.sample_rate, hop_length=args.hop,
+                                          codebook_size=args.codebook_size, dim=args.dim,
+                                          channels=args.channels)).to(device)
+        trainer = CodecTrainer(model, tcfg)
+    batches = Batches(train, args.batch, args.seed, args.mix_fraction, rule)
+    valid_set = _valid_set(valid, args.valid_chunks, rule)
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "log.jsonl"
+    params = sum(p.numel() for p in trainer.model.parameters())
+    print(f"{PROG}: {params / 1e6:.2f}M parameters, hop {trainer.model.hop_length}, "
+          f"{trainer.model.codebook_size} codes, {len(train)} train chunks of {chunk} samples, "
+          f"device {device}", file=sys.stderr)
+    start, start_step = time.perf_counter(), trainer.step
+    last_valid: dict[str, float] = {}
+    bar = tqdm(total=args.steps, initial=trainer.step, desc="training", unit="step",
+               file=sys.stderr, dynamic_ncols=True)
+    try:
+        while trainer.step < args.steps:
+            stats = trainer.train_step(batches(trainer.step))
+            bar.update(1)
+            bar.set_postfix(loss=f"{stats.loss:.3f}", sdr=f"{stats.sdr:.1f}",
+                            ppl=f"{stats.perplexity:.0f}", used=stats.used)
+            if stats.step % 10 == 0 or stats.step == args.steps:
+                _append_log(log, {"kind": "train", **stats.__dict__})
+            if stats.step % args.valid_every == 0 or stats.step == args.steps:
+                last_valid = validate(trainer.model, valid_set)
+                _append_log(log, {"kind": "valid", "step": stats.step, **last_valid})
+                bar.write(f"step {stats.step}: " + ", ".join(f"{k} {v}" for k, v in
+                                                             last_valid.items()))
+            if stats.step % args.checkpoint_every == 0 or stats.step == args.steps:
+                trainer.save(out)
+    finally:
+        bar.close()
+    wall = time.perf_counter() - start
+    steps_done = trainer.step - start_step
+    if not last_valid:
+        last_valid = validate(trainer.model, valid_set)
+    summary = {"step": trainer.step, "valid": last_valid, "parameters": params,
+               "config": trainer.model.config_dict(), "train": tcfg.__dict__,
+               "last_run": {"steps": steps_done, "wall_seconds": round(wall, 1),
+                            "steps_per_second": round(steps_done / wall, 3) if wall else None,
+                            "device": device}}
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=1) + "\n")
+    print(f"saved {out / 'model'}: " + ", ".join(f"{k} {v}" for k, v in last_valid.items()))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``lass-train-vqvae``."""
+    return run_cli(PROG, _main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""The codec interface (waveform <-> tokens) and the on-disk format shared by every codec.
+
+A saved codec is a directory holding ``config.json`` (the config dataclass, with
+``format_version`` and the class name) and ``model.safetensors`` (weights only: loading
+never unpickles anything). :func:`load_codec` loads any of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from vqvae.errors import CodecError
+
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+_REGISTRY: dict[str, type[Codec]] = {}
+
+
+class Codec(nn.Module, ABC):
+    """Waveform <-> discrete tokens.
+
+    Attributes:
+        sample_rate: rate of the waveforms ``encode`` takes and ``decode`` returns.
+        hop_length: waveform samples per token (at ``sample_rate``).
+        codebook_size: number of distinct tokens (K).
+        embedding_dim: channels of the dense latents (D).
+    """
+
+    config_class: ClassVar[type[Any]]
+    config: Any
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not getattr(cls, "__abstractmethods__", None):
+            _REGISTRY[cls.__name__] = cls
+
+    @property
+    @abstractmethod
+    def sample_rate(self) -> int:
+        """Rate of input and output waveforms."""
+
+    @property
+    @abstractmethod
+    def hop_length(self) -> int:
+        """Waveform samples per token at :attr:`sample_rate`."""
+
+    @property
+    @abstractmethod
+    def codebook_size(self) -> int:
+        """Number of distinct tokens."""
+
+    @property
+    @abstractmethod
+    def embedding_dim(self) -> int:
+        """Channels of the dense latents returned by :meth:`embed`."""
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the weights."""
+        return next(self.parameters()).device
+
+    def num_tokens(self, samples: int) -> int:
+        """Tokens :meth:`encode` returns for ``samples`` waveform samples (ceil)."""
+        return -(-samples // self.hop_length)
+
+    @abstractmethod
+    def encode(self, wave: torch.Tensor) -> torch.Tensor:
+        """``wave: (batch, time)`` float -> ``(batch, ceil(time / hop_length))`` int64 tokens.
+
+        The waveform is zero-padded at the end to a whole number of tokens.
+        """
+
+    @abstractmethod
+    def embed(self, codes: torch.Tensor) -> torch.Tensor:
+        """``codes: (batch, tokens)`` int64 -> ``(batch, embedding_dim, tokens)`` latents."""
+
+    @abstractmethod
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """``latents: (batch, embedding_dim, tokens)`` -> ``(batch, tokens * hop_length)``."""
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """``codes: (batch, tokens)`` int64 -> ``(batch, tokens * hop_length)`` waveform."""
+        return self.decode_latents(self.embed(codes))
+
+    def check_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """Raise :class:`CodecError` unless ``codes`` is ``(batch, tokens)`` of valid tokens."""
+        if codes.dim() != 2:
+            raise CodecError(f"codes must be (batch, tokens), got shape {tuple(codes.shape)}")
+        if codes.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            raise CodecError(f"codes must be integers, got {codes.dtype}")
+        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.codebook_size):
+            raise CodecError(f"codes must lie in [0, {self.codebook_size}), got "
+                             f"[{int(codes.min())}, {int(codes.max())}]")
+        return codes.long()
+
+    def check_wave(self, wave: torch.Tensor) -> torch.Tensor:
+        """Raise :class:`CodecError` unless ``wave`` is a finite ``(batch, time)`` tensor."""
+        if wave.dim() != 2:
+            raise CodecError(f"waveform must be (batch, time), got shape {tuple(wave.shape)}")
+        if wave.shape[-1] == 0:
+            raise CodecError("waveform is empty")
+        if not torch.isfinite(wave).all():
+            raise CodecError("waveform holds NaN or infinite samples")
+        return wave.float()
+
+    # -- identity and storage -------------------------------------------------------------
+
+    def config_dict(self) -> dict[str, Any]:
+        """The config as JSON-ready values, with ``format_version`` and ``class``."""
+        body = {k: list(v) if isinstance(v, tuple) else v
+                for k, v in dataclasses.asdict(self.config).items()}
+        return {"format_version": FORMAT_VERSION, "class": type(self).__name__, **body}
+
+    def identity(self) -> str:
+        """sha256 of the config and the weights: names a codec in likelihood tables."""
+        h = hashlib.sha256(json.dumps(self.config_dict(), sort_keys=True).encode())
+        for name, tensor in sorted(self.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` into the directory ``path`` atomically."""
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        try:
+            state = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
+            save_file(state, str(tmp / WEIGHTS_FILE), metadata={"class": type(self).__name__})
+            (tmp / CONFIG_FILE).write_text(json.dumps(self.config_dict(), indent=1) + "\n")
+            if out.exists():
+                shutil.rmtree(out)
+            os.replace(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return out
+
+    @classmethod
+    def from_config_dict(cls, config: dict[str, Any]) -> Codec:
+        """Build an untrained codec from a ``config.json`` mapping."""
+        fields = {f.name for f in dataclasses.fields(cls.config_class)}
+        unknown = set(config) - fields - {"format_version", "class"}
+        if unknown:
+            raise CodecError(f"unknown {cls.__name__} config keys: {', '.join(sorted(unknown))}")
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()
+                  if k in fields}
+        return cls(cls.config_class(**values))
+
+
+def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """``load_state_dict(strict=True)``, with one clear error naming missing, extra or
+    misshapen keys."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in state and state[k].shape != own[k].shape]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys (first: {', '.join(missing[:3])})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys (first: {', '.join(unexpected[:3])})")
+    if shapes:
+        problems.append(f"{len(shapes)} shape mismatches (first: {'; '.join(shapes[:2])})")
+    if problems:
+        raise CodecError(f"{source} does not fit {type(model).__name__}: {'; '.join(problems)}")
+    model.load_state_dict(state, strict=True)
+
+
+def load_codec(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Codec:
+    """Load any codec saved with :meth:`Codec.save` (no pickle), in eval mode on ``device``."""
+    root = Path(path)
+    if not root.is_dir():
+        raise CodecError(f"codec directory not found: {root}")
+    cfg_path, weights = root / CONFIG_FILE, root / WEIGHTS_FILE
+    if not cfg_path.is_file() or not weights.is_file():
+        raise CodecError(f"{root} is not a saved codec (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
+    try:
+        config = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise CodecError(f"cannot read {cfg_path}: {err}") from None
+    if not isinstance(config, dict):
+        raise CodecError(f"{cfg_path} does not hold a JSON object")
+    if config.get("format_version") != FORMAT_VERSION:
+        raise CodecError(f"{cfg_path}: unsupported format_version {config.get('format_version')!r}"
+                         f" (this version reads {FORMAT_VERSION})")
+    name = config.get("class")
+    if name not in _REGISTRY:
+        raise CodecError(f"{cfg_path}: unknown codec class {name!r} "
+                         f"(known: {', '.join(sorted(_REGISTRY))})")
+    model = _REGISTRY[name].from_config_dict(config)
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CodecError(f"cannot read {weights}: corrupt or truncated ({err})") from None
+    load_state_strict(model, state, str(weights))
+    return model.to(device).eval()
