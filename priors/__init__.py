@@ -1,6 +1,22 @@
-"""Autoregressive priors over codec tokens (and, later, data-domain priors).
+"""Autoregressive priors over codec tokens.
 
-Planned contents (see DESIGN.md section 3): the ``Prior`` interface with a batched,
-KV-cached ``step`` and a Transformer prior built on Hugging Face ``transformers``.
+* :class:`Prior`: the interface (``start``, ``step`` with a KV cache, ``reorder`` for beams,
+  ``prime``, teacher-forced ``log_prob``).
+* :class:`TransformerPrior`: a causal Transformer on Hugging Face ``transformers``.
+* :func:`load_prior`: loads a saved prior offline.
+
 This package never imports ``lass``, ``vqvae`` or ``likelihood``.
 """
+
+from priors.errors import PriorError
+from priors.prior import Prior, PriorState
+from priors.transformer import TransformerPrior, TransformerPriorConfig, load_prior
+
+__all__ = [
+    "Prior",
+    "PriorError",
+    "PriorState",
+    "TransformerPrior",
+    "TransformerPriorConfig",
+    "load_prior",
+]

@@ -1,0 +1,270 @@
+"""A Transformer prior over codec tokens, built on Hugging Face ``transformers``.
+
+The network is a stock causal LM (Llama-style by default: RoPE, RMSNorm, SwiGLU; GPT-2
+available) whose vocabulary is the K codec tokens, one unconditional start token (id K) and
+one start token per class (ids K+1 ...). Incremental decoding uses the library's
+``DynamicCache`` and its ``reorder_cache`` for beams; attention is the library's. Saved with
+``save_pretrained`` (safetensors) plus ``prior.json``; loaded offline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from safetensors import SafetensorError
+from transformers import (
+    DynamicCache,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+)
+
+from priors.errors import PriorError
+from priors.prior import Prior, PriorState
+
+FORMAT_VERSION = 1
+META_FILE = "prior.json"
+ARCHS = ("llama", "gpt2")
+
+
+@dataclass(frozen=True)
+class TransformerPriorConfig:
+    """Size and vocabulary of a :class:`TransformerPrior`.
+
+    Attributes:
+        vocab_size: codec tokens K.
+        context_length: codec tokens per sequence (after the start token).
+        class_names: names of the classes with their own start token (empty: unconditional;
+            one name: a prior per source; several: one shared, class-conditioned prior).
+        arch: ``llama`` or ``gpt2``.
+        width, layers, heads: Transformer size.
+        dropout: dropout while training (GPT-2: residual, attention, embeddings; Llama:
+            attention).
+        codec_identity: identity (sha256) of the codec whose tokens the prior models.
+    """
+
+    vocab_size: int = 1024
+    context_length: int = 1024
+    class_names: tuple[str, ...] = ()
+    arch: str = "llama"
+    width: int = 256
+    layers: int = 6
+    heads: int = 4
+    dropout: float = 0.0
+    codec_identity: str = ""
+
+    @property
+    def total_vocab(self) -> int:
+        """Embedding rows: codec tokens, the start token and one start token per class."""
+        return self.vocab_size + 1 + len(self.class_names)
+
+    def hf_config(self) -> GPT2Config | LlamaConfig:
+        """The ``transformers`` config of the network."""
+        common: dict[str, Any] = {"vocab_size": self.total_vocab, "bos_token_id": self.vocab_size,
+                                  "eos_token_id": None, "pad_token_id": None}
+        if self.arch == "gpt2":
+            return GPT2Config(n_positions=self.context_length + 1, n_embd=self.width,
+                              n_layer=self.layers, n_head=self.heads, resid_pdrop=self.dropout,
+                              attn_pdrop=self.dropout, embd_pdrop=self.dropout, **common)
+        if self.arch == "llama":
+            return LlamaConfig(max_position_embeddings=self.context_length + 1,
+                               hidden_size=self.width, intermediate_size=self.width * 8 // 3,
+                               num_hidden_layers=self.layers, num_attention_heads=self.heads,
+                               num_key_value_heads=self.heads, attention_dropout=self.dropout,
+                               tie_word_embeddings=False, **common)
+        raise PriorError(f"unknown architecture {self.arch!r}; expected one of {', '.join(ARCHS)}")
+
+
+class TransformerPrior(Prior):
+    """A causal Transformer over codec tokens (see the module docstring)."""
+
+    def __init__(self, config: TransformerPriorConfig, model: PreTrainedModel | None = None
+                 ) -> None:
+        super().__init__()
+        if config.vocab_size < 2 or config.context_length < 1:
+            raise PriorError("vocab_size must be >= 2 and context_length >= 1")
+        if config.width % config.heads:
+            raise PriorError(f"width {config.width} is not a multiple of heads {config.heads}")
+        self.config = config
+        if model is None:
+            hf = config.hf_config()
+            model = (GPT2LMHeadModel(hf) if isinstance(hf, GPT2Config)
+                     else LlamaForCausalLM(hf))
+        self.model = model
+
+    # -- sizes ----------------------------------------------------------------------------
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    @property
+    def context_length(self) -> int:
+        return self.config.context_length
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the weights."""
+        return next(self.parameters()).device
+
+    def check_codebook(self, codebook_size: int, codec_identity: str | None = None) -> None:
+        """Raise :class:`PriorError` unless the prior models this codec's tokens."""
+        if codebook_size != self.vocab_size:
+            raise PriorError(f"the prior models {self.vocab_size} tokens but the codec has "
+                             f"{codebook_size} codes")
+        if codec_identity and self.config.codec_identity and \
+                codec_identity != self.config.codec_identity:
+            raise PriorError("the prior was trained on another codec's tokens (codec identity "
+                             f"{self.config.codec_identity[:12]}, given {codec_identity[:12]})")
+
+    def start_tokens(self, batch: int, classes: torch.Tensor | None) -> torch.Tensor:
+        """``(batch,)`` start-token ids: the unconditional one, or one per class index."""
+        if classes is None:
+            return torch.full((batch,), self.vocab_size, dtype=torch.long, device=self.device)
+        n = len(self.config.class_names)
+        classes = torch.as_tensor(classes, device=self.device).long().reshape(-1)
+        if classes.shape[0] != batch:
+            raise PriorError(f"{classes.shape[0]} class labels for a batch of {batch}")
+        if n == 0 or int(classes.min()) < 0 or int(classes.max()) >= n:
+            raise PriorError(f"class labels must lie in [0, {n}) for this prior")
+        return self.vocab_size + 1 + classes
+
+    def _check_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        if codes.dim() != 2:
+            raise PriorError(f"codes must be (batch, tokens), got {tuple(codes.shape)}")
+        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.vocab_size):
+            raise PriorError(f"codes must lie in [0, {self.vocab_size}), got "
+                             f"[{int(codes.min())}, {int(codes.max())}]")
+        return codes.to(self.device).long()
+
+    # -- incremental decoding -------------------------------------------------------------
+
+    def start(self, batch: int, classes: torch.Tensor | None = None) -> PriorState:
+        if batch < 1:
+            raise PriorError("batch must be >= 1")
+        return PriorState(cache=DynamicCache(config=self.model.config), length=0,
+                          pending=self.start_tokens(batch, classes)[:, None], batch=batch)
+
+    @torch.no_grad()
+    def _advance(self, ids: torch.Tensor, state: PriorState) -> tuple[torch.Tensor, PriorState]:
+        """Feed ``ids: (batch, n)``; return next-token log-probs ``(batch, K)``."""
+        b, n = ids.shape
+        if b != state.batch:
+            raise PriorError(f"{b} tokens for a state of batch {state.batch}")
+        if state.length + n > self.context_length + 1:
+            raise PriorError(f"context full: {state.length + n - 1} tokens exceed the prior's "
+                             f"context of {self.context_length}")
+        positions = torch.arange(state.length, state.length + n, device=self.device)
+        out = self.model(input_ids=ids, past_key_values=state.cache, use_cache=True,
+                         position_ids=positions.unsqueeze(0).expand(b, n), logits_to_keep=1)
+        logits = out.logits[:, -1, : self.vocab_size].float()
+        new = PriorState(cache=out.past_key_values, length=state.length + n, pending=None,
+                         batch=b)
+        return F.log_softmax(logits, dim=-1), new
+
+    def step(self, tokens: torch.Tensor | None, state: PriorState
+             ) -> tuple[torch.Tensor, PriorState]:
+        parts = [] if state.pending is None else [state.pending]
+        if tokens is not None:
+            parts.append(self._check_codes(tokens.reshape(-1, 1)))
+        if not parts:
+            raise PriorError("step(None) is only allowed right after start()")
+        return self._advance(torch.cat(parts, dim=1), state)
+
+    def prime(self, codes: torch.Tensor, state: PriorState) -> tuple[torch.Tensor, PriorState]:
+        codes = self._check_codes(codes)
+        parts = ([] if state.pending is None else [state.pending]) + [codes]
+        return self._advance(torch.cat(parts, dim=1), state)
+
+    def reorder(self, state: PriorState, index: torch.Tensor) -> PriorState:
+        index = torch.as_tensor(index, device=self.device).long().reshape(-1)
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= state.batch):
+            raise PriorError(f"reorder index out of range for a batch of {state.batch}")
+        pending = None if state.pending is None else state.pending.index_select(0, index)
+        if state.length:
+            state.cache.reorder_cache(index)
+        return PriorState(cache=state.cache, length=state.length, pending=pending,
+                          batch=int(index.numel()))
+
+    # -- teacher forcing ------------------------------------------------------------------
+
+    def logits(self, codes: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
+        """``(batch, tokens, K)`` next-token logits for ``codes: (batch, tokens)`` (training)."""
+        codes = self._check_codes(codes)
+        b, n = codes.shape
+        if n > self.context_length:
+            raise PriorError(f"{n} tokens exceed the prior's context of {self.context_length}")
+        ids = torch.cat([self.start_tokens(b, classes)[:, None], codes[:, :-1]], dim=1)
+        return self.model(input_ids=ids, use_cache=False).logits[..., : self.vocab_size]
+
+    def token_log_probs(self, codes: torch.Tensor, classes: torch.Tensor | None = None
+                        ) -> torch.Tensor:
+        logp = F.log_softmax(self.logits(codes, classes).float(), dim=-1)
+        return logp.gather(-1, self._check_codes(codes).unsqueeze(-1)).squeeze(-1)
+
+    # -- storage --------------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write ``save_pretrained`` files and ``prior.json`` into ``path`` atomically."""
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        try:
+            self.model.save_pretrained(str(tmp), safe_serialization=True)
+            meta = {"format_version": FORMAT_VERSION, "class": type(self).__name__,
+                    **{k: list(v) if isinstance(v, tuple) else v
+                       for k, v in asdict(self.config).items()}}
+            (tmp / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+            if out.exists():
+                shutil.rmtree(out)
+            os.replace(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return out
+
+
+def load_prior(path: str | os.PathLike[str], device: str | torch.device = "cpu"
+               ) -> TransformerPrior:
+    """Load a prior saved with :meth:`TransformerPrior.save` (offline), in eval mode."""
+    root = Path(path)
+    if not root.is_dir():
+        raise PriorError(f"prior directory not found: {root}")
+    meta_path = root / META_FILE
+    if not meta_path.is_file():
+        raise PriorError(f"{root} is not a saved prior (no {META_FILE})")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise PriorError(f"cannot read {meta_path}: {err}") from None
+    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+        raise PriorError(f"{meta_path}: unsupported format (format_version "
+                         f"{meta.get('format_version') if isinstance(meta, dict) else None!r})")
+    if meta.get("class") != TransformerPrior.__name__:
+        raise PriorError(f"{meta_path}: unknown prior class {meta.get('class')!r}")
+    fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v
+                              for k, v in meta.items() if k not in ("format_version", "class")}
+    try:
+        config = TransformerPriorConfig(**fields)
+    except TypeError as err:
+        raise PriorError(f"{meta_path}: bad config ({err})") from None
+    cls = GPT2LMHeadModel if config.arch == "gpt2" else LlamaForCausalLM
+    try:
+        model = cls.from_pretrained(str(root), local_files_only=True)
+    except (OSError, ValueError, RuntimeError, SafetensorError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise PriorError(f"cannot load the network in {root}: {first}") from None
+    if model.config.vocab_size != config.total_vocab:
+        raise PriorError(f"{root}: network vocabulary {model.config.vocab_size} does not match "
+                         f"{META_FILE} ({config.total_vocab})")
+    return TransformerPrior(config, model).to(device).eval()

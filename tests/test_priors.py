@@ -1,0 +1,132 @@
+import json
+
+import pytest
+import torch
+
+from priors import PriorError, TransformerPrior, TransformerPriorConfig, load_prior
+
+K = 16
+
+
+def tiny(arch: str = "llama", classes: tuple[str, ...] = (), context: int = 12
+         ) -> TransformerPrior:
+    torch.manual_seed(0)
+    return TransformerPrior(TransformerPriorConfig(vocab_size=K, context_length=context,
+                                                   class_names=classes, arch=arch, width=32,
+                                                   layers=2, heads=2)).eval()
+
+
+def stepwise(prior: TransformerPrior, codes: torch.Tensor, classes=None) -> torch.Tensor:
+    """(batch, tokens) log-probs of ``codes`` from one cached step per token."""
+    state = prior.start(codes.shape[0], classes)
+    out = []
+    logp, state = prior.step(None, state)
+    for t in range(codes.shape[1]):
+        out.append(logp.gather(1, codes[:, t: t + 1]))
+        if t + 1 < codes.shape[1]:
+            logp, state = prior.step(codes[:, t], state)
+    return torch.cat(out, dim=1)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_cached_steps_equal_full_forward(arch):
+    prior = tiny(arch)
+    codes = torch.randint(0, K, (3, 12))
+    with torch.no_grad():
+        full = prior.token_log_probs(codes)
+    torch.testing.assert_close(stepwise(prior, codes), full, atol=1e-5, rtol=0)
+    torch.testing.assert_close(prior.log_prob(codes), full.sum(-1), atol=1e-5, rtol=0)
+
+
+def test_step_returns_normalised_log_probs_over_codes_only():
+    prior = tiny()
+    logp, _ = prior.step(None, prior.start(4))
+    assert logp.shape == (4, K)
+    torch.testing.assert_close(logp.exp().sum(-1), torch.ones(4))
+
+
+def test_causality_future_tokens_change_nothing_before():
+    prior = tiny()
+    codes = torch.randint(0, K, (2, 10))
+    changed = codes.clone()
+    changed[:, 6:] = (changed[:, 6:] + 3) % K
+    with torch.no_grad():
+        a, b = prior.logits(codes), prior.logits(changed)
+    # The prediction of token t sees tokens 0..t-1 only: positions 0..6 are unchanged.
+    torch.testing.assert_close(a[:, :7], b[:, :7], atol=1e-6, rtol=0)
+    assert not torch.allclose(a[:, 7:], b[:, 7:])
+
+
+def test_reorder_follows_beams_exactly():
+    prior = tiny()
+    codes = torch.randint(0, K, (4, 6))
+    state = prior.start(4)
+    _, state = prior.prime(codes, state)
+    index = torch.tensor([2, 2, 0, 3, 1])  # beams may be copied and the batch may change size
+    state = prior.reorder(state, index)
+    nxt = torch.randint(0, K, (5,))
+    logp, _ = prior.step(nxt, state)
+    fresh = prior.start(5)
+    expected, _ = prior.prime(torch.cat([codes[index], nxt[:, None]], dim=1), fresh)
+    torch.testing.assert_close(logp, expected, atol=1e-5, rtol=0)
+
+
+def test_prime_equals_stepping():
+    prior = tiny()
+    codes = torch.randint(0, K, (2, 7))
+    a, _ = prior.prime(codes, prior.start(2))
+    state = prior.start(2)
+    _, state = prior.step(None, state)
+    for t in range(7):
+        b, state = prior.step(codes[:, t], state)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_class_tokens_condition_the_prior():
+    prior = tiny(classes=("drums", "bass"))
+    codes = torch.randint(0, K, (2, 8))
+    drums = prior.token_log_probs(codes, torch.tensor([0, 0]))
+    bass = prior.token_log_probs(codes, torch.tensor([1, 1]))
+    assert not torch.allclose(drums, bass)
+    torch.testing.assert_close(stepwise(prior, codes, torch.tensor([1, 1])), bass, atol=1e-5,
+                               rtol=0)
+    with pytest.raises(PriorError, match=r"class labels must lie in \[0, 2\)"):
+        prior.start(1, torch.tensor([2]))
+
+
+def test_context_limit_and_bad_codes():
+    prior = tiny(context=4)
+    state = prior.start(1)
+    _, state = prior.prime(torch.zeros(1, 4, dtype=torch.long), state)
+    with pytest.raises(PriorError, match="context full"):
+        prior.step(torch.zeros(1, dtype=torch.long), state)
+    with pytest.raises(PriorError, match=r"codes must lie in \[0, 16\)"):
+        prior.token_log_probs(torch.tensor([[0, 16]]))
+
+
+def test_save_load_round_trip(tmp_path):
+    prior = tiny("gpt2", classes=("drums",))
+    prior.save(tmp_path / "p")
+    meta = json.loads((tmp_path / "p" / "prior.json").read_text())
+    assert meta["class"] == "TransformerPrior"
+    assert meta["vocab_size"] == K
+    again = load_prior(tmp_path / "p")
+    codes = torch.randint(0, K, (2, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(again.token_log_probs(codes), prior.token_log_probs(codes),
+                                   rtol=0, atol=0)
+    torch.testing.assert_close(stepwise(again, codes), stepwise(prior, codes), rtol=0, atol=0)
+
+
+def test_wrong_codec_and_corrupt_files(tmp_path):
+    prior = tiny()
+    with pytest.raises(PriorError, match="models 16 tokens but the codec has 1024 codes"):
+        prior.check_codebook(1024)
+    prior.check_codebook(K)
+    with pytest.raises(PriorError, match="prior directory not found"):
+        load_prior(tmp_path / "nothing")
+    prior.save(tmp_path / "p")
+    weights = next((tmp_path / "p").glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:64])
+    with pytest.raises(PriorError, match="cannot load the network"):
+        load_prior(tmp_path / "p")
