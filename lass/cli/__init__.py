@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from lass.errors import LassError
+from priors.errors import PriorError
 from vqvae.errors import CodecError
 
 EXIT_ERROR = 1
@@ -23,7 +24,7 @@ def run_cli(prog: str, main: Callable[[Sequence[str] | None], int],
     """Run ``main(argv)``; report user errors as one line and return the exit status."""
     try:
         return main(argv)
-    except (LassError, CodecError) as err:
+    except (LassError, CodecError, PriorError) as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:

@@ -18,13 +18,13 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from lass.cli import run_cli
+from lass.cli.common import append_jsonl, resolve_device
 from lass.data import StemDataset, chunk_samples, find_tracks, mix
 from lass.data.audio import write_text_atomic
 from lass.errors import DataError
@@ -131,19 +131,11 @@ def validate(model: ConvVQVAE, valid: dict[str, torch.Tensor]) -> dict[str, floa
     return result
 
 
-def _append_log(path: Path, record: dict[str, Any]) -> None:
-    with path.open("a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record) + "\n")
-
-
 def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" \
-        else args.device
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise DataError("--device cuda asked for, but no CUDA device is available")
+    device = resolve_device(args.device)
     out: Path = args.out
     if (out / "trainer.pt").is_file() and not args.resume:
         raise DataError(f"{out} already holds a training run; pass --resume or choose another "
@@ -191,10 +183,10 @@ def _main(argv: Sequence[str] | None) -> int:
             bar.set_postfix(loss=f"{stats.loss:.3f}", sdr=f"{stats.sdr:.1f}",
                             ppl=f"{stats.perplexity:.0f}", used=stats.used)
             if stats.step % 10 == 0 or stats.step == args.steps:
-                _append_log(log, {"kind": "train", **stats.__dict__})
+                append_jsonl(log, {"kind": "train", **stats.__dict__})
             if stats.step % args.valid_every == 0 or stats.step == args.steps:
                 last_valid = validate(trainer.model, valid_set)
-                _append_log(log, {"kind": "valid", "step": stats.step, **last_valid})
+                append_jsonl(log, {"kind": "valid", "step": stats.step, **last_valid})
                 bar.write(f"step {stats.step}: " + ", ".join(f"{k} {v}" for k, v in
                                                              last_valid.items()))
             if stats.step % args.checkpoint_every == 0 or stats.step == args.steps:

@@ -1,0 +1,26 @@
+"""Small helpers shared by the training commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lass.errors import LassError
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` -> ``cuda`` when present, else ``cpu``; a CUDA request without CUDA is an error."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise LassError("--device cuda asked for, but no CUDA device is available")
+    return name
+
+
+def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    """Append one JSON record as a line to ``path``."""
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record) + "\n")

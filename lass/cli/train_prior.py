@@ -1,0 +1,183 @@
+"""``lass-train-prior``: train a Transformer prior on a codec's tokens of one or more stems.
+
+    lass-train-prior --codec runs/codec/model --data data/synth --stem drums --out runs/prior-drums
+
+One ``--stem``: a prior for that source class (weakly supervised, as LASS). Several stems:
+one shared prior over all of them (unsupervised), class-conditioned with ``--conditional``
+(each stem's sequences start with its own class token). The stems are encoded once into a
+token cache (``--token-cache``, default ``DATA/.lass-tokens``) reused by later runs. Every
+``--valid-every`` steps the validation bits per token are measured; the unigram and bigram
+baselines on the same validation tokens are printed at the start and kept in
+``OUT/summary.json``. ``--resume`` continues a run exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from lass.cli import run_cli
+from lass.cli.common import append_jsonl, resolve_device
+from lass.data import find_tracks
+from lass.data.audio import write_text_atomic
+from lass.errors import DataError
+from lass.tokens import encode_tracks
+from priors.baselines import baseline_bits
+from priors.train import PriorTrainConfig, PriorTrainer, TokenWindows
+from priors.transformer import TransformerPrior, TransformerPriorConfig
+from vqvae import Codec, load_codec
+
+PROG = "lass-train-prior"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    p.add_argument("--codec", type=Path, required=True, help="saved codec directory")
+    p.add_argument("--data", type=Path, required=True, help="stem data set root")
+    p.add_argument("--stem", nargs="+", required=True, help="stem(s) the prior models")
+    p.add_argument("--out", type=Path, required=True, help="run folder")
+    p.add_argument("--conditional", action="store_true",
+                   help="with several stems: one class token per stem")
+    p.add_argument("--layout", default="auto")
+    p.add_argument("--token-cache", type=Path, default=None)
+    p.add_argument("--context", type=int, default=1024, help="tokens per training sequence")
+    p.add_argument("--arch", default="llama", choices=["llama", "gpt2"])
+    p.add_argument("--width", type=int, default=256)
+    p.add_argument("--layers", type=int, default=6)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--dropout", type=float, default=0.1)
+    p.add_argument("--steps", type=int, default=20000)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--valid-every", type=int, default=500)
+    p.add_argument("--valid-windows", type=int, default=64)
+    p.add_argument("--checkpoint-every", type=int, default=250)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--resume", action="store_true")
+    return p
+
+
+def _streams(args: argparse.Namespace, codec: Codec, split: str
+             ) -> tuple[list[np.ndarray], list[int]]:
+    cache = args.token_cache or (args.data / ".lass-tokens")
+    tracks = find_tracks(args.data, split, args.stem, args.layout)
+    streams: list[np.ndarray] = []
+    classes: list[int] = []
+    for c, stem in enumerate(args.stem):
+        bar = tqdm(total=len(tracks), desc=f"encoding {split} {stem}", unit="track",
+                   file=sys.stderr, dynamic_ncols=True)
+
+        def progress(done: int, total: int, bar: tqdm[Any] = bar) -> None:
+            bar.n = done
+            bar.refresh()
+
+        try:
+            got = encode_tracks(codec, tracks, stem, cache, split, progress)
+        finally:
+            bar.close()
+        streams += got
+        classes += [c] * len(got)
+    return streams, classes
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = _parser().parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    out: Path = args.out
+    if (out / "trainer.pt").is_file() and not args.resume:
+        raise DataError(f"{out} already holds a training run; pass --resume or choose another "
+                        "--out")
+    if len(set(args.stem)) != len(args.stem):
+        raise DataError("--stem names must be distinct")
+    codec = load_codec(args.codec)
+    train_streams, train_classes = _streams(args, codec, "train")
+    valid_streams, valid_classes = _streams(args, codec, "valid")
+    conditional = args.conditional and len(args.stem) > 1
+    windows = TokenWindows(train_streams, args.context, train_classes if conditional else None)
+    valid_windows = TokenWindows(valid_streams, args.context,
+                                 valid_classes if conditional else None)
+    valid_codes, valid_cls = valid_windows.evenly(args.valid_windows)
+    baselines = baseline_bits(train_streams, valid_streams, codec.codebook_size)
+    print(f"{PROG}: valid baselines (bits/token): unigram entropy {baselines.unigram_entropy:.3f}"
+          f", unigram {baselines.unigram:.3f}, bigram {baselines.bigram:.3f} "
+          f"({baselines.tokens} tokens)", file=sys.stderr)
+    tcfg = PriorTrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, warmup=args.warmup,
+                            seed=args.seed)
+    if args.resume and (out / "trainer.pt").is_file():
+        trainer = PriorTrainer.resume(out, tcfg, device=device)
+        trainer.prior.check_codebook(codec.codebook_size, codec.identity())
+    else:
+        torch.manual_seed(args.seed)
+        pcfg = TransformerPriorConfig(vocab_size=codec.codebook_size,
+                                      context_length=args.context,
+                                      class_names=tuple(args.stem) if conditional else (),
+                                      arch=args.arch,
+                                      width=args.width, layers=args.layers, heads=args.heads,
+                                      dropout=args.dropout, codec_identity=codec.identity())
+        trainer = PriorTrainer(TransformerPrior(pcfg).to(device), tcfg)
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "log.jsonl"
+    params = sum(p.numel() for p in trainer.prior.parameters())
+    print(f"{PROG}: {params / 1e6:.2f}M parameters, {len(windows.streams)} train streams, "
+          f"context {args.context}, device {device}", file=sys.stderr)
+    start, start_step = time.perf_counter(), trainer.step
+    valid_bits = float("nan")
+    bar = tqdm(total=args.steps, initial=trainer.step, desc="training", unit="step",
+               file=sys.stderr, dynamic_ncols=True)
+    try:
+        while trainer.step < args.steps:
+            codes, classes = windows.batch(np.random.default_rng([args.seed, trainer.step]),
+                                           args.batch)
+            bits = trainer.train_step(codes, classes)
+            bar.update(1)
+            bar.set_postfix(bits=f"{bits:.3f}")
+            step = trainer.step
+            if step % 10 == 0 or step == args.steps:
+                append_jsonl(log, {"kind": "train", "step": step, "bits": bits,
+                                   "lr": trainer.lr_at(step - 1)})
+            if step % args.valid_every == 0 or step == args.steps:
+                valid_bits = trainer.evaluate(valid_codes, valid_cls)
+                append_jsonl(log, {"kind": "valid", "step": step, "bits": valid_bits})
+                bar.write(f"step {step}: valid {valid_bits:.3f} bits/token (bigram "
+                          f"{baselines.bigram:.3f}, unigram {baselines.unigram:.3f})")
+            if step % args.checkpoint_every == 0 or step == args.steps:
+                trainer.save(out)
+    finally:
+        bar.close()
+    wall = time.perf_counter() - start
+    if valid_bits != valid_bits:  # nothing ran: measure once
+        valid_bits = trainer.evaluate(valid_codes, valid_cls)
+    summary = {"step": trainer.step, "valid_bits_per_token": round(valid_bits, 4),
+               "baselines": {k: round(v, 4) if isinstance(v, float) else v
+                             for k, v in dataclasses.asdict(baselines).items()},
+               "parameters": params, "stems": args.stem, "conditional": conditional,
+               "last_run": {"steps": trainer.step - start_step, "wall_seconds": round(wall, 1),
+                            "device": device}}
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=1) + "\n")
+    print(f"saved {out / 'model'}: valid {valid_bits:.3f} bits/token; bigram "
+          f"{baselines.bigram:.3f}, unigram {baselines.unigram:.3f}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``lass-train-prior``."""
+    return run_cli(PROG, _main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lass.data import folder_tracks
+from lass.tokens import encode_tracks, encode_wave
+from priors import load_prior
+from tests.helpers import tone, write_audio
+from tests.test_train_vqvae_cli import SR, make_set
+from vqvae import ConvVQVAE, ConvVQVAEConfig
+
+
+def make_codec(path: Path) -> ConvVQVAE:
+    torch.manual_seed(0)
+    codec = ConvVQVAE(ConvVQVAEConfig(sample_rate=SR, hop_length=16, codebook_size=32, dim=8,
+                                      channels=4)).eval()
+    codec.save(path)
+    return codec
+
+
+def test_segmented_encoding_equals_whole_encoding(monkeypatch):
+    import lass.tokens as tokens
+
+    torch.manual_seed(0)
+    codec = ConvVQVAE(ConvVQVAEConfig(sample_rate=SR, hop_length=16, codebook_size=32, dim=8,
+                                      channels=4)).eval()
+    wave = tone(2.0, SR, 200.0, 0.4)
+    whole = codec.encode(torch.from_numpy(wave)[None])[0].numpy()
+    monkeypatch.setattr(tokens, "SEGMENT_TOKENS", 64)  # many segments over 1000 tokens
+    monkeypatch.setattr(tokens, "MARGIN_TOKENS", 16)
+    np.testing.assert_array_equal(encode_wave(codec, wave), whole)
+
+
+def test_token_cache_is_reused(tmp_path):
+    data = make_set(tmp_path / "data")
+    codec = make_codec(tmp_path / "codec")
+    tracks = folder_tracks(data, "train", ["drums", "bass"])
+    a = encode_tracks(codec, tracks, "bass", tmp_path / "cache", "train")
+    files = list((tmp_path / "cache").rglob("*.npz"))
+    assert len(files) == 1
+    stamp = files[0].stat().st_mtime_ns
+    b = encode_tracks(codec, tracks, "bass", tmp_path / "cache", "train")
+    assert files[0].stat().st_mtime_ns == stamp
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert [x.size for x in a] == [SR // 16] * 3
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "lass.cli.train_prior", *args],
+                          capture_output=True, text=True, check=False)
+
+
+def common(data: Path, codec: Path, out: Path) -> list[str]:
+    return ["--codec", str(codec), "--data", str(data), "--out", str(out), "--context", "32",
+            "--width", "32", "--layers", "1", "--heads", "2", "--batch", "4",
+            "--valid-every", "2", "--checkpoint-every", "2", "--valid-windows", "4",
+            "--threads", "1"]
+
+
+def test_train_prior_command(tmp_path):
+    data = make_set(tmp_path / "data")
+    make_codec(tmp_path / "codec")
+    out = tmp_path / "drums"
+    proc = run(*common(data, tmp_path / "codec", out), "--stem", "drums", "--steps", "4")
+    assert proc.returncode == 0, proc.stderr
+    assert "valid baselines (bits/token)" in proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["step"] == 4
+    assert set(summary["baselines"]) == {"unigram_entropy", "unigram", "bigram", "tokens"}
+    assert 0 < summary["valid_bits_per_token"] < 10
+    prior = load_prior(out / "model")
+    assert prior.vocab_size == 32
+    assert prior.context_length == 32
+    proc = run(*common(data, tmp_path / "codec", out), "--stem", "drums", "--steps", "6",
+               "--resume")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((out / "summary.json").read_text())["step"] == 6
+    shared = tmp_path / "shared"
+    proc = run(*common(data, tmp_path / "codec", shared), "--stem", "drums", "bass",
+               "--conditional", "--steps", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert load_prior(shared / "model").config.class_names == ("drums", "bass")
+
+
+def test_prior_of_another_codec_is_refused(tmp_path):
+    data = make_set(tmp_path / "data")
+    make_codec(tmp_path / "codec")
+    out = tmp_path / "p"
+    assert run(*common(data, tmp_path / "codec", out), "--stem", "bass",
+               "--steps", "2").returncode == 0
+    torch.manual_seed(1)
+    other = ConvVQVAE(ConvVQVAEConfig(sample_rate=SR, hop_length=16, codebook_size=64, dim=8,
+                                      channels=4))
+    other.save(tmp_path / "other")
+    proc = run(*common(data, tmp_path / "other", out), "--stem", "bass", "--steps", "4",
+               "--resume")
+    assert proc.returncode == 1
+    assert "models 32 tokens but the codec has 64 codes" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_stem_is_one_line(tmp_path):
+    data = make_set(tmp_path / "data")
+    write_audio(data / "train" / "extra" / "drums.wav", tone(1.0, SR, 100.0), SR)
+    make_codec(tmp_path / "codec")
+    proc = run(*common(data, tmp_path / "codec", tmp_path / "p"), "--stem", "bass",
+               "--steps", "2")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        "lass-train-prior: error: track is missing stem 'bass'")
