@@ -24,3 +24,13 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
     """Append one JSON record as a line to ``path``."""
     with path.open("a", encoding="utf-8") as fh:
         fh.write(json.dumps(record) + "\n")
+
+
+def start_run(out: Path, resume: bool, threads: int, device: str) -> str:
+    """Set the CPU threads, refuse to overwrite a run without ``--resume``; return the device."""
+    if threads > 0:
+        torch.set_num_threads(threads)
+    if (out / "trainer.pt").is_file() and not resume:
+        raise LassError(f"{out} already holds a training run; pass --resume or choose another "
+                        "--out")
+    return resolve_device(device)

@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 from lass.cli import run_cli
-from lass.cli.common import append_jsonl, resolve_device
+from lass.cli.common import append_jsonl, start_run
 from lass.data import find_tracks
 from lass.data.audio import write_text_atomic
 from lass.errors import DataError
@@ -95,13 +95,8 @@ def _streams(args: argparse.Namespace, codec: Codec, split: str
 
 def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
     out: Path = args.out
-    if (out / "trainer.pt").is_file() and not args.resume:
-        raise DataError(f"{out} already holds a training run; pass --resume or choose another "
-                        "--out")
+    device = start_run(out, args.resume, args.threads, args.device)
     if len(set(args.stem)) != len(args.stem):
         raise DataError("--stem names must be distinct")
     codec = load_codec(args.codec)

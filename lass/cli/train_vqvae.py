@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from lass.cli import run_cli
-from lass.cli.common import append_jsonl, resolve_device
+from lass.cli.common import append_jsonl, start_run
 from lass.data import StemDataset, chunk_samples, find_tracks, mix
 from lass.data.audio import write_text_atomic
 from lass.errors import DataError
@@ -133,13 +133,8 @@ def validate(model: ConvVQVAE, valid: dict[str, torch.Tensor]) -> dict[str, floa
 
 def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
     out: Path = args.out
-    if (out / "trainer.pt").is_file() and not args.resume:
-        raise DataError(f"{out} already holds a training run; pass --resume or choose another "
-                        "--out")
+    device = start_run(out, args.resume, args.threads, args.device)
     rule = _mix_rule(args)
     train_tracks = find_tracks(args.data, "train", args.stems, args.layout)
     valid_tracks = find_tracks(args.data, "valid", args.stems, args.layout)
