@@ -1,6 +1,36 @@
 """The count-based likelihood table p(z_mix | z_1, z_2).
 
-Planned contents (see DESIGN.md sections 3 and 4): counting token triples over a stem
-data set, sparse storage as ``.npz``, merging of shards and per-step slicing.
+* :class:`TripleCounter`: counts (mixture, source-1, source-2) token triples, sparse and
+  with bounded memory.
+* :func:`save_counts` / :func:`load_counts` / :func:`merge_counts`: ``.npz`` counts files
+  (shards merge by addition).
+* :class:`CountLikelihood`: normalised (and optionally smoothed) ``p(m | i, j)``, sliced by
+  mixture token on the CPU or a GPU.
+
 This package never imports ``lass``, ``vqvae`` or ``priors``.
 """
+
+from likelihood.counting import CounterState, TripleCounter
+from likelihood.errors import LikelihoodError
+from likelihood.table import (
+    SMOOTHINGS,
+    Candidates,
+    CountLikelihood,
+    Counts,
+    load_counts,
+    merge_counts,
+    save_counts,
+)
+
+__all__ = [
+    "SMOOTHINGS",
+    "Candidates",
+    "CountLikelihood",
+    "CounterState",
+    "Counts",
+    "LikelihoodError",
+    "TripleCounter",
+    "load_counts",
+    "merge_counts",
+    "save_counts",
+]
