@@ -91,7 +91,8 @@ def test_save_load_round_trip_and_errors(tmp_path):
     np.testing.assert_array_equal(back.matrix.toarray(), c.matrix().toarray())
     assert back.matrix.dtype == np.int64
     stats = back.stats()
-    assert stats["k"] == K and stats["nonzeros"] == back.matrix.nnz
+    assert stats["k"] == K
+    assert stats["nonzeros"] == back.matrix.nnz
     assert stats["bytes_dense_int64"] == 8 * K**3
     path.write_bytes(path.read_bytes()[:50])
     with pytest.raises(LikelihoodError, match="corrupt or truncated"):
@@ -132,7 +133,8 @@ def test_slice_and_dense_equal_the_normalised_table(smoothing):
     for row in range(K):
         n = int(cand.count[row])
         assert n == np.count_nonzero(cube[row])
-        assert bool(cand.valid[row, :n].all()) and not bool(cand.valid[row, n:].any())
+        assert bool(cand.valid[row, :n].all())
+        assert not bool(cand.valid[row, n:].any())
         got = ref[row, cand.first[row, :n].numpy(), cand.second[row, :n].numpy()]
         np.testing.assert_allclose(cand.log_lik[row, :n].exp().numpy(), got, rtol=1e-5)
         assert torch.all(torch.isinf(cand.log_lik[row, n:]))
