@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from lass.errors import LassError
+from likelihood.errors import LikelihoodError
 from priors.errors import PriorError
 from vqvae.errors import CodecError
 
@@ -24,7 +25,7 @@ def run_cli(prog: str, main: Callable[[Sequence[str] | None], int],
     """Run ``main(argv)``; report user errors as one line and return the exit status."""
     try:
         return main(argv)
-    except (LassError, CodecError, PriorError) as err:
+    except (LassError, CodecError, PriorError, LikelihoodError) as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:

@@ -1,0 +1,232 @@
+"""``lass-count-likelihood``: count p(z_mix | z_1, z_2) over a stem data set; print stats.
+
+    lass-count-likelihood --codec runs/codec/model --data data/synth --sources drums bass \\
+        --hours 20 --out counts.npz [--shard 0/4]
+    lass-count-likelihood --stats counts.npz
+
+Mixture ``n`` pairs a random non-silent chunk of the first source with a random non-silent
+chunk of the second (any tracks: random re-pairing), each with a random gain in
+``--gain-db``, mixes them with the data set's rule, encodes all three and counts every
+position's (mixture, first, second) token triple. The mixtures are a pure function of
+``(--seed, n)``; shard ``i/n`` takes the mixtures whose index is ``i`` modulo ``n``, so shards
+run anywhere and ``lass-merge-counts`` adds them. ``--symmetric`` draws both sources from
+the union of the named stems and counts both orders (for a shared prior). Progress is
+checkpointed to ``OUT.partial.npz``; a killed run started again resumes to the identical
+result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from lass.cli import run_cli
+from lass.cli.common import resolve_device
+from lass.data import StemDataset, chunk_samples, find_tracks, mix
+from lass.errors import DataError
+from likelihood import Counts, TripleCounter, load_counts, save_counts
+from likelihood.counting import CounterState, matrix_to_keys
+from vqvae import Codec, load_codec
+
+PROG = "lass-count-likelihood"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    p.add_argument("--stats", type=Path, default=None, help="print the stats of a counts file")
+    p.add_argument("--codec", type=Path, help="saved codec directory")
+    p.add_argument("--data", type=Path, help="stem data set root")
+    p.add_argument("--sources", nargs="+", default=["drums", "bass"])
+    p.add_argument("--out", type=Path, help="counts file (.npz)")
+    p.add_argument("--symmetric", action="store_true",
+                   help="both sources from one pool, both orders counted (shared prior)")
+    p.add_argument("--split", default="train")
+    p.add_argument("--layout", default="auto")
+    p.add_argument("--mix", default=None, help="mixing rule (default: the data set's, or mean)")
+    p.add_argument("--hours", type=float, default=1.0, help="hours of mixtures (all shards)")
+    p.add_argument("--chunk-seconds", type=float, default=3.0)
+    p.add_argument("--gain-db", type=float, nargs=2, default=[-6.0, 0.0], metavar=("LO", "HI"))
+    p.add_argument("--shard", default="0/1", help="i/n: count mixtures i, i+n, i+2n, ...")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch", type=int, default=8, help="mixtures encoded together")
+    p.add_argument("--checkpoint-seconds", type=float, default=60.0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=0)
+    return p
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise DataError(f"--shard must look like i/n, got {text!r}") from None
+    if not 0 <= i < n:
+        raise DataError(f"--shard {text}: need 0 <= i < n")
+    return i, n
+
+
+def _mix_rule(args: argparse.Namespace) -> str:
+    if args.mix:
+        return str(args.mix)
+    meta = args.data / "dataset.json"
+    if meta.is_file():
+        try:
+            return str(json.loads(meta.read_text(encoding="utf-8")).get("mix", "mean"))
+        except (OSError, ValueError):
+            pass
+    return "mean"
+
+
+def print_stats(path: Path) -> None:
+    """Print K, nonzeros, density, sizes and counted tokens of a counts file."""
+    counts = load_counts(path)
+    s = counts.stats()
+    meta = counts.meta
+    print(f"{path}: K {s['k']}, nonzeros {s['nonzeros']:,} (density {s['density']:.3g}), "
+          f"pairs seen {s['pairs_seen']:,} of {s['k'] ** 2:,}")
+    print(f"bytes: on disk {path.stat().st_size:,}; in memory (CSR) {s['bytes_in_memory']:,}; "
+          f"dense int64 {s['bytes_dense_int64']:,} "
+          f"({s['bytes_dense_int64'] / max(s['bytes_in_memory'], 1):,.0f}x larger)")
+    print(f"counted: {s['triples']:,} triples from {meta.get('mixtures', '?')} mixtures "
+          f"({meta.get('seconds', 0) / 3600:.2f} h); sources {meta.get('sources')}, "
+          f"symmetric {meta.get('symmetric')}, mix {meta.get('mix')}, shards "
+          f"{meta.get('shards', [meta.get('shard')])}")
+
+
+class MixturePlan:
+    """Mixture ``n`` as a pure function of ``(seed, n)``."""
+
+    def __init__(self, pools: list[StemDataset], symmetric: bool, gain_db: tuple[float, float],
+                 rule: str, seed: int) -> None:
+        self.pools, self.symmetric, self.gain_db = pools, symmetric, gain_db
+        self.rule, self.seed = rule, seed
+
+    def _chunk(self, rng: np.random.Generator, pool: StemDataset) -> torch.Tensor:
+        for _ in range(1000):
+            chunk = pool.chunk_at(int(rng.integers(len(pool))))
+            if pool.keep(chunk):
+                return chunk.audio[0]
+        raise DataError("could not find a non-silent chunk in 1000 tries")
+
+    def sources(self, n: int) -> torch.Tensor:
+        """``(2, time)``: the two gained sources of mixture ``n``."""
+        rng = np.random.default_rng([self.seed, n])
+        if self.symmetric:
+            picks = [self.pools[int(rng.integers(len(self.pools)))] for _ in range(2)]
+        else:
+            picks = self.pools[:2]
+        waves = [self._chunk(rng, pool) for pool in picks]
+        gains = 10 ** (rng.uniform(*self.gain_db, size=2) / 20)
+        return torch.stack([w * float(g) for w, g in zip(waves, gains, strict=True)])
+
+
+def _count(args: argparse.Namespace) -> int:
+    for name in ("codec", "data", "out"):
+        if getattr(args, name) is None:
+            raise DataError(f"--{name} is required (or use --stats FILE)")
+    shard_i, shard_n = _shard(args.shard)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    if not args.symmetric and len(args.sources) != 2:
+        raise DataError("--sources needs exactly two stems (or --symmetric for one pool)")
+    codec: Codec = load_codec(args.codec, device=device)
+    rule = _mix_rule(args)
+    chunk = chunk_samples(args.chunk_seconds, codec.sample_rate)
+    tracks = find_tracks(args.data, args.split, args.sources, args.layout)
+    pools = [StemDataset(tracks, sample_rate=codec.sample_rate, chunk=chunk, stems=[s],
+                         shuffle=False) for s in args.sources]
+    plan = MixturePlan(pools, args.symmetric, tuple(args.gain_db), rule, args.seed)
+    total = max(1, math.ceil(args.hours * 3600 / args.chunk_seconds))
+    mine = list(range(shard_i, total, shard_n))
+    config: dict[str, Any] = {
+        "k": codec.codebook_size, "codec_identity": codec.identity(), "mix": rule,
+        "symmetric": bool(args.symmetric), "sources": list(args.sources),
+        "data": {"root": str(args.data.resolve()), "split": args.split, "layout": args.layout,
+                 "tracks": len(tracks)},
+        "chunk_seconds": args.chunk_seconds, "gain_db": list(args.gain_db), "seed": args.seed,
+        "hours": args.hours, "shard": args.shard}
+    partial = args.out.with_name(args.out.name + ".partial.npz")
+    counter, done = TripleCounter(codec.codebook_size, symmetric=args.symmetric), 0
+    if partial.is_file():
+        saved = load_counts(partial)
+        if saved.meta.get("config") == config:
+            keys, counts = matrix_to_keys(saved.matrix)
+            counter = TripleCounter.from_state(CounterState(
+                codec.codebook_size, bool(args.symmetric), keys, counts,
+                int(saved.meta["triples"])))
+            done = int(saved.meta["done"])
+            print(f"{PROG}: resuming at mixture {done} of {len(mine)}", file=sys.stderr)
+
+    def checkpoint(path: Path, finished: bool) -> None:
+        meta = {**config, "triples": counter.triples, "mixtures": done,
+                "seconds": done * args.chunk_seconds}
+        if not finished:
+            meta = {"config": config, "done": done, **meta}
+        save_counts(path, Counts(counter.matrix(), meta))
+
+    bar = tqdm(total=len(mine), initial=done, desc="counting", unit="mix", file=sys.stderr,
+               dynamic_ncols=True)
+    count_seconds, start, last_save = 0.0, time.perf_counter(), time.perf_counter()
+    triples_before = counter.triples
+    try:
+        while done < len(mine):
+            batch = mine[done: done + args.batch]
+            sources = torch.stack([plan.sources(n) for n in batch])  # (b, 2, time)
+            mixture = mix(sources, rule, dim=1)
+            with torch.no_grad():
+                codes = codec.encode(torch.cat([mixture, sources[:, 0], sources[:, 1]]).to(
+                    codec.device)).cpu().numpy()
+            b = len(batch)
+            t0 = time.perf_counter()
+            counter.add(codes[:b], codes[b: 2 * b], codes[2 * b:])
+            count_seconds += time.perf_counter() - t0
+            done += b
+            bar.update(b)
+            new = counter.triples - triples_before
+            wall = time.perf_counter() - start
+            bar.set_postfix_str(f"{new / wall / 1e3:.0f}k triples/s overall, counting "
+                                f"{new / max(count_seconds, 1e-9) / 1e6:.0f}M/s")
+            if time.perf_counter() - last_save > args.checkpoint_seconds and done < len(mine):
+                checkpoint(partial, finished=False)
+                last_save = time.perf_counter()
+    finally:
+        bar.close()
+    t0 = time.perf_counter()
+    counter.flush()
+    count_seconds += time.perf_counter() - t0
+    checkpoint(args.out, finished=True)
+    partial.unlink(missing_ok=True)
+    new = counter.triples - triples_before
+    print(f"wrote {args.out}: {counter.triples:,} triples from {done} mixtures; this run "
+          f"counted {new:,} triples in {count_seconds:.2f} s of counting "
+          f"({new / max(count_seconds, 1e-9) / 1e6:.1f}M triples/s) and "
+          f"{time.perf_counter() - start:.1f} s in all")
+    return 0
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = _parser().parse_args(argv)
+    if args.stats is not None:
+        print_stats(args.stats)
+        return 0
+    return _count(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``lass-count-likelihood``."""
+    return run_cli(PROG, _main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
