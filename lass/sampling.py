@@ -1,0 +1,254 @@
+"""Token-level LASS inference: batched samplers and beam search over the likelihood's candidates.
+
+One token step, for R = mixtures x beams (or samples) rows at once::
+
+    log p1(i | z1_<t)     (R, K)  first prior, KV-cached step
+    log p2(j | z2_<t)     (R, K)  second prior
+    candidates of z_mix[t]        (B, C) pairs (i, j) with log p(z_mix[t] | i, j)
+    score = log p1(i) + log p2(j) + lambda * log p(z_mix[t] | i, j)      (R, C)
+
+then the sampler picks one candidate per row (greedy, ancestral, top-k, top-p) or, for beam
+search, the best ``num_beams`` continuations per mixture among all beams x candidates, with
+each beam's cumulative score carried correctly and both priors' caches reordered to follow
+the surviving beams. Scores are evaluated only on the sparse candidates; the dense K x K
+joint is never built. A mixture token with no candidate pair (never seen while counting)
+falls back to the pairs of each row's ``fallback_top`` most likely tokens under the two
+priors, scored with the likelihood's smoothed value (or 0 without smoothing), and is
+counted in :attr:`TokenSeparation.fallback_steps`.
+
+Sequences longer than a prior's context are continued in windows: when a prior's context is
+full, its state restarts from the last ``context_overlap`` tokens of each row (``prime``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from likelihood import CountLikelihood
+from priors import Prior, PriorState
+
+
+@dataclass(frozen=True)
+class Greedy:
+    """The highest-scoring candidate at every step."""
+
+
+@dataclass(frozen=True)
+class Ancestral:
+    """Sample each step from the exact per-step posterior over the candidates."""
+
+    temperature: float = 1.0
+
+
+@dataclass(frozen=True)
+class TopK:
+    """Sample among the ``k`` highest-scoring candidates of each step."""
+
+    k: int = 16
+    temperature: float = 1.0
+
+
+@dataclass(frozen=True)
+class TopP:
+    """Sample from the smallest set of candidates holding probability ``p`` (nucleus)."""
+
+    p: float = 0.9
+    temperature: float = 1.0
+
+
+@dataclass(frozen=True)
+class BeamSearch:
+    """Keep the ``num_beams`` best partial separations of each mixture."""
+
+    num_beams: int = 10
+
+
+Sampler = Greedy | Ancestral | TopK | TopP | BeamSearch
+
+
+@dataclass(frozen=True)
+class TokenSeparation:
+    """Separated token sequences.
+
+    Attributes:
+        first, second: ``(batch, n, tokens)`` int64: ``n`` candidate separations per mixture
+            (final beams or samples), best score first.
+        score: ``(batch, n)``: ``sum_t log p1 + log p2 + lambda * log p(m | i, j)`` of each.
+        fallback_steps: (mixture, step) pairs whose mixture token had no candidate pair.
+    """
+
+    first: torch.Tensor
+    second: torch.Tensor
+    score: torch.Tensor
+    fallback_steps: int
+
+
+def _rows_of(sampler: Sampler, num_samples: int) -> int:
+    if isinstance(sampler, BeamSearch):
+        if sampler.num_beams < 1:
+            raise ValueError("num_beams must be >= 1")
+        return sampler.num_beams
+    if isinstance(sampler, Greedy):
+        return 1
+    if num_samples < 1:
+        raise ValueError("num_samples must be >= 1")
+    return num_samples
+
+
+def _filtered_logits(score: torch.Tensor, sampler: Ancestral | TopK | TopP) -> torch.Tensor:
+    """Scores turned into sampling logits: temperature, then top-k or nucleus filtering."""
+    if not sampler.temperature > 0:
+        raise ValueError("temperature must be positive")
+    logits = score / sampler.temperature
+    if isinstance(sampler, TopK):
+        k = min(max(sampler.k, 1), logits.shape[1])
+        kth = logits.topk(k, dim=1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    elif isinstance(sampler, TopP):
+        if not 0 < sampler.p <= 1:
+            raise ValueError("top-p must be in (0, 1]")
+        sorted_logits, order = logits.sort(dim=1, descending=True)
+        probs = sorted_logits.softmax(dim=1)
+        before = probs.cumsum(dim=1) - probs  # mass strictly before each candidate
+        drop_sorted = before >= sampler.p
+        drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def _pad(x: torch.Tensor, width: int, value: float) -> torch.Tensor:
+    """Pad ``(rows, n)`` on the right to ``(rows, width)`` with ``value``."""
+    return torch.nn.functional.pad(x, (0, width - x.shape[1]), value=value)
+
+
+class _PriorStream:
+    """One prior's incremental state over the rows, restarted in windows when full."""
+
+    def __init__(self, prior: Prior, rows: int, classes: torch.Tensor | None,
+                 overlap: int) -> None:
+        self.prior, self.classes = prior, classes
+        self.overlap = max(1, min(overlap, prior.context_length - 1))
+        self.state: PriorState = prior.start(rows, classes)
+
+    def next(self, history: torch.Tensor, t: int) -> torch.Tensor:
+        """Log-probs ``(rows, K)`` of token ``t`` given ``history[:, :t]``."""
+        if t == 0:
+            logp, self.state = self.prior.step(None, self.state)
+            return logp
+        if self.state.length + 1 > self.prior.context_length + 1:  # context full: new window
+            keep = history[:, t - self.overlap: t]
+            self.state = self.prior.start(history.shape[0], self.classes)
+            logp, self.state = self.prior.prime(keep, self.state)
+            return logp
+        logp, self.state = self.prior.step(history[:, t - 1], self.state)
+        return logp
+
+    def reorder(self, index: torch.Tensor) -> None:
+        self.state = self.prior.reorder(self.state, index)
+
+
+@torch.no_grad()
+def separate_tokens(mix_codes: torch.Tensor, priors: Sequence[Prior],
+                    likelihood: CountLikelihood, sampler: Sampler, *, lam: float = 3.0,
+                    num_samples: int = 1, classes: Sequence[torch.Tensor | None] = (None, None),
+                    generator: torch.Generator | None = None, fallback_top: int = 16,
+                    context_overlap: int | None = None,
+                    progress: Callable[[int, int], None] | None = None) -> TokenSeparation:
+    """Separate the token sequences of a batch of mixtures into two sources.
+
+    Args:
+        mix_codes: ``(batch, tokens)`` mixture tokens.
+        priors: the two sources' priors (the same object twice for a shared prior).
+        likelihood: ``p(m | i, j)``; its device is where the search runs.
+        sampler: :class:`Greedy`, :class:`Ancestral`, :class:`TopK`, :class:`TopP` or
+            :class:`BeamSearch`.
+        lam: weight of the log-likelihood (the paper used 3.0 on audio).
+        num_samples: independent samples per mixture for the sampling samplers.
+        classes: class labels ``(batch,)`` for class-conditioned priors, per prior.
+        generator: random generator of the sampling samplers (on the likelihood's device).
+        fallback_top: tokens per prior whose pairs stand in for a token without candidates.
+        context_overlap: tokens carried into a new window when a prior's context is full
+            (default: half the context).
+        progress: called as ``progress(step, tokens)``.
+    """
+    if len(priors) != 2:
+        raise ValueError("LASS separates two sources: give two priors")
+    device = likelihood.device
+    mix_codes = mix_codes.to(device).long()
+    batch, length = mix_codes.shape
+    width = _rows_of(sampler, num_samples)
+    rows = batch * width
+    k = likelihood.k
+    for p in priors:
+        if p.vocab_size != k:
+            raise ValueError(f"a prior models {p.vocab_size} tokens, the likelihood {k}")
+    mix_of_row = torch.arange(batch, device=device).repeat_interleave(width)
+    streams = []
+    for p, cls in zip(priors, classes, strict=True):
+        overlap = context_overlap if context_overlap is not None else p.context_length // 2
+        row_cls = None if cls is None else torch.as_tensor(cls, device=device)[mix_of_row]
+        streams.append(_PriorStream(p, rows, row_cls, overlap))
+    history = [torch.zeros(rows, length, dtype=torch.long, device=device) for _ in range(2)]
+    beam = isinstance(sampler, BeamSearch)
+    total = torch.zeros(batch, width, device=device)
+    if beam:
+        total[:, 1:] = float("-inf")  # all beams start as one: no duplicate hypotheses
+    fallback_steps = 0
+    for t in range(length):
+        lp1, lp2 = (s.next(h, t) for s, h in zip(streams, history, strict=True))
+        cand = likelihood.slice(mix_codes[:, t])
+        first, second = cand.first[mix_of_row], cand.second[mix_of_row]
+        log_lik = cand.log_lik[mix_of_row]
+        empty = cand.count == 0
+        if bool(empty.any()):
+            fallback_steps += int(empty.sum())
+            f = min(fallback_top, k)
+            top1, top2 = lp1.topk(f, dim=1).indices, lp2.topk(f, dim=1).indices
+            fb_first = top1[:, :, None].expand(rows, f, f).reshape(rows, f * f)
+            fb_second = top2[:, None, :].expand(rows, f, f).reshape(rows, f * f)
+            fb_ll = likelihood.log_likelihood(mix_codes[mix_of_row, t], fb_first, fb_second)
+            fb_ll = torch.where(torch.isfinite(fb_ll), fb_ll, torch.zeros_like(fb_ll))
+            use = empty[mix_of_row][:, None]
+            c = max(first.shape[1], f * f)
+            first = torch.where(use, _pad(fb_first, c, 0), _pad(first, c, 0))
+            second = torch.where(use, _pad(fb_second, c, 0), _pad(second, c, 0))
+            log_lik = torch.where(use, _pad(fb_ll, c, float("-inf")),
+                                  _pad(log_lik, c, float("-inf")))
+        score = lp1.gather(1, first) + lp2.gather(1, second) + lam * log_lik  # (rows, C)
+        n_cand = score.shape[1]
+        if beam:
+            flat = (total[:, :, None] + score.view(batch, width, n_cand)).view(batch, -1)
+            best = flat.topk(min(width, flat.shape[1]), dim=1)
+            values, index = best.values, best.indices
+            if values.shape[1] < width:  # fewer candidates than beams: pad with dead beams
+                values = torch.nn.functional.pad(values, (0, width - values.shape[1]),
+                                                 value=float("-inf"))
+                index = torch.nn.functional.pad(index, (0, width - index.shape[1]), value=0)
+            parent = (torch.arange(batch, device=device)[:, None] * width
+                      + index // n_cand).reshape(-1)
+            pick = (index % n_cand).reshape(-1)
+            total = values
+            for s in streams:
+                s.reorder(parent)
+            history = [h.index_select(0, parent) for h in history]
+            chosen_rows = parent
+        else:
+            if isinstance(sampler, Greedy):
+                pick = score.argmax(dim=1)
+            else:
+                probs = _filtered_logits(score, sampler).softmax(dim=1)
+                pick = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+            chosen_rows = torch.arange(rows, device=device)
+            total = total + score.gather(1, pick[:, None]).view(batch, width)
+        history[0][:, t] = first[chosen_rows, pick]
+        history[1][:, t] = second[chosen_rows, pick]
+        if progress is not None:
+            progress(t + 1, length)
+    order = total.argsort(dim=1, descending=True)
+    rows_sorted = (torch.arange(batch, device=device)[:, None] * width + order).reshape(-1)
+    return TokenSeparation(first=history[0][rows_sorted].view(batch, width, length),
+                           second=history[1][rows_sorted].view(batch, width, length),
+                           score=total.gather(1, order), fallback_steps=fallback_steps)

@@ -1,0 +1,174 @@
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from lass.sampling import Ancestral, BeamSearch, Greedy, TopK, TopP, separate_tokens
+from likelihood import CountLikelihood, Counts, TripleCounter
+from priors import MarkovPrior
+
+
+def build(k: int, length: int, seed: int, density: float = 0.6):
+    gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    p1, p2 = MarkovPrior.random(k, gen), MarkovPrior.random(k, gen)
+    cube = rng.integers(1, 6, (k, k, k)) * (rng.random((k, k, k)) < density)
+    for i in range(k):
+        for j in range(k):
+            cube[(i + j) % k, i, j] = max(cube[(i + j) % k, i, j], 1)  # every pair seen once
+    m_idx, i_idx, j_idx = np.nonzero(cube)
+    counter = TripleCounter(k)
+    counter.add(np.repeat(m_idx, cube[m_idx, i_idx, j_idx]),
+                np.repeat(i_idx, cube[m_idx, i_idx, j_idx]),
+                np.repeat(j_idx, cube[m_idx, i_idx, j_idx]))
+    lik = CountLikelihood(Counts(counter.matrix(), {}))
+    mix = torch.from_numpy(rng.integers(0, k, (1, length)))
+    return p1, p2, lik, mix
+
+
+def objective(p1, p2, lik, mix, z1, z2, lam):
+    """sum_t log p1 + log p2 + lam * log p(m | i, j) for sequences (n, L)."""
+    ll = lik.log_likelihood(mix[0], z1.T, z2.T).T  # (n, L)
+    return (p1.token_log_probs(z1) + p2.token_log_probs(z2) + lam * ll).sum(1)
+
+
+def brute_force(p1, p2, lik, mix, lam):
+    k, length = lik.k, mix.shape[1]
+    seqs = torch.tensor(list(itertools.product(range(k), repeat=length)))
+    z1 = seqs.repeat_interleave(len(seqs), 0)
+    z2 = seqs.repeat(len(seqs), 1)
+    return z1, z2, objective(p1, p2, lik, mix, z1, z2, lam)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_beam_search_with_enough_beams_is_exact(seed):
+    k, length, lam = 3, 3, 3.0
+    p1, p2, lik, mix = build(k, length, seed)
+    z1, z2, obj = brute_force(p1, p2, lik, mix, lam)
+    best = int(obj.argmax())
+    out = separate_tokens(mix, [p1, p2], lik, BeamSearch(num_beams=(k * k) ** (length - 1)),
+                          lam=lam)
+    assert torch.equal(out.first[0, 0], z1[best])
+    assert torch.equal(out.second[0, 0], z2[best])
+    torch.testing.assert_close(out.score[0, 0], obj[best], atol=1e-4, rtol=0)
+    # Every returned beam's score is its true objective, and beams are sorted.
+    finite = torch.isfinite(out.score[0])
+    again = objective(p1, p2, lik, mix, out.first[0][finite], out.second[0][finite], lam)
+    torch.testing.assert_close(out.score[0][finite], again, atol=1e-4, rtol=0)
+    assert torch.all(out.score[0][:-1] >= out.score[0][1:])
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_small_beams_are_never_worse_than_greedy(seed):
+    k, length, lam = 4, 4, 3.0
+    p1, p2, lik, mix = build(k, length, seed, density=0.4)
+    greedy = separate_tokens(mix, [p1, p2], lik, Greedy(), lam=lam)
+    for beams in (1, 2, 3, 5):
+        out = separate_tokens(mix, [p1, p2], lik, BeamSearch(beams), lam=lam)
+        assert float(out.score[0, 0]) >= float(greedy.score[0, 0]) - 1e-5
+        if beams == 1:  # one beam is greedy
+            assert torch.equal(out.first[0, 0], greedy.first[0, 0])
+
+
+def test_beam_search_is_batched_exactly():
+    k, length, lam = 3, 4, 2.0
+    problems = [build(k, length, seed) for seed in (1, 2, 3)]
+    p1, p2, lik, _ = problems[0]
+    mix = torch.cat([pr[3] for pr in problems])
+    together = separate_tokens(mix, [p1, p2], lik, BeamSearch(4), lam=lam)
+    for b in range(3):
+        alone = separate_tokens(mix[b: b + 1], [p1, p2], lik, BeamSearch(4), lam=lam)
+        assert torch.equal(together.first[b], alone.first[0])
+        torch.testing.assert_close(together.score[b], alone.score[0])
+
+
+def test_fewer_candidates_than_beams():
+    k = 2
+    counter = TripleCounter(k)
+    counter.add(np.array([0, 1]), np.array([0, 1]), np.array([1, 0]))  # one pair per token
+    lik = CountLikelihood(Counts(counter.matrix(), {}))
+    gen = torch.Generator().manual_seed(0)
+    p1, p2 = MarkovPrior.random(k, gen), MarkovPrior.random(k, gen)
+    out = separate_tokens(torch.tensor([[0, 1, 1, 0]]), [p1, p2], lik, BeamSearch(5))
+    assert out.first.shape == (1, 5, 4)
+    assert out.first[0, 0].tolist() == [0, 1, 1, 0]
+    assert out.second[0, 0].tolist() == [1, 0, 0, 1]
+    assert torch.isfinite(out.score[0, 0])
+    assert torch.all(torch.isinf(out.score[0, 1:]))
+
+
+def test_unseen_mixture_token_falls_back_and_is_counted():
+    k = 3
+    counter = TripleCounter(k)
+    counter.add(np.array([0, 1]), np.array([0, 1]), np.array([1, 2]))  # token 2 never seen
+    gen = torch.Generator().manual_seed(0)
+    p1, p2 = MarkovPrior.random(k, gen), MarkovPrior.random(k, gen)
+    for smoothing in ("none", "backoff"):
+        lik = CountLikelihood(Counts(counter.matrix(), {}), smoothing=smoothing)
+        for sampler in (Greedy(), BeamSearch(3), Ancestral()):
+            out = separate_tokens(torch.tensor([[0, 2, 2, 1]]), [p1, p2], lik, sampler,
+                                  generator=torch.Generator().manual_seed(0))
+            assert out.fallback_steps == 2
+            assert torch.isfinite(out.score[0, 0])
+
+
+def test_ancestral_matches_the_per_step_posterior():
+    k, length, lam = 2, 2, 1.5
+    p1, p2, lik, mix = build(k, length, 7, density=0.8)
+    z1, z2, _ = brute_force(p1, p2, lik, mix, lam)
+    # The sampler's distribution: product over steps of the normalised per-step posterior.
+    logp = torch.zeros(len(z1))
+    for t in range(length):
+        c1 = p1.token_log_probs(z1)[:, t] + p2.token_log_probs(z2)[:, t]
+        ll = lik.log_likelihood(mix[0, t].repeat(len(z1)), z1[:, t:t + 1], z2[:, t:t + 1])[:, 0]
+        step = c1 + lam * ll
+        # Normalise over the step's pairs given the same history.
+        hist = (z1[:, :t] * k + z2[:, :t]).sum(1) if t else torch.zeros(len(z1), dtype=torch.long)
+        norm = torch.zeros_like(step)
+        for h in hist.unique():
+            sel = hist == h
+            pairs = z1[sel, t] * k + z2[sel, t]
+            uniq = {int(pp): float(s) for pp, s in zip(pairs, step[sel], strict=True)}
+            norm[sel] = torch.logsumexp(torch.tensor(list(uniq.values())), 0)
+        logp += step - norm
+    expected = logp.exp()
+    expected = expected / expected.sum()
+    n = 20000
+    out = separate_tokens(mix, [p1, p2], lik, Ancestral(), lam=lam, num_samples=n,
+                          generator=torch.Generator().manual_seed(123))
+    z = torch.cat([out.first[0], out.second[0]], 1)
+    keys = torch.cat([z1, z2], 1)
+    counts = torch.tensor([int((z == key).all(1).sum()) for key in keys]).double()
+    mask = expected > 0
+    assert counts[~mask].sum() == 0
+    chi2 = float((((counts - n * expected) ** 2) / (n * expected).clamp_min(1e-12))[mask].sum())
+    dof = int(mask.sum()) - 1
+    assert chi2 < dof + 5 * (2 * dof) ** 0.5  # far inside the 99.99% region
+
+
+def test_top_k_and_top_p_restrict_the_support():
+    k, length = 3, 3
+    p1, p2, lik, mix = build(k, length, 3)
+    greedy = separate_tokens(mix, [p1, p2], lik, Greedy())
+    for sampler in (TopK(k=1), TopP(p=1e-6)):
+        out = separate_tokens(mix, [p1, p2], lik, sampler, num_samples=5,
+                              generator=torch.Generator().manual_seed(0))
+        for n in range(5):  # a support of one candidate per step is greedy
+            assert torch.equal(out.first[0, n], greedy.first[0, 0])
+    wide = separate_tokens(mix, [p1, p2], lik, TopK(k=100), num_samples=200,
+                           generator=torch.Generator().manual_seed(0))
+    assert len({tuple(x) for x in wide.first[0].tolist()}) > 1
+
+
+def test_long_sequences_continue_in_windows():
+    k = 3
+    p1, p2, lik, _ = build(k, 2, 5)
+    small1 = MarkovPrior(p1.log_init.data, p1.log_trans.data, context_length=4)
+    small2 = MarkovPrior(p2.log_init.data, p2.log_trans.data, context_length=4)
+    mix = torch.from_numpy(np.random.default_rng(0).integers(0, k, (2, 23)))
+    windowed = separate_tokens(mix, [small1, small2], lik, BeamSearch(4), context_overlap=2)
+    full = separate_tokens(mix, [p1, p2], lik, BeamSearch(4))
+    # A first-order chain needs one token of context: windows change nothing.
+    assert torch.equal(windowed.first, full.first)
+    torch.testing.assert_close(windowed.score, full.score)
