@@ -236,7 +236,7 @@ def separate_tokens(mix_codes: torch.Tensor, priors: Sequence[Prior],
             history = [h.index_select(0, parent) for h in history]
             chosen_rows = parent
         else:
-            if isinstance(sampler, Greedy):
+            if isinstance(sampler, Greedy | BeamSearch):  # (one beam never reaches here)
                 pick = score.argmax(dim=1)
             else:
                 probs = _filtered_logits(score, sampler).softmax(dim=1)
