@@ -236,7 +236,8 @@ def separate_tokens(mix_codes: torch.Tensor, priors: Sequence[Prior],
             history = [h.index_select(0, parent) for h in history]
             chosen_rows = parent
         else:
-            if isinstance(sampler, Greedy | BeamSearch):  # (one beam never reaches here)
+            assert not isinstance(sampler, BeamSearch)
+            if isinstance(sampler, Greedy):
                 pick = score.argmax(dim=1)
             else:
                 probs = _filtered_logits(score, sampler).softmax(dim=1)
