@@ -1,0 +1,151 @@
+"""Separator bundles: a directory with ``bundle.json`` naming a codec, priors and a likelihood.
+
+``bundle.json``::
+
+    {"format_version": 1, "name": "...", "sample_rate": 22050, "stems": ["drums", "bass"],
+     "mix": "mean",
+     "codec": {"path": "codec", "sha256": "..."},
+     "priors": {"drums": {"path": "prior-drums", "sha256": "..."}, "bass": {...}},
+     "likelihood": {"path": "likelihood.npz", "sha256": "...", "smoothing": "none"},
+     "sampler": {"kind": "beam", "num_beams": 10, "lam": 3.0, "output": "mask"}}
+
+Paths are relative to the bundle; a shared prior is listed under each stem (with an optional
+``"class"`` index for a class-conditioned one). The sha256 of a directory is taken over its
+files' relative paths and contents in sorted order. Loading checks every hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lass.errors import LassError
+
+FORMAT_VERSION = 1
+BUNDLE_FILE = "bundle.json"
+#: Environment variable naming a folder of bundles (``<folder>/<name>/bundle.json``).
+BUNDLES_ENV = "LASS_BUNDLES"
+
+
+class BundleError(LassError):
+    """A bundle is missing, incomplete, or a component's hash does not match."""
+
+
+def sha256_path(path: str | os.PathLike[str]) -> str:
+    """sha256 of a file, or of a directory's files (relative paths and bytes, sorted)."""
+    p = Path(path)
+    h = hashlib.sha256()
+    if p.is_file():
+        with p.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()
+    if not p.is_dir():
+        raise BundleError(f"bundle component not found: {p}")
+    for f in sorted(q for q in p.rglob("*") if q.is_file() and not q.name.startswith(".")):
+        h.update(str(f.relative_to(p).as_posix()).encode() + b"\0")
+        h.update(bytes.fromhex(sha256_path(f)))
+    return h.hexdigest()
+
+
+def default_bundle_path() -> Path:
+    """Directory of the embedded default bundle (inside the installed package)."""
+    return Path(__file__).resolve().parent / "bundles" / "default"
+
+
+@dataclass(frozen=True)
+class BundleSpec:
+    """A parsed ``bundle.json`` with absolute component paths."""
+
+    root: Path
+    name: str
+    sample_rate: int
+    stems: tuple[str, ...]
+    mix: str
+    codec: Path
+    priors: dict[str, Path]
+    prior_classes: dict[str, int | None]
+    likelihood: Path
+    smoothing: str
+    sampler: dict[str, Any]
+    sha256: str
+
+
+def resolve_bundle(name_or_path: str | os.PathLike[str] | None) -> Path:
+    """A bundle directory: a path, a name under ``$LASS_BUNDLES``, or the default (None)."""
+    if name_or_path is None or str(name_or_path) == "default":
+        root = default_bundle_path()
+        if not (root / BUNDLE_FILE).is_file():
+            raise BundleError("no default bundle is installed in this version; pass -m with a "
+                              "bundle directory (see checkpoints.md)")
+        return root
+    p = Path(name_or_path)
+    if (p / BUNDLE_FILE).is_file():
+        return p
+    folder = os.environ.get(BUNDLES_ENV)
+    if folder and (Path(folder) / str(name_or_path) / BUNDLE_FILE).is_file():
+        return Path(folder) / str(name_or_path)
+    raise BundleError(f"bundle not found: {name_or_path} (no {BUNDLE_FILE} there"
+                      f"{' or under $' + BUNDLES_ENV if folder else ''})")
+
+
+def read_bundle(name_or_path: str | os.PathLike[str] | None, verify: bool = True) -> BundleSpec:
+    """Parse a bundle and (by default) check the sha256 of every component."""
+    root = resolve_bundle(name_or_path)
+    path = root / BUNDLE_FILE
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise BundleError(f"cannot read {path}: {err}") from None
+    if not isinstance(raw, dict) or raw.get("format_version") != FORMAT_VERSION:
+        raise BundleError(f"{path}: unsupported bundle format")
+    try:
+        stems = tuple(str(s) for s in raw["stems"])
+        components = {"codec": raw["codec"], "likelihood": raw["likelihood"],
+                      **{f"prior {s}": raw["priors"][s] for s in stems}}
+    except (KeyError, TypeError) as err:
+        raise BundleError(f"{path}: missing entry {err}") from None
+    if len(stems) != 2:
+        raise BundleError(f"{path}: LASS bundles separate two stems, got {len(stems)}")
+    if verify:
+        for what, entry in components.items():
+            got = sha256_path(root / entry["path"])
+            if entry.get("sha256") and got != entry["sha256"]:
+                raise BundleError(f"{path}: the {what} ({entry['path']}) does not match its "
+                                  f"sha256 (file {got[:12]}, bundle {entry['sha256'][:12]}): "
+                                  "corrupt or modified")
+    return BundleSpec(
+        root=root, name=str(raw.get("name", root.name)), sample_rate=int(raw["sample_rate"]),
+        stems=stems, mix=str(raw.get("mix", "mean")), codec=root / raw["codec"]["path"],
+        priors={s: root / raw["priors"][s]["path"] for s in stems},
+        prior_classes={s: raw["priors"][s].get("class") for s in stems},
+        likelihood=root / raw["likelihood"]["path"],
+        smoothing=str(raw["likelihood"].get("smoothing", "none")),
+        sampler=dict(raw.get("sampler", {})), sha256=sha256_path(path))
+
+
+def write_bundle(root: str | os.PathLike[str], *, name: str, sample_rate: int,
+                 stems: tuple[str, str], mix: str, codec: str, priors: dict[str, str],
+                 likelihood: str, smoothing: str = "none", sampler: dict[str, Any] | None = None,
+                 prior_classes: dict[str, int] | None = None) -> Path:
+    """Write ``bundle.json`` for components already inside ``root`` (paths relative to it)."""
+    base = Path(root)
+    entry = {"format_version": FORMAT_VERSION, "name": name, "sample_rate": sample_rate,
+             "stems": list(stems), "mix": mix,
+             "codec": {"path": codec, "sha256": sha256_path(base / codec)},
+             "priors": {s: {"path": priors[s], "sha256": sha256_path(base / priors[s]),
+                            **({"class": prior_classes[s]} if prior_classes else {})}
+                        for s in stems},
+             "likelihood": {"path": likelihood, "sha256": sha256_path(base / likelihood),
+                            "smoothing": smoothing},
+             "sampler": sampler or {"kind": "beam", "num_beams": 10, "lam": 3.0,
+                                    "output": "mask"}}
+    out = base / BUNDLE_FILE
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(entry, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, out)
+    return out

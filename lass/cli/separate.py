@@ -1,0 +1,182 @@
+"""``lass-separate``: separate audio files into stems with a LASS bundle.
+
+    lass-separate mix.wav                      # the embedded default bundle
+    lass-separate songs/ -m path/to/bundle -o separated --beams 10
+
+Inputs are files, folders (their audio files) or glob patterns. Multichannel input is
+downmixed to mono for separation. For each input, ``OUT/<bundle>/<track>/<stem>.wav`` is
+written (same length and sample rate as the input; the stems add up to the input) with
+``separation.json`` (settings, seed, bundle sha256, timings). A bad input is reported in one
+line and skipped; the exit status is then non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from tqdm import tqdm
+
+from lass.cli import EXIT_ERROR, run_cli
+from lass.cli.common import resolve_device
+from lass.data.audio import rms_db, write_text_atomic, write_wav
+from lass.errors import DataError, LassError
+from lass.separator import SeparationSettings, Separator, make_sampler
+
+PROG = "lass-separate"
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
+SILENCE_DB = -90.0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    p.add_argument("inputs", nargs="+", help="audio files, folders or glob patterns")
+    p.add_argument("-m", "--model", default=None,
+                   help="bundle directory or name (default: the embedded default bundle)")
+    p.add_argument("-o", "--out", type=Path, default=Path("separated"))
+    p.add_argument("--sampler", choices=["beam", "greedy", "ancestral", "topk", "topp"],
+                   default=None, help="default: the bundle's")
+    p.add_argument("--beams", type=int, default=None)
+    p.add_argument("--top-k", type=int, default=16)
+    p.add_argument("--top-p", type=float, default=0.9)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--candidates", type=int, default=None,
+                   help="samples per input for the sampling samplers (re-ranked)")
+    p.add_argument("--lam", type=float, default=None, help="likelihood weight")
+    p.add_argument("--refine", type=int, default=None, metavar="STEPS",
+                   help="latent refinement steps (0: off)")
+    p.add_argument("--output", choices=["decode", "mask"], default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--float32", action="store_true", help="write 32-bit float WAVs")
+    p.add_argument("--no-verify", action="store_true", help="skip the bundle's sha256 checks")
+    return p
+
+
+def expand_inputs(items: Sequence[str]) -> tuple[list[Path], list[str]]:
+    """Audio files named by ``items`` (files, folders, globs) and the items that named none."""
+    files: list[Path] = []
+    missing: list[str] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in AUDIO_SUFFIXES)
+        elif p.exists():
+            found = [p]
+        else:
+            found = sorted(Path(f) for f in glob.glob(item, recursive=True) if Path(f).is_file())
+        if not found:
+            missing.append(item)
+        files += found
+    unique: dict[Path, Path] = {}
+    for f in files:
+        unique.setdefault(f.resolve(), f)
+    return list(unique.values()), missing
+
+
+def _settings(args: argparse.Namespace, base: SeparationSettings) -> SeparationSettings:
+    s = base
+    if args.sampler is not None or args.beams is not None:
+        kind = args.sampler or "beam"
+        beams = args.beams if args.beams is not None else getattr(s.sampler, "num_beams", 10)
+        s = SeparationSettings(**{**s.__dict__, "sampler": make_sampler(
+            kind, beams=beams, top_k=args.top_k, top_p=args.top_p,
+            temperature=args.temperature)})
+    changes: dict[str, object] = {"seed": args.seed}
+    if args.candidates is not None:
+        changes["candidates"] = args.candidates
+    if args.lam is not None:
+        changes["lam"] = args.lam
+    if args.refine is not None:
+        changes["refine_steps"] = args.refine
+    if args.output is not None:
+        changes["output"] = args.output
+    return SeparationSettings(**{**s.__dict__, **changes})
+
+
+def _read(path: Path) -> tuple[np.ndarray, int]:
+    try:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, OSError) as err:
+        raise DataError(f"cannot read audio file {path}: {err}") from None
+    if data.shape[0] == 0:
+        raise DataError(f"audio file is empty: {path}")
+    if not np.all(np.isfinite(data)):
+        raise DataError(f"audio file holds NaN or infinite samples: {path}")
+    return data.T, int(rate)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = _parser().parse_args(argv)
+    device = resolve_device(args.device)
+    files, missing = expand_inputs(args.inputs)
+    failures = 0
+    for item in missing:
+        print(f"{PROG}: error: no audio file at {item}", file=sys.stderr)
+        failures += 1
+    if not files:
+        raise DataError("nothing to separate")
+    t0 = time.perf_counter()
+    separator = Separator.from_pretrained(args.model, device=device, verify=not args.no_verify)
+    load_seconds = time.perf_counter() - t0
+    settings = _settings(args, separator.settings)
+    bundle = separator.bundle
+    bundle_name = bundle.name if bundle is not None else "bundle"
+    said_downmix = False
+    bar = tqdm(files, desc="separating", unit="file", file=sys.stderr, dynamic_ncols=True)
+    for path in bar:
+        try:
+            wave, rate = _read(path)
+            if wave.shape[0] > 1 and not said_downmix:
+                bar.write(f"{PROG}: multichannel input is downmixed to mono for separation",
+                          file=sys.stderr)
+                said_downmix = True
+            mono = wave.mean(axis=0)
+            if rms_db(mono) < SILENCE_DB:
+                raise DataError(f"{path} is silent: nothing to separate")
+            start = time.perf_counter()
+            result = separator.separate_detailed(mono, rate, settings)
+            seconds = time.perf_counter() - start
+            out_dir = args.out / bundle_name / path.stem
+            subtype = "FLOAT" if args.float32 else "PCM_16"
+            for stem, audio in result.stems.items():
+                peak = float(np.max(np.abs(audio)))
+                if peak > 1.0 and not args.float32:
+                    bar.write(f"{PROG}: warning: {path.name}: {stem} peaks at {peak:.2f} and is "
+                              "clipped in 16-bit; use --float32 to keep it", file=sys.stderr)
+                    audio = np.clip(audio, -1.0, 1.0)
+                write_wav(out_dir / f"{stem}.wav", audio, rate, subtype=subtype)
+            info = {"input": str(path), "sample_rate": rate, "samples": int(mono.shape[0]),
+                    "channels": int(wave.shape[0]), "stems": list(result.stems),
+                    "bundle": {"name": bundle_name,
+                               "path": str(bundle.root) if bundle else None,
+                               "sha256": bundle.sha256 if bundle else None},
+                    "settings": settings.to_json(), "device": device,
+                    "score": result.score, "fallback_steps": result.fallback_steps,
+                    "timings": {**{k: round(v, 4) for k, v in result.timings.items()},
+                                "total": round(seconds, 4), "load_models": round(load_seconds, 4),
+                                "real_time_factor": round(seconds / (mono.shape[0] / rate), 4)}}
+            write_text_atomic(out_dir / "separation.json", json.dumps(info, indent=1) + "\n")
+        except LassError as err:
+            bar.write(f"{PROG}: error: {err}", file=sys.stderr)
+            failures += 1
+    bar.close()
+    done = len(files) - (failures - len(missing))
+    print(f"separated {done} of {len(files)} files into {args.out / bundle_name}")
+    return EXIT_ERROR if failures else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``lass-separate``."""
+    return run_cli(PROG, _main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

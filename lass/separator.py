@@ -1,0 +1,310 @@
+"""The LASS separator: codec + one prior per source + counted likelihood + settings.
+
+``Separator.from_pretrained(name_or_path)`` loads a bundle (see :mod:`lass.bundle`);
+``separate(wave, sample_rate)`` returns ``{stem: wave}`` at the input's rate and length.
+Stems are each source's *contribution* to the input (the mixing rule's gain applied), so
+they add up to the input: exactly with ``output="mask"``, approximately with ``"decode"``.
+
+Pipeline: downmix to mono, resample to the codec's rate, encode, separate the tokens
+(:func:`lass.sampling.separate_tokens`; long inputs continue across the priors' context
+windows), decode the candidate separations, keep the one whose decodings mix back closest
+to the input (re-ranking, when there are several), optionally refine its dense latents so
+the decodings mix back to the input (the paper's Eqs. 12-13), then either return the
+decodings (``decode``) or use them as soft masks on the input's STFT (``mask``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import soxr
+import torch
+
+from lass.bundle import BundleSpec, read_bundle
+from lass.data.mixing import check_mix_rule, mix, mix_gain
+from lass.errors import LassError
+from lass.sampling import (
+    Ancestral,
+    BeamSearch,
+    Greedy,
+    Sampler,
+    TokenSeparation,
+    TopK,
+    TopP,
+    separate_tokens,
+)
+from likelihood import CountLikelihood
+from priors import Prior, load_prior
+from vqvae import Codec, load_codec
+
+OUTPUTS = ("decode", "mask")
+MASK_FFT = 2048
+MASK_HOP = 512
+
+
+@dataclass(frozen=True)
+class SeparationSettings:
+    """How to separate.
+
+    Attributes:
+        sampler: the token sampler.
+        lam: weight of the log-likelihood in the step score.
+        candidates: samples per mixture for the sampling samplers (beams give their own).
+        rerank: among several candidates, keep the one that mixes back best.
+        output: ``decode`` (the codec's decodings) or ``mask`` (masks on the input's STFT).
+        refine_steps: Adam steps of latent refinement (0: off).
+        refine_lr: learning rate of the refinement.
+        refine_penalty: weight of the drift penalty ``|z - z0|^2`` in the refinement.
+        seed: seed of the sampling samplers.
+    """
+
+    sampler: Sampler = field(default_factory=lambda: BeamSearch(10))
+    lam: float = 3.0
+    candidates: int = 1
+    rerank: bool = True
+    output: str = "mask"
+    refine_steps: int = 0
+    refine_lr: float = 0.01
+    refine_penalty: float = 1e-3
+    seed: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready form (sampler as ``kind`` plus its fields)."""
+        kind = {Greedy: "greedy", Ancestral: "ancestral", TopK: "topk", TopP: "topp",
+                BeamSearch: "beam"}[type(self.sampler)]
+        return {"sampler": {"kind": kind, **self.sampler.__dict__}, "lam": self.lam,
+                "candidates": self.candidates, "rerank": self.rerank, "output": self.output,
+                "refine_steps": self.refine_steps, "refine_lr": self.refine_lr,
+                "refine_penalty": self.refine_penalty, "seed": self.seed}
+
+
+def make_sampler(kind: str, *, beams: int = 10, top_k: int = 16, top_p: float = 0.9,
+                 temperature: float = 1.0) -> Sampler:
+    """A sampler from its name: ``beam``, ``greedy``, ``ancestral``, ``topk`` or ``topp``."""
+    if kind == "beam":
+        return BeamSearch(beams)
+    if kind == "greedy":
+        return Greedy()
+    if kind == "ancestral":
+        return Ancestral(temperature)
+    if kind == "topk":
+        return TopK(top_k, temperature)
+    if kind == "topp":
+        return TopP(top_p, temperature)
+    raise LassError(f"unknown sampler {kind!r}; expected beam, greedy, ancestral, topk or topp")
+
+
+def settings_from_bundle(sampler: dict[str, Any]) -> SeparationSettings:
+    """The bundle's default settings (``bundle.json``'s ``sampler`` entry)."""
+    kind = str(sampler.get("kind", "beam"))
+    return SeparationSettings(
+        sampler=make_sampler(kind, beams=int(sampler.get("num_beams", 10)),
+                             top_k=int(sampler.get("k", 16)), top_p=float(sampler.get("p", 0.9)),
+                             temperature=float(sampler.get("temperature", 1.0))),
+        lam=float(sampler.get("lam", 3.0)), candidates=int(sampler.get("candidates", 1)),
+        output=str(sampler.get("output", "mask")),
+        refine_steps=int(sampler.get("refine_steps", 0)))
+
+
+@dataclass(frozen=True)
+class SeparationResult:
+    """Stems and what produced them.
+
+    Attributes:
+        stems: stem name -> ``(time,)`` float32 at ``sample_rate``.
+        sample_rate: rate of the stems (the input's).
+        tokens: the chosen token sequences per stem, ``(tokens,)`` int64.
+        score: the chosen separation's log posterior score.
+        fallback_steps: steps whose mixture token had no candidate pair.
+        timings: seconds per phase.
+    """
+
+    stems: dict[str, np.ndarray]
+    sample_rate: int
+    tokens: dict[str, np.ndarray]
+    score: float
+    fallback_steps: int
+    timings: dict[str, float]
+
+
+def _resample(wave: np.ndarray, src: int, dst: int, length: int | None = None) -> np.ndarray:
+    out = wave if src == dst else soxr.resample(wave, src, dst, quality="HQ")
+    out = np.asarray(out, dtype=np.float32)
+    if length is not None:
+        fixed = np.zeros(length, dtype=np.float32)
+        fixed[: min(length, out.shape[0])] = out[:length]
+        out = fixed
+    return out
+
+
+def soft_masks(mixture: np.ndarray, estimates: np.ndarray, power: float = 2.0
+               ) -> np.ndarray:
+    """Stems from ratio masks: ``(sources, time)`` estimates -> ``(sources, time)`` that sum
+    to ``mixture: (time,)`` (the STFT is inverted exactly; masks sum to one)."""
+    window = torch.hann_window(MASK_FFT, dtype=torch.float64)
+    n = mixture.shape[0]
+
+    def stft(x: np.ndarray) -> torch.Tensor:
+        return torch.stft(torch.from_numpy(x.astype(np.float64)), MASK_FFT, MASK_HOP,
+                          window=window, center=True, return_complex=True)
+
+    spec_mix = stft(mixture)
+    mags = torch.stack([stft(e).abs() ** power for e in estimates])  # (S, F, frames)
+    total = mags.sum(0, keepdim=True)
+    masks = torch.where(total > 1e-20, mags / total.clamp_min(1e-20),
+                        torch.full_like(mags, 1.0 / len(estimates)))
+    out = torch.istft(masks * spec_mix[None], MASK_FFT, MASK_HOP, window=window, center=True,
+                      length=n)
+    return out.numpy().astype(np.float32)
+
+
+class Separator:
+    """Codec, two priors and a likelihood, with default settings (see the module docstring)."""
+
+    def __init__(self, codec: Codec, priors: dict[str, Prior], likelihood: CountLikelihood,
+                 stems: tuple[str, str], mix_rule: str = "mean",
+                 settings: SeparationSettings | None = None,
+                 prior_classes: dict[str, int | None] | None = None,
+                 bundle: BundleSpec | None = None) -> None:
+        if len(stems) != 2:
+            raise LassError("LASS separates two stems")
+        for s in stems:
+            if s not in priors:
+                raise LassError(f"no prior for stem {s!r}")
+            if priors[s].vocab_size != codec.codebook_size:
+                raise LassError(f"the {s} prior models {priors[s].vocab_size} tokens but the "
+                                f"codec has {codec.codebook_size} codes")
+        if likelihood.k != codec.codebook_size:
+            raise LassError(f"the likelihood has K = {likelihood.k} but the codec has "
+                            f"{codec.codebook_size} codes")
+        self.codec, self.priors, self.likelihood = codec, priors, likelihood
+        self.stems = stems
+        self.mix_rule = check_mix_rule(mix_rule)
+        self.settings = settings or SeparationSettings()
+        self.prior_classes = prior_classes or {}
+        self.bundle = bundle
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike[str] | None = None,
+                        device: str | torch.device = "cpu", verify: bool = True) -> Separator:
+        """Load a bundle directory, a name under ``$LASS_BUNDLES``, or the default (None)."""
+        spec = read_bundle(name_or_path, verify=verify)
+        codec = load_codec(spec.codec, device=device)
+        if codec.sample_rate != spec.sample_rate:
+            raise LassError(f"bundle {spec.name}: the codec runs at {codec.sample_rate} Hz, the "
+                            f"bundle says {spec.sample_rate}")
+        loaded: dict[str, Prior] = {}
+        priors: dict[str, Prior] = {}
+        for stem, path in spec.priors.items():
+            key = str(path.resolve())
+            if key not in loaded:
+                prior = load_prior(path, device=device)
+                prior.check_codebook(codec.codebook_size, codec.identity())
+                loaded[key] = prior
+            priors[stem] = loaded[key]
+        likelihood = CountLikelihood.load(spec.likelihood, spec.smoothing,
+                                          codebook_size=codec.codebook_size,
+                                          codec_identity=codec.identity(), device=device)
+        return cls(codec, priors, likelihood, (spec.stems[0], spec.stems[1]), spec.mix,
+                   settings_from_bundle(spec.sampler), spec.prior_classes, spec)
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the models."""
+        return self.codec.device
+
+    def separate(self, wave: np.ndarray | torch.Tensor, sample_rate: int,
+                 settings: SeparationSettings | None = None) -> dict[str, np.ndarray]:
+        """``wave: (time,)`` or ``(channels, time)`` -> ``{stem: (time,)}`` at ``sample_rate``."""
+        return self.separate_detailed(wave, sample_rate, settings).stems
+
+    def with_settings(self, **changes: Any) -> Separator:
+        """A separator sharing these models with some settings changed."""
+        return Separator(self.codec, self.priors, self.likelihood, self.stems, self.mix_rule,
+                         replace(self.settings, **changes), self.prior_classes, self.bundle)
+
+    @torch.no_grad()
+    def _decode(self, codes: torch.Tensor, length: int) -> torch.Tensor:
+        return self.codec.decode(codes.to(self.device))[:, :length]
+
+    def _refine(self, first: torch.Tensor, second: torch.Tensor, target: torch.Tensor,
+                s: SeparationSettings) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eqs. 12-13: move the dense latents so their decodings mix back to ``target``."""
+        z0 = [self.codec.embed(c[None].to(self.device)).detach() for c in (first, second)]
+        z = [x.clone().requires_grad_(True) for x in z0]
+        opt = torch.optim.Adam(z, lr=s.refine_lr)
+        n = target.shape[-1]
+        for _ in range(s.refine_steps):
+            est = torch.stack([self.codec.decode_latents(x)[0, :n] for x in z])
+            loss = torch.mean((mix(est, self.mix_rule, dim=0) - target) ** 2) + \
+                s.refine_penalty * sum(torch.mean((x - x0) ** 2) for x, x0 in zip(z, z0,
+                                                                                  strict=True))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            return (self.codec.decode_latents(z[0])[0, :n], self.codec.decode_latents(z[1])[0, :n])
+
+    def separate_detailed(self, wave: np.ndarray | torch.Tensor, sample_rate: int,
+                          settings: SeparationSettings | None = None) -> SeparationResult:
+        """Separate and say how (tokens, score, fallbacks, timings)."""
+        s = settings or self.settings
+        if s.output not in OUTPUTS:
+            raise LassError(f"unknown output {s.output!r}; expected decode or mask")
+        x = wave.detach().cpu().numpy() if isinstance(wave, torch.Tensor) else np.asarray(wave)
+        if x.ndim == 2:
+            x = x.mean(axis=0)
+        if x.ndim != 1 or x.size == 0:
+            raise LassError(f"expected a (time,) or (channels, time) waveform, got {x.shape}")
+        x = x.astype(np.float32)
+        if not np.all(np.isfinite(x)):
+            raise LassError("the input holds NaN or infinite samples")
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        codec_rate = self.codec.sample_rate
+        xc = _resample(x, sample_rate, codec_rate)
+        n = xc.shape[0]
+        with torch.no_grad():
+            mix_codes = self.codec.encode(torch.from_numpy(xc)[None].to(self.device))
+        timings["encode"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        gen = torch.Generator(device=self.likelihood.device).manual_seed(s.seed)
+        classes = [None if self.prior_classes.get(st) is None else
+                   torch.tensor([self.prior_classes[st]]) for st in self.stems]
+        out: TokenSeparation = separate_tokens(
+            mix_codes, [self.priors[st] for st in self.stems], self.likelihood, s.sampler,
+            lam=s.lam, num_samples=s.candidates, classes=classes, generator=gen)
+        timings["search"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        finite = torch.isfinite(out.score[0])
+        first, second = out.first[0][finite], out.second[0][finite]
+        scores = out.score[0][finite]
+        target = torch.from_numpy(xc).to(self.device)
+        est1, est2 = self._decode(first, n), self._decode(second, n)
+        best = 0
+        if s.rerank and first.shape[0] > 1:
+            err = ((mix(torch.stack([est1, est2], 1), self.mix_rule, dim=1) - target) ** 2).sum(1)
+            best = int(err.argmin())
+        e1, e2 = est1[best], est2[best]
+        timings["decode"] = time.perf_counter() - t0
+        if s.refine_steps > 0:
+            t0 = time.perf_counter()
+            e1, e2 = self._refine(first[best], second[best], target, s)
+            timings["refine"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        gain = mix_gain(2, self.mix_rule)
+        contributions = np.stack([gain * e1.detach().cpu().numpy(),
+                                  gain * e2.detach().cpu().numpy()])
+        back = np.stack([_resample(c, codec_rate, sample_rate, x.shape[0])
+                         for c in contributions])
+        stems = soft_masks(x, back) if s.output == "mask" else back
+        timings["output"] = time.perf_counter() - t0
+        return SeparationResult(
+            stems={st: stems[i] for i, st in enumerate(self.stems)}, sample_rate=sample_rate,
+            tokens={self.stems[0]: first[best].cpu().numpy(),
+                    self.stems[1]: second[best].cpu().numpy()},
+            score=float(scores[best]), fallback_steps=out.fallback_steps, timings=timings)

@@ -1,0 +1,150 @@
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from lass import BeamSearch, SeparationSettings, Separator
+from lass.bundle import BundleError, read_bundle, sha256_path
+from lass.cli.separate import main as separate_main
+from lass.errors import LassError
+from lass.separator import soft_masks
+from tests.bundles import SR, make_debug_bundle, sources
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return make_debug_bundle(tmp_path_factory.mktemp("bundle") / "debug")
+
+
+def mixture(seconds: float = 1.0, seed: int = 3) -> np.ndarray:
+    src = sources(1, int(seconds * SR), seed=seed)[0].numpy()
+    return src.mean(axis=0)
+
+
+def test_separator_keeps_length_and_mask_stems_sum_to_the_input(bundle):
+    sep = Separator.from_pretrained(bundle)
+    x = mixture(0.5)[:3777]  # not a whole number of tokens
+    stems = sep.separate(x, SR)
+    assert list(stems) == ["drums", "bass"]
+    for s in stems.values():
+        assert s.shape == x.shape and s.dtype == np.float32
+    np.testing.assert_allclose(stems["drums"] + stems["bass"], x, atol=1e-5)
+    decoded = sep.separate(x, SR, SeparationSettings(sampler=BeamSearch(3), output="decode"))
+    assert decoded["drums"].shape == x.shape
+
+
+def test_other_rates_and_channels(bundle):
+    sep = Separator.from_pretrained(bundle)
+    x = mixture(0.25)
+    x16 = np.repeat(x, 2)  # a 16 kHz version, same length in seconds
+    stereo = np.stack([x16, 0.5 * x16])
+    stems = sep.separate(stereo, 2 * SR)
+    assert stems["bass"].shape == x16.shape
+    np.testing.assert_allclose(stems["drums"] + stems["bass"], stereo.mean(0), atol=1e-5)
+
+
+def test_detailed_result_and_determinism(bundle):
+    sep = Separator.from_pretrained(bundle)
+    x = mixture(0.25)
+    a = sep.separate_detailed(x, SR)
+    b = sep.separate_detailed(x, SR)
+    assert a.tokens["drums"].shape == (125,)
+    assert np.array_equal(a.tokens["bass"], b.tokens["bass"])
+    assert set(a.timings) >= {"encode", "search", "decode", "output"}
+    sampled = sep.with_settings(sampler=BeamSearch(1), candidates=4)
+    assert sampled.separate_detailed(x, SR).stems["drums"].shape == x.shape
+
+
+def test_long_input_runs_past_the_prior_context(bundle):
+    sep = Separator.from_pretrained(bundle).with_settings(sampler=BeamSearch(2))
+    x = mixture(0.4)  # 200 tokens; the priors hold 64 (0.128 s)
+    result = sep.separate_detailed(x, SR)
+    assert result.tokens["drums"].shape == (200,)
+    assert result.stems["bass"].shape == x.shape
+
+
+def test_refinement_moves_the_decodings_towards_the_mixture(bundle):
+    sep = Separator.from_pretrained(bundle)
+    x = mixture(0.25)
+    plain = sep.separate(x, SR, SeparationSettings(sampler=BeamSearch(2), output="decode"))
+    refined = sep.separate(x, SR, SeparationSettings(sampler=BeamSearch(2), output="decode",
+                                                     refine_steps=30, refine_lr=0.05))
+
+    def err(stems):
+        return float(np.sum((stems["drums"] + stems["bass"] - x) ** 2))
+
+    assert err(refined) < err(plain)
+
+
+def test_soft_masks_split_the_mixture_exactly():
+    rng = np.random.default_rng(0)
+    est = rng.standard_normal((2, 5000)).astype(np.float32)
+    mix_ = est.sum(0) + 0.1 * rng.standard_normal(5000).astype(np.float32)
+    out = soft_masks(mix_, est)
+    np.testing.assert_allclose(out.sum(0), mix_, atol=1e-5)
+    silent = soft_masks(mix_, np.zeros((2, 5000), dtype=np.float32))
+    np.testing.assert_allclose(silent[0], mix_ / 2, atol=1e-5)
+
+
+def test_bundle_hash_is_checked(bundle, tmp_path):
+    import shutil
+
+    copy = tmp_path / "b"
+    shutil.copytree(bundle, copy)
+    spec = read_bundle(copy)
+    assert spec.stems == ("drums", "bass")
+    assert sha256_path(copy / "codec") == json.loads((copy / "bundle.json").read_text())[
+        "codec"]["sha256"]
+    counts = copy / "likelihood.npz"
+    counts.write_bytes(counts.read_bytes() + b"x")
+    with pytest.raises(BundleError, match=r"likelihood \(likelihood\.npz\) does not match"):
+        Separator.from_pretrained(copy)
+    with pytest.raises(BundleError, match="bundle not found"):
+        Separator.from_pretrained(tmp_path / "nothing")
+
+
+def test_cli_writes_stems_and_reports_bad_inputs(bundle, tmp_path, capsys):
+    x = mixture(0.3)
+    sf.write(tmp_path / "song.wav", x, SR, subtype="FLOAT")
+    sf.write(tmp_path / "silent.wav", np.zeros(4000, dtype=np.float32), SR)
+    (tmp_path / "broken.wav").write_bytes(b"RIFF....WAVEjunk")
+    out = tmp_path / "out"
+    code = separate_main([str(tmp_path / "song.wav"), str(tmp_path / "silent.wav"),
+                          str(tmp_path / "broken.wav"), str(tmp_path / "nope.wav"),
+                          "-m", str(bundle), "-o", str(out), "--beams", "2", "--float32"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "silent: nothing to separate" in err
+    assert "cannot read audio file" in err and "no audio file at" in err
+    assert "Traceback" not in err
+    drums, rate = sf.read(out / "debug" / "song" / "drums.wav", dtype="float32")
+    bass, _ = sf.read(out / "debug" / "song" / "bass.wav", dtype="float32")
+    assert rate == SR and drums.shape == x.shape
+    np.testing.assert_allclose(drums + bass, x, atol=1e-5)
+    info = json.loads((out / "debug" / "song" / "separation.json").read_text())
+    assert info["settings"]["sampler"] == {"kind": "beam", "num_beams": 2}
+    assert info["bundle"]["sha256"] == read_bundle(bundle).sha256
+    assert not (out / "debug" / "silent").exists()
+    code = separate_main([str(tmp_path / "song.wav"), "-m", str(bundle), "-o", str(out),
+                          "--sampler", "topk", "--top-k", "4", "--candidates", "3",
+                          "--output", "decode"])
+    assert code == 0
+
+
+def test_without_a_default_bundle_the_command_says_so(tmp_path, capsys, monkeypatch):
+    import lass.bundle
+
+    monkeypatch.setattr(lass.bundle, "default_bundle_path", lambda: tmp_path / "none")
+    sf.write(tmp_path / "a.wav", mixture(0.25), SR)
+    assert separate_main([str(tmp_path / "a.wav")]) == 1
+    assert "no default bundle is installed" in capsys.readouterr().err
+
+
+def test_separator_refuses_bad_waves(bundle):
+    sep = Separator.from_pretrained(bundle)
+    with pytest.raises(LassError, match="NaN"):
+        sep.separate(np.array([0.0, np.nan], dtype=np.float32), SR)
+    with pytest.raises(LassError, match=r"expected a \(time,\) or \(channels, time\)"):
+        sep.separate(torch.zeros(2, 2, 2), SR)
