@@ -29,7 +29,8 @@ def test_separator_keeps_length_and_mask_stems_sum_to_the_input(bundle):
     stems = sep.separate(x, SR)
     assert list(stems) == ["drums", "bass"]
     for s in stems.values():
-        assert s.shape == x.shape and s.dtype == np.float32
+        assert s.shape == x.shape
+        assert s.dtype == np.float32
     np.testing.assert_allclose(stems["drums"] + stems["bass"], x, atol=1e-5)
     decoded = sep.separate(x, SR, SeparationSettings(sampler=BeamSearch(3), output="decode"))
     assert decoded["drums"].shape == x.shape
@@ -117,11 +118,13 @@ def test_cli_writes_stems_and_reports_bad_inputs(bundle, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 1
     assert "silent: nothing to separate" in err
-    assert "cannot read audio file" in err and "no audio file at" in err
+    assert "cannot read audio file" in err
+    assert "no audio file at" in err
     assert "Traceback" not in err
     drums, rate = sf.read(out / "debug" / "song" / "drums.wav", dtype="float32")
     bass, _ = sf.read(out / "debug" / "song" / "bass.wav", dtype="float32")
-    assert rate == SR and drums.shape == x.shape
+    assert rate == SR
+    assert drums.shape == x.shape
     np.testing.assert_allclose(drums + bass, x, atol=1e-5)
     info = json.loads((out / "debug" / "song" / "separation.json").read_text())
     assert info["settings"]["sampler"] == {"kind": "beam", "num_beams": 2}
