@@ -4,8 +4,8 @@
         --configs 32:1024 64:1024 64:2048 128:2048
 
 Each ``hop:codes`` setting is trained with ``lass-train-vqvae`` (same seed, steps and batch)
-into ``OUT/h<hop>-k<codes>``; finished runs are reused (``--resume``). The table gives the
-validation reconstruction SDR (drums, bass, mixture), the codebook perplexity on the
+into ``OUT/h<hop>-k<codes>``; finished runs are reused and unfinished ones resumed. The
+table gives the validation reconstruction SDR (drums, bass, mixture), the codebook perplexity on the
 validation codes and the training time.
 """
 
@@ -26,7 +26,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--configs", nargs="+", default=["32:1024", "64:1024", "64:2048", "128:2048"])
-    p.add_argument("--extra", nargs="*", default=[], help="more lass-train-vqvae arguments")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads per run (0: default)")
     args = p.parse_args()
     rows = []
     for spec in args.configs:
@@ -36,12 +36,16 @@ def main() -> None:
                       "--codebook-size", str(codes), "--steps", str(args.steps),
                       "--batch", str(args.batch), "--seed", str(args.seed),
                       "--valid-every", str(args.steps), "--checkpoint-every", str(args.steps),
-                      *args.extra]
-        if (run / "trainer.pt").is_file():
-            train_args.append("--resume")
-        if train_main(train_args) != 0:
-            raise SystemExit(f"training {spec} failed")
-        summary = json.loads((run / "summary.json").read_text())
+                      "--threads", str(args.threads)]
+        summary_path = run / "summary.json"
+        finished = summary_path.is_file() and \
+            json.loads(summary_path.read_text())["step"] >= args.steps
+        if not finished:
+            if (run / "trainer.pt").is_file():
+                train_args.append("--resume")
+            if train_main(train_args) != 0:
+                raise SystemExit(f"training {spec} failed")
+        summary = json.loads(summary_path.read_text())
         rows.append((hop, codes, summary["valid"], summary["last_run"], summary["step"],
                      summary["config"]["sample_rate"]))
     print("| hop | codes | tokens/s | steps | SDR drums | SDR bass | SDR mixture | perplexity "
