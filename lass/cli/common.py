@@ -34,3 +34,16 @@ def start_run(out: Path, resume: bool, threads: int, device: str) -> str:
         raise LassError(f"{out} already holds a training run; pass --resume or choose another "
                         "--out")
     return resolve_device(device)
+
+
+def dataset_mix_rule(data: Path, override: str | None) -> str:
+    """The mixing rule: ``override``, else the data set's ``dataset.json``, else ``mean``."""
+    if override:
+        return override
+    meta = data / "dataset.json"
+    if meta.is_file():
+        try:
+            return str(json.loads(meta.read_text(encoding="utf-8")).get("mix", "mean"))
+        except (OSError, ValueError):
+            pass
+    return "mean"

@@ -18,7 +18,6 @@ result.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -31,7 +30,7 @@ import torch
 from tqdm import tqdm
 
 from lass.cli import run_cli
-from lass.cli.common import resolve_device
+from lass.cli.common import dataset_mix_rule, resolve_device
 from lass.data import StemDataset, chunk_samples, find_tracks, mix
 from lass.errors import DataError
 from likelihood import Counts, TripleCounter, load_counts, save_counts
@@ -73,18 +72,6 @@ def _shard(text: str) -> tuple[int, int]:
     if not 0 <= i < n:
         raise DataError(f"--shard {text}: need 0 <= i < n")
     return i, n
-
-
-def _mix_rule(args: argparse.Namespace) -> str:
-    if args.mix:
-        return str(args.mix)
-    meta = args.data / "dataset.json"
-    if meta.is_file():
-        try:
-            return str(json.loads(meta.read_text(encoding="utf-8")).get("mix", "mean"))
-        except (OSError, ValueError):
-            pass
-    return "mean"
 
 
 def print_stats(path: Path) -> None:
@@ -141,7 +128,7 @@ def _count(args: argparse.Namespace) -> int:
     if not args.symmetric and len(args.sources) != 2:
         raise DataError("--sources needs exactly two stems (or --symmetric for one pool)")
     codec: Codec = load_codec(args.codec, device=device)
-    rule = _mix_rule(args)
+    rule = dataset_mix_rule(args.data, args.mix)
     chunk = chunk_samples(args.chunk_seconds, codec.sample_rate)
     tracks = find_tracks(args.data, args.split, args.sources, args.layout)
     pools = [StemDataset(tracks, sample_rate=codec.sample_rate, chunk=chunk, stems=[s],

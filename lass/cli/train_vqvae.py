@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from lass.cli import run_cli
-from lass.cli.common import append_jsonl, start_run
+from lass.cli.common import append_jsonl, dataset_mix_rule, start_run
 from lass.data import StemDataset, chunk_samples, find_tracks, mix
 from lass.data.audio import write_text_atomic
 from lass.errors import DataError
@@ -62,18 +62,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     return p
-
-
-def _mix_rule(args: argparse.Namespace) -> str:
-    if args.mix:
-        return str(args.mix)
-    meta = args.data / "dataset.json"
-    if meta.is_file():
-        try:
-            return str(json.loads(meta.read_text(encoding="utf-8")).get("mix", "mean"))
-        except (OSError, ValueError):
-            pass
-    return "mean"
 
 
 class Batches:
@@ -135,7 +123,7 @@ def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     out: Path = args.out
     device = start_run(out, args.resume, args.threads, args.device)
-    rule = _mix_rule(args)
+    rule = dataset_mix_rule(args.data, args.mix)
     train_tracks = find_tracks(args.data, "train", args.stems, args.layout)
     valid_tracks = find_tracks(args.data, "valid", args.stems, args.layout)
     chunk = chunk_samples(args.seconds, args.sample_rate)
