@@ -98,13 +98,6 @@ class MixturePlan:
         self.pools, self.symmetric, self.gain_db = pools, symmetric, gain_db
         self.rule, self.seed = rule, seed
 
-    def _chunk(self, rng: np.random.Generator, pool: StemDataset) -> torch.Tensor:
-        for _ in range(1000):
-            chunk = pool.chunk_at(int(rng.integers(len(pool))))
-            if pool.keep(chunk):
-                return chunk.audio[0]
-        raise DataError("could not find a non-silent chunk in 1000 tries")
-
     def sources(self, n: int) -> torch.Tensor:
         """``(2, time)``: the two gained sources of mixture ``n``."""
         rng = np.random.default_rng([self.seed, n])
@@ -112,7 +105,7 @@ class MixturePlan:
             picks = [self.pools[int(rng.integers(len(self.pools)))] for _ in range(2)]
         else:
             picks = self.pools[:2]
-        waves = [self._chunk(rng, pool) for pool in picks]
+        waves = [pool.random_kept_chunk(rng).audio[0] for pool in picks]
         gains = 10 ** (rng.uniform(*self.gain_db, size=2) / 20)
         return torch.stack([w * float(g) for w, g in zip(waves, gains, strict=True)])
 

@@ -18,7 +18,9 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -86,10 +88,9 @@ def _settings(args: argparse.Namespace, base: SeparationSettings) -> SeparationS
     if args.sampler is not None or args.beams is not None:
         kind = args.sampler or "beam"
         beams = args.beams if args.beams is not None else getattr(s.sampler, "num_beams", 10)
-        s = SeparationSettings(**{**s.__dict__, "sampler": make_sampler(
-            kind, beams=beams, top_k=args.top_k, top_p=args.top_p,
-            temperature=args.temperature)})
-    changes: dict[str, object] = {"seed": args.seed}
+        s = replace(s, sampler=make_sampler(kind, beams=beams, top_k=args.top_k,
+                                            top_p=args.top_p, temperature=args.temperature))
+    changes: dict[str, Any] = {"seed": args.seed}
     if args.candidates is not None:
         changes["candidates"] = args.candidates
     if args.lam is not None:
@@ -98,7 +99,7 @@ def _settings(args: argparse.Namespace, base: SeparationSettings) -> SeparationS
         changes["refine_steps"] = args.refine
     if args.output is not None:
         changes["output"] = args.output
-    return SeparationSettings(**{**s.__dict__, **changes})
+    return replace(s, **changes)
 
 
 def _read(path: Path) -> tuple[np.ndarray, int]:

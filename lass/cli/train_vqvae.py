@@ -77,12 +77,7 @@ class Batches:
         rng = np.random.default_rng([self.seed, step])
         items = []
         for _ in range(self.batch):
-            for _tries in range(1000):
-                chunk = self.data.chunk_at(int(rng.integers(len(self.data))))
-                if self.data.keep(chunk):
-                    break
-            else:
-                raise DataError("could not find a non-silent training chunk in 1000 tries")
+            chunk = self.data.random_kept_chunk(rng)
             if rng.random() < self.mix_fraction:
                 wave = mix(chunk.audio, self.rule, dim=0)
             else:

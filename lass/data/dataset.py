@@ -179,6 +179,14 @@ class StemDataset(IterableDataset[Chunk]):
         """Whether ``chunk`` passes the silence filter."""
         return not any(is_silent(chunk.stem(s), self.silence_db) for s in self.require)
 
+    def random_kept_chunk(self, rng: np.random.Generator, tries: int = 1000) -> Chunk:
+        """A uniformly drawn chunk that passes the silence filter (``tries`` draws at most)."""
+        for _ in range(tries):
+            chunk = self.chunk_at(int(rng.integers(len(self))))
+            if self.keep(chunk):
+                return chunk
+        raise DataError(f"could not find a non-silent chunk in {tries} tries")
+
     def __iter__(self) -> Iterator[Chunk]:
         order = self.order()
         worker = get_worker_info()
