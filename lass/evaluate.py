@@ -75,12 +75,71 @@ def evaluation_mixtures(data: StemDataset, count: int, seed: int = 0) -> list[Ev
 
 Method = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
+BLIND_FFT = 2048
+BLIND_HOP = 512
+#: NMF components whose basis has half its energy below this go to the non-drum stem.
+NMF_BASS_MEDIAN_HZ = 250.0
+NMF_COMPONENTS = 16
+
+
+def _drum_index(stems: tuple[str, ...] | list[str]) -> int:
+    """Index of the percussive stem: the first whose name holds "drum" (else the first)."""
+    return next((i for i, s in enumerate(stems) if "drum" in s.lower()), 0)
+
+
+def _masked(mixture: np.ndarray, models: list[np.ndarray], power: float = 2.0) -> np.ndarray:
+    """Ratio masks from magnitude models ``(freq, frames)`` on the mixture's STFT."""
+    import librosa
+
+    spec = librosa.stft(mixture.astype(np.float32), n_fft=BLIND_FFT, hop_length=BLIND_HOP)
+    mags = np.stack([m ** power for m in models])
+    total = mags.sum(0)
+    masks = np.where(total > 1e-20, mags / np.maximum(total, 1e-20), 1.0 / len(models))
+    return np.stack([librosa.istft(mask * spec, hop_length=BLIND_HOP, n_fft=BLIND_FFT,
+                                   length=mixture.shape[0]) for mask in masks]).astype(np.float32)
+
+
+def hpss_separate(mixture: np.ndarray, stems: tuple[str, ...] | list[str]) -> np.ndarray:
+    """HPSS baseline (librosa median filtering): percussive part -> the drum stem, harmonic
+    part -> the other; ``(time,)`` -> ``(2, time)`` contributions that sum to the mixture."""
+    import librosa
+
+    spec = np.abs(librosa.stft(mixture.astype(np.float32), n_fft=BLIND_FFT,
+                               hop_length=BLIND_HOP))
+    harmonic, percussive = librosa.decompose.hpss(spec)
+    d = _drum_index(stems)
+    models = [harmonic, harmonic]
+    models[d] = percussive
+    return _masked(mixture, models)
+
+
+def nmf_separate(mixture: np.ndarray, stems: tuple[str, ...] | list[str], sample_rate: int,
+                 components: int = NMF_COMPONENTS, seed: int = 0) -> np.ndarray:
+    """NMF baseline: ``components`` NMF components of the magnitude spectrogram; those whose
+    basis has half its energy below ``NMF_BASS_MEDIAN_HZ`` model the non-drum stem,
+    the rest the drum stem; ratio masks of the two groups on the mixture's STFT."""
+    import librosa
+
+    spec = np.abs(librosa.stft(mixture.astype(np.float32), n_fft=BLIND_FFT,
+                               hop_length=BLIND_HOP))
+    w, h = librosa.decompose.decompose(spec, n_components=components, random_state=seed,
+                                       max_iter=400, init="nndsvda")
+    freqs = librosa.fft_frequencies(sr=sample_rate, n_fft=BLIND_FFT)
+    energy = np.cumsum(w**2, axis=0)
+    median = freqs[np.argmax(energy >= 0.5 * energy[-1:], axis=0)]  # (components,)
+    low = median < NMF_BASS_MEDIAN_HZ
+    d = _drum_index(stems)
+    models = [w[:, low] @ h[low], w[:, low] @ h[low]]
+    models[d] = w[:, ~low] @ h[~low]
+    return _masked(mixture, models)
+
 
 def make_methods(separator: Separator, names: list[str], beams: int = 10, top_k: int = 16,
                  candidates: int = 1) -> dict[str, Method]:
     """Separation methods by name: ``lass-<sampler>-<decode|mask>``, ``average``,
-    ``oracle-decode`` and ``oracle-mask``. Each maps ``(mixture (time,), sources (2, time))``
-    to ``(2, time)`` contributions (only the oracles look at the sources)."""
+    ``oracle-decode``, ``oracle-mask``, ``hpss`` and ``nmf``. Each maps ``(mixture (time,),
+    sources (2, time))`` to ``(2, time)`` contributions (only the oracles look at the
+    sources)."""
     gain = mix_gain(2, separator.mix_rule)
     rate = separator.codec.sample_rate
     cache: dict[tuple[str, int], np.ndarray] = {}
@@ -112,6 +171,10 @@ def make_methods(separator: Separator, names: list[str], beams: int = 10, top_k:
             methods[name] = lambda m, s: oracle_decoded(s)
         elif name == "oracle-mask":
             methods[name] = lambda m, s: soft_masks(m, oracle_decoded(s))
+        elif name == "hpss":
+            methods[name] = lambda m, s: hpss_separate(m, separator.stems)
+        elif name == "nmf":
+            methods[name] = lambda m, s: nmf_separate(m, separator.stems, rate)
         elif name.startswith("lass-"):
             parts = name.split("-")
             if len(parts) != 3 or parts[1] not in METHOD_SAMPLERS or parts[2] not in (

@@ -150,6 +150,16 @@ class _PriorStream:
         self.state = self.prior.reorder(self.state, index)
 
 
+def _stack_classes(row_classes: list[torch.Tensor | None], rows: int, device: torch.device
+                   ) -> torch.Tensor | None:
+    """Class labels of a shared prior's stacked rows (first source's rows, then second's)."""
+    if all(c is None for c in row_classes):
+        return None
+    if any(c is None for c in row_classes):
+        raise ValueError("a shared prior needs class labels for both sources or for neither")
+    return torch.cat([c for c in row_classes if c is not None]).to(device)
+
+
 @torch.no_grad()
 def separate_tokens(mix_codes: torch.Tensor, priors: Sequence[Prior],
                     likelihood: CountLikelihood, sampler: Sampler, *, lam: float = 3.0,
@@ -186,11 +196,18 @@ def separate_tokens(mix_codes: torch.Tensor, priors: Sequence[Prior],
         if p.vocab_size != k:
             raise ValueError(f"a prior models {p.vocab_size} tokens, the likelihood {k}")
     mix_of_row = torch.arange(batch, device=device).repeat_interleave(width)
-    streams = []
-    for p, cls in zip(priors, classes, strict=True):
+    row_classes = [None if cls is None else torch.as_tensor(cls, device=device)[mix_of_row]
+                   for cls in classes]
+    if len(row_classes) != 2:
+        raise ValueError("give one class entry per prior")
+    # One prior object for both sources (a shared prior): one stream over 2 x rows, so each
+    # step is one network call for both sources.
+    shared = priors[0] is priors[1]
+    streams: list[_PriorStream] = []
+    for p, cls in ([(priors[0], _stack_classes(row_classes, rows, device))] if shared
+                   else list(zip(priors, row_classes, strict=True))):
         overlap = context_overlap if context_overlap is not None else p.context_length // 2
-        row_cls = None if cls is None else torch.as_tensor(cls, device=device)[mix_of_row]
-        streams.append(_PriorStream(p, rows, row_cls, overlap))
+        streams.append(_PriorStream(p, rows * (2 if shared else 1), cls, overlap))
     history = [torch.zeros(rows, length, dtype=torch.long, device=device) for _ in range(2)]
     beam = isinstance(sampler, BeamSearch)
     total = torch.zeros(batch, width, device=device)
@@ -198,7 +215,10 @@ def separate_tokens(mix_codes: torch.Tensor, priors: Sequence[Prior],
         total[:, 1:] = float("-inf")  # all beams start as one: no duplicate hypotheses
     fallback_steps = 0
     for t in range(length):
-        lp1, lp2 = (s.next(h, t) for s, h in zip(streams, history, strict=True))
+        if shared:
+            lp1, lp2 = streams[0].next(torch.cat(history), t).chunk(2)
+        else:
+            lp1, lp2 = (s.next(h, t) for s, h in zip(streams, history, strict=True))
         cand = likelihood.slice(mix_codes[:, t])
         first, second = cand.first[mix_of_row], cand.second[mix_of_row]
         log_lik = cand.log_lik[mix_of_row]
@@ -232,7 +252,7 @@ def separate_tokens(mix_codes: torch.Tensor, priors: Sequence[Prior],
             pick = (index % n_cand).reshape(-1)
             total = values
             for s in streams:
-                s.reorder(parent)
+                s.reorder(torch.cat([parent, parent + rows]) if shared else parent)
             history = [h.index_select(0, parent) for h in history]
             chosen_rows = parent
         else:

@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,18 +48,22 @@ class TransformerPriorConfig:
             one name: a prior per source; several: one shared, class-conditioned prior).
         arch: ``llama`` or ``gpt2``.
         width, layers, heads: Transformer size.
+        kv_heads: key/value heads of the Llama attention (grouped-query attention; 1 is
+            multi-query). Fewer heads shrink the KV cache that beam search reorders every
+            step. 0 means ``heads``. GPT-2 always uses ``heads``.
         dropout: dropout while training (GPT-2: residual, attention, embeddings; Llama:
             attention).
         codec_identity: identity (sha256) of the codec whose tokens the prior models.
     """
 
     vocab_size: int = 1024
-    context_length: int = 1024
+    context_length: int = 512
     class_names: tuple[str, ...] = ()
     arch: str = "llama"
     width: int = 256
-    layers: int = 6
+    layers: int = 3
     heads: int = 4
+    kv_heads: int = 1
     dropout: float = 0.0
     codec_identity: str = ""
 
@@ -80,7 +84,8 @@ class TransformerPriorConfig:
             return LlamaConfig(max_position_embeddings=self.context_length + 1,
                                hidden_size=self.width, intermediate_size=self.width * 8 // 3,
                                num_hidden_layers=self.layers, num_attention_heads=self.heads,
-                               num_key_value_heads=self.heads, attention_dropout=self.dropout,
+                               num_key_value_heads=self.kv_heads or self.heads,
+                               attention_dropout=self.dropout,
                                tie_word_embeddings=False, **common)
         raise PriorError(f"unknown architecture {self.arch!r}; expected one of {', '.join(ARCHS)}")
 
@@ -95,6 +100,9 @@ class TransformerPrior(Prior):
             raise PriorError("vocab_size must be >= 2 and context_length >= 1")
         if config.width % config.heads:
             raise PriorError(f"width {config.width} is not a multiple of heads {config.heads}")
+        if config.kv_heads < 0 or (config.kv_heads and config.heads % config.kv_heads):
+            raise PriorError(f"heads {config.heads} is not a multiple of kv_heads "
+                             f"{config.kv_heads}")
         self.config = config
         if model is None:
             hf = config.hf_config()
@@ -264,6 +272,8 @@ def load_prior(path: str | os.PathLike[str], device: str | torch.device = "cpu"
     except (OSError, ValueError, RuntimeError, SafetensorError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise PriorError(f"cannot load the network in {root}: {first}") from None
+    if "kv_heads" not in fields:  # saved before the field existed: all heads
+        config = replace(config, kv_heads=config.heads)
     if model.config.vocab_size != config.total_vocab:
         raise PriorError(f"{root}: network vocabulary {model.config.vocab_size} does not match "
                          f"{META_FILE} ({config.total_vocab})")

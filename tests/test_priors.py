@@ -8,12 +8,12 @@ from priors import PriorError, TransformerPrior, TransformerPriorConfig, load_pr
 K = 16
 
 
-def tiny(arch: str = "llama", classes: tuple[str, ...] = (), context: int = 12
-         ) -> TransformerPrior:
+def tiny(arch: str = "llama", classes: tuple[str, ...] = (), context: int = 12,
+         kv_heads: int = 0) -> TransformerPrior:
     torch.manual_seed(0)
     return TransformerPrior(TransformerPriorConfig(vocab_size=K, context_length=context,
                                                    class_names=classes, arch=arch, width=32,
-                                                   layers=2, heads=2)).eval()
+                                                   layers=2, heads=2, kv_heads=kv_heads)).eval()
 
 
 def stepwise(prior: TransformerPrior, codes: torch.Tensor, classes=None) -> torch.Tensor:
@@ -28,9 +28,9 @@ def stepwise(prior: TransformerPrior, codes: torch.Tensor, classes=None) -> torc
     return torch.cat(out, dim=1)
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_cached_steps_equal_full_forward(arch):
-    prior = tiny(arch)
+@pytest.mark.parametrize(("arch", "kv_heads"), [("llama", 0), ("llama", 1), ("gpt2", 0)])
+def test_cached_steps_equal_full_forward(arch, kv_heads):
+    prior = tiny(arch, kv_heads=kv_heads)
     codes = torch.randint(0, K, (3, 12))
     with torch.no_grad():
         full = prior.token_log_probs(codes)
@@ -57,8 +57,9 @@ def test_causality_future_tokens_change_nothing_before():
     assert not torch.allclose(a[:, 7:], b[:, 7:])
 
 
-def test_reorder_follows_beams_exactly():
-    prior = tiny()
+@pytest.mark.parametrize("kv_heads", [0, 1])
+def test_reorder_follows_beams_exactly(kv_heads):
+    prior = tiny(kv_heads=kv_heads)
     codes = torch.randint(0, K, (4, 6))
     state = prior.start(4)
     _, state = prior.prime(codes, state)

@@ -172,3 +172,38 @@ def test_long_sequences_continue_in_windows():
     # A first-order chain needs one token of context: windows change nothing.
     assert torch.equal(windowed.first, full.first)
     torch.testing.assert_close(windowed.score, full.score)
+
+
+@pytest.mark.parametrize("sampler", [BeamSearch(3), Greedy(), Ancestral(1.0)])
+def test_shared_prior_is_one_call_with_the_same_answer(sampler):
+    import copy
+
+    from priors import TransformerPrior, TransformerPriorConfig
+
+    k = 6
+    _, _, lik, _ = build(k, 2, 3)
+    torch.manual_seed(0)
+    prior = TransformerPrior(TransformerPriorConfig(vocab_size=k, context_length=8, width=16,
+                                                    layers=1, heads=2,
+                                                    class_names=("a", "b"))).eval()
+    twin = copy.deepcopy(prior)
+    calls = {"n": 0}
+    forward = prior.model.forward
+
+    def counted(*args, **kwargs):
+        calls["n"] += 1
+        return forward(*args, **kwargs)
+
+    prior.model.forward = counted
+    mix = torch.from_numpy(np.random.default_rng(1).integers(0, k, (2, 13)))
+    cls = (torch.zeros(2, dtype=torch.long), torch.ones(2, dtype=torch.long))
+    shared = separate_tokens(mix, [prior, prior], lik, sampler, classes=cls, num_samples=2,
+                             context_overlap=3, generator=torch.Generator().manual_seed(0))
+    apart = separate_tokens(mix, [prior.__class__(prior.config, twin.model).eval(), twin], lik,
+                            sampler, classes=cls, num_samples=2, context_overlap=3,
+                            generator=torch.Generator().manual_seed(0))
+    assert torch.equal(shared.first, apart.first)
+    assert torch.equal(shared.second, apart.second)
+    torch.testing.assert_close(shared.score, apart.score, rtol=1e-5, atol=1e-4)
+    # one network call per token plus one per window restart, for both sources together
+    assert calls["n"] < 13 + 4

@@ -81,9 +81,16 @@ def test_train_prior_command(tmp_path):
     assert json.loads((out / "summary.json").read_text())["step"] == 6
     shared = tmp_path / "shared"
     proc = run(*common(data, tmp_path / "codec", shared), "--stem", "drums", "bass",
-               "--conditional", "--steps", "2")
+               "--conditional", "--steps", "2", "--kv-heads", "1")
     assert proc.returncode == 0, proc.stderr
-    assert load_prior(shared / "model").config.class_names == ("drums", "bass")
+    prior = load_prior(shared / "model")
+    assert prior.config.class_names == ("drums", "bass")
+    assert prior.model.config.num_key_value_heads == 1
+    per_stem = json.loads((shared / "summary.json").read_text())["per_stem"]
+    assert set(per_stem) == {"drums", "bass"}
+    for stem in per_stem.values():
+        assert 0 < stem["valid_bits_per_token"] < 10
+        assert stem["bigram"] > 0
 
 
 def test_prior_of_another_codec_is_refused(tmp_path):

@@ -30,7 +30,7 @@ from lass.evaluate import evaluation_mixtures, make_methods, mixture_of, score
 from lass.separator import Separator
 
 PROG = "lass-evaluate"
-DEFAULT_METHODS = ["average", "oracle-decode", "oracle-mask", "lass-beam-decode",
+DEFAULT_METHODS = ["average", "hpss", "nmf", "oracle-decode", "oracle-mask", "lass-beam-decode",
                    "lass-beam-mask", "lass-greedy-decode", "lass-greedy-mask"]
 
 

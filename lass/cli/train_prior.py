@@ -50,12 +50,14 @@ def _parser() -> argparse.ArgumentParser:
                    help="with several stems: one class token per stem")
     p.add_argument("--layout", default="auto")
     p.add_argument("--token-cache", type=Path, default=None)
-    p.add_argument("--context", type=int, default=1024, help="tokens per training sequence")
+    p.add_argument("--context", type=int, default=512, help="tokens per training sequence")
     p.add_argument("--arch", default="llama", choices=["llama", "gpt2"])
     p.add_argument("--width", type=int, default=256)
-    p.add_argument("--layers", type=int, default=6)
+    p.add_argument("--layers", type=int, default=3)
     p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--dropout", type=float, default=0.1)
+    p.add_argument("--kv-heads", type=int, default=1,
+                   help="key/value heads (Llama; 1 = multi-query; 0 = --heads)")
+    p.add_argument("--dropout", type=float, default=0.0)
     p.add_argument("--steps", type=int, default=20000)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -93,6 +95,13 @@ def _streams(args: argparse.Namespace, codec: Codec, split: str
     return streams, classes
 
 
+def _window_streams(windows: TokenWindows, count: int) -> torch.Tensor:
+    """Index (among the kept streams) of the stream of each of ``windows.evenly(count)``."""
+    total = int(windows.cumulative[-1])
+    picks = np.linspace(0, total - 1, num=min(count, total)).astype(np.int64)
+    return torch.from_numpy(np.searchsorted(windows.cumulative, picks, side="right"))
+
+
 def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     out: Path = args.out
@@ -108,6 +117,26 @@ def _main(argv: Sequence[str] | None) -> int:
                                  valid_classes if conditional else None)
     valid_codes, valid_cls = valid_windows.evenly(args.valid_windows)
     baselines = baseline_bits(train_streams, valid_streams, codec.codebook_size)
+    per_stem = {}  # several stems: each stem's baselines and bits on its own tokens
+    if len(args.stem) > 1:
+        for c, stem in enumerate(args.stem):
+            per_stem[stem] = baseline_bits(
+                [s for s, k in zip(train_streams, train_classes, strict=True) if k == c],
+                [s for s, k in zip(valid_streams, valid_classes, strict=True) if k == c],
+                codec.codebook_size)
+            print(f"{PROG}: {stem} baselines (bits/token): unigram "
+                  f"{per_stem[stem].unigram:.3f}, bigram {per_stem[stem].bigram:.3f}",
+                  file=sys.stderr)
+    valid_labels = torch.tensor([c for c, s in zip(valid_classes, valid_streams, strict=True)
+                                 if len(s) >= args.context])
+    label_of_window = valid_labels[_window_streams(valid_windows, args.valid_windows)]
+
+    def evaluate_per_stem() -> dict[str, float]:
+        return {stem: trainer.evaluate(valid_codes[label_of_window == c],
+                                       None if valid_cls is None
+                                       else valid_cls[label_of_window == c])
+                for c, stem in enumerate(args.stem) if bool((label_of_window == c).any())}
+
     print(f"{PROG}: valid baselines (bits/token): unigram entropy {baselines.unigram_entropy:.3f}"
           f", unigram {baselines.unigram:.3f}, bigram {baselines.bigram:.3f} "
           f"({baselines.tokens} tokens)", file=sys.stderr)
@@ -123,6 +152,7 @@ def _main(argv: Sequence[str] | None) -> int:
                                       class_names=tuple(args.stem) if conditional else (),
                                       arch=args.arch,
                                       width=args.width, layers=args.layers, heads=args.heads,
+                                      kv_heads=args.kv_heads,
                                       dropout=args.dropout, codec_identity=codec.identity())
         trainer = PriorTrainer(TransformerPrior(pcfg).to(device), tcfg)
     out.mkdir(parents=True, exist_ok=True)
@@ -147,9 +177,13 @@ def _main(argv: Sequence[str] | None) -> int:
                                    "lr": trainer.lr_at(step - 1)})
             if step % args.valid_every == 0 or step == args.steps:
                 valid_bits = trainer.evaluate(valid_codes, valid_cls)
-                append_jsonl(log, {"kind": "valid", "step": step, "bits": valid_bits})
+                stem_bits = evaluate_per_stem() if per_stem else {}
+                append_jsonl(log, {"kind": "valid", "step": step, "bits": valid_bits,
+                                   **{f"bits_{k}": v for k, v in stem_bits.items()}})
                 bar.write(f"step {step}: valid {valid_bits:.3f} bits/token (bigram "
-                          f"{baselines.bigram:.3f}, unigram {baselines.unigram:.3f})")
+                          f"{baselines.bigram:.3f}, unigram {baselines.unigram:.3f})" +
+                          "".join(f"; {k} {v:.3f} (bigram {per_stem[k].bigram:.3f})"
+                                  for k, v in stem_bits.items()))
             if step % args.checkpoint_every == 0 or step == args.steps:
                 trainer.save(out)
     finally:
@@ -160,6 +194,10 @@ def _main(argv: Sequence[str] | None) -> int:
     summary = {"step": trainer.step, "valid_bits_per_token": round(valid_bits, 4),
                "baselines": {k: round(v, 4) if isinstance(v, float) else v
                              for k, v in dataclasses.asdict(baselines).items()},
+               "per_stem": {k: {"valid_bits_per_token": round(v, 4),
+                                **{b: round(x, 4) if isinstance(x, float) else x
+                                   for b, x in dataclasses.asdict(per_stem[k]).items()}}
+                            for k, v in (evaluate_per_stem() if per_stem else {}).items()},
                "parameters": params, "stems": args.stem, "conditional": conditional,
                "last_run": {"steps": trainer.step - start_step, "wall_seconds": round(wall, 1),
                             "device": device}}

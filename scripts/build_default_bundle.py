@@ -1,0 +1,160 @@
+"""Rebuild the embedded default bundle (drums + bass) from seed, stage by stage.
+
+    python scripts/build_default_bundle.py --work runs/default [--install]
+
+Stages (each is skipped when its output exists and resumes when interrupted):
+
+1. ``data``: ``lass-make-dataset synth-drums-bass --hours 10 --seed 0``
+2. ``codec``: ``lass-train-vqvae`` (hop 64, 1024 codes, 1500 steps, seed 0)
+3. ``prior``: ``lass-train-prior`` one shared class-conditioned prior over drums and bass
+   (Llama-style, 3 layers, width 256, 4 heads, 1 key/value head, context 512)
+4. ``counts``: ``lass-count-likelihood`` on 1 hour of training mixtures
+5. ``tune``: lambda of beam search (10 beams) chosen on validation mixtures (never test)
+6. ``assemble``: the bundle in ``WORK/bundle`` (``bundle.json`` with every sha256);
+   ``--install`` copies it to ``lass/bundles/default`` and prints the rows of
+   ``checkpoints.md``.
+
+Commands run on the CPU unless ``--device cuda``; ``--threads`` sets CPU threads. The
+numbers of a build (times, validation bits, the lambda grid) go to ``WORK/build.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lass.bundle import sha256_path, write_bundle
+
+CODEC_STEPS = 1500
+PRIOR_STEPS = 1800
+COUNT_HOURS = 1.0
+LAMBDAS = (1.0, 2.0, 3.0, 5.0)
+TUNE_MIXTURES = 12
+BEAMS = 10
+
+
+def _run(cmd: list[str], log: dict[str, Any], stage: str) -> None:
+    print("$ " + " ".join(cmd), file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True)
+    log.setdefault("seconds", {})[stage] = round(time.perf_counter() - start, 1)
+
+
+def _tune(bundle: Path, data: Path, log: dict[str, Any]) -> float:
+    """Lambda with the best mean SDR (mask output) on validation mixtures."""
+    from lass.data import StemDataset, chunk_samples, find_tracks, mix_gain
+    from lass.evaluate import evaluation_mixtures, mixture_of, plain_sdr
+    from lass.sampling import BeamSearch
+    from lass.separator import SeparationSettings, Separator, soft_masks
+
+    sep = Separator.from_pretrained(bundle)
+    rate = sep.codec.sample_rate
+    tracks = find_tracks(data, "valid", list(sep.stems), "auto")
+    ds = StemDataset(tracks, sample_rate=rate, chunk=chunk_samples(3.0, rate),
+                     stems=list(sep.stems))
+    mixtures = evaluation_mixtures(ds, TUNE_MIXTURES, seed=1)
+    gain = mix_gain(2, sep.mix_rule)
+    grid: dict[str, dict[str, float]] = {}
+    for lam in LAMBDAS:
+        dec, msk = [], []
+        for m in mixtures:
+            mixed = mixture_of(m.stems, sep.mix_rule)
+            refs = gain * m.stems
+            res = sep.separate_detailed(mixed, rate, SeparationSettings(
+                sampler=BeamSearch(BEAMS), lam=lam, output="decode"))
+            est = np.stack([res.stems[s] for s in sep.stems])
+            dec.append(np.mean([plain_sdr(e, r) for e, r in zip(est, refs, strict=True)]))
+            masked = soft_masks(mixed, est)
+            msk.append(np.mean([plain_sdr(e, r) for e, r in zip(masked, refs, strict=True)]))
+        grid[str(lam)] = {"decode": float(np.mean(dec)), "mask": float(np.mean(msk))}
+        print(f"lambda {lam}: valid SDR decode {grid[str(lam)]['decode']:.2f} dB, mask "
+              f"{grid[str(lam)]['mask']:.2f} dB", file=sys.stderr, flush=True)
+    log["tune"] = {"mixtures": TUNE_MIXTURES, "beams": BEAMS, "grid": grid}
+    best = max(LAMBDAS, key=lambda v: max(grid[str(v)].values()))
+    log["tune"]["output"] = max(grid[str(best)], key=lambda k: grid[str(best)][k])
+    return best
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--work", type=Path, required=True)
+    p.add_argument("--data", type=Path, default=None, help="existing data set (skips stage 1)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", default="0")
+    p.add_argument("--install", action="store_true")
+    args = p.parse_args()
+    work: Path = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    log_path = work / "build.json"
+    log: dict[str, Any] = json.loads(log_path.read_text()) if log_path.is_file() else {}
+    dev = ["--device", args.device, "--threads", args.threads]
+    data = args.data or work / "data"
+    if not (data / "dataset.json").is_file() or '"complete": true' not in (
+            data / "dataset.json").read_text():
+        _run(["lass-make-dataset", "synth-drums-bass", "--hours", "10", "--seed", "0",
+              "--out", str(data)], log, "data")
+    codec = work / "codec"
+    if not (codec / "summary.json").is_file():
+        _run(["lass-train-vqvae", "--data", str(data), "--out", str(codec), "--steps",
+              str(CODEC_STEPS), "--seed", "0", *dev] + (["--resume"] if codec.exists() else []),
+             log, "codec")
+    prior = work / "prior"
+    if not (prior / "summary.json").is_file():
+        _run(["lass-train-prior", "--codec", str(codec / "model"), "--data", str(data),
+              "--stem", "drums", "bass", "--conditional", "--out", str(prior), "--steps",
+              str(PRIOR_STEPS), "--seed", "0", *dev] + (["--resume"] if prior.exists() else []),
+             log, "prior")
+    counts = work / "counts.npz"
+    if not counts.is_file():
+        _run(["lass-count-likelihood", "--codec", str(codec / "model"), "--data", str(data),
+              "--sources", "drums", "bass", "--hours", str(COUNT_HOURS), "--seed", "0",
+              "--out", str(counts), *dev], log, "counts")
+    bundle = work / "bundle"
+    if bundle.exists():
+        shutil.rmtree(bundle)
+    bundle.mkdir()
+    shutil.copytree(codec / "model", bundle / "codec")
+    shutil.copytree(prior / "model", bundle / "prior")
+    shutil.copy2(counts, bundle / "likelihood.npz")
+    sampler: dict[str, Any] = {"kind": "beam", "num_beams": BEAMS, "lam": 3.0,
+                               "output": "mask"}
+
+    def assemble() -> None:
+        write_bundle(bundle, name="default", sample_rate=22050, stems=("drums", "bass"),
+                     mix="mean", codec="codec", priors={"drums": "prior", "bass": "prior"},
+                     prior_classes={"drums": 0, "bass": 1}, likelihood="likelihood.npz",
+                     sampler=sampler)
+
+    assemble()
+    if "tune" not in log:
+        start = time.perf_counter()
+        log["lam"] = _tune(bundle, data, log)
+        log.setdefault("seconds", {})["tune"] = round(time.perf_counter() - start, 1)
+    sampler["lam"] = log["lam"]
+    sampler["output"] = log["tune"]["output"]
+    assemble()
+    log_path.write_text(json.dumps(log, indent=1) + "\n")
+    files = sorted(f for f in bundle.rglob("*") if f.is_file())
+    total = sum(f.stat().st_size for f in files)
+    print(f"bundle {bundle}: {len(files)} files, {total / 1e6:.1f} MB; lambda {log['lam']}, "
+          f"output {sampler['output']}")
+    if args.install:
+        target = Path(__file__).resolve().parent.parent / "lass" / "bundles" / "default"
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.copytree(bundle, target)
+        print("| file | bytes | sha256 |\n|---|---|---|")
+        for f in sorted(q for q in target.rglob("*") if q.is_file()):
+            print(f"| `{f.relative_to(target)}` | {f.stat().st_size} | `{sha256_path(f)}` |")
+
+
+if __name__ == "__main__":
+    main()
