@@ -28,6 +28,7 @@ from transformers import (
     LlamaForCausalLM,
     PreTrainedModel,
 )
+from transformers.utils import logging as hf_logging
 
 from priors.errors import PriorError
 from priors.prior import Prior, PriorState
@@ -267,11 +268,16 @@ def load_prior(path: str | os.PathLike[str], device: str | torch.device = "cpu"
     except TypeError as err:
         raise PriorError(f"{meta_path}: bad config ({err})") from None
     cls = GPT2LMHeadModel if config.arch == "gpt2" else LlamaForCausalLM
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar on a command's stderr
     try:
         model = cls.from_pretrained(str(root), local_files_only=True)
     except (OSError, ValueError, RuntimeError, SafetensorError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise PriorError(f"cannot load the network in {root}: {first}") from None
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
     if "kv_heads" not in fields:  # saved before the field existed: all heads
         config = replace(config, kv_heads=config.heads)
     if model.config.vocab_size != config.total_vocab:

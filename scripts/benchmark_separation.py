@@ -24,23 +24,26 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
 from lass.sampling import BeamSearch, separate_tokens
-from likelihood import CountLikelihood, Counts
+from likelihood import CountLikelihood, Counts, load_counts
 from priors import Prior, TransformerPrior, TransformerPriorConfig
 
 
 @torch.no_grad()
 def official_beam_search(mix: torch.Tensor, p1: Prior, p2: Prior, table: sp.csr_matrix,
-                         log_p: np.ndarray, lam: float, beams: int
+                         log_p: np.ndarray, lam: float, beams: int,
+                         classes: tuple[int | None, int | None] = (None, None)
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One mixture ``(tokens,)``; returns first ``(beams, tokens)``, second, scores."""
     k = p1.vocab_size
-    s1, s2 = p1.start(beams), p2.start(beams)
+    c1, c2 = (None if c is None else torch.full((beams,), c) for c in classes)
+    s1, s2 = p1.start(beams, c1), p2.start(beams, c2)
     hist1 = torch.zeros(beams, 0, dtype=torch.long)
     hist2 = torch.zeros(beams, 0, dtype=torch.long)
     total = torch.full((beams,), float("-inf"))
@@ -73,6 +76,20 @@ def official_beam_search(mix: torch.Tensor, p1: Prior, p2: Prior, table: sp.csr_
     return hist1, hist2, total
 
 
+def _encoded_mixtures(sep: Any, data: str, count: int, seconds: float, seed: int
+                      ) -> torch.Tensor:
+    """``(count, tokens)`` codec tokens of test mixtures (as ``lass-evaluate`` draws them)."""
+    from lass.data import StemDataset, chunk_samples, find_tracks
+    from lass.evaluate import evaluation_mixtures, mixture_of
+
+    rate = sep.codec.sample_rate
+    ds = StemDataset(find_tracks(data, "test", list(sep.stems), "auto"), sample_rate=rate,
+                     chunk=chunk_samples(seconds, rate), stems=list(sep.stems))
+    waves = np.stack([mixture_of(x.stems, sep.mix_rule)
+                      for x in evaluation_mixtures(ds, count, seed)])
+    return sep.codec.encode(torch.from_numpy(waves)).cpu()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--arch", default="llama")
@@ -89,42 +106,70 @@ def main() -> None:
     p.add_argument("--lam", type=float, default=3.0)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bundle", default=None,
+                   help="time a bundle's priors and likelihood (a shared prior is one call)")
+    p.add_argument("--data", default=None,
+                   help="with --bundle: encode test mixtures of this data set (else random "
+                        "mixture tokens)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    k, rate = args.codes, args.token_rate
-    cfg = TransformerPriorConfig(vocab_size=k, arch=args.arch, width=args.width,
-                                 layers=args.layers, heads=args.heads)
-    p1, p2 = TransformerPrior(cfg).eval(), TransformerPrior(cfg).eval()
-    # A random sparse table: each pair (i, j) is seen with a few mixture tokens.
-    per_pair = 3
-    rows = rng.integers(0, k, k * k * per_pair)
-    cols = np.repeat(np.arange(k * k), per_pair)
-    table_counts = sp.csr_matrix((rng.integers(1, 20, rows.size), (rows, cols)),
-                                 shape=(k, k * k))
-    lik = CountLikelihood(Counts(table_counts, {}))
+    classes: tuple[int | None, int | None] = (None, None)
+    mixes: torch.Tensor | None = None
+    if args.bundle:
+        from lass.separator import Separator
+
+        sep = Separator.from_pretrained(args.bundle)
+        assert sep.bundle is not None
+        p1, p2 = (sep.priors[s] for s in sep.stems)
+        classes = (sep.prior_classes.get(sep.stems[0]), sep.prior_classes.get(sep.stems[1]))
+        lik, table_counts = sep.likelihood, load_counts(sep.bundle.likelihood).matrix
+        k, rate = sep.codec.codebook_size, sep.codec.sample_rate / sep.codec.hop_length
+        if args.data:
+            mixes = _encoded_mixtures(sep, args.data, args.mixtures, args.seconds, args.seed)
+        print(f"bundle {args.bundle}: {'one shared prior' if p1 is p2 else 'two priors'}, "
+              f"{sum(x.numel() for x in p1.parameters()) / 1e6:.2f}M parameters each call")
+    else:
+        k, rate = args.codes, args.token_rate
+        cfg = TransformerPriorConfig(vocab_size=k, arch=args.arch, width=args.width,
+                                     layers=args.layers, heads=args.heads)
+        p1, p2 = TransformerPrior(cfg).eval(), TransformerPrior(cfg).eval()
+        # A random sparse table: each pair (i, j) is seen with a few mixture tokens.
+        per_pair = 3
+        rows = rng.integers(0, k, k * k * per_pair)
+        cols = np.repeat(np.arange(k * k), per_pair)
+        table_counts = sp.csr_matrix((rng.integers(1, 20, rows.size), (rows, cols)),
+                                     shape=(k, k * k))
+        lik = CountLikelihood(Counts(table_counts, {}))
+    cls = [None if c is None else torch.full((args.mixtures,), c) for c in classes]
     # The official loop reads the same normalised log-likelihood values in CSR order.
     m = sp.csr_matrix(table_counts, dtype=np.float64)
     m.sort_indices()
     totals = np.asarray(m.sum(axis=0)).ravel()
     log_p = np.log(m.data / totals[m.indices]).astype(np.float32)
     tokens = round(args.seconds * rate)
-    mixes = torch.from_numpy(rng.integers(0, k, (args.mixtures, tokens)))
-    separate_tokens(mixes[:, :8], [p1, p2], lik, BeamSearch(args.beams), lam=args.lam)  # warm-up
-    official_beam_search(mixes[0, :8], p1, p2, m, log_p, args.lam, args.beams)
+    if mixes is None:
+        # random mixture tokens among those the table has seen
+        seen = np.flatnonzero(np.diff(m.indptr))
+        mixes = torch.from_numpy(seen[rng.integers(0, seen.size, (args.mixtures, tokens))])
+    tokens = mixes.shape[1]
+    search = BeamSearch(args.beams)
+    separate_tokens(mixes[:, :8], [p1, p2], lik, search, lam=args.lam, classes=cls)  # warm-up
+    official_beam_search(mixes[0, :8], p1, p2, m, log_p, args.lam, args.beams, classes)
     ours_t, official_t, solo_t = [], [], []
     for _ in range(args.repeats):
         start = time.perf_counter()
-        ours = separate_tokens(mixes, [p1, p2], lik, BeamSearch(args.beams), lam=args.lam)
+        ours = separate_tokens(mixes, [p1, p2], lik, search, lam=args.lam, classes=cls)
         ours_t.append((time.perf_counter() - start) / args.mixtures)
         start = time.perf_counter()
-        results = [official_beam_search(mixes[b], p1, p2, m, log_p, args.lam, args.beams)
-                   for b in range(args.mixtures)]
+        results = [official_beam_search(mixes[b], p1, p2, m, log_p, args.lam, args.beams,
+                                        classes) for b in range(args.mixtures)]
         official_t.append((time.perf_counter() - start) / args.mixtures)
         start = time.perf_counter()
-        separate_tokens(mixes[:1], [p1, p2], lik, BeamSearch(args.beams), lam=args.lam)
+        separate_tokens(mixes[:1], [p1, p2], lik, search, lam=args.lam,
+                        classes=[None if c is None else c[:1] for c in cls])
         solo_t.append(time.perf_counter() - start)
     same = all(torch.equal(ours.first[b, 0], results[b][0][int(results[b][2].argmax())])
                and torch.equal(ours.second[b, 0], results[b][1][int(results[b][2].argmax())])

@@ -34,7 +34,7 @@ import numpy as np
 from lass.bundle import sha256_path, write_bundle
 
 CODEC_STEPS = 1500
-PRIOR_STEPS = 1800
+PRIOR_STEPS = 1500
 COUNT_HOURS = 1.0
 LAMBDAS = (1.0, 2.0, 3.0, 5.0)
 TUNE_MIXTURES = 12

@@ -1,0 +1,124 @@
+"""``lass-make-bundle``: put a codec, priors and counts together as a separator bundle.
+
+    lass-make-bundle --codec runs/codec/model --prior drums=runs/prior-drums/model \\
+        --prior bass=runs/prior-bass/model --likelihood counts.npz --out bundles/mine
+    lass-make-bundle --codec runs/codec/model --shared-prior runs/prior/model \\
+        --stems drums bass --likelihood counts.npz --out bundles/mine
+
+Copies the components into ``--out`` (a new folder, written next to it and renamed into
+place), checks that they fit together (codebook sizes, the codec the priors and counts were
+made with, the prior's classes), and writes ``bundle.json`` with every sha256.
+``lass-separate -m OUT`` then uses it. Sampler defaults: ``--beams``, ``--lam``,
+``--output``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from lass.bundle import write_bundle
+from lass.cli import run_cli
+from lass.errors import LassError
+from likelihood import load_counts
+from priors import load_prior
+from vqvae import load_codec
+
+PROG = "lass-make-bundle"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    p.add_argument("--codec", type=Path, required=True, help="saved codec directory")
+    p.add_argument("--prior", action="append", default=[], metavar="STEM=DIR",
+                   help="one prior per stem (give it twice)")
+    p.add_argument("--shared-prior", type=Path, default=None,
+                   help="one prior for both stems (class-conditioned when it has classes)")
+    p.add_argument("--stems", nargs=2, default=None, help="stem names with --shared-prior")
+    p.add_argument("--likelihood", type=Path, required=True, help="counts file (.npz)")
+    p.add_argument("--smoothing", default="none", choices=["none", "additive", "backoff"])
+    p.add_argument("--mix", default="mean", choices=["mean", "sum"])
+    p.add_argument("--name", default=None, help="bundle name (default: the folder name)")
+    p.add_argument("--beams", type=int, default=10)
+    p.add_argument("--lam", type=float, default=3.0)
+    p.add_argument("--output", default="mask", choices=["decode", "mask"])
+    p.add_argument("--out", type=Path, required=True)
+    return p
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = _parser().parse_args(argv)
+    out: Path = args.out
+    if out.exists():
+        raise LassError(f"{out} already exists; choose a new folder")
+    codec = load_codec(args.codec)
+    identity = codec.identity()
+    classes: dict[str, int] = {}
+    if args.shared_prior is not None:
+        if args.prior:
+            raise LassError("give either --prior STEM=DIR twice or --shared-prior, not both")
+        prior = load_prior(args.shared_prior)
+        prior.check_codebook(codec.codebook_size, identity)
+        names = prior.config.class_names
+        stems = tuple(args.stems or names)
+        if len(stems) != 2:
+            raise LassError("--shared-prior needs --stems A B (or a prior with two classes)")
+        if names:
+            missing = [s for s in stems if s not in names]
+            if missing:
+                raise LassError(f"the shared prior has classes {', '.join(names)}; no class "
+                                f"for {', '.join(missing)}")
+            classes = {s: names.index(s) for s in stems}
+        sources = {"prior": args.shared_prior}
+        paths = {stems[0]: "prior", stems[1]: "prior"}
+    else:
+        pairs = [item.split("=", 1) for item in args.prior]
+        if len(pairs) != 2 or any(len(p) != 2 for p in pairs):
+            raise LassError("give --prior STEM=DIR once for each of the two stems")
+        stems = (pairs[0][0], pairs[1][0])
+        if stems[0] == stems[1]:
+            raise LassError("the two --prior stems must differ")
+        for _, path in pairs:
+            load_prior(path).check_codebook(codec.codebook_size, identity)
+        sources = {f"prior-{stem}": Path(path) for stem, path in pairs}
+        paths = {stem: f"prior-{stem}" for stem, _ in pairs}
+    counts = load_counts(args.likelihood)
+    if counts.k != codec.codebook_size:
+        raise LassError(f"the counts have K = {counts.k} but the codec has "
+                        f"{codec.codebook_size} codes")
+    made_with = counts.meta.get("codec_identity")
+    if made_with and made_with != identity:
+        raise LassError("the counts were made with another codec (identity "
+                        f"{str(made_with)[:12]}, codec {identity[:12]})")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        shutil.copytree(args.codec, tmp / "codec")
+        for name, src in sources.items():
+            shutil.copytree(src, tmp / name)
+        shutil.copy2(args.likelihood, tmp / "likelihood.npz")
+        write_bundle(tmp, name=args.name or out.name, sample_rate=codec.sample_rate,
+                     stems=(stems[0], stems[1]), mix=args.mix, codec="codec", priors=paths,
+                     likelihood="likelihood.npz", smoothing=args.smoothing,
+                     prior_classes=classes or None,
+                     sampler={"kind": "beam", "num_beams": args.beams, "lam": args.lam,
+                              "output": args.output})
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    print(f"wrote {out}: stems {stems[0]} and {stems[1]}; lass-separate -m {out} mix.wav")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``lass-make-bundle``."""
+    return run_cli(PROG, _main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+import json
+
+import numpy as np
+import torch
+
+from lass import Separator
+from lass.cli.make_bundle import main as make_bundle_main
+from priors import TransformerPrior, TransformerPriorConfig
+from tests.bundles import SR, K, make_debug_bundle, sources
+
+
+def test_make_bundle_from_two_priors_and_from_a_shared_prior(tmp_path, capsys):
+    parts = make_debug_bundle(tmp_path / "parts")
+    out = tmp_path / "mine"
+    assert make_bundle_main(["--codec", str(parts / "codec"),
+                             "--prior", f"drums={parts / 'prior-drums'}",
+                             "--prior", f"bass={parts / 'prior-bass'}",
+                             "--likelihood", str(parts / "likelihood.npz"), "--beams", "2",
+                             "--out", str(out)]) == 0
+    spec = json.loads((out / "bundle.json").read_text())
+    assert spec["stems"] == ["drums", "bass"]
+    assert spec["sampler"]["num_beams"] == 2
+    sep = Separator.from_pretrained(out)
+    wave = sources(1, SR // 2, seed=3)[0].mean(0).numpy()
+    stems = sep.separate(wave, SR)
+    assert {k: v.shape for k, v in stems.items()} == {"drums": wave.shape, "bass": wave.shape}
+
+    codec_id = sep.codec.identity()
+    torch.manual_seed(0)
+    TransformerPrior(TransformerPriorConfig(vocab_size=K, context_length=64, width=16, layers=1,
+                                            heads=2, class_names=("bass", "drums"),
+                                            codec_identity=codec_id)).save(tmp_path / "shared")
+    shared = tmp_path / "shared-bundle"
+    assert make_bundle_main(["--codec", str(parts / "codec"), "--shared-prior",
+                             str(tmp_path / "shared"), "--stems", "drums", "bass",
+                             "--likelihood", str(parts / "likelihood.npz"), "--beams", "2",
+                             "--out", str(shared)]) == 0
+    sep = Separator.from_pretrained(shared)
+    assert sep.priors["drums"] is sep.priors["bass"]
+    assert sep.prior_classes == {"drums": 1, "bass": 0}  # the prior's own class order
+    stems = sep.separate(wave, SR)
+    np.testing.assert_allclose(stems["drums"] + stems["bass"], wave, atol=1e-4)  # mask output
+
+    # components that do not fit: one line, nothing written
+    capsys.readouterr()
+    bad = tmp_path / "bad"
+    assert make_bundle_main(["--codec", str(parts / "codec"), "--shared-prior",
+                             str(tmp_path / "shared"), "--stems", "drums", "guitar",
+                             "--likelihood", str(parts / "likelihood.npz"),
+                             "--out", str(bad)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["lass-make-bundle: error: the shared prior has classes bass, drums; no class "
+                   "for guitar"]
+    assert not bad.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".bad")]
