@@ -1,0 +1,48 @@
+"""The embedded default bundle: present, within its size budget, listed in checkpoints.md with
+the sha256 of every file, and separating with no ``-m`` on a fresh install."""
+
+import re
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from lass.bundle import default_bundle_path, read_bundle, sha256_path
+from lass.cli.separate import main as separate_main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_default_bundle_is_listed_with_hashes_and_small():
+    root = default_bundle_path()
+    spec = read_bundle(None)  # checks every component's sha256
+    assert spec.stems == ("drums", "bass")
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    assert sum(p.stat().st_size for p in files) < 40 * 1024 * 1024
+    listed = dict(re.findall(r"\| `([^`]+)` \| \d+ \| `([0-9a-f]{64})` \|",
+                             (ROOT / "checkpoints.md").read_text()))
+    assert listed == {p.relative_to(root).as_posix(): sha256_path(p) for p in files}
+
+
+def test_separate_with_no_model_writes_drums_and_bass(tmp_path, capsys):
+    rate = 44100  # another rate than the bundle's: resampled in and out
+    t = np.arange(rate) / rate
+    rng = np.random.default_rng(0)
+    bass = 0.2 * np.sin(2 * np.pi * 55 * t)
+    clicks = np.zeros_like(t)
+    clicks[:: rate // 4] = 1.0
+    drums = 0.3 * np.convolve(clicks, rng.standard_normal(800) * np.exp(-np.arange(800) / 150),
+                              mode="same")
+    stereo = np.stack([bass + drums, bass + 0.8 * drums], axis=1).astype(np.float32)
+    sf.write(tmp_path / "mix.wav", stereo, rate)
+    out = tmp_path / "out"
+    assert separate_main([str(tmp_path / "mix.wav"), "-o", str(out), "--beams", "2",
+                          "--output", "mask"]) == 0
+    got = {s: sf.read(out / "default" / "mix" / f"{s}.wav", dtype="float32")
+           for s in ("drums", "bass")}
+    for wave, sr in got.values():
+        assert sr == rate
+        assert wave.shape == (rate,)
+    mono = stereo.mean(axis=1)
+    np.testing.assert_allclose(got["drums"][0] + got["bass"][0], mono, atol=2e-4)  # 16-bit
+    assert "downmixed to mono" in capsys.readouterr().err
