@@ -119,3 +119,26 @@ def test_missing_stem_is_one_line(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith(
         "lass-train-prior: error: track is missing stem 'bass'")
+
+
+def test_train_wavenet_prior_and_resume(tmp_path):
+    from priors.wavenet import load_wavenet
+
+    data = make_set(tmp_path / "data")
+    out = tmp_path / "wn"
+    args = ["--kind", "wavenet", "--data", str(data), "--stem", "bass", "--out", str(out),
+            "--stacks", "1", "--dilated-layers", "3", "--residual", "8", "--gate", "8",
+            "--skip", "8", "--samples", "256", "--batch", "2", "--valid-every", "2",
+            "--checkpoint-every", "2", "--threads", "1"]
+    proc = run(*args, "--steps", "2")
+    assert proc.returncode == 0, proc.stderr
+    net = load_wavenet(out / "model")
+    assert net.config.class_name == "bass"
+    assert net.receptive_field == 2 * 7 + 1
+    assert json.loads((out / "summary.json").read_text())["step"] == 2
+    assert run(*args, "--steps", "2").returncode == 1  # a run is there: --resume or new --out
+    proc = run(*args, "--steps", "4", "--resume")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["step"] == 4
+    assert 0 < summary["valid_nats_per_sample"] < 10

@@ -1,6 +1,7 @@
 """``lass-train-prior``: train a Transformer prior on a codec's tokens of one or more stems.
 
     lass-train-prior --codec runs/codec/model --data data/synth --stem drums --out runs/prior-drums
+    lass-train-prior --kind wavenet --data data/synth --stem drums --out runs/wavenet-drums
 
 One ``--stem``: a prior for that source class (weakly supervised, as LASS). Several stems:
 one shared prior over all of them (unsupervised), class-conditioned with ``--conditional``
@@ -9,6 +10,10 @@ token cache (``--token-cache``, default ``DATA/.lass-tokens``) reused by later r
 ``--valid-every`` steps the validation bits per token are measured; the unigram and bigram
 baselines on the same validation tokens are printed at the start and kept in
 ``OUT/summary.json``. ``--resume`` continues a run exactly.
+
+``--kind wavenet`` trains the data-domain prior of PnF-style Langevin separation instead
+(:mod:`priors.wavenet`): raw samples of one stem, noise levels drawn log-uniformly from
+``--sigma-bins`` (quantisation bins) added to the input, clean 8-bit targets.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -42,7 +48,9 @@ PROG = "lass-train-prior"
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
-    p.add_argument("--codec", type=Path, required=True, help="saved codec directory")
+    p.add_argument("--kind", default="transformer", choices=["transformer", "wavenet"],
+                   help="transformer: tokens of --codec; wavenet: raw samples (PnF)")
+    p.add_argument("--codec", type=Path, default=None, help="saved codec directory")
     p.add_argument("--data", type=Path, required=True, help="stem data set root")
     p.add_argument("--stem", nargs="+", required=True, help="stem(s) the prior models")
     p.add_argument("--out", type=Path, required=True, help="run folder")
@@ -69,7 +77,110 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--resume", action="store_true")
+    w = p.add_argument_group("--kind wavenet")
+    w.add_argument("--stacks", type=int, default=3, help="stacks of dilations 1..512")
+    w.add_argument("--dilated-layers", type=int, default=10, help="dilated layers per stack")
+    w.add_argument("--residual", type=int, default=128)
+    w.add_argument("--gate", type=int, default=256)
+    w.add_argument("--skip", type=int, default=128)
+    w.add_argument("--samples", type=int, default=16000,
+                   help="samples per training chunk (after the receptive field)")
+    w.add_argument("--sigma-bins", type=float, nargs=2, default=[0.1, 175.9],
+                   metavar=("LO", "HI"), help="noise levels drawn log-uniformly, in bins")
     return p
+
+
+def _main_wavenet(args: argparse.Namespace, device: str) -> int:
+    """Train a noise-conditioned WaveNet on raw samples of one stem."""
+    import math
+
+    from lass.data import StemDataset
+    from priors.wavenet import WaveNetConfig, WaveNetPrior, load_wavenet, quantise
+
+    if len(args.stem) != 1:
+        raise DataError("--kind wavenet models one stem: give one --stem")
+    stem = args.stem[0]
+    cfg = WaveNetConfig(stacks=args.stacks, layers=args.dilated_layers, residual=args.residual,
+                        gate=args.gate, skip=args.skip, class_name=stem)
+    out: Path = args.out
+    length = args.samples + cfg.receptive_field
+    rate = cfg.sample_rate
+
+    def data(split: str) -> StemDataset:
+        return StemDataset(find_tracks(args.data, split, [stem], args.layout), sample_rate=rate,
+                           chunk=length, stems=[stem])
+
+    train, valid = data("train"), data("valid")
+    if args.resume and (out / "trainer.pt").is_file():
+        net = load_wavenet(out / "model", device=device)
+        state = torch.load(str(out / "trainer.pt"), map_location=device, weights_only=True)
+    else:
+        torch.manual_seed(args.seed)
+        net, state = WaveNetPrior(cfg).to(device), None
+    opt = torch.optim.Adam(net.parameters(), lr=args.lr)
+    step = 0
+    if state is not None:
+        opt.load_state_dict(state["optimizer"])
+        step = int(state["step"])
+    lo, hi = (math.log(v / 128) for v in args.sigma_bins)
+    vrng = np.random.default_rng([args.seed, 1 << 20])
+    vbatch = torch.stack([valid.random_kept_chunk(vrng).audio[0]
+                          for _ in range(min(args.valid_windows, 16))]).to(device)
+    vsigma = torch.exp(torch.linspace(lo, hi, vbatch.shape[0], device=device))
+    params = sum(x.numel() for x in net.parameters())
+    print(f"{PROG}: WaveNet {params / 1e6:.2f}M parameters, receptive field "
+          f"{cfg.receptive_field}, {stem}, device {device}", file=sys.stderr)
+    log = out / "log.jsonl"
+    out.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=args.steps, initial=step, desc="training", unit="step", file=sys.stderr,
+               dynamic_ncols=True)
+    valid_nats = float("nan")
+    try:
+        while step < args.steps:
+            rng = np.random.default_rng([args.seed, step])
+            clean = torch.stack([train.random_kept_chunk(rng).audio[0]
+                                 for _ in range(args.batch)]).to(device)
+            sigma = torch.exp(torch.from_numpy(rng.uniform(lo, hi, args.batch)).float()
+                              ).to(device)
+            gen = torch.Generator(device=device).manual_seed(args.seed * 1_000_003 + step)
+            noisy = clean + sigma[:, None] * torch.randn(clean.shape, generator=gen,
+                                                         device=device)
+            net.train()
+            logits = net.logits(noisy, sigma)[..., cfg.receptive_field:]
+            loss = torch.nn.functional.cross_entropy(
+                logits, quantise(clean)[:, cfg.receptive_field:])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            opt.step()
+            step += 1
+            bar.update(1)
+            bar.set_postfix(nats=f"{float(loss):.3f}")
+            if step % 10 == 0 or step == args.steps:
+                append_jsonl(log, {"kind": "train", "step": step, "nats": float(loss)})
+            if step % args.valid_every == 0 or step == args.steps:
+                net.eval()
+                with torch.no_grad():
+                    vgen = torch.Generator(device=device).manual_seed(args.seed)
+                    vnoisy = vbatch + vsigma[:, None] * torch.randn(vbatch.shape, generator=vgen,
+                                                                    device=device)
+                    valid_nats = float(torch.nn.functional.cross_entropy(
+                        net.logits(vnoisy, vsigma)[..., cfg.receptive_field:],
+                        quantise(vbatch)[:, cfg.receptive_field:]))
+                append_jsonl(log, {"kind": "valid", "step": step, "nats": valid_nats})
+                bar.write(f"step {step}: valid {valid_nats:.3f} nats/sample")
+            if step % args.checkpoint_every == 0 or step == args.steps:
+                net.eval().save(out / "model")
+                tmp = out / ".trainer.pt.tmp"
+                torch.save({"optimizer": opt.state_dict(), "step": step}, tmp)
+                os.replace(tmp, out / "trainer.pt")
+    finally:
+        bar.close()
+    summary = {"kind": "wavenet", "step": step, "valid_nats_per_sample": round(valid_nats, 4),
+               "parameters": params, "receptive_field": cfg.receptive_field, "stem": stem}
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=1) + "\n")
+    print(f"saved {out / 'model'}: valid {valid_nats:.3f} nats/sample")
+    return 0
 
 
 def _streams(args: argparse.Namespace, codec: Codec, split: str
@@ -106,6 +217,10 @@ def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     out: Path = args.out
     device = start_run(out, args.resume, args.threads, args.device)
+    if args.kind == "wavenet":
+        return _main_wavenet(args, device)
+    if args.codec is None:
+        raise DataError("--codec is required for a Transformer prior")
     if len(set(args.stem)) != len(args.stem):
         raise DataError("--stem names must be distinct")
     codec = load_codec(args.codec)
