@@ -101,3 +101,47 @@ def test_windowed_sweeps_update_every_part_and_bad_input_is_refused():
         langevin_separate(torch.full((1, 8), math.nan), [low, high], windowed)
     with pytest.raises(LassError, match="one prior per source"):
         langevin_separate(mixture, [low], windowed)
+
+
+def test_lass_separate_method_langevin_with_a_wavenet_bundle(tmp_path, capsys):
+    import json
+
+    import soundfile as sf
+
+    from lass.bundle import sha256_path
+    from lass.cli.separate import main as separate_main
+    from priors.wavenet import WaveNetConfig, WaveNetPrior
+
+    root = tmp_path / "wn-bundle"
+    entries = {}
+    for i, stem in enumerate(("drums", "bass")):
+        torch.manual_seed(i)
+        WaveNetPrior(WaveNetConfig(stacks=1, layers=3, residual=8, gate=8, skip=8,
+                                   sample_rate=8000, class_name=stem)).save(root / stem)
+        entries[stem] = {"path": stem, "sha256": sha256_path(root / stem)}
+    (root / "bundle.json").write_text(json.dumps({
+        "format_version": 1, "method": "langevin", "name": "wn", "sample_rate": 8000,
+        "stems": ["drums", "bass"], "mix": "mean", "priors": entries,
+        "langevin": {"schedule": "basis", "steps": 3, "levels": 4}}))
+    rate = 16000
+    t = np.arange(rate // 2) / rate
+    sf.write(tmp_path / "mix.wav", (0.3 * np.sin(2 * np.pi * 110 * t)).astype(np.float32), rate)
+    out = tmp_path / "out"
+    assert separate_main([str(tmp_path / "mix.wav"), "-m", str(root), "--method", "langevin",
+                          "-o", str(out), "--float32"]) == 0
+    for stem in ("drums", "bass"):
+        wave, sr = sf.read(out / "wn" / "mix" / f"{stem}.wav")
+        assert sr == rate
+        assert wave.shape == t.shape
+        assert np.all(np.isfinite(wave))
+    info = json.loads((out / "wn" / "mix" / "separation.json").read_text())
+    assert info["settings"]["method"] == "langevin"
+    assert info["settings"]["name"] == "basis"
+    # a LASS bundle asked to run Langevin, and a tampered prior: one error line each
+    (root / "drums" / "config.json").write_text("{}")
+    capsys.readouterr()
+    assert separate_main([str(tmp_path / "mix.wav"), "-m", str(root), "--method", "langevin",
+                          "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "does not match its sha256" in err
+    assert "Traceback" not in err

@@ -13,6 +13,7 @@ line and skipped; the exit status is then non-zero.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import glob
 import json
 import sys
@@ -30,6 +31,7 @@ from lass.cli import EXIT_ERROR, run_cli
 from lass.cli.common import resolve_device
 from lass.data.audio import rms_db, write_text_atomic, write_wav
 from lass.errors import DataError, LassError
+from lass.langevin import LangevinSeparator
 from lass.separator import SeparationSettings, Separator, make_sampler
 
 PROG = "lass-separate"
@@ -59,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--float32", action="store_true", help="write 32-bit float WAVs")
     p.add_argument("--no-verify", action="store_true", help="skip the bundle's sha256 checks")
+    p.add_argument("--method", choices=["lass", "langevin"], default="lass",
+                   help="langevin: annealed Langevin with a bundle of WaveNet priors")
     return p
 
 
@@ -125,9 +129,20 @@ def _main(argv: Sequence[str] | None) -> int:
     if not files:
         raise DataError("nothing to separate")
     t0 = time.perf_counter()
-    separator = Separator.from_pretrained(args.model, device=device, verify=not args.no_verify)
+    separator: Separator | LangevinSeparator
+    if args.method == "langevin":
+        separator = LangevinSeparator.from_pretrained(args.model, device=device,
+                                                      verify=not args.no_verify)
+        settings: SeparationSettings | None = None
+        settings_json: dict[str, Any] = {"method": "langevin",
+                                         **dataclasses.asdict(separator.schedule),
+                                         "seed": separator.seed}
+    else:
+        separator = Separator.from_pretrained(args.model, device=device,
+                                              verify=not args.no_verify)
+        settings = _settings(args, separator.settings)
+        settings_json = settings.to_json()
     load_seconds = time.perf_counter() - t0
-    settings = _settings(args, separator.settings)
     bundle = separator.bundle
     bundle_name = bundle.name if bundle is not None else "bundle"
     said_downmix = False
@@ -159,7 +174,7 @@ def _main(argv: Sequence[str] | None) -> int:
                     "bundle": {"name": bundle_name,
                                "path": str(bundle.root) if bundle else None,
                                "sha256": bundle.sha256 if bundle else None},
-                    "settings": settings.to_json(), "device": device,
+                    "settings": settings_json, "device": device,
                     "score": result.score, "fallback_steps": result.fallback_steps,
                     "timings": {**{k: round(v, 4) for k, v in result.timings.items()},
                                 "total": round(seconds, 4), "load_models": round(load_seconds, 4),
