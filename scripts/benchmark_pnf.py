@@ -82,10 +82,10 @@ def main() -> None:
         nets, trained = _wavenets(dirs, cfg, stems, args.device)
         params = sum(x.numel() for x in next(iter(nets.values())).parameters())
         sched = pnf_schedule(cfg.receptive_field, steps=args.steps_per_level)
-        sep = LangevinSeparator(nets, tuple(stems), rate, lass.mix_rule, sched)
+        lsep = LangevinSeparator(nets, tuple(stems), rate, lass.mix_rule, sched)
         note = f"{params / 1e6:.2f}M, RF {cfg.receptive_field}" + (
             "" if trained else ", untrained")
-        methods[f"PnF Langevin, WaveNet {label}"] = (sep, note)
+        methods[f"PnF Langevin, WaveNet {label}"] = (lsep, note)
     gain = mix_gain(2, lass.mix_rule)
     times: dict[str, list[float]] = {m: [] for m in methods}
     sdrs: dict[str, list[float]] = {m: [] for m in methods}
