@@ -46,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--beams", type=int, default=10)
     p.add_argument("--top-k", type=int, default=16)
     p.add_argument("--candidates", type=int, default=1)
+    p.add_argument("--lam", type=float, default=None,
+                   help="likelihood weight of the LASS methods (default: the bundle's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="results JSON (resumable)")
     p.add_argument("--device", default="auto")
@@ -88,6 +90,8 @@ def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     device = resolve_device(args.device)
     separator = Separator.from_pretrained(args.bundle, device=device)
+    if args.lam is not None:
+        separator = separator.with_settings(lam=args.lam)
     rate = separator.codec.sample_rate
     tracks = find_tracks(args.data, args.split, list(separator.stems), args.layout)
     data = StemDataset(tracks, sample_rate=rate, chunk=chunk_samples(args.seconds, rate),
@@ -97,7 +101,8 @@ def _main(argv: Sequence[str] | None) -> int:
                            candidates=args.candidates)
     config = {"data": str(args.data), "split": args.split, "seconds": args.seconds,
               "seed": args.seed, "bundle": separator.bundle.sha256 if separator.bundle else None,
-              "beams": args.beams, "top_k": args.top_k, "candidates": args.candidates}
+              "beams": args.beams, "top_k": args.top_k, "candidates": args.candidates,
+              "lam": separator.settings.lam}
     done: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
     if args.out is not None and args.out.is_file():
         saved = json.loads(args.out.read_text(encoding="utf-8"))
