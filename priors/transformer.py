@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -31,7 +29,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from priors.errors import PriorError
-from priors.prior import Prior, PriorState
+from priors.prior import Prior, PriorState, write_dir_atomically
 
 FORMAT_VERSION = 1
 META_FILE = "prior.json"
@@ -225,22 +223,14 @@ class TransformerPrior(Prior):
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write ``save_pretrained`` files and ``prior.json`` into ``path`` atomically."""
-        out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-        try:
+        def fill(tmp: Path) -> None:
             self.model.save_pretrained(str(tmp), safe_serialization=True)
             meta = {"format_version": FORMAT_VERSION, "class": type(self).__name__,
                     **{k: list(v) if isinstance(v, tuple) else v
                        for k, v in asdict(self.config).items()}}
             (tmp / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
-            if out.exists():
-                shutil.rmtree(out)
-            os.replace(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return out
+
+        return write_dir_atomically(path, fill)
 
 
 def load_prior(path: str | os.PathLike[str], device: str | torch.device = "cpu"

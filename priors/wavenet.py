@@ -27,8 +27,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +38,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from priors.errors import PriorError
+from priors.prior import write_dir_atomically
 
 BINS = 256
 FORMAT_VERSION = 1
@@ -183,22 +182,14 @@ class WaveNetPrior(nn.Module):
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write ``config.json`` and ``model.safetensors`` into ``path`` atomically."""
-        out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-        try:
+        def fill(tmp: Path) -> None:
             meta = {"format_version": FORMAT_VERSION, "class": type(self).__name__,
                     **asdict(self.config)}
             (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=1) + "\n")
             save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()},
                       str(tmp / WEIGHTS_FILE))
-            if out.exists():
-                shutil.rmtree(out)
-            os.replace(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return out
+
+        return write_dir_atomically(path, fill)
 
 
 def load_wavenet(path: str | os.PathLike[str], device: str | torch.device = "cpu"
