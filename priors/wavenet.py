@@ -172,11 +172,15 @@ class WaveNetPrior(nn.Module):
             (grad,) = torch.autograd.grad(logp.sum(), xg)
         return logp.detach(), grad
 
-    def loss(self, clean: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    def loss(self, clean: torch.Tensor, sigma: torch.Tensor, skip: int = 0,
+             generator: torch.Generator | None = None) -> torch.Tensor:
         """Training loss (nats per sample): cross-entropy of the clean bins given
-        ``clean + sigma z`` with ``sigma: (batch,)``."""
-        noisy = clean + sigma[:, None] * torch.randn_like(clean)
-        return F.cross_entropy(self.logits(noisy, sigma), quantise(clean))
+        ``clean + sigma z`` with ``sigma: (batch,)``, over the samples after the first
+        ``skip`` (those that see a full receptive field)."""
+        noise = torch.randn(clean.shape, generator=generator, dtype=clean.dtype,
+                            device=clean.device)
+        logits = self.logits(clean + sigma[:, None] * noise, sigma)
+        return F.cross_entropy(logits[..., skip:], quantise(clean)[:, skip:])
 
     # -- storage --------------------------------------------------------------------------
 

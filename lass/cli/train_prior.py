@@ -95,7 +95,7 @@ def _main_wavenet(args: argparse.Namespace, device: str) -> int:
     import math
 
     from lass.data import StemDataset
-    from priors.wavenet import WaveNetConfig, WaveNetPrior, load_wavenet, quantise
+    from priors.wavenet import WaveNetConfig, WaveNetPrior, load_wavenet
 
     if len(args.stem) != 1:
         raise DataError("--kind wavenet models one stem: give one --stem")
@@ -143,12 +143,8 @@ def _main_wavenet(args: argparse.Namespace, device: str) -> int:
             sigma = torch.exp(torch.from_numpy(rng.uniform(lo, hi, args.batch)).float()
                               ).to(device)
             gen = torch.Generator(device=device).manual_seed(args.seed * 1_000_003 + step)
-            noisy = clean + sigma[:, None] * torch.randn(clean.shape, generator=gen,
-                                                         device=device)
             net.train()
-            logits = net.logits(noisy, sigma)[..., cfg.receptive_field:]
-            loss = torch.nn.functional.cross_entropy(
-                logits, quantise(clean)[:, cfg.receptive_field:])
+            loss = net.loss(clean, sigma, cfg.receptive_field, gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
@@ -162,11 +158,7 @@ def _main_wavenet(args: argparse.Namespace, device: str) -> int:
                 net.eval()
                 with torch.no_grad():
                     vgen = torch.Generator(device=device).manual_seed(args.seed)
-                    vnoisy = vbatch + vsigma[:, None] * torch.randn(vbatch.shape, generator=vgen,
-                                                                    device=device)
-                    valid_nats = float(torch.nn.functional.cross_entropy(
-                        net.logits(vnoisy, vsigma)[..., cfg.receptive_field:],
-                        quantise(vbatch)[:, cfg.receptive_field:]))
+                    valid_nats = float(net.loss(vbatch, vsigma, cfg.receptive_field, vgen))
                 append_jsonl(log, {"kind": "valid", "step": step, "nats": valid_nats})
                 bar.write(f"step {step}: valid {valid_nats:.3f} nats/sample")
             if step % args.checkpoint_every == 0 or step == args.steps:
