@@ -77,11 +77,17 @@ class TokenWindows:
             return codes, None
         return codes, torch.tensor([c for _, c in items], dtype=torch.long)
 
+    def _even_picks(self, count: int) -> np.ndarray:
+        total = int(self.cumulative[-1])
+        return np.linspace(0, total - 1, num=min(count, total)).astype(np.int64)
+
+    def evenly_streams(self, count: int) -> np.ndarray:
+        """Index (among the kept streams) of the stream of each of ``evenly(count)``."""
+        return np.searchsorted(self.cumulative, self._even_picks(count), side="right")
+
     def evenly(self, count: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``count`` windows spread evenly over all windows (a fixed validation set)."""
-        total = int(self.cumulative[-1])
-        picks = np.linspace(0, total - 1, num=min(count, total)).astype(np.int64)
-        items = [self.window(int(i)) for i in picks]
+        items = [self.window(int(i)) for i in self._even_picks(count)]
         codes = torch.stack([t for t, _ in items])
         if self.classes is None:
             return codes, None

@@ -198,13 +198,6 @@ def _streams(args: argparse.Namespace, codec: Codec, split: str
     return streams, classes
 
 
-def _window_streams(windows: TokenWindows, count: int) -> torch.Tensor:
-    """Index (among the kept streams) of the stream of each of ``windows.evenly(count)``."""
-    total = int(windows.cumulative[-1])
-    picks = np.linspace(0, total - 1, num=min(count, total)).astype(np.int64)
-    return torch.from_numpy(np.searchsorted(windows.cumulative, picks, side="right"))
-
-
 def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     out: Path = args.out
@@ -234,9 +227,9 @@ def _main(argv: Sequence[str] | None) -> int:
             print(f"{PROG}: {stem} baselines (bits/token): unigram "
                   f"{per_stem[stem].unigram:.3f}, bigram {per_stem[stem].bigram:.3f}",
                   file=sys.stderr)
-    valid_labels = torch.tensor([c for c, s in zip(valid_classes, valid_streams, strict=True)
-                                 if len(s) >= args.context])
-    label_of_window = valid_labels[_window_streams(valid_windows, args.valid_windows)]
+    labelled = TokenWindows(valid_streams, args.context, valid_classes)
+    label_of_window = torch.tensor(labelled.classes)[
+        torch.from_numpy(labelled.evenly_streams(args.valid_windows))]
 
     def evaluate_per_stem() -> dict[str, float]:
         return {stem: trainer.evaluate(valid_codes[label_of_window == c],
