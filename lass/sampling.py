@@ -133,21 +133,50 @@ class _PriorStream:
         self.overlap = max(1, min(overlap, prior.context_length - 1))
         self.state: PriorState = prior.start(rows, classes)
 
-    def next(self, history: torch.Tensor, t: int) -> torch.Tensor:
-        """Log-probs ``(rows, K)`` of token ``t`` given ``history[:, :t]``."""
+    def next(self, history: Sequence[torch.Tensor], t: int) -> torch.Tensor:
+        """Log-probs ``(rows, K)`` of token ``t`` given ``history[:, :t]``.
+
+        ``history``: the ``(rows', length)`` token histories whose rows, stacked, are this
+        stream's rows (one tensor, or both sources' for a shared prior).
+        """
         if t == 0:
             logp, self.state = self.prior.step(None, self.state)
             return logp
         if self.state.length + 1 > self.prior.context_length + 1:  # context full: new window
-            keep = history[:, t - self.overlap: t]
-            self.state = self.prior.start(history.shape[0], self.classes)
+            keep = torch.cat([h[:, t - self.overlap: t] for h in history])
+            self.state = self.prior.start(keep.shape[0], self.classes)
             logp, self.state = self.prior.prime(keep, self.state)
             return logp
-        logp, self.state = self.prior.step(history[:, t - 1], self.state)
+        last = torch.cat([h[:, t - 1] for h in history])
+        logp, self.state = self.prior.step(last, self.state)
         return logp
 
     def reorder(self, index: torch.Tensor) -> None:
         self.state = self.prior.reorder(self.state, index)
+
+
+def _keep_slots(parent: torch.Tensor) -> torch.Tensor:
+    """Which new beam goes to which row, so that as few key/value rows as possible move.
+
+    Args:
+        parent: ``(batch, width)`` parent beam (row within its mixture) of each new beam.
+
+    Returns:
+        ``(batch, width)``: ``slot[b, s]`` is the new beam placed in row ``s``. The first
+        child of every surviving beam stays in its parent's row; the other children fill the
+        rows of beams without children, in order. Beam order carries no meaning (scores are
+        kept per row and sorted at the end), so this only saves cache copies: a row whose
+        beam continues is not copied at all.
+    """
+    batch, width = parent.shape
+    slots = torch.arange(width, device=parent.device)
+    same = parent[:, :, None] == slots[None, None, :]  # (batch, new beam, slot)
+    first = (same.cumsum(1) * same).sum(-1) == 1  # first child of its parent
+    claimed = (same & first[:, :, None]).any(1)  # (batch, slot)
+    free = (claimed.long() * width + slots[None]).argsort(dim=1)  # unclaimed rows first
+    rank = (~first).long().cumsum(1) - 1
+    target = torch.where(first, parent, free.gather(1, rank.clamp(min=0)))
+    return torch.empty_like(parent).scatter_(1, target, slots[None].expand(batch, width))
 
 
 def _stack_classes(row_classes: list[torch.Tensor | None], rows: int, device: torch.device
@@ -216,9 +245,9 @@ def separate_tokens(mix_codes: torch.Tensor, priors: Sequence[Prior],
     fallback_steps = 0
     for t in range(length):
         if shared:
-            lp1, lp2 = streams[0].next(torch.cat(history), t).chunk(2)
+            lp1, lp2 = streams[0].next(history, t).chunk(2)
         else:
-            lp1, lp2 = (s.next(h, t) for s, h in zip(streams, history, strict=True))
+            lp1, lp2 = (s.next([h], t) for s, h in zip(streams, history, strict=True))
         cand = likelihood.slice(mix_codes[:, t])
         first, second = cand.first[mix_of_row], cand.second[mix_of_row]
         log_lik = cand.log_lik[mix_of_row]
@@ -247,8 +276,11 @@ def separate_tokens(mix_codes: torch.Tensor, priors: Sequence[Prior],
                 values = torch.nn.functional.pad(values, (0, width - values.shape[1]),
                                                  value=float("-inf"))
                 index = torch.nn.functional.pad(index, (0, width - index.shape[1]), value=0)
-            parent = (torch.arange(batch, device=device)[:, None] * width
-                      + index // n_cand).reshape(-1)
+            local = index // n_cand
+            slot = _keep_slots(local)  # new beam of each slot: most beams keep their row
+            local, index = local.gather(1, slot), index.gather(1, slot)
+            values = values.gather(1, slot)
+            parent = (torch.arange(batch, device=device)[:, None] * width + local).reshape(-1)
             pick = (index % n_cand).reshape(-1)
             total = values
             for s in streams:

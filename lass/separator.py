@@ -63,6 +63,9 @@ class SeparationSettings:
         refine_lr: learning rate of the refinement.
         refine_penalty: weight of the drift penalty ``|z - z0|^2`` in the refinement.
         seed: seed of the sampling samplers.
+        context_overlap: tokens carried into the next window when a prior's context is full
+            (``None``: half the context). Each new window re-reads them in one batched call,
+            so a smaller overlap is faster; a larger one gives every prediction more context.
     """
 
     sampler: Sampler = field(default_factory=lambda: BeamSearch(10))
@@ -75,6 +78,7 @@ class SeparationSettings:
     refine_lr: float = 0.01
     refine_penalty: float = 1e-3
     seed: int = 0
+    context_overlap: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready form (sampler as ``kind`` plus its fields)."""
@@ -84,7 +88,8 @@ class SeparationSettings:
                 "candidates": self.candidates, "rerank": self.rerank,
                 "rerank_top": self.rerank_top, "output": self.output,
                 "refine_steps": self.refine_steps, "refine_lr": self.refine_lr,
-                "refine_penalty": self.refine_penalty, "seed": self.seed}
+                "refine_penalty": self.refine_penalty, "seed": self.seed,
+                "context_overlap": self.context_overlap}
 
 
 def make_sampler(kind: str, *, beams: int = 10, top_k: int = 16, top_p: float = 0.9,
@@ -112,7 +117,9 @@ def settings_from_bundle(sampler: dict[str, Any]) -> SeparationSettings:
                              temperature=float(sampler.get("temperature", 1.0))),
         lam=float(sampler.get("lam", 3.0)), candidates=int(sampler.get("candidates", 1)),
         output=str(sampler.get("output", "mask")),
-        refine_steps=int(sampler.get("refine_steps", 0)))
+        refine_steps=int(sampler.get("refine_steps", 0)),
+        context_overlap=(None if sampler.get("context_overlap") is None
+                         else int(sampler["context_overlap"])))
 
 
 @dataclass(frozen=True)
@@ -282,7 +289,8 @@ class Separator:
                    torch.tensor([self.prior_classes[st]]) for st in self.stems]
         out: TokenSeparation = separate_tokens(
             mix_codes, [self.priors[st] for st in self.stems], self.likelihood, s.sampler,
-            lam=s.lam, num_samples=s.candidates, classes=classes, generator=gen)
+            lam=s.lam, num_samples=s.candidates, classes=classes, generator=gen,
+            context_overlap=s.context_overlap)
         timings["search"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         finite = torch.isfinite(out.score[0])  # candidates come best score first

@@ -3,7 +3,10 @@
 The network is a stock causal LM (Llama-style by default: RoPE, RMSNorm, SwiGLU; GPT-2
 available) whose vocabulary is the K codec tokens, one unconditional start token (id K) and
 one start token per class (ids K+1 ...). Incremental decoding uses the library's
-``DynamicCache`` and its ``reorder_cache`` for beams; attention is the library's. Saved with
+``DynamicCache`` and its ``reorder_cache`` for beams; attention is the library's. A Llama
+network in eval mode decodes instead with :class:`priors.fast_llama.LlamaStepper` (the same
+computation from the same weights with a preallocated key/value buffer and fused
+projections; ``fast_decoding = False`` restores the library path). Saved with
 ``save_pretrained`` (safetensors) plus ``prior.json``; loaded offline.
 """
 
@@ -28,6 +31,7 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
+from priors import fast_llama
 from priors.errors import PriorError
 from priors.prior import Prior, PriorState, write_dir_atomically
 
@@ -89,6 +93,19 @@ class TransformerPriorConfig:
         raise PriorError(f"unknown architecture {self.arch!r}; expected one of {', '.join(ARCHS)}")
 
 
+def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """Half-precision logits in float32 for the softmax; float64 stays float64."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
+@dataclass
+class _FastCache:
+    """The state of :class:`priors.fast_llama.LlamaStepper` decoding."""
+
+    stepper: fast_llama.LlamaStepper
+    buffer: fast_llama.KVBuffer
+
+
 class TransformerPrior(Prior):
     """A causal Transformer over codec tokens (see the module docstring)."""
 
@@ -108,6 +125,7 @@ class TransformerPrior(Prior):
             model = (GPT2LMHeadModel(hf) if isinstance(hf, GPT2Config)
                      else LlamaForCausalLM(hf))
         self.model = model
+        self.fast_decoding = True
 
     # -- sizes ----------------------------------------------------------------------------
 
@@ -159,7 +177,14 @@ class TransformerPrior(Prior):
     def start(self, batch: int, classes: torch.Tensor | None = None) -> PriorState:
         if batch < 1:
             raise PriorError("batch must be >= 1")
-        return PriorState(cache=DynamicCache(config=self.model.config), length=0,
+        cache: Any
+        if self.fast_decoding and not self.training and fast_llama.supports(self.model):
+            stepper = fast_llama.LlamaStepper(self.model, self.vocab_size,
+                                              self.context_length + 1)
+            cache = _FastCache(stepper, stepper.new_buffer(batch))
+        else:
+            cache = DynamicCache(config=self.model.config)
+        return PriorState(cache=cache, length=0,
                           pending=self.start_tokens(batch, classes)[:, None], batch=batch)
 
     @torch.no_grad()
@@ -171,10 +196,14 @@ class TransformerPrior(Prior):
         if state.length + n > self.context_length + 1:
             raise PriorError(f"context full: {state.length + n - 1} tokens exceed the prior's "
                              f"context of {self.context_length}")
+        if isinstance(state.cache, _FastCache):
+            logits = _at_least_float32(state.cache.stepper.forward(ids, state.cache.buffer))
+            return F.log_softmax(logits, dim=-1), PriorState(
+                cache=state.cache, length=state.length + n, pending=None, batch=b)
         positions = torch.arange(state.length, state.length + n, device=self.device)
         out = self.model(input_ids=ids, past_key_values=state.cache, use_cache=True,
                          position_ids=positions.unsqueeze(0).expand(b, n), logits_to_keep=1)
-        logits = out.logits[:, -1, : self.vocab_size].float()
+        logits = _at_least_float32(out.logits[:, -1, : self.vocab_size])
         new = PriorState(cache=out.past_key_values, length=state.length + n, pending=None,
                          batch=b)
         return F.log_softmax(logits, dim=-1), new
@@ -198,7 +227,9 @@ class TransformerPrior(Prior):
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= state.batch):
             raise PriorError(f"reorder index out of range for a batch of {state.batch}")
         pending = None if state.pending is None else state.pending.index_select(0, index)
-        if state.length:
+        if isinstance(state.cache, _FastCache):
+            state.cache.buffer.reorder(index)
+        elif state.length:
             state.cache.reorder_cache(index)
         return PriorState(cache=state.cache, length=state.length, pending=pending,
                           batch=int(index.numel()))
@@ -216,7 +247,7 @@ class TransformerPrior(Prior):
 
     def token_log_probs(self, codes: torch.Tensor, classes: torch.Tensor | None = None
                         ) -> torch.Tensor:
-        logp = F.log_softmax(self.logits(codes, classes).float(), dim=-1)
+        logp = F.log_softmax(_at_least_float32(self.logits(codes, classes)), dim=-1)
         return logp.gather(-1, self._check_codes(codes).unsqueeze(-1)).squeeze(-1)
 
     # -- storage --------------------------------------------------------------------------

@@ -8,8 +8,12 @@ Stages (each is skipped when its output exists and resumes when interrupted):
 2. ``codec``: ``lass-train-vqvae`` (hop 64, 1024 codes, 1500 steps, seed 0)
 3. ``prior``: ``lass-train-prior`` one shared class-conditioned prior over drums and bass
    (Llama-style, 3 layers, width 256, 4 heads, 1 key/value head, context 512)
-4. ``counts``: ``lass-count-likelihood`` on 1 hour of training mixtures
-5. ``tune``: lambda of beam search (10 beams) chosen on validation mixtures (never test)
+4. ``counts``: ``lass-count-likelihood`` on 6 hours of training mixtures, counted as two
+   parts (1 hour with seed 0, then 5 hours with seed 1; each part resumes) and merged
+   with ``lass-merge-counts``
+5. ``tune``: lambda of beam search (10 beams) and the output (decode or mask) chosen on
+   validation mixtures (never test), then the window overlap of the priors (half the
+   context, or a quarter when that costs at most 0.1 dB: a new window re-reads fewer tokens)
 6. ``assemble``: the bundle in ``WORK/bundle`` (``bundle.json`` with every sha256);
    ``--install`` copies it to ``lass/bundles/default`` and prints the rows of
    ``checkpoints.md``.
@@ -35,8 +39,9 @@ from lass.bundle import sha256_path, write_bundle
 
 CODEC_STEPS = 1500
 PRIOR_STEPS = 1500
-COUNT_HOURS = 1.0
-LAMBDAS = (1.0, 2.0, 3.0, 5.0)
+COUNT_PARTS = ((1.0, 0), (5.0, 1))  # (hours, seed): mixture n of a part is f(seed, n)
+LAMBDAS = (2.0, 3.0, 4.0, 5.0)
+OVERLAP_TOLERANCE_DB = 0.1
 TUNE_MIXTURES = 12
 BEAMS = 10
 
@@ -48,8 +53,8 @@ def _run(cmd: list[str], log: dict[str, Any], stage: str) -> None:
     log.setdefault("seconds", {})[stage] = round(time.perf_counter() - start, 1)
 
 
-def _tune(bundle: Path, data: Path, log: dict[str, Any]) -> float:
-    """Lambda with the best mean SDR (mask output) on validation mixtures."""
+def _tune(bundle: Path, data: Path, log: dict[str, Any]) -> tuple[float, int | None]:
+    """Lambda and output with the best mean SDR on validation mixtures, then the overlap."""
     from lass.data import StemDataset, chunk_samples, find_tracks, mix_gain
     from lass.evaluate import evaluation_mixtures, mixture_of, plain_sdr
     from lass.sampling import BeamSearch
@@ -62,25 +67,33 @@ def _tune(bundle: Path, data: Path, log: dict[str, Any]) -> float:
                      stems=list(sep.stems))
     mixtures = evaluation_mixtures(ds, TUNE_MIXTURES, seed=1)
     gain = mix_gain(2, sep.mix_rule)
-    grid: dict[str, dict[str, float]] = {}
-    for lam in LAMBDAS:
+
+    def score(lam: float, overlap: int | None) -> dict[str, float]:
         dec, msk = [], []
         for m in mixtures:
             mixed = mixture_of(m.stems, sep.mix_rule)
             refs = gain * m.stems
             res = sep.separate_detailed(mixed, rate, SeparationSettings(
-                sampler=BeamSearch(BEAMS), lam=lam, output="decode"))
+                sampler=BeamSearch(BEAMS), lam=lam, output="decode", context_overlap=overlap))
             est = np.stack([res.stems[s] for s in sep.stems])
             dec.append(np.mean([plain_sdr(e, r) for e, r in zip(est, refs, strict=True)]))
             masked = soft_masks(mixed, est)
             msk.append(np.mean([plain_sdr(e, r) for e, r in zip(masked, refs, strict=True)]))
-        grid[str(lam)] = {"decode": float(np.mean(dec)), "mask": float(np.mean(msk))}
-        print(f"lambda {lam}: valid SDR decode {grid[str(lam)]['decode']:.2f} dB, mask "
-              f"{grid[str(lam)]['mask']:.2f} dB", file=sys.stderr, flush=True)
-    log["tune"] = {"mixtures": TUNE_MIXTURES, "beams": BEAMS, "grid": grid}
+        out = {"decode": float(np.mean(dec)), "mask": float(np.mean(msk))}
+        print(f"lambda {lam}, overlap {overlap or 'half'}: valid SDR decode {out['decode']:.2f} "
+              f"dB, mask {out['mask']:.2f} dB", file=sys.stderr, flush=True)
+        return out
+
+    grid = {str(lam): score(lam, None) for lam in LAMBDAS}
     best = max(LAMBDAS, key=lambda v: max(grid[str(v)].values()))
-    log["tune"]["output"] = max(grid[str(best)], key=lambda k: grid[str(best)][k])
-    return best
+    output = max(grid[str(best)], key=lambda k: grid[str(best)][k])
+    quarter = max(1, next(iter(sep.priors.values())).context_length // 4)
+    short = score(best, quarter)
+    overlap = quarter if short[output] >= grid[str(best)][output] - OVERLAP_TOLERANCE_DB else None
+    log["tune"] = {"mixtures": TUNE_MIXTURES, "beams": BEAMS, "grid": grid, "output": output,
+                   "overlap_grid": {"half": grid[str(best)], str(quarter): short},
+                   "context_overlap": overlap}
+    return best, overlap
 
 
 def main() -> None:
@@ -114,9 +127,15 @@ def main() -> None:
              log, "prior")
     counts = work / "counts.npz"
     if not counts.is_file():
-        _run(["lass-count-likelihood", "--codec", str(codec / "model"), "--data", str(data),
-              "--sources", "drums", "bass", "--hours", str(COUNT_HOURS), "--seed", "0",
-              "--out", str(counts), *dev], log, "counts")
+        parts = []
+        for hours, seed in COUNT_PARTS:
+            part = work / f"counts_{hours:g}h_seed{seed}.npz"
+            if not part.is_file():
+                _run(["lass-count-likelihood", "--codec", str(codec / "model"), "--data",
+                      str(data), "--sources", "drums", "bass", "--hours", str(hours), "--seed",
+                      str(seed), "--out", str(part), *dev], log, f"counts-{hours:g}h-seed{seed}")
+            parts.append(str(part))
+        _run(["lass-merge-counts", "--out", str(counts), *parts], log, "counts-merge")
     bundle = work / "bundle"
     if bundle.exists():
         shutil.rmtree(bundle)
@@ -134,12 +153,14 @@ def main() -> None:
                      sampler=sampler)
 
     assemble()
-    if "tune" not in log:
+    if "tune" not in log or "context_overlap" not in log["tune"]:
         start = time.perf_counter()
-        log["lam"] = _tune(bundle, data, log)
+        log["lam"], _ = _tune(bundle, data, log)
         log.setdefault("seconds", {})["tune"] = round(time.perf_counter() - start, 1)
     sampler["lam"] = log["lam"]
     sampler["output"] = log["tune"]["output"]
+    if log["tune"]["context_overlap"] is not None:
+        sampler["context_overlap"] = log["tune"]["context_overlap"]
     assemble()
     log_path.write_text(json.dumps(log, indent=1) + "\n")
     files = sorted(f for f in bundle.rglob("*") if f.is_file())

@@ -72,6 +72,38 @@ def test_reorder_follows_beams_exactly(kv_heads):
     torch.testing.assert_close(logp, expected, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize(("heads", "kv_heads"), [(2, 0), (2, 1), (4, 2)])
+def test_fast_llama_decoding_equals_the_transformers_path(heads, kv_heads):
+    """The lean stepper and ``transformers`` give the same log-probs through prime, steps,
+    beam reorders (also to another batch size) and a second prime after tokens."""
+    torch.manual_seed(0)
+    prior = TransformerPrior(TransformerPriorConfig(
+        vocab_size=K, context_length=16, class_names=("a", "b"), width=32, layers=2,
+        heads=heads, kv_heads=kv_heads)).eval()
+    classes = torch.tensor([0, 1, 1])
+    codes = torch.randint(0, K, (3, 5))
+    steps = torch.randint(0, K, (4, 5))
+    more = torch.randint(0, K, (5, 2))
+    index = [torch.tensor([2, 0, 0]), torch.tensor([1, 1, 2, 0, 2]), torch.tensor([4, 0, 3, 3, 1]),
+             torch.tensor([0, 1, 1, 3, 4])]  # one row moved in place
+    runs = []
+    for fast in (True, False):
+        prior.fast_decoding = fast
+        state = prior.start(3, classes)
+        assert (type(state.cache).__name__ == "_FastCache") == fast
+        out, state = prior.prime(codes, state)
+        outs = [out]
+        for t in range(4):
+            state = prior.reorder(state, index[t])
+            out, state = prior.step(steps[t, : state.batch], state)
+            outs.append(out)
+        out, state = prior.prime(more, state)
+        outs.append(out)
+        runs.append(outs)
+    for a, b in zip(*runs, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
 def test_prime_equals_stepping():
     prior = tiny()
     codes = torch.randint(0, K, (2, 7))

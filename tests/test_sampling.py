@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from lass.sampling import Ancestral, BeamSearch, Greedy, TopK, TopP, separate_tokens
+from lass.sampling import Ancestral, BeamSearch, Greedy, TopK, TopP, _keep_slots, separate_tokens
 from likelihood import CountLikelihood, Counts, TripleCounter
 from priors import MarkovPrior
 
@@ -207,3 +207,17 @@ def test_shared_prior_is_one_call_with_the_same_answer(sampler):
     torch.testing.assert_close(shared.score, apart.score, rtol=1e-5, atol=1e-4)
     # one network call per token plus one per window restart, for both sources together
     assert calls["n"] < 13 + 4
+
+
+def test_keep_slots_moves_only_rows_of_beams_without_children():
+    gen = torch.Generator().manual_seed(0)
+    for width in (1, 2, 5, 10):
+        parent = torch.randint(0, width, (200, width), generator=gen)
+        slot = _keep_slots(parent)
+        # A permutation of the new beams in every mixture.
+        assert torch.equal(slot.sort(dim=1).values, torch.arange(width).expand(200, width))
+        placed = parent.gather(1, slot)  # parent of the beam in each row
+        rows = torch.arange(width)[None].expand(200, width)
+        has_child = torch.zeros(200, width, dtype=torch.bool).scatter_(1, parent, True)
+        # Every beam with children keeps its row; only childless beams' rows are refilled.
+        assert torch.equal(placed == rows, has_child)

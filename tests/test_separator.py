@@ -66,6 +66,30 @@ def test_long_input_runs_past_the_prior_context(bundle):
     assert result.stems["bass"].shape == x.shape
 
 
+def test_window_overlap_is_a_setting_that_reaches_the_search(bundle, monkeypatch):
+    import lass.separator as separator_module
+    from lass.separator import settings_from_bundle
+
+    s = settings_from_bundle({"kind": "beam", "num_beams": 2, "context_overlap": 16})
+    assert s.context_overlap == 16
+    assert s.to_json()["context_overlap"] == 16
+    assert settings_from_bundle({}).context_overlap is None
+    seen = []
+    real = separator_module.separate_tokens
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["context_overlap"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(separator_module, "separate_tokens", spy)
+    x = mixture(0.4)
+    result = Separator.from_pretrained(bundle).with_settings(
+        sampler=BeamSearch(2), context_overlap=16).separate_detailed(x, SR)
+    assert seen == [16]
+    assert result.tokens["drums"].shape == (200,)
+    assert result.stems["bass"].shape == x.shape
+
+
 def test_refinement_moves_the_decodings_towards_the_mixture(bundle):
     sep = Separator.from_pretrained(bundle)
     x = mixture(0.25)

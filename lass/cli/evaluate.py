@@ -48,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--candidates", type=int, default=1)
     p.add_argument("--lam", type=float, default=None,
                    help="likelihood weight of the LASS methods (default: the bundle's)")
+    p.add_argument("--context-overlap", type=int, default=None, metavar="TOKENS",
+                   help="tokens carried into a prior's next window (default: the bundle's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="results JSON (resumable)")
     p.add_argument("--device", default="auto")
@@ -92,6 +94,8 @@ def _main(argv: Sequence[str] | None) -> int:
     separator = Separator.from_pretrained(args.bundle, device=device)
     if args.lam is not None:
         separator = separator.with_settings(lam=args.lam)
+    if args.context_overlap is not None:
+        separator = separator.with_settings(context_overlap=args.context_overlap)
     rate = separator.codec.sample_rate
     tracks = find_tracks(args.data, args.split, list(separator.stems), args.layout)
     data = StemDataset(tracks, sample_rate=rate, chunk=chunk_samples(args.seconds, rate),
@@ -102,7 +106,8 @@ def _main(argv: Sequence[str] | None) -> int:
     config = {"data": str(args.data), "split": args.split, "seconds": args.seconds,
               "seed": args.seed, "bundle": separator.bundle.sha256 if separator.bundle else None,
               "beams": args.beams, "top_k": args.top_k, "candidates": args.candidates,
-              "lam": separator.settings.lam}
+              "lam": separator.settings.lam,
+              "context_overlap": separator.settings.context_overlap}
     done: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
     if args.out is not None and args.out.is_file():
         saved = json.loads(args.out.read_text(encoding="utf-8"))

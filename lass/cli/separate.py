@@ -57,6 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--refine", type=int, default=None, metavar="STEPS",
                    help="latent refinement steps (0: off)")
     p.add_argument("--output", choices=["decode", "mask"], default=None)
+    p.add_argument("--context-overlap", type=int, default=None, metavar="TOKENS",
+                   help="tokens carried into the next window of a prior (default: the bundle's)")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--float32", action="store_true", help="write 32-bit float WAVs")
@@ -103,6 +105,8 @@ def _settings(args: argparse.Namespace, base: SeparationSettings) -> SeparationS
         changes["refine_steps"] = args.refine
     if args.output is not None:
         changes["output"] = args.output
+    if args.context_overlap is not None:
+        changes["context_overlap"] = args.context_overlap
     return replace(s, **changes)
 
 
