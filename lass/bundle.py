@@ -9,6 +9,10 @@
      "likelihood": {"path": "likelihood.npz", "sha256": "...", "smoothing": "none"},
      "sampler": {"kind": "beam", "num_beams": 10, "lam": 3.0, "output": "mask"}}
 
+The likelihood entry may add ``"alpha"`` (the smoothing strength, default 1); the sampler
+entry may add ``"context_overlap"`` and ``"prior_top"`` (see
+:class:`lass.separator.SeparationSettings`).
+
 Paths are relative to the bundle; a shared prior is listed under each stem (with an optional
 ``"class"`` index for a class-conditioned one). The sha256 of a directory is taken over its
 files' relative paths and contents in sorted order. Loading checks every hash.
@@ -73,6 +77,7 @@ class BundleSpec:
     smoothing: str
     sampler: dict[str, Any]
     sha256: str
+    smoothing_alpha: float = 1.0
 
 
 def resolve_bundle(name_or_path: str | os.PathLike[str] | None) -> Path:
@@ -125,13 +130,14 @@ def read_bundle(name_or_path: str | os.PathLike[str] | None, verify: bool = True
         prior_classes={s: raw["priors"][s].get("class") for s in stems},
         likelihood=root / raw["likelihood"]["path"],
         smoothing=str(raw["likelihood"].get("smoothing", "none")),
+        smoothing_alpha=float(raw["likelihood"].get("alpha", 1.0)),
         sampler=dict(raw.get("sampler", {})), sha256=sha256_path(path))
 
 
 def write_bundle(root: str | os.PathLike[str], *, name: str, sample_rate: int,
                  stems: tuple[str, str], mix: str, codec: str, priors: dict[str, str],
                  likelihood: str, smoothing: str = "none", sampler: dict[str, Any] | None = None,
-                 prior_classes: dict[str, int] | None = None) -> Path:
+                 prior_classes: dict[str, int] | None = None, alpha: float = 1.0) -> Path:
     """Write ``bundle.json`` for components already inside ``root`` (paths relative to it)."""
     base = Path(root)
     entry = {"format_version": FORMAT_VERSION, "name": name, "sample_rate": sample_rate,
@@ -141,7 +147,8 @@ def write_bundle(root: str | os.PathLike[str], *, name: str, sample_rate: int,
                             **({"class": prior_classes[s]} if prior_classes else {})}
                         for s in stems},
              "likelihood": {"path": likelihood, "sha256": sha256_path(base / likelihood),
-                            "smoothing": smoothing},
+                            "smoothing": smoothing,
+                            **({"alpha": alpha} if smoothing != "none" else {})},
              "sampler": sampler or {"kind": "beam", "num_beams": 10, "lam": 3.0,
                                     "output": "mask"}}
     out = base / BUNDLE_FILE

@@ -151,7 +151,8 @@ def make_methods(separator: Separator, names: list[str], beams: int = 10, top_k:
                 sampler=make_sampler(kind, beams=beams, top_k=top_k),
                 lam=separator.settings.lam, candidates=1 if kind in ("beam", "greedy")
                 else candidates, output="decode",
-                context_overlap=separator.settings.context_overlap)
+                context_overlap=separator.settings.context_overlap,
+                prior_top=separator.settings.prior_top)
             res = separator.separate_detailed(mixture, rate, settings)
             cache.clear()
             cache[key] = np.stack([res.stems[s] for s in separator.stems])

@@ -14,7 +14,9 @@ the surviving beams. Scores are evaluated only on the sparse candidates; the den
 joint is never built. A mixture token with no candidate pair (never seen while counting)
 falls back to the pairs of each row's ``fallback_top`` most likely tokens under the two
 priors, scored with the likelihood's smoothed value (or 0 without smoothing), and is
-counted in :attr:`TokenSeparation.fallback_steps`.
+counted in :attr:`TokenSeparation.fallback_steps`. With ``prior_top``, every step also
+scores the priors' favourite pairs that counting never saw (at the smoothed likelihood):
+counts of a few hours miss many true pairs, the priors often rank them high.
 
 Sequences longer than a prior's context are continued in windows: when a prior's context is
 full, its state restarts from the last ``context_overlap`` tokens of each row (``prime``).
@@ -194,7 +196,7 @@ def separate_tokens(mix_codes: torch.Tensor, priors: Sequence[Prior],
                     likelihood: CountLikelihood, sampler: Sampler, *, lam: float = 3.0,
                     num_samples: int = 1, classes: Sequence[torch.Tensor | None] = (None, None),
                     generator: torch.Generator | None = None, fallback_top: int = 16,
-                    context_overlap: int | None = None,
+                    context_overlap: int | None = None, prior_top: int = 0,
                     progress: Callable[[int, int], None] | None = None) -> TokenSeparation:
     """Separate the token sequences of a batch of mixtures into two sources.
 
@@ -211,6 +213,10 @@ def separate_tokens(mix_codes: torch.Tensor, priors: Sequence[Prior],
         fallback_top: tokens per prior whose pairs stand in for a token without candidates.
         context_overlap: tokens carried into a new window when a prior's context is full
             (default: half the context).
+        prior_top: also score, at every step, the pairs of each row's ``prior_top`` most
+            likely tokens under the two priors that counting never saw with the mixture
+            token, at the likelihood's smoothed value (useful only with smoothing: without,
+            their likelihood is 0). 0: the counted candidates only.
         progress: called as ``progress(step, tokens)``.
     """
     if len(priors) != 2:
@@ -266,6 +272,17 @@ def separate_tokens(mix_codes: torch.Tensor, priors: Sequence[Prior],
             second = torch.where(use, _pad(fb_second, c, 0), _pad(second, c, 0))
             log_lik = torch.where(use, _pad(fb_ll, c, float("-inf")),
                                   _pad(log_lik, c, float("-inf")))
+        if prior_top > 0:  # pairs the priors favour that counting never saw with z_mix[t]
+            f = min(prior_top, k)
+            top1, top2 = lp1.topk(f, dim=1).indices, lp2.topk(f, dim=1).indices
+            add_first = top1[:, :, None].expand(rows, f, f).reshape(rows, f * f)
+            add_second = top2[:, None, :].expand(rows, f, f).reshape(rows, f * f)
+            seen, add_ll = likelihood.lookup(mix_codes[mix_of_row, t], add_first, add_second)
+            # Seen pairs are candidates already; a row on the fallback has these pairs too.
+            drop = seen | empty[mix_of_row][:, None]
+            first = torch.cat([first, add_first], dim=1)
+            second = torch.cat([second, add_second], dim=1)
+            log_lik = torch.cat([log_lik, add_ll.masked_fill(drop, float("-inf"))], dim=1)
         score = lp1.gather(1, first) + lp2.gather(1, second) + lam * log_lik  # (rows, C)
         n_cand = score.shape[1]
         if beam:

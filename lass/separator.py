@@ -66,6 +66,9 @@ class SeparationSettings:
         context_overlap: tokens carried into the next window when a prior's context is full
             (``None``: half the context). Each new window re-reads them in one batched call,
             so a smaller overlap is faster; a larger one gives every prediction more context.
+        prior_top: also score each step's pairs of the priors' ``prior_top`` most likely
+            tokens that counting never saw with the mixture token, at the likelihood's
+            smoothed value (see :func:`lass.sampling.separate_tokens`; 0: off).
     """
 
     sampler: Sampler = field(default_factory=lambda: BeamSearch(10))
@@ -79,6 +82,7 @@ class SeparationSettings:
     refine_penalty: float = 1e-3
     seed: int = 0
     context_overlap: int | None = None
+    prior_top: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready form (sampler as ``kind`` plus its fields)."""
@@ -89,7 +93,7 @@ class SeparationSettings:
                 "rerank_top": self.rerank_top, "output": self.output,
                 "refine_steps": self.refine_steps, "refine_lr": self.refine_lr,
                 "refine_penalty": self.refine_penalty, "seed": self.seed,
-                "context_overlap": self.context_overlap}
+                "context_overlap": self.context_overlap, "prior_top": self.prior_top}
 
 
 def make_sampler(kind: str, *, beams: int = 10, top_k: int = 16, top_p: float = 0.9,
@@ -119,7 +123,8 @@ def settings_from_bundle(sampler: dict[str, Any]) -> SeparationSettings:
         output=str(sampler.get("output", "mask")),
         refine_steps=int(sampler.get("refine_steps", 0)),
         context_overlap=(None if sampler.get("context_overlap") is None
-                         else int(sampler["context_overlap"])))
+                         else int(sampler["context_overlap"])),
+        prior_top=int(sampler.get("prior_top", 0)))
 
 
 @dataclass(frozen=True)
@@ -218,7 +223,7 @@ class Separator:
                 prior.check_codebook(codec.codebook_size, codec.identity())
                 loaded[key] = prior
             priors[stem] = loaded[key]
-        likelihood = CountLikelihood.load(spec.likelihood, spec.smoothing,
+        likelihood = CountLikelihood.load(spec.likelihood, spec.smoothing, spec.smoothing_alpha,
                                           codebook_size=codec.codebook_size,
                                           codec_identity=codec.identity(), device=device)
         return cls(codec, priors, likelihood, (spec.stems[0], spec.stems[1]), spec.mix,
@@ -290,7 +295,7 @@ class Separator:
         out: TokenSeparation = separate_tokens(
             mix_codes, [self.priors[st] for st in self.stems], self.likelihood, s.sampler,
             lam=s.lam, num_samples=s.candidates, classes=classes, generator=gen,
-            context_overlap=s.context_overlap)
+            context_overlap=s.context_overlap, prior_top=s.prior_top)
         timings["search"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         finite = torch.isfinite(out.score[0])  # candidates come best score first

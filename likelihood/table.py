@@ -228,10 +228,14 @@ class CountLikelihood:
                           second=torch.where(valid, pairs % self.k, 0),
                           log_lik=log_lik, valid=valid, count=count)
 
-    def log_likelihood(self, mix_tokens: torch.Tensor, first: torch.Tensor,
-                       second: torch.Tensor) -> torch.Tensor:
-        """``log p(m | i, j)`` for any pairs: ``mix_tokens (batch,)``, ``first, second
-        (batch, n)`` -> ``(batch, n)`` (``-inf`` for unseen combinations without smoothing)."""
+    def lookup(self, mix_tokens: torch.Tensor, first: torch.Tensor, second: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Whether each triple was counted, and its ``log p(m | i, j)``.
+
+        ``mix_tokens (batch,)``, ``first, second (batch, n)`` -> ``seen (batch, n)`` bool and
+        the log-likelihood ``(batch, n)``: the smoothed value for unseen triples (``-inf``
+        without smoothing). Seen triples have the value :meth:`slice` gives them.
+        """
         m = self._rows(mix_tokens)
         i = first.to(self.device).long()
         j = second.to(self.device).long()
@@ -252,7 +256,13 @@ class CountLikelihood:
         else:
             unseen = (np.log(self.alpha) + self._log_marginal[m][:, None]
                       - torch.log(totals + self.alpha)).float()
-        return torch.where(seen, seen_value, unseen)
+        return seen, torch.where(seen, seen_value, unseen)
+
+    def log_likelihood(self, mix_tokens: torch.Tensor, first: torch.Tensor,
+                       second: torch.Tensor) -> torch.Tensor:
+        """``log p(m | i, j)`` for any pairs: ``mix_tokens (batch,)``, ``first, second
+        (batch, n)`` -> ``(batch, n)`` (``-inf`` for unseen combinations without smoothing)."""
+        return self.lookup(mix_tokens, first, second)[1]
 
     def dense(self, mix_tokens: torch.Tensor) -> torch.Tensor:
         """``(batch, K, K)`` ``log p(m | i, j)`` for small K (at most 256)."""

@@ -11,9 +11,10 @@ Stages (each is skipped when its output exists and resumes when interrupted):
 4. ``counts``: ``lass-count-likelihood`` on 6 hours of training mixtures, counted as two
    parts (1 hour with seed 0, then 5 hours with seed 1; each part resumes) and merged
    with ``lass-merge-counts``
-5. ``tune``: lambda of beam search (10 beams) and the output (decode or mask) chosen on
-   validation mixtures (never test), then the window overlap of the priors (half the
-   context, or a quarter when that costs at most 0.1 dB: a new window re-reads fewer tokens)
+5. ``tune``: the likelihood's smoothing, lambda of beam search (10 beams) and the output
+   (decode or mask) chosen on validation mixtures (never test), then the window overlap of
+   the priors (half the context, or a quarter when that costs at most 0.1 dB: a new window
+   re-reads fewer tokens)
 6. ``assemble``: the bundle in ``WORK/bundle`` (``bundle.json`` with every sha256);
    ``--install`` copies it to ``lass/bundles/default`` and prints the rows of
    ``checkpoints.md``.
@@ -40,7 +41,8 @@ from lass.bundle import sha256_path, write_bundle
 CODEC_STEPS = 1500
 PRIOR_STEPS = 1500
 COUNT_PARTS = ((1.0, 0), (5.0, 1))  # (hours, seed): mixture n of a part is f(seed, n)
-LAMBDAS = (2.0, 3.0, 4.0, 5.0)
+LAMBDAS = (3.0, 4.0, 5.0)
+SMOOTHINGS = (("none", 1.0), ("backoff", 0.01))  # (smoothing, alpha) of the likelihood
 OVERLAP_TOLERANCE_DB = 0.1
 TUNE_MIXTURES = 12
 BEAMS = 10
@@ -53,14 +55,17 @@ def _run(cmd: list[str], log: dict[str, Any], stage: str) -> None:
     log.setdefault("seconds", {})[stage] = round(time.perf_counter() - start, 1)
 
 
-def _tune(bundle: Path, data: Path, log: dict[str, Any]) -> tuple[float, int | None]:
-    """Lambda and output with the best mean SDR on validation mixtures, then the overlap."""
+def _tune(bundle: Path, data: Path, log: dict[str, Any]) -> dict[str, Any]:
+    """Smoothing, lambda and output with the best mean SDR on validation mixtures, then the
+    window overlap; returns the choices (also logged under ``tune``)."""
     from lass.data import StemDataset, chunk_samples, find_tracks, mix_gain
     from lass.evaluate import evaluation_mixtures, mixture_of, plain_sdr
     from lass.sampling import BeamSearch
     from lass.separator import SeparationSettings, Separator, soft_masks
+    from likelihood import CountLikelihood
 
     sep = Separator.from_pretrained(bundle)
+    assert sep.bundle is not None
     rate = sep.codec.sample_rate
     tracks = find_tracks(data, "valid", list(sep.stems), "auto")
     ds = StemDataset(tracks, sample_rate=rate, chunk=chunk_samples(3.0, rate),
@@ -80,20 +85,28 @@ def _tune(bundle: Path, data: Path, log: dict[str, Any]) -> tuple[float, int | N
             masked = soft_masks(mixed, est)
             msk.append(np.mean([plain_sdr(e, r) for e, r in zip(masked, refs, strict=True)]))
         out = {"decode": float(np.mean(dec)), "mask": float(np.mean(msk))}
-        print(f"lambda {lam}, overlap {overlap or 'half'}: valid SDR decode {out['decode']:.2f} "
-              f"dB, mask {out['mask']:.2f} dB", file=sys.stderr, flush=True)
+        print(f"{sep.likelihood.smoothing} {sep.likelihood.alpha:g}, lambda {lam}, overlap "
+              f"{overlap or 'half'}: valid SDR decode {out['decode']:.2f} dB, mask "
+              f"{out['mask']:.2f} dB", file=sys.stderr, flush=True)
         return out
 
-    grid = {str(lam): score(lam, None) for lam in LAMBDAS}
-    best = max(LAMBDAS, key=lambda v: max(grid[str(v)].values()))
-    output = max(grid[str(best)], key=lambda k: grid[str(best)][k])
+    grid: dict[str, dict[str, float]] = {}
+    for smoothing, alpha in SMOOTHINGS:
+        sep.likelihood = CountLikelihood.load(sep.bundle.likelihood, smoothing, alpha)
+        for lam in LAMBDAS:
+            grid[f"{smoothing} {alpha:g} {lam:g}"] = score(lam, None)
+    best_key = max(grid, key=lambda key: max(grid[key].values()))
+    smoothing, alpha_text, lam_text = best_key.split()
+    output = max(grid[best_key], key=lambda k: grid[best_key][k])
+    sep.likelihood = CountLikelihood.load(sep.bundle.likelihood, smoothing, float(alpha_text))
     quarter = max(1, next(iter(sep.priors.values())).context_length // 4)
-    short = score(best, quarter)
-    overlap = quarter if short[output] >= grid[str(best)][output] - OVERLAP_TOLERANCE_DB else None
-    log["tune"] = {"mixtures": TUNE_MIXTURES, "beams": BEAMS, "grid": grid, "output": output,
-                   "overlap_grid": {"half": grid[str(best)], str(quarter): short},
-                   "context_overlap": overlap}
-    return best, overlap
+    short = score(float(lam_text), quarter)
+    overlap = quarter if short[output] >= grid[best_key][output] - OVERLAP_TOLERANCE_DB else None
+    choice = {"smoothing": smoothing, "alpha": float(alpha_text), "lam": float(lam_text),
+              "output": output, "context_overlap": overlap}
+    log["tune"] = {"mixtures": TUNE_MIXTURES, "beams": BEAMS, "grid": grid,
+                   "overlap_grid": {"half": grid[best_key], str(quarter): short}, **choice}
+    return choice
 
 
 def main() -> None:
@@ -145,28 +158,30 @@ def main() -> None:
     shutil.copy2(counts, bundle / "likelihood.npz")
     sampler: dict[str, Any] = {"kind": "beam", "num_beams": BEAMS, "lam": 3.0,
                                "output": "mask"}
+    likelihood: dict[str, Any] = {"smoothing": "none", "alpha": 1.0}
 
     def assemble() -> None:
         write_bundle(bundle, name="default", sample_rate=22050, stems=("drums", "bass"),
                      mix="mean", codec="codec", priors={"drums": "prior", "bass": "prior"},
                      prior_classes={"drums": 0, "bass": 1}, likelihood="likelihood.npz",
-                     sampler=sampler)
+                     sampler=sampler, **likelihood)
 
     assemble()
-    if "tune" not in log or "context_overlap" not in log["tune"]:
+    if "tune" not in log or "smoothing" not in log["tune"]:
         start = time.perf_counter()
-        log["lam"], _ = _tune(bundle, data, log)
+        _tune(bundle, data, log)
         log.setdefault("seconds", {})["tune"] = round(time.perf_counter() - start, 1)
-    sampler["lam"] = log["lam"]
-    sampler["output"] = log["tune"]["output"]
-    if log["tune"]["context_overlap"] is not None:
-        sampler["context_overlap"] = log["tune"]["context_overlap"]
+    tune = log["tune"]
+    sampler.update(lam=tune["lam"], output=tune["output"])
+    if tune["context_overlap"] is not None:
+        sampler["context_overlap"] = tune["context_overlap"]
+    likelihood.update(smoothing=tune["smoothing"], alpha=tune["alpha"])
     assemble()
     log_path.write_text(json.dumps(log, indent=1) + "\n")
     files = sorted(f for f in bundle.rglob("*") if f.is_file())
     total = sum(f.stat().st_size for f in files)
-    print(f"bundle {bundle}: {len(files)} files, {total / 1e6:.1f} MB; lambda {log['lam']}, "
-          f"output {sampler['output']}")
+    print(f"bundle {bundle}: {len(files)} files, {total / 1e6:.1f} MB; sampler {sampler}, "
+          f"likelihood {likelihood}")
     if args.install:
         target = Path(__file__).resolve().parent.parent / "lass" / "bundles" / "default"
         if target.exists():

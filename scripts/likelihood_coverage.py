@@ -5,13 +5,17 @@
 Encodes test mixtures and their true stems with the bundle's codec and reports, over all
 token steps: how often the true (first, second) token pair was seen with the mixture's
 token while counting (otherwise no sampler can pick it: it is not a candidate), the median
-rank of the true pair by likelihood among the candidates, and the median number of
-candidates per mixture token.
+rank of the true pair by likelihood among the candidates, the median number of
+candidates per mixture token, and how often the true pair lies among the pairs of each
+prior's ``--top`` most likely tokens (teacher-forced on the true stems, windows of the
+prior's context): what candidates drawn from the priors could add. ``--likelihood`` scores
+another counts file with the bundle's codec and priors.
 """
 
 from __future__ import annotations
 
 import argparse
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -19,6 +23,8 @@ import torch
 from lass.data import StemDataset, chunk_samples, find_tracks
 from lass.evaluate import evaluation_mixtures, mixture_of
 from lass.separator import Separator
+from likelihood import CountLikelihood
+from priors import Prior
 
 
 def main() -> None:
@@ -28,13 +34,33 @@ def main() -> None:
     p.add_argument("--split", default="test")
     p.add_argument("--mixtures", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--likelihood", default=None, help="counts file to score instead")
+    p.add_argument("--top", type=int, default=16)
     args = p.parse_args()
     sep = Separator.from_pretrained(args.bundle)
+    if args.likelihood:
+        sep.likelihood = CountLikelihood.load(args.likelihood,
+                                              codebook_size=sep.codec.codebook_size,
+                                              codec_identity=sep.codec.identity())
     rate = sep.codec.sample_rate
     ds = StemDataset(find_tracks(args.data, args.split, list(sep.stems), "auto"),
                      sample_rate=rate, chunk=chunk_samples(3.0, rate), stems=list(sep.stems))
     lik = sep.likelihood
-    seen, ranks, widths = [], [], []
+    seen, ranks, widths, in_top = [], [], [], []
+    priors = [sep.priors[s] for s in sep.stems]
+    classes = [sep.prior_classes.get(s) for s in sep.stems]
+
+    def top_hit(prior: Prior, cls: int | None, codes: torch.Tensor) -> torch.Tensor:
+        """``(tokens,)``: is each true token among the prior's ``--top`` most likely?"""
+        c = None if cls is None else torch.tensor([cls])
+        hits = []
+        for lo in range(0, codes.shape[0], prior.context_length):
+            window = codes[lo: lo + prior.context_length][None]
+            full = cast(Any, prior).logits(window, c)[0]  # a TransformerPrior
+            rank = (full > full.gather(1, window[0][:, None])).sum(1)
+            hits.append(rank < args.top)
+        return torch.cat(hits)
+
     with torch.no_grad():
         for m in evaluation_mixtures(ds, args.mixtures, args.seed):
             waves = np.stack([mixture_of(m.stems, sep.mix_rule), m.stems[0], m.stems[1]])
@@ -46,11 +72,18 @@ def main() -> None:
             better = ((cand.log_lik > true_ll[:, None]) & cand.valid).sum(1)
             ranks.append(better[ok].cpu().numpy())
             widths.append(cand.count.cpu().numpy())
+            both = top_hit(priors[0], classes[0], codes[1]) & top_hit(priors[1], classes[1],
+                                                                         codes[2])
+            in_top.append(np.stack([both.cpu().numpy(), ok.cpu().numpy()]))
     print(f"{args.mixtures} {args.split} mixtures of 3 s, K = {lik.k}, "
           f"{lik.meta.get('triples', '?')} triples counted")
     print(f"true pair among the candidates: {100 * np.concatenate(seen).mean():.1f}% of steps")
     print(f"median rank of the true pair by likelihood: {np.median(np.concatenate(ranks)):.0f}")
     print(f"median candidates per mixture token: {np.median(np.concatenate(widths)):.0f}")
+    top, ok_all = np.concatenate(in_top, axis=1).astype(bool)
+    print(f"true pair among the priors' top {args.top} x {args.top}: {100 * top.mean():.1f}% "
+          f"of steps; of the steps without it among the candidates: "
+          f"{100 * top[~ok_all].mean():.1f}%; among either: {100 * (top | ok_all).mean():.1f}%")
 
 
 if __name__ == "__main__":

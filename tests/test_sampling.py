@@ -9,7 +9,7 @@ from likelihood import CountLikelihood, Counts, TripleCounter
 from priors import MarkovPrior
 
 
-def build(k: int, length: int, seed: int, density: float = 0.6):
+def build(k: int, length: int, seed: int, density: float = 0.6, **smoothing):
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     p1, p2 = MarkovPrior.random(k, gen), MarkovPrior.random(k, gen)
@@ -22,7 +22,7 @@ def build(k: int, length: int, seed: int, density: float = 0.6):
     counter.add(np.repeat(m_idx, cube[m_idx, i_idx, j_idx]),
                 np.repeat(i_idx, cube[m_idx, i_idx, j_idx]),
                 np.repeat(j_idx, cube[m_idx, i_idx, j_idx]))
-    lik = CountLikelihood(Counts(counter.matrix(), {}))
+    lik = CountLikelihood(Counts(counter.matrix(), {}), **smoothing)
     mix = torch.from_numpy(rng.integers(0, k, (1, length)))
     return p1, p2, lik, mix
 
@@ -57,6 +57,29 @@ def test_beam_search_with_enough_beams_is_exact(seed):
     again = objective(p1, p2, lik, mix, out.first[0][finite], out.second[0][finite], lam)
     torch.testing.assert_close(out.score[0][finite], again, atol=1e-4, rtol=0)
     assert torch.all(out.score[0][:-1] >= out.score[0][1:])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_prior_top_candidates_make_the_search_exact_under_the_smoothed_likelihood(seed):
+    """With every pair of the priors' tokens added (prior_top = K), candidates are all K^2
+    pairs scored by the smoothed likelihood: enough beams find the brute-force optimum."""
+    k, length, lam = 3, 3, 3.0
+    p1, p2, smooth, mix = build(k, length, seed, density=0.3, smoothing="backoff", alpha=0.5)
+    z1, z2, obj = brute_force(p1, p2, smooth, mix, lam)
+    best = int(obj.argmax())
+    for top in (k, k + 5):
+        out = separate_tokens(mix, [p1, p2], smooth, BeamSearch((k * k) ** (length - 1)),
+                              lam=lam, prior_top=top)
+        assert torch.equal(out.first[0, 0], z1[best])
+        assert torch.equal(out.second[0, 0], z2[best])
+        torch.testing.assert_close(out.score[0, 0], obj[best], atol=1e-4, rtol=0)
+    # Each pair once: the number of distinct finite beams equals the number of finite ones.
+    finite = torch.isfinite(out.score[0])
+    rows = torch.cat([out.first[0][finite], out.second[0][finite]], dim=1)
+    assert rows.unique(dim=0).shape[0] == rows.shape[0]
+    # Without the extra candidates the same search cannot reach pairs counting never saw.
+    plain = separate_tokens(mix, [p1, p2], smooth, BeamSearch((k * k) ** (length - 1)), lam=lam)
+    assert plain.score[0, 0] <= out.score[0, 0] + 1e-5
 
 
 @pytest.mark.parametrize("seed", range(12))

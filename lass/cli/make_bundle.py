@@ -41,6 +41,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--stems", nargs=2, default=None, help="stem names with --shared-prior")
     p.add_argument("--likelihood", type=Path, required=True, help="counts file (.npz)")
     p.add_argument("--smoothing", default="none", choices=["none", "additive", "backoff"])
+    p.add_argument("--alpha", type=float, default=1.0, help="smoothing strength")
+    p.add_argument("--prior-top", type=int, default=0, metavar="N",
+                   help="score pairs of the priors' N likeliest tokens unseen in counting "
+                        "(needs --smoothing)")
     p.add_argument("--mix", default="mean", choices=["mean", "sum"])
     p.add_argument("--name", default=None, help="bundle name (default: the folder name)")
     p.add_argument("--beams", type=int, default=10)
@@ -104,9 +108,10 @@ def _main(argv: Sequence[str] | None) -> int:
         write_bundle(tmp, name=args.name or out.name, sample_rate=codec.sample_rate,
                      stems=(stems[0], stems[1]), mix=args.mix, codec="codec", priors=paths,
                      likelihood="likelihood.npz", smoothing=args.smoothing,
-                     prior_classes=classes or None,
+                     alpha=args.alpha, prior_classes=classes or None,
                      sampler={"kind": "beam", "num_beams": args.beams, "lam": args.lam,
-                              "output": args.output})
+                              "output": args.output,
+                              **({"prior_top": args.prior_top} if args.prior_top else {})})
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

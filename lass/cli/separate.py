@@ -59,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--output", choices=["decode", "mask"], default=None)
     p.add_argument("--context-overlap", type=int, default=None, metavar="TOKENS",
                    help="tokens carried into the next window of a prior (default: the bundle's)")
+    p.add_argument("--prior-top", type=int, default=None, metavar="N",
+                   help="also score pairs of the priors' N likeliest tokens that counting never "
+                        "saw (smoothed likelihood; 0: off; default: the bundle's)")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--float32", action="store_true", help="write 32-bit float WAVs")
@@ -107,6 +110,8 @@ def _settings(args: argparse.Namespace, base: SeparationSettings) -> SeparationS
         changes["output"] = args.output
     if args.context_overlap is not None:
         changes["context_overlap"] = args.context_overlap
+    if args.prior_top is not None:
+        changes["prior_top"] = args.prior_top
     return replace(s, **changes)
 
 
