@@ -9,7 +9,8 @@
      "likelihood": {"path": "likelihood.npz", "sha256": "...", "smoothing": "none"},
      "sampler": {"kind": "beam", "num_beams": 10, "lam": 3.0, "output": "mask"}}
 
-The likelihood entry may add ``"alpha"`` (the smoothing strength, default 1); the sampler
+The likelihood entry may add ``"alpha"`` (the smoothing strength, default 1) and
+``"min_count"`` (triples counted fewer times are dropped, default 1); the sampler
 entry may add ``"context_overlap"`` and ``"prior_top"`` (see
 :class:`lass.separator.SeparationSettings`).
 
@@ -78,6 +79,7 @@ class BundleSpec:
     sampler: dict[str, Any]
     sha256: str
     smoothing_alpha: float = 1.0
+    min_count: int = 1
 
 
 def resolve_bundle(name_or_path: str | os.PathLike[str] | None) -> Path:
@@ -131,13 +133,15 @@ def read_bundle(name_or_path: str | os.PathLike[str] | None, verify: bool = True
         likelihood=root / raw["likelihood"]["path"],
         smoothing=str(raw["likelihood"].get("smoothing", "none")),
         smoothing_alpha=float(raw["likelihood"].get("alpha", 1.0)),
+        min_count=int(raw["likelihood"].get("min_count", 1)),
         sampler=dict(raw.get("sampler", {})), sha256=sha256_path(path))
 
 
 def write_bundle(root: str | os.PathLike[str], *, name: str, sample_rate: int,
                  stems: tuple[str, str], mix: str, codec: str, priors: dict[str, str],
                  likelihood: str, smoothing: str = "none", sampler: dict[str, Any] | None = None,
-                 prior_classes: dict[str, int] | None = None, alpha: float = 1.0) -> Path:
+                 prior_classes: dict[str, int] | None = None, alpha: float = 1.0,
+                 min_count: int = 1) -> Path:
     """Write ``bundle.json`` for components already inside ``root`` (paths relative to it)."""
     base = Path(root)
     entry = {"format_version": FORMAT_VERSION, "name": name, "sample_rate": sample_rate,
@@ -148,7 +152,8 @@ def write_bundle(root: str | os.PathLike[str], *, name: str, sample_rate: int,
                         for s in stems},
              "likelihood": {"path": likelihood, "sha256": sha256_path(base / likelihood),
                             "smoothing": smoothing,
-                            **({"alpha": alpha} if smoothing != "none" else {})},
+                            **({"alpha": alpha} if smoothing != "none" else {}),
+                            **({"min_count": min_count} if min_count > 1 else {})},
              "sampler": sampler or {"kind": "beam", "num_beams": 10, "lam": 3.0,
                                     "output": "mask"}}
     out = base / BUNDLE_FILE

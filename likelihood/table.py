@@ -12,6 +12,10 @@ shards merge by addition; normalisation and smoothing happen at load:
   probability for every pair.
 * ``backoff``: ``(c + beta * q(m)) / (c(i, j) + beta)`` with ``q`` the smoothed marginal of
   mixture tokens: unseen combinations keep a probability proportional to how common m is.
+
+``min_count`` drops the triples counted fewer times before normalising: a triple seen once
+in hours of mixtures is mostly chance, yet without smoothing it gets ``p = 1`` when its pair
+was seen once, and every such triple is one more candidate for the search.
 """
 
 from __future__ import annotations
@@ -153,10 +157,11 @@ class CountLikelihood:
         alpha: strength of the smoothing (pseudo-count per mixture token for ``additive``;
             total pseudo-count for ``backoff``).
         device: where :meth:`slice` returns its tensors.
+        min_count: triples counted fewer times are dropped before normalising (1: keep all).
     """
 
     def __init__(self, counts: Counts, smoothing: str = "none", alpha: float = 1.0,
-                 device: str | torch.device = "cpu") -> None:
+                 device: str | torch.device = "cpu", min_count: int = 1) -> None:
         if smoothing not in SMOOTHINGS:
             raise LikelihoodError(f"unknown smoothing {smoothing!r}; expected one of "
                                   f"{', '.join(SMOOTHINGS)}")
@@ -166,7 +171,14 @@ class CountLikelihood:
         self.meta = counts.meta
         self.smoothing, self.alpha = smoothing, float(alpha)
         self.device = torch.device(device)
+        if min_count < 1:
+            raise LikelihoodError(f"min_count must be >= 1, got {min_count}")
+        self.min_count = int(min_count)
         m = sp.csr_matrix(counts.matrix, dtype=np.float64)
+        if min_count > 1:
+            m = m.copy()  # never change the caller's counts
+            m.data[m.data < min_count] = 0
+            m.eliminate_zeros()
         m.sort_indices()
         k = self.k
         self.pair_totals = np.asarray(m.sum(axis=0)).ravel()  # (K*K,) c(i, j)
@@ -190,7 +202,7 @@ class CountLikelihood:
     @classmethod
     def load(cls, path: str | os.PathLike[str], smoothing: str = "none", alpha: float = 1.0,
              *, codebook_size: int | None = None, codec_identity: str | None = None,
-             device: str | torch.device = "cpu") -> CountLikelihood:
+             device: str | torch.device = "cpu", min_count: int = 1) -> CountLikelihood:
         """Load a counts file, checking that it was counted for this codec."""
         counts = load_counts(path)
         if codebook_size is not None and counts.k != codebook_size:
@@ -200,7 +212,7 @@ class CountLikelihood:
         if codec_identity is not None and stored and stored != codec_identity:
             raise LikelihoodError(f"{path} was counted with another codec (identity "
                                   f"{str(stored)[:12]}, this codec {codec_identity[:12]})")
-        return cls(counts, smoothing, alpha, device)
+        return cls(counts, smoothing, alpha, device, min_count)
 
     def _rows(self, mix_tokens: torch.Tensor) -> torch.Tensor:
         m = torch.as_tensor(mix_tokens, device=self.device).long().reshape(-1)

@@ -131,7 +131,10 @@ def main() -> None:
         assert sep.bundle is not None
         p1, p2 = (sep.priors[s] for s in sep.stems)
         classes = (sep.prior_classes.get(sep.stems[0]), sep.prior_classes.get(sep.stems[1]))
-        lik, table_counts = sep.likelihood, load_counts(sep.bundle.likelihood).matrix
+        # The bundle's counts, all of them and unsmoothed for both loops: the official loop
+        # has no fallback for a mixture token whose candidates a min_count would remove.
+        table_counts = load_counts(sep.bundle.likelihood).matrix
+        lik = CountLikelihood(Counts(table_counts, {}))
         k, rate = sep.codec.codebook_size, sep.codec.sample_rate / sep.codec.hop_length
         if args.data:
             mixes = _encoded_mixtures(sep, args.data, args.mixtures, args.seconds, args.seed)

@@ -11,7 +11,8 @@ Stages (each is skipped when its output exists and resumes when interrupted):
 4. ``counts``: ``lass-count-likelihood`` on 6 hours of training mixtures, counted as two
    parts (1 hour with seed 0, then 5 hours with seed 1; each part resumes) and merged
    with ``lass-merge-counts``
-5. ``tune``: the likelihood's smoothing, lambda of beam search (10 beams) and the output
+5. ``tune``: the likelihood's smoothing and minimum count, lambda of beam search (10 beams)
+   and the output
    (decode or mask) chosen on validation mixtures (never test), then the window overlap of
    the priors (half the context, or a quarter when that costs at most 0.1 dB: a new window
    re-reads fewer tokens)
@@ -41,8 +42,9 @@ from lass.bundle import sha256_path, write_bundle
 CODEC_STEPS = 1500
 PRIOR_STEPS = 1500
 COUNT_PARTS = ((1.0, 0), (5.0, 1))  # (hours, seed): mixture n of a part is f(seed, n)
-LAMBDAS = (3.0, 4.0, 5.0)
-SMOOTHINGS = (("none", 1.0), ("backoff", 0.01))  # (smoothing, alpha) of the likelihood
+# (smoothing, alpha, min_count) of the likelihood, and the lambdas tried with it
+GRID = ((("none", 1.0, 1), (3.0, 4.0, 5.0)), (("backoff", 0.01, 1), (3.0, 4.0, 5.0)),
+        (("none", 1.0, 2), (3.0, 4.0, 5.0, 7.0)), (("none", 1.0, 3), (5.0, 7.0)))
 OVERLAP_TOLERANCE_DB = 0.1
 TUNE_MIXTURES = 12
 BEAMS = 10
@@ -55,7 +57,7 @@ def _run(cmd: list[str], log: dict[str, Any], stage: str) -> None:
     log.setdefault("seconds", {})[stage] = round(time.perf_counter() - start, 1)
 
 
-def _tune(bundle: Path, data: Path, log: dict[str, Any]) -> dict[str, Any]:
+def _tune(bundle: Path, data: Path, log: dict[str, Any], log_path: Path) -> dict[str, Any]:
     """Smoothing, lambda and output with the best mean SDR on validation mixtures, then the
     window overlap; returns the choices (also logged under ``tune``)."""
     from lass.data import StemDataset, chunk_samples, find_tracks, mix_gain
@@ -85,25 +87,32 @@ def _tune(bundle: Path, data: Path, log: dict[str, Any]) -> dict[str, Any]:
             masked = soft_masks(mixed, est)
             msk.append(np.mean([plain_sdr(e, r) for e, r in zip(masked, refs, strict=True)]))
         out = {"decode": float(np.mean(dec)), "mask": float(np.mean(msk))}
-        print(f"{sep.likelihood.smoothing} {sep.likelihood.alpha:g}, lambda {lam}, overlap "
+        print(f"{sep.likelihood.smoothing} {sep.likelihood.alpha:g} min count "
+              f"{sep.likelihood.min_count}, lambda {lam}, overlap "
               f"{overlap or 'half'}: valid SDR decode {out['decode']:.2f} dB, mask "
               f"{out['mask']:.2f} dB", file=sys.stderr, flush=True)
         return out
 
-    grid: dict[str, dict[str, float]] = {}
-    for smoothing, alpha in SMOOTHINGS:
-        sep.likelihood = CountLikelihood.load(sep.bundle.likelihood, smoothing, alpha)
-        for lam in LAMBDAS:
-            grid[f"{smoothing} {alpha:g} {lam:g}"] = score(lam, None)
+    # Scores are kept in the log as they come, so an interrupted tuning resumes.
+    grid: dict[str, dict[str, float]] = log.setdefault("tune_grid", {})
+    for (smoothing, alpha, min_count), lambdas in GRID:
+        sep.likelihood = CountLikelihood.load(sep.bundle.likelihood, smoothing, alpha,
+                                              min_count=min_count)
+        for lam in lambdas:
+            key = f"{smoothing} {alpha:g} {min_count} {lam:g}"
+            if key not in grid:
+                grid[key] = score(lam, None)
+                log_path.write_text(json.dumps(log, indent=1) + "\n")
     best_key = max(grid, key=lambda key: max(grid[key].values()))
-    smoothing, alpha_text, lam_text = best_key.split()
+    smoothing, alpha_text, min_text, lam_text = best_key.split()
     output = max(grid[best_key], key=lambda k: grid[best_key][k])
-    sep.likelihood = CountLikelihood.load(sep.bundle.likelihood, smoothing, float(alpha_text))
+    sep.likelihood = CountLikelihood.load(sep.bundle.likelihood, smoothing, float(alpha_text),
+                                          min_count=int(min_text))
     quarter = max(1, next(iter(sep.priors.values())).context_length // 4)
     short = score(float(lam_text), quarter)
     overlap = quarter if short[output] >= grid[best_key][output] - OVERLAP_TOLERANCE_DB else None
-    choice = {"smoothing": smoothing, "alpha": float(alpha_text), "lam": float(lam_text),
-              "output": output, "context_overlap": overlap}
+    choice = {"smoothing": smoothing, "alpha": float(alpha_text), "min_count": int(min_text),
+              "lam": float(lam_text), "output": output, "context_overlap": overlap}
     log["tune"] = {"mixtures": TUNE_MIXTURES, "beams": BEAMS, "grid": grid,
                    "overlap_grid": {"half": grid[best_key], str(quarter): short}, **choice}
     return choice
@@ -158,7 +167,7 @@ def main() -> None:
     shutil.copy2(counts, bundle / "likelihood.npz")
     sampler: dict[str, Any] = {"kind": "beam", "num_beams": BEAMS, "lam": 3.0,
                                "output": "mask"}
-    likelihood: dict[str, Any] = {"smoothing": "none", "alpha": 1.0}
+    likelihood: dict[str, Any] = {"smoothing": "none", "alpha": 1.0, "min_count": 1}
 
     def assemble() -> None:
         write_bundle(bundle, name="default", sample_rate=22050, stems=("drums", "bass"),
@@ -167,15 +176,16 @@ def main() -> None:
                      sampler=sampler, **likelihood)
 
     assemble()
-    if "tune" not in log or "smoothing" not in log["tune"]:
+    if "tune" not in log or "min_count" not in log["tune"]:
         start = time.perf_counter()
-        _tune(bundle, data, log)
+        _tune(bundle, data, log, log_path)
         log.setdefault("seconds", {})["tune"] = round(time.perf_counter() - start, 1)
     tune = log["tune"]
     sampler.update(lam=tune["lam"], output=tune["output"])
     if tune["context_overlap"] is not None:
         sampler["context_overlap"] = tune["context_overlap"]
-    likelihood.update(smoothing=tune["smoothing"], alpha=tune["alpha"])
+    likelihood.update(smoothing=tune["smoothing"], alpha=tune["alpha"],
+                      min_count=tune["min_count"])
     assemble()
     log_path.write_text(json.dumps(log, indent=1) + "\n")
     files = sorted(f for f in bundle.rglob("*") if f.is_file())

@@ -35,13 +35,16 @@ def main() -> None:
     p.add_argument("--mixtures", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--likelihood", default=None, help="counts file to score instead")
+    p.add_argument("--min-count", type=int, default=None,
+                   help="with --likelihood: drop triples counted fewer times")
     p.add_argument("--top", type=int, default=16)
     args = p.parse_args()
     sep = Separator.from_pretrained(args.bundle)
     if args.likelihood:
         sep.likelihood = CountLikelihood.load(args.likelihood,
                                               codebook_size=sep.codec.codebook_size,
-                                              codec_identity=sep.codec.identity())
+                                              codec_identity=sep.codec.identity(),
+                                              min_count=args.min_count or 1)
     rate = sep.codec.sample_rate
     ds = StemDataset(find_tracks(args.data, args.split, list(sep.stems), "auto"),
                      sample_rate=rate, chunk=chunk_samples(3.0, rate), stems=list(sep.stems))

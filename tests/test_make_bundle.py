@@ -35,11 +35,13 @@ def test_make_bundle_from_two_priors_and_from_a_shared_prior(tmp_path, capsys):
                              str(tmp_path / "shared"), "--stems", "drums", "bass",
                              "--likelihood", str(parts / "likelihood.npz"), "--beams", "2",
                              "--smoothing", "backoff", "--alpha", "0.5", "--prior-top", "4",
+                             "--min-count", "2",
                              "--out", str(shared)]) == 0
     sep = Separator.from_pretrained(shared)
     assert sep.priors["drums"] is sep.priors["bass"]
     assert (sep.likelihood.smoothing, sep.likelihood.alpha) == ("backoff", 0.5)
     assert sep.settings.prior_top == 4
+    assert sep.likelihood.min_count == 2
     assert sep.prior_classes == {"drums": 1, "bass": 0}  # the prior's own class order
     stems = sep.separate(wave, SR)
     np.testing.assert_allclose(stems["drums"] + stems["bass"], wave, atol=1e-4)  # mask output

@@ -42,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--likelihood", type=Path, required=True, help="counts file (.npz)")
     p.add_argument("--smoothing", default="none", choices=["none", "additive", "backoff"])
     p.add_argument("--alpha", type=float, default=1.0, help="smoothing strength")
+    p.add_argument("--min-count", type=int, default=1,
+                   help="drop triples counted fewer times (default 1: keep all)")
     p.add_argument("--prior-top", type=int, default=0, metavar="N",
                    help="score pairs of the priors' N likeliest tokens unseen in counting "
                         "(needs --smoothing)")
@@ -108,7 +110,7 @@ def _main(argv: Sequence[str] | None) -> int:
         write_bundle(tmp, name=args.name or out.name, sample_rate=codec.sample_rate,
                      stems=(stems[0], stems[1]), mix=args.mix, codec="codec", priors=paths,
                      likelihood="likelihood.npz", smoothing=args.smoothing,
-                     alpha=args.alpha, prior_classes=classes or None,
+                     alpha=args.alpha, min_count=args.min_count, prior_classes=classes or None,
                      sampler={"kind": "beam", "num_beams": args.beams, "lam": args.lam,
                               "output": args.output,
                               **({"prior_top": args.prior_top} if args.prior_top else {})})
