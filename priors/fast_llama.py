@@ -86,8 +86,7 @@ class KVBuffer:
                 return
         if self.spare is None:
             self.spare = torch.empty_like(self.data)
-        if n:
-            torch.index_select(self.data[..., :n, :], 0, index, out=self.spare[..., :n, :])
+        torch.index_select(self.data[..., :n, :], 0, index, out=self.spare[..., :n, :])
         self.data, self.spare = self.spare, self.data
 
 
