@@ -10,7 +10,9 @@
      "sampler": {"kind": "beam", "num_beams": 10, "lam": 3.0, "output": "mask"}}
 
 The likelihood entry may add ``"alpha"`` (the smoothing strength, default 1) and
-``"min_count"`` (triples counted fewer times are dropped, default 1); the sampler
+``"min_count"`` (triples counted fewer times are dropped, default 1); with
+``"smoothing": "factorised"`` it names the fitted model, ``"base": {"path": ...,
+"sha256": ...}`` (see :mod:`likelihood.factorised`); the sampler
 entry may add ``"context_overlap"`` and ``"prior_top"`` (see
 :class:`lass.separator.SeparationSettings`).
 
@@ -80,6 +82,7 @@ class BundleSpec:
     sha256: str
     smoothing_alpha: float = 1.0
     min_count: int = 1
+    likelihood_base: Path | None = None
 
 
 def resolve_bundle(name_or_path: str | os.PathLike[str] | None) -> Path:
@@ -113,7 +116,9 @@ def read_bundle(name_or_path: str | os.PathLike[str] | None, verify: bool = True
     try:
         stems = tuple(str(s) for s in raw["stems"])
         components = {"codec": raw["codec"], "likelihood": raw["likelihood"],
-                      **{f"prior {s}": raw["priors"][s] for s in stems}}
+                      **{f"prior {s}": raw["priors"][s] for s in stems},
+                      **({"factorised likelihood": raw["likelihood"]["base"]}
+                         if "base" in raw["likelihood"] else {})}
     except (KeyError, TypeError) as err:
         raise BundleError(f"{path}: missing entry {err}") from None
     if len(stems) != 2:
@@ -134,6 +139,8 @@ def read_bundle(name_or_path: str | os.PathLike[str] | None, verify: bool = True
         smoothing=str(raw["likelihood"].get("smoothing", "none")),
         smoothing_alpha=float(raw["likelihood"].get("alpha", 1.0)),
         min_count=int(raw["likelihood"].get("min_count", 1)),
+        likelihood_base=(root / raw["likelihood"]["base"]["path"]
+                         if "base" in raw["likelihood"] else None),
         sampler=dict(raw.get("sampler", {})), sha256=sha256_path(path))
 
 
@@ -141,7 +148,7 @@ def write_bundle(root: str | os.PathLike[str], *, name: str, sample_rate: int,
                  stems: tuple[str, str], mix: str, codec: str, priors: dict[str, str],
                  likelihood: str, smoothing: str = "none", sampler: dict[str, Any] | None = None,
                  prior_classes: dict[str, int] | None = None, alpha: float = 1.0,
-                 min_count: int = 1) -> Path:
+                 min_count: int = 1, likelihood_base: str | None = None) -> Path:
     """Write ``bundle.json`` for components already inside ``root`` (paths relative to it)."""
     base = Path(root)
     entry = {"format_version": FORMAT_VERSION, "name": name, "sample_rate": sample_rate,
@@ -153,7 +160,10 @@ def write_bundle(root: str | os.PathLike[str], *, name: str, sample_rate: int,
              "likelihood": {"path": likelihood, "sha256": sha256_path(base / likelihood),
                             "smoothing": smoothing,
                             **({"alpha": alpha} if smoothing != "none" else {}),
-                            **({"min_count": min_count} if min_count > 1 else {})},
+                            **({"min_count": min_count} if min_count > 1 else {}),
+                            **({"base": {"path": likelihood_base,
+                                         "sha256": sha256_path(base / likelihood_base)}}
+                               if likelihood_base else {})},
              "sampler": sampler or {"kind": "beam", "num_beams": 10, "lam": 3.0,
                                     "output": "mask"}}
     out = base / BUNDLE_FILE

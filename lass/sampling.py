@@ -16,7 +16,9 @@ falls back to the pairs of each row's ``fallback_top`` most likely tokens under 
 priors, scored with the likelihood's smoothed value (or 0 without smoothing), and is
 counted in :attr:`TokenSeparation.fallback_steps`. With ``prior_top``, every step also
 scores the priors' favourite pairs that counting never saw (at the smoothed likelihood):
-counts of a few hours miss many true pairs, the priors often rank them high.
+counts of a few hours miss many true pairs, the priors often rank them high. With the
+``factorised`` smoothing the tokens are ranked by prior plus lambda times the likelihood's
+per-token votes for the mixture token (:meth:`CountLikelihood.token_factors`).
 
 Sequences longer than a prior's context are continued in windows: when a prior's context is
 full, its state restarts from the last ``context_overlap`` tokens of each row (``prime``).
@@ -216,7 +218,8 @@ def separate_tokens(mix_codes: torch.Tensor, priors: Sequence[Prior],
         prior_top: also score, at every step, the pairs of each row's ``prior_top`` most
             likely tokens under the two priors that counting never saw with the mixture
             token, at the likelihood's smoothed value (useful only with smoothing: without,
-            their likelihood is 0). 0: the counted candidates only.
+            their likelihood is 0; with the ``factorised`` smoothing ranked by prior plus
+            lambda times the likelihood's per-token votes). 0: the counted candidates only.
         progress: called as ``progress(step, tokens)``.
     """
     if len(priors) != 2:
@@ -274,7 +277,12 @@ def separate_tokens(mix_codes: torch.Tensor, priors: Sequence[Prior],
                                   _pad(log_lik, c, float("-inf")))
         if prior_top > 0:  # pairs the priors favour that counting never saw with z_mix[t]
             f = min(prior_top, k)
-            top1, top2 = lp1.topk(f, dim=1).indices, lp2.topk(f, dim=1).indices
+            rank1, rank2 = lp1, lp2
+            factors = likelihood.token_factors(mix_codes[:, t])
+            if factors is not None:  # the likelihood's per-token votes for z_mix[t] too
+                rank1 = lp1 + lam * factors[0][mix_of_row]
+                rank2 = lp2 + lam * factors[1][mix_of_row]
+            top1, top2 = rank1.topk(f, dim=1).indices, rank2.topk(f, dim=1).indices
             add_first = top1[:, :, None].expand(rows, f, f).reshape(rows, f * f)
             add_second = top2[:, None, :].expand(rows, f, f).reshape(rows, f * f)
             seen, add_ll = likelihood.lookup(mix_codes[mix_of_row, t], add_first, add_second)

@@ -226,7 +226,7 @@ class Separator:
         likelihood = CountLikelihood.load(spec.likelihood, spec.smoothing, spec.smoothing_alpha,
                                           codebook_size=codec.codebook_size,
                                           codec_identity=codec.identity(), device=device,
-                                          min_count=spec.min_count)
+                                          min_count=spec.min_count, base=spec.likelihood_base)
         return cls(codec, priors, likelihood, (spec.stems[0], spec.stems[1]), spec.mix,
                    settings_from_bundle(spec.sampler), spec.prior_classes, spec)
 

@@ -13,6 +13,10 @@ shards merge by addition; normalisation and smoothing happen at load:
 * ``backoff``: ``(c + beta * q(m)) / (c(i, j) + beta)`` with ``q`` the smoothed marginal of
   mixture tokens: unseen combinations keep a probability proportional to how common m is.
 
+* ``factorised``: ``(c + alpha * q(m | i, j)) / (c(i, j) + alpha)`` with ``q`` a
+  :class:`~likelihood.factorised.FactorisedLikelihood` fitted to the counts: unseen
+  combinations keep the probability a model of each source token's votes gives them.
+
 ``min_count`` drops the triples counted fewer times before normalising: a triple seen once
 in hours of mixtures is mostly chance, yet without smoothing it gets ``p = 1`` when its pair
 was seen once, and every such triple is one more candidate for the search.
@@ -26,7 +30,7 @@ import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -34,8 +38,11 @@ import torch
 
 from likelihood.errors import LikelihoodError
 
+if TYPE_CHECKING:
+    from likelihood.factorised import FactorisedLikelihood
+
 FORMAT_VERSION = 1
-SMOOTHINGS = ("none", "additive", "backoff")
+SMOOTHINGS = ("none", "additive", "backoff", "factorised")
 DENSE_LIMIT = 256
 
 
@@ -158,10 +165,12 @@ class CountLikelihood:
             total pseudo-count for ``backoff``).
         device: where :meth:`slice` returns its tensors.
         min_count: triples counted fewer times are dropped before normalising (1: keep all).
+        base: the fitted model ``q`` of the ``factorised`` smoothing.
     """
 
     def __init__(self, counts: Counts, smoothing: str = "none", alpha: float = 1.0,
-                 device: str | torch.device = "cpu", min_count: int = 1) -> None:
+                 device: str | torch.device = "cpu", min_count: int = 1,
+                 base: FactorisedLikelihood | None = None) -> None:
         if smoothing not in SMOOTHINGS:
             raise LikelihoodError(f"unknown smoothing {smoothing!r}; expected one of "
                                   f"{', '.join(SMOOTHINGS)}")
@@ -174,6 +183,13 @@ class CountLikelihood:
         if min_count < 1:
             raise LikelihoodError(f"min_count must be >= 1, got {min_count}")
         self.min_count = int(min_count)
+        if (smoothing == "factorised") != (base is not None):
+            raise LikelihoodError("the factorised smoothing needs its fitted model (and only "
+                                  "it takes one)")
+        if base is not None and base.k != self.k:
+            raise LikelihoodError(f"the factorised model has K = {base.k} but the counts "
+                                  f"K = {self.k}")
+        self.base = base.to(self.device) if base is not None else None
         m = sp.csr_matrix(counts.matrix, dtype=np.float64)
         if min_count > 1:
             m = m.copy()  # never change the caller's counts
@@ -190,8 +206,12 @@ class CountLikelihood:
             probs = m.data / totals
         elif smoothing == "additive":
             probs = (m.data + self.alpha) / (totals + self.alpha * k)
-        else:
+        elif smoothing == "backoff":
             probs = (m.data + self.alpha * self.mix_marginal[rows]) / (totals + self.alpha)
+        else:
+            assert self.base is not None
+            q = self._base_prob(rows, m.indices.astype(np.int64))
+            probs = (m.data + self.alpha * q) / (totals + self.alpha)
         self._indptr = torch.from_numpy(m.indptr.astype(np.int64)).to(self.device)
         self._pairs = torch.from_numpy(m.indices.astype(np.int64)).to(self.device)
         self._log_p = torch.from_numpy(np.log(probs).astype(np.float32)).to(self.device)
@@ -199,11 +219,37 @@ class CountLikelihood:
         self._pair_totals = torch.from_numpy(self.pair_totals).to(self.device)
         self._log_marginal = torch.from_numpy(np.log(self.mix_marginal)).to(self.device)
 
+    def _base_prob(self, rows: np.ndarray, pairs: np.ndarray, chunk: int = 1 << 20
+                   ) -> np.ndarray:
+        """``q(m | i, j)`` of the factorised model for each (row ``m``, pair ``i*K+j``)."""
+        assert self.base is not None
+        base = self.base.to("cpu")
+        out = np.empty(rows.shape[0], dtype=np.float64)
+        for lo in range(0, rows.shape[0], chunk):
+            m = torch.from_numpy(rows[lo: lo + chunk])
+            pair = torch.from_numpy(pairs[lo: lo + chunk])
+            logq = base.log_prob(m, (pair // self.k)[:, None], (pair % self.k)[:, None])[:, 0]
+            out[lo: lo + chunk] = logq.double().exp().numpy()
+        return out
+
+    def token_factors(self, mix_tokens: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Per-token parts ``(batch, K)`` of the smoothed log-likelihood of unseen pairs
+        (``factorised`` smoothing; None otherwise): a search ranks tokens by them."""
+        if self.base is None:
+            return None
+        return self.base.token_factors(self._rows(mix_tokens))
+
     @classmethod
     def load(cls, path: str | os.PathLike[str], smoothing: str = "none", alpha: float = 1.0,
              *, codebook_size: int | None = None, codec_identity: str | None = None,
-             device: str | torch.device = "cpu", min_count: int = 1) -> CountLikelihood:
-        """Load a counts file, checking that it was counted for this codec."""
+             device: str | torch.device = "cpu", min_count: int = 1,
+             base: str | os.PathLike[str] | FactorisedLikelihood | None = None
+             ) -> CountLikelihood:
+        """Load a counts file, checking that it was counted for this codec (``base``: the
+        factorised model, or its file, for the ``factorised`` smoothing)."""
+        from likelihood.factorised import FactorisedLikelihood
+
         counts = load_counts(path)
         if codebook_size is not None and counts.k != codebook_size:
             raise LikelihoodError(f"{path} was counted for K = {counts.k} tokens but the codec "
@@ -212,7 +258,13 @@ class CountLikelihood:
         if codec_identity is not None and stored and stored != codec_identity:
             raise LikelihoodError(f"{path} was counted with another codec (identity "
                                   f"{str(stored)[:12]}, this codec {codec_identity[:12]})")
-        return cls(counts, smoothing, alpha, device, min_count)
+        model = FactorisedLikelihood.load(base) if isinstance(base, (str, os.PathLike)) else base
+        if model is not None:
+            fitted = model.meta.get("codec_identity")
+            if stored and fitted and fitted != stored:
+                raise LikelihoodError(f"the factorised model was fitted to counts of another "
+                                      f"codec than {path}")
+        return cls(counts, smoothing, alpha, device, min_count, model)
 
     def _rows(self, mix_tokens: torch.Tensor) -> torch.Tensor:
         m = torch.as_tensor(mix_tokens, device=self.device).long().reshape(-1)
@@ -265,9 +317,13 @@ class CountLikelihood:
         elif self.smoothing == "additive":
             unseen = (torch.log(torch.tensor(self.alpha, dtype=torch.float64, device=self.device))
                       - torch.log(totals + self.alpha * self.k)).float()
-        else:
+        elif self.smoothing == "backoff":
             unseen = (np.log(self.alpha) + self._log_marginal[m][:, None]
                       - torch.log(totals + self.alpha)).float()
+        else:
+            assert self.base is not None
+            unseen = (np.log(self.alpha) + self.base.log_prob(m, i, j)
+                      - torch.log(totals + self.alpha).float())
         return seen, torch.where(seen, seen_value, unseen)
 
     def log_likelihood(self, mix_tokens: torch.Tensor, first: torch.Tensor,

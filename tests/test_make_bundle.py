@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from lass import Separator
@@ -58,3 +59,35 @@ def test_make_bundle_from_two_priors_and_from_a_shared_prior(tmp_path, capsys):
                    "for guitar"]
     assert not bad.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".bad")]
+
+
+def test_bundle_with_a_factorised_likelihood(tmp_path, capsys):
+    from lass.bundle import BundleError, read_bundle
+    from lass.cli.fit_likelihood import main as fit_main
+
+    parts = make_debug_bundle(tmp_path / "parts")
+    model = tmp_path / "q.npz"
+    assert fit_main([str(parts / "likelihood.npz"), "--out", str(model), "--epochs", "2"]) == 0
+    out = tmp_path / "fact"
+    base = ["--codec", str(parts / "codec"), "--prior", f"drums={parts / 'prior-drums'}",
+            "--prior", f"bass={parts / 'prior-bass'}", "--likelihood",
+            str(parts / "likelihood.npz"), "--beams", "2"]
+    assert make_bundle_main([*base, "--smoothing", "factorised", "--alpha", "2",
+                             "--out", str(tmp_path / "no")]) == 1
+    assert "go together" in capsys.readouterr().err
+    assert make_bundle_main([*base, "--smoothing", "factorised", "--factorised", str(model),
+                             "--alpha", "2", "--prior-top", "3", "--out", str(out)]) == 0
+    spec = json.loads((out / "bundle.json").read_text())
+    assert spec["likelihood"]["base"]["path"] == "likelihood-factorised.npz"
+    sep = Separator.from_pretrained(out)
+    assert sep.likelihood.smoothing == "factorised"
+    assert sep.likelihood.base is not None
+    wave = sources(1, SR // 2, seed=4)[0].mean(0).numpy()
+    stems = sep.separate(wave, SR)
+    np.testing.assert_allclose(stems["drums"] + stems["bass"], wave, atol=1e-4)
+    # the model file is hashed like every component
+    data = bytearray((out / "likelihood-factorised.npz").read_bytes())
+    data[-1] ^= 1
+    (out / "likelihood-factorised.npz").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="factorised likelihood"):
+        read_bundle(out)

@@ -6,6 +6,7 @@ import torch
 
 from lass.sampling import Ancestral, BeamSearch, Greedy, TopK, TopP, _keep_slots, separate_tokens
 from likelihood import CountLikelihood, Counts, TripleCounter
+from likelihood.factorised import FactorisedLikelihood, log_normaliser
 from priors import MarkovPrior
 
 
@@ -59,12 +60,24 @@ def test_beam_search_with_enough_beams_is_exact(seed):
     assert torch.all(out.score[0][:-1] >= out.score[0][1:])
 
 
+def factorised_base(k: int, seed: int) -> FactorisedLikelihood:
+    gen = torch.Generator().manual_seed(100 + seed)
+    a, b, c = 2 * torch.randn(k, k, generator=gen), 2 * torch.randn(k, k, generator=gen), \
+        torch.randn(k, generator=gen)
+    return FactorisedLikelihood(a, b, c, log_normaliser(a, b, c))
+
+
+@pytest.mark.parametrize("smoothing", ["backoff", "factorised"])
 @pytest.mark.parametrize("seed", range(6))
-def test_prior_top_candidates_make_the_search_exact_under_the_smoothed_likelihood(seed):
+def test_prior_top_candidates_make_the_search_exact_under_the_smoothed_likelihood(seed,
+                                                                                  smoothing):
     """With every pair of the priors' tokens added (prior_top = K), candidates are all K^2
-    pairs scored by the smoothed likelihood: enough beams find the brute-force optimum."""
+    pairs scored by the smoothed likelihood: enough beams find the brute-force optimum (with
+    the factorised smoothing the tokens are ranked by prior plus the likelihood's votes)."""
     k, length, lam = 3, 3, 3.0
-    p1, p2, smooth, mix = build(k, length, seed, density=0.3, smoothing="backoff", alpha=0.5)
+    extra = {"base": factorised_base(k, seed)} if smoothing == "factorised" else {}
+    p1, p2, smooth, mix = build(k, length, seed, density=0.3, smoothing=smoothing, alpha=0.5,
+                                **extra)
     z1, z2, obj = brute_force(p1, p2, smooth, mix, lam)
     best = int(obj.argmax())
     for top in (k, k + 5):

@@ -25,6 +25,7 @@ from lass.bundle import write_bundle
 from lass.cli import run_cli
 from lass.errors import LassError
 from likelihood import load_counts
+from likelihood.factorised import FactorisedLikelihood
 from priors import load_prior
 from vqvae import load_codec
 
@@ -40,7 +41,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="one prior for both stems (class-conditioned when it has classes)")
     p.add_argument("--stems", nargs=2, default=None, help="stem names with --shared-prior")
     p.add_argument("--likelihood", type=Path, required=True, help="counts file (.npz)")
-    p.add_argument("--smoothing", default="none", choices=["none", "additive", "backoff"])
+    p.add_argument("--smoothing", default="none",
+                   choices=["none", "additive", "backoff", "factorised"])
+    p.add_argument("--factorised", type=Path, default=None, metavar="FILE",
+                   help="the lass-fit-likelihood model of --smoothing factorised")
     p.add_argument("--alpha", type=float, default=1.0, help="smoothing strength")
     p.add_argument("--min-count", type=int, default=1,
                    help="drop triples counted fewer times (default 1: keep all)")
@@ -100,6 +104,15 @@ def _main(argv: Sequence[str] | None) -> int:
     if made_with and made_with != identity:
         raise LassError("the counts were made with another codec (identity "
                         f"{str(made_with)[:12]}, codec {identity[:12]})")
+    if (args.smoothing == "factorised") != (args.factorised is not None):
+        raise LassError("--smoothing factorised and --factorised FILE go together")
+    if args.factorised is not None:
+        model = FactorisedLikelihood.load(args.factorised)
+        if model.k != counts.k:
+            raise LassError(f"the factorised model has K = {model.k}, the counts {counts.k}")
+        fitted = model.meta.get("codec_identity")
+        if fitted and made_with and fitted != made_with:
+            raise LassError("the factorised model was fitted to counts of another codec")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -107,10 +120,13 @@ def _main(argv: Sequence[str] | None) -> int:
         for name, src in sources.items():
             shutil.copytree(src, tmp / name)
         shutil.copy2(args.likelihood, tmp / "likelihood.npz")
+        if args.factorised is not None:
+            shutil.copy2(args.factorised, tmp / "likelihood-factorised.npz")
         write_bundle(tmp, name=args.name or out.name, sample_rate=codec.sample_rate,
                      stems=(stems[0], stems[1]), mix=args.mix, codec="codec", priors=paths,
                      likelihood="likelihood.npz", smoothing=args.smoothing,
                      alpha=args.alpha, min_count=args.min_count, prior_classes=classes or None,
+                     likelihood_base=("likelihood-factorised.npz" if args.factorised else None),
                      sampler={"kind": "beam", "num_beams": args.beams, "lam": args.lam,
                               "output": args.output,
                               **({"prior_top": args.prior_top} if args.prior_top else {})})
