@@ -15,7 +15,8 @@ Stages (each is skipped when its output exists and resumes when interrupted):
    and the output
    (decode or mask) chosen on validation mixtures (never test), then the window overlap of
    the priors (half the context, or a quarter when that costs at most 0.1 dB: a new window
-   re-reads fewer tokens)
+   re-reads fewer tokens), then the number of beams (10, or a wider beam when it gains at
+   least ``BEAM_GAIN_DB`` on validation)
 6. ``assemble``: the bundle in ``WORK/bundle`` (``bundle.json`` with every sha256);
    ``--install`` copies it to ``lass/bundles/default`` and prints the rows of
    ``checkpoints.md``.
@@ -32,6 +33,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,8 @@ GRID = ((("none", 1.0, 1), (3.0, 4.0, 5.0)), (("backoff", 0.01, 1), (3.0, 4.0, 5
 OVERLAP_TOLERANCE_DB = 0.1
 TUNE_MIXTURES = 12
 BEAMS = 10
+WIDER_BEAMS = (20,)  # tried after the grid; kept when they gain BEAM_GAIN_DB or more
+BEAM_GAIN_DB = 0.2
 
 
 def _run(cmd: list[str], log: dict[str, Any], stage: str) -> None:
@@ -57,14 +61,13 @@ def _run(cmd: list[str], log: dict[str, Any], stage: str) -> None:
     log.setdefault("seconds", {})[stage] = round(time.perf_counter() - start, 1)
 
 
-def _tune(bundle: Path, data: Path, log: dict[str, Any], log_path: Path) -> dict[str, Any]:
-    """Smoothing, lambda and output with the best mean SDR on validation mixtures, then the
-    window overlap; returns the choices (also logged under ``tune``)."""
+def _scorer(bundle: Path, data: Path) -> tuple[Any, Callable[..., dict[str, float]]]:
+    """The bundle's separator and ``score(lam, overlap, beams)``: mean SDR (decode and mask)
+    on the validation mixtures of the tuning."""
     from lass.data import StemDataset, chunk_samples, find_tracks, mix_gain
     from lass.evaluate import evaluation_mixtures, mixture_of, plain_sdr
     from lass.sampling import BeamSearch
     from lass.separator import SeparationSettings, Separator, soft_masks
-    from likelihood import CountLikelihood
 
     sep = Separator.from_pretrained(bundle)
     assert sep.bundle is not None
@@ -75,13 +78,13 @@ def _tune(bundle: Path, data: Path, log: dict[str, Any], log_path: Path) -> dict
     mixtures = evaluation_mixtures(ds, TUNE_MIXTURES, seed=1)
     gain = mix_gain(2, sep.mix_rule)
 
-    def score(lam: float, overlap: int | None) -> dict[str, float]:
+    def score(lam: float, overlap: int | None, beams: int = BEAMS) -> dict[str, float]:
         dec, msk = [], []
         for m in mixtures:
             mixed = mixture_of(m.stems, sep.mix_rule)
             refs = gain * m.stems
             res = sep.separate_detailed(mixed, rate, SeparationSettings(
-                sampler=BeamSearch(BEAMS), lam=lam, output="decode", context_overlap=overlap))
+                sampler=BeamSearch(beams), lam=lam, output="decode", context_overlap=overlap))
             est = np.stack([res.stems[s] for s in sep.stems])
             dec.append(np.mean([plain_sdr(e, r) for e, r in zip(est, refs, strict=True)]))
             masked = soft_masks(mixed, est)
@@ -89,10 +92,19 @@ def _tune(bundle: Path, data: Path, log: dict[str, Any], log_path: Path) -> dict
         out = {"decode": float(np.mean(dec)), "mask": float(np.mean(msk))}
         print(f"{sep.likelihood.smoothing} {sep.likelihood.alpha:g} min count "
               f"{sep.likelihood.min_count}, lambda {lam}, overlap "
-              f"{overlap or 'half'}: valid SDR decode {out['decode']:.2f} dB, mask "
+              f"{overlap or 'half'}, {beams} beams: valid SDR decode {out['decode']:.2f} dB, mask "
               f"{out['mask']:.2f} dB", file=sys.stderr, flush=True)
         return out
 
+    return sep, score
+
+
+def _tune(bundle: Path, data: Path, log: dict[str, Any], log_path: Path) -> dict[str, Any]:
+    """Smoothing, lambda and output with the best mean SDR on validation mixtures, then the
+    window overlap; returns the choices (also logged under ``tune``)."""
+    from likelihood import CountLikelihood
+
+    sep, score = _scorer(bundle, data)
     # Scores are kept in the log as they come, so an interrupted tuning resumes.
     grid: dict[str, dict[str, float]] = log.setdefault("tune_grid", {})
     for (smoothing, alpha, min_count), lambdas in GRID:
@@ -116,6 +128,28 @@ def _tune(bundle: Path, data: Path, log: dict[str, Any], log_path: Path) -> dict
     log["tune"] = {"mixtures": TUNE_MIXTURES, "beams": BEAMS, "grid": grid,
                    "overlap_grid": {"half": grid[best_key], str(quarter): short}, **choice}
     return choice
+
+
+def _tune_beams(bundle: Path, data: Path, log: dict[str, Any], log_path: Path) -> int:
+    """Beams of the shipped sampler: ``BEAMS``, or the widest of ``WIDER_BEAMS`` that gains
+    ``BEAM_GAIN_DB`` on validation (with the tuned likelihood, lambda, overlap and output);
+    logged under ``tune.beams_grid``."""
+    tune = log["tune"]
+    _sep, score = _scorer(bundle, data)  # the bundle already holds the tuned likelihood
+    grid: dict[str, dict[str, float]] = tune.setdefault("beams_grid", {})
+    grid.setdefault(str(BEAMS), tune["overlap_grid"][str(tune["context_overlap"])
+                                                     if tune["context_overlap"] else "half"])
+    for beams in WIDER_BEAMS:
+        if str(beams) not in grid:
+            grid[str(beams)] = score(tune["lam"], tune["context_overlap"], beams)
+            log_path.write_text(json.dumps(log, indent=1) + "\n")
+    output = tune["output"]
+    best = BEAMS
+    for beams in WIDER_BEAMS:
+        if grid[str(beams)][output] >= grid[str(best)][output] + BEAM_GAIN_DB:
+            best = beams
+    tune["num_beams"] = best
+    return best
 
 
 def main() -> None:
@@ -186,6 +220,12 @@ def main() -> None:
         sampler["context_overlap"] = tune["context_overlap"]
     likelihood.update(smoothing=tune["smoothing"], alpha=tune["alpha"],
                       min_count=tune["min_count"])
+    assemble()
+    if "num_beams" not in tune:
+        start = time.perf_counter()
+        _tune_beams(bundle, data, log, log_path)
+        log.setdefault("seconds", {})["tune-beams"] = round(time.perf_counter() - start, 1)
+    sampler["num_beams"] = tune["num_beams"]
     assemble()
     log_path.write_text(json.dumps(log, indent=1) + "\n")
     files = sorted(f for f in bundle.rglob("*") if f.is_file())
