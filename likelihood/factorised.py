@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from likelihood.errors import LikelihoodError
-from likelihood.table import Counts
+from likelihood.table import Counts, write_atomically
 
 FORMAT_VERSION = 1
 KIND = "factorised"
@@ -124,14 +124,7 @@ class FactorisedLikelihood:
         np.savez_compressed(buf, first=a.numpy(), second=b.numpy(), bias=c.numpy(),
                             log_norm=log_norm.numpy(), meta=np.array(json.dumps(meta,
                                                                                 sort_keys=True)))
-        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-        try:
-            tmp.write_bytes(buf.getvalue())
-            os.replace(tmp, out)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        return out
+        return write_atomically(out, buf.getvalue())
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], device: str | torch.device = "cpu"

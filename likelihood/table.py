@@ -84,9 +84,14 @@ def save_counts(path: str | os.PathLike[str], counts: Counts) -> Path:
                         indices=m.indices.astype(np.int32 if small else np.int64),
                         indptr=m.indptr.astype(np.int64), shape=np.array(m.shape, dtype=np.int64),
                         meta=np.array(json.dumps(meta, sort_keys=True)))
+    return write_atomically(out, buf.getvalue())
+
+
+def write_atomically(out: Path, data: bytes) -> Path:
+    """Write ``data`` to ``out`` through a temporary file renamed into place."""
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_bytes(buf.getvalue())
+        tmp.write_bytes(data)
         os.replace(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)
