@@ -12,6 +12,7 @@ from lass.cli.fit_likelihood import main as fit_main
 from likelihood import CountLikelihood, Counts, LikelihoodError, TripleCounter, save_counts
 from likelihood.factorised import (
     FactorisedLikelihood,
+    FitState,
     fit_factorised,
     held_out_bits,
     log_normaliser,
@@ -80,7 +81,7 @@ def test_fit_recovers_a_factorised_source_and_beats_count_smoothing():
 
 def test_resumed_fit_equals_an_uninterrupted_one():
     counts = sample_counts(random_model(seed=4), 3000, seed=5)
-    states = []
+    states: list[FitState] = []
     full, _ = fit_factorised(counts, epochs=3, batch=256, on_epoch=states.append)
     resumed, _ = fit_factorised(counts, epochs=3, batch=256, state=states[0])
     for name in ("first", "second", "bias", "log_norm"):
