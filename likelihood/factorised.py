@@ -91,6 +91,16 @@ class FactorisedLikelihood:
                                     self.bias.float().to(device),
                                     self.log_norm.float().to(device), self.meta)
 
+    def check_fits(self, counts: Counts) -> None:
+        """Raise :class:`LikelihoodError` unless this model fits ``counts``: the same K and,
+        where both record one, the same codec."""
+        if self.k != counts.k:
+            raise LikelihoodError(f"the factorised model has K = {self.k} but the counts "
+                                  f"K = {counts.k}")
+        fitted, counted = self.meta.get("codec_identity"), counts.meta.get("codec_identity")
+        if fitted and counted and fitted != counted:
+            raise LikelihoodError("the factorised model was fitted to counts of another codec")
+
     def log_prob(self, mix_tokens: torch.Tensor, first: torch.Tensor, second: torch.Tensor
                  ) -> torch.Tensor:
         """``log q(m | i, j)``: ``mix_tokens (batch,)``, ``first, second (batch, n)`` ->
@@ -161,6 +171,13 @@ def _triples(counts: Counts) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, 
             torch.from_numpy(col % k), torch.from_numpy(coo.data.astype(np.float32)))
 
 
+def _log_q(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, m: torch.Tensor,
+           i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+    """``(n,)`` ``log q(m | i, j)`` of weights ``a, b: (K, K)``, ``c: (K,)`` for triples
+    ``(n,)`` (exact softmax, differentiable)."""
+    return torch.log_softmax(a[i] + b[j] + c, dim=1).gather(1, m[:, None])[:, 0]
+
+
 def _bits(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor,
           triples: tuple[torch.Tensor, ...], batch: int = 32768) -> float:
     """Count-weighted cross-entropy of ``q`` on triples, bits per mixture token."""
@@ -169,8 +186,7 @@ def _bits(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor,
     with torch.no_grad():
         for lo in range(0, m.numel(), batch):
             sl = slice(lo, lo + batch)
-            logq = torch.log_softmax(a[i[sl]] + b[j[sl]] + c, dim=1)
-            total -= float((logq.gather(1, m[sl, None])[:, 0] * w[sl]).sum())
+            total -= float((_log_q(a, b, c, m[sl], i[sl], j[sl]) * w[sl]).sum())
     return total / max(float(w.sum()), 1.0) / math.log(2)
 
 
@@ -229,8 +245,7 @@ def fit_factorised(counts: Counts, *, epochs: int = 8, lr: float = 0.05, batch: 
         for step, lo in enumerate(range(0, n, batch)):
             idx = order[lo: lo + batch]
             m, i, j, w = (t[idx] for t in train)
-            logq = torch.log_softmax(a[i] + b[j] + c, dim=1)
-            loss = -(logq.gather(1, m[:, None])[:, 0] * w).sum() / w.sum()
+            loss = -(_log_q(a, b, c, m, i, j) * w).sum() / w.sum()
             opt.zero_grad()
             loss.backward()
             opt.step()

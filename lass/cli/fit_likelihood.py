@@ -12,18 +12,19 @@ counts. Each epoch is checkpointed to ``OUT.partial.pt``; a run started again re
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from lass.cli import run_cli
-from likelihood import Counts, LikelihoodError, load_counts
+from likelihood import CountLikelihood, Counts, LikelihoodError, load_counts
 from likelihood.factorised import FitState, fit_factorised, held_out_bits
+from likelihood.table import write_atomically
 
 PROG = "lass-fit-likelihood"
 
@@ -32,18 +33,8 @@ def backoff_bits(train: Counts, valid: Counts, alphas: Sequence[float] = (0.1, 1
                  ) -> tuple[float, float]:
     """Best held-out bits per mixture token of the ``backoff`` smoothing of ``train`` over
     ``alphas``, and that alpha."""
-    import scipy.sparse as sp
-
-    t = sp.csr_matrix(train.matrix, dtype=np.float64)
-    v = valid.matrix.tocoo()
-    pair = np.asarray(t.sum(axis=0)).ravel()
-    mix = np.asarray(t.sum(axis=1)).ravel()
-    q = (mix + 1.0) / (mix.sum() + train.k)
-    seen = np.asarray(t[v.row, v.col]).ravel()
-    w = v.data.astype(np.float64)
-    best = min((-(w * np.log2((seen + a * q[v.row]) / (pair[v.col] + a))).sum() / w.sum(), a)
+    return min((CountLikelihood(train, "backoff", a).held_out_bits(valid), float(a))
                for a in alphas)
-    return float(best[0]), float(best[1])
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -92,10 +83,10 @@ def _main(argv: Sequence[str] | None) -> int:
         bar.write(f"epoch {s.epoch}/{args.epochs}"
                   + (f": held-out {s.history[-1]['valid_bits']:.3f} bits per mixture token"
                      if "valid_bits" in s.history[-1] else ""))
-        tmp = partial.with_name(partial.name + ".tmp")
+        buf = io.BytesIO()
         torch.save({"config": config, "epoch": s.epoch, "weights": s.weights,
-                    "optimiser": s.optimiser, "history": s.history}, tmp)
-        tmp.replace(partial)
+                    "optimiser": s.optimiser, "history": s.history}, buf)
+        write_atomically(partial, buf.getvalue())
 
     start = time.perf_counter()
     model, _ = fit_factorised(train, epochs=args.epochs, lr=args.lr, batch=args.batch,

@@ -107,12 +107,7 @@ def _main(argv: Sequence[str] | None) -> int:
     if (args.smoothing == "factorised") != (args.factorised is not None):
         raise LassError("--smoothing factorised and --factorised FILE go together")
     if args.factorised is not None:
-        model = FactorisedLikelihood.load(args.factorised)
-        if model.k != counts.k:
-            raise LassError(f"the factorised model has K = {model.k}, the counts {counts.k}")
-        fitted = model.meta.get("codec_identity")
-        if fitted and made_with and fitted != made_with:
-            raise LassError("the factorised model was fitted to counts of another codec")
+        FactorisedLikelihood.load(args.factorised).check_fits(counts)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
