@@ -12,7 +12,8 @@
 The likelihood entry may add ``"alpha"`` (the smoothing strength, default 1) and
 ``"min_count"`` (triples counted fewer times are dropped, default 1); with
 ``"smoothing": "factorised"`` it names the fitted model, ``"base": {"path": ...,
-"sha256": ...}`` (see :mod:`likelihood.factorised`); the sampler
+"sha256": ...}`` (see :mod:`likelihood.factorised`). ``"kind": "latent"`` names a
+:class:`likelihood.latent.LatentLikelihood` file instead of counts (no smoothing); the sampler
 entry may add ``"context_overlap"`` and ``"prior_top"`` (see
 :class:`lass.separator.SeparationSettings`).
 
@@ -34,6 +35,7 @@ from lass.errors import LassError
 
 FORMAT_VERSION = 1
 BUNDLE_FILE = "bundle.json"
+LIKELIHOOD_KINDS = ("counts", "latent")
 #: Environment variable naming a folder of bundles (``<folder>/<name>/bundle.json``).
 BUNDLES_ENV = "LASS_BUNDLES"
 
@@ -83,6 +85,7 @@ class BundleSpec:
     smoothing_alpha: float = 1.0
     min_count: int = 1
     likelihood_base: Path | None = None
+    likelihood_kind: str = "counts"
 
 
 def resolve_bundle(name_or_path: str | os.PathLike[str] | None) -> Path:
@@ -123,6 +126,9 @@ def read_bundle(name_or_path: str | os.PathLike[str] | None, verify: bool = True
         raise BundleError(f"{path}: missing entry {err}") from None
     if len(stems) != 2:
         raise BundleError(f"{path}: LASS bundles separate two stems, got {len(stems)}")
+    if raw["likelihood"].get("kind", "counts") not in LIKELIHOOD_KINDS:
+        raise BundleError(f"{path}: unknown likelihood kind {raw['likelihood'].get('kind')!r}; "
+                          f"expected one of {', '.join(LIKELIHOOD_KINDS)}")
     if verify:
         for what, entry in components.items():
             got = sha256_path(root / entry["path"])
@@ -141,6 +147,7 @@ def read_bundle(name_or_path: str | os.PathLike[str] | None, verify: bool = True
         min_count=int(raw["likelihood"].get("min_count", 1)),
         likelihood_base=(root / raw["likelihood"]["base"]["path"]
                          if "base" in raw["likelihood"] else None),
+        likelihood_kind=str(raw["likelihood"].get("kind", "counts")),
         sampler=dict(raw.get("sampler", {})), sha256=sha256_path(path))
 
 
@@ -148,9 +155,13 @@ def write_bundle(root: str | os.PathLike[str], *, name: str, sample_rate: int,
                  stems: tuple[str, str], mix: str, codec: str, priors: dict[str, str],
                  likelihood: str, smoothing: str = "none", sampler: dict[str, Any] | None = None,
                  prior_classes: dict[str, int] | None = None, alpha: float = 1.0,
-                 min_count: int = 1, likelihood_base: str | None = None) -> Path:
+                 min_count: int = 1, likelihood_base: str | None = None,
+                 likelihood_kind: str = "counts") -> Path:
     """Write ``bundle.json`` for components already inside ``root`` (paths relative to it)."""
     base = Path(root)
+    if likelihood_kind not in LIKELIHOOD_KINDS:
+        raise BundleError(f"unknown likelihood kind {likelihood_kind!r}")
+    latent = likelihood_kind == "latent"
     entry = {"format_version": FORMAT_VERSION, "name": name, "sample_rate": sample_rate,
              "stems": list(stems), "mix": mix,
              "codec": {"path": codec, "sha256": sha256_path(base / codec)},
@@ -158,8 +169,9 @@ def write_bundle(root: str | os.PathLike[str], *, name: str, sample_rate: int,
                             **({"class": prior_classes[s]} if prior_classes else {})}
                         for s in stems},
              "likelihood": {"path": likelihood, "sha256": sha256_path(base / likelihood),
-                            "smoothing": smoothing,
-                            **({"alpha": alpha} if smoothing != "none" else {}),
+                            **({"kind": "latent"} if latent else {"smoothing": smoothing}),
+                            **({"alpha": alpha} if smoothing != "none" and not latent
+                               else {}),
                             **({"min_count": min_count} if min_count > 1 else {}),
                             **({"base": {"path": likelihood_base,
                                          "sha256": sha256_path(base / likelihood_base)}}

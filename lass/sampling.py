@@ -20,6 +20,11 @@ counts of a few hours miss many true pairs, the priors often rank them high. Wit
 ``factorised`` smoothing the tokens are ranked by prior plus lambda times the likelihood's
 per-token votes for the mixture token (:meth:`CountLikelihood.token_factors`).
 
+With a :class:`~likelihood.latent.LatentLikelihood` the step scores the mixture's encoder
+output instead of its token: each row's residual (the latent less the parts of its own past
+tokens) gives every token a vote, each source's ``prior_top`` (default 16) best tokens by
+prior plus lambda times vote are paired, and the pairs are scored exactly.
+
 Sequences longer than a prior's context are continued in windows: when a prior's context is
 full, its state restarts from the last ``context_overlap`` tokens of each row (``prime``).
 """
@@ -32,6 +37,7 @@ from dataclasses import dataclass
 import torch
 
 from likelihood import CountLikelihood
+from likelihood.latent import LatentLikelihood
 from priors import Prior, PriorState
 
 
@@ -193,9 +199,69 @@ def _stack_classes(row_classes: list[torch.Tensor | None], rows: int, device: to
     return torch.cat([c for c in row_classes if c is not None]).to(device)
 
 
+def _grid(top1: torch.Tensor, top2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """All pairs of ``top1: (rows, f)`` and ``top2: (rows, g)`` -> two ``(rows, f * g)``."""
+    rows, f = top1.shape
+    g = top2.shape[1]
+    return (top1[:, :, None].expand(rows, f, g).reshape(rows, f * g),
+            top2[:, None, :].expand(rows, f, g).reshape(rows, f * g))
+
+
+def _count_candidates(likelihood: CountLikelihood, mix_t: torch.Tensor, mix_of_row: torch.Tensor,
+                      lp1: torch.Tensor, lp2: torch.Tensor, lam: float, fallback_top: int,
+                      prior_top: int
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """The counted candidates of one step for every row.
+
+    Args:
+        mix_t: ``(batch,)`` mixture tokens of the step; ``mix_of_row: (rows,)``.
+        lp1, lp2: ``(rows, K)`` the priors' log-probs.
+
+    Returns:
+        first, second: ``(rows, C)`` candidate pairs; log_lik ``(rows, C)`` (``-inf``: none);
+        the number of mixtures whose token had no candidate (the fallback was used).
+    """
+    k = likelihood.k
+    rows = lp1.shape[0]
+    cand = likelihood.slice(mix_t)
+    first, second = cand.first[mix_of_row], cand.second[mix_of_row]
+    log_lik = cand.log_lik[mix_of_row]
+    empty = cand.count == 0
+    fell_back = int(empty.sum())
+    if fell_back:
+        f = min(fallback_top, k)
+        fb_first, fb_second = _grid(lp1.topk(f, dim=1).indices, lp2.topk(f, dim=1).indices)
+        fb_ll = likelihood.log_likelihood(mix_t[mix_of_row], fb_first, fb_second)
+        fb_ll = torch.where(torch.isfinite(fb_ll), fb_ll, torch.zeros_like(fb_ll))
+        use = empty[mix_of_row][:, None]
+        c = max(first.shape[1], f * f)
+        first = torch.where(use, _pad(fb_first, c, 0), _pad(first, c, 0))
+        second = torch.where(use, _pad(fb_second, c, 0), _pad(second, c, 0))
+        log_lik = torch.where(use, _pad(fb_ll, c, float("-inf")),
+                              _pad(log_lik, c, float("-inf")))
+    if prior_top > 0:  # pairs the priors favour that counting never saw with z_mix[t]
+        f = min(prior_top, k)
+        rank1, rank2 = lp1, lp2
+        factors = likelihood.token_factors(mix_t)
+        if factors is not None:  # the likelihood's per-token votes for z_mix[t] too
+            rank1 = lp1 + lam * factors[0][mix_of_row]
+            rank2 = lp2 + lam * factors[1][mix_of_row]
+        add_first, add_second = _grid(rank1.topk(f, dim=1).indices,
+                                      rank2.topk(f, dim=1).indices)
+        seen, add_ll = likelihood.lookup(mix_t[mix_of_row], add_first, add_second)
+        # Seen pairs are candidates already; a row on the fallback has these pairs too.
+        drop = seen | empty[mix_of_row][:, None]
+        first = torch.cat([first, add_first], dim=1)
+        second = torch.cat([second, add_second], dim=1)
+        log_lik = torch.cat([log_lik, add_ll.masked_fill(drop, float("-inf"))], dim=1)
+    assert first.shape[0] == rows
+    return first, second, log_lik, fell_back
+
+
 @torch.no_grad()
 def separate_tokens(mix_codes: torch.Tensor, priors: Sequence[Prior],
-                    likelihood: CountLikelihood, sampler: Sampler, *, lam: float = 3.0,
+                    likelihood: CountLikelihood | LatentLikelihood, sampler: Sampler, *,
+                    lam: float = 3.0, mix_latents: torch.Tensor | None = None,
                     num_samples: int = 1, classes: Sequence[torch.Tensor | None] = (None, None),
                     generator: torch.Generator | None = None, fallback_top: int = 16,
                     context_overlap: int | None = None, prior_top: int = 0,
@@ -205,10 +271,13 @@ def separate_tokens(mix_codes: torch.Tensor, priors: Sequence[Prior],
     Args:
         mix_codes: ``(batch, tokens)`` mixture tokens.
         priors: the two sources' priors (the same object twice for a shared prior).
-        likelihood: ``p(m | i, j)``; its device is where the search runs.
+        likelihood: ``p(m | i, j)`` (counted) or ``p(h_mix[t] | tokens <= t)`` (latent); its
+            device is where the search runs.
         sampler: :class:`Greedy`, :class:`Ancestral`, :class:`TopK`, :class:`TopP` or
             :class:`BeamSearch`.
         lam: weight of the log-likelihood (the paper used 3.0 on audio).
+        mix_latents: ``(batch, tokens, D)`` the mixtures' encoder outputs; needed by (and
+            only used with) a latent likelihood.
         num_samples: independent samples per mixture for the sampling samplers.
         classes: class labels ``(batch,)`` for class-conditioned priors, per prior.
         generator: random generator of the sampling samplers (on the likelihood's device).
@@ -220,6 +289,7 @@ def separate_tokens(mix_codes: torch.Tensor, priors: Sequence[Prior],
             token, at the likelihood's smoothed value (useful only with smoothing: without,
             their likelihood is 0; with the ``factorised`` smoothing ranked by prior plus
             lambda times the likelihood's per-token votes). 0: the counted candidates only.
+            With a latent likelihood: the tokens per source whose pairs are scored (0: 16).
         progress: called as ``progress(step, tokens)``.
     """
     if len(priors) != 2:
@@ -252,45 +322,32 @@ def separate_tokens(mix_codes: torch.Tensor, priors: Sequence[Prior],
     if beam:
         total[:, 1:] = float("-inf")  # all beams start as one: no duplicate hypotheses
     fallback_steps = 0
+    if isinstance(likelihood, LatentLikelihood):
+        if mix_latents is None or mix_latents.shape[:2] != (batch, length) \
+                or mix_latents.shape[2] != likelihood.dim:
+            raise ValueError(f"a latent likelihood needs mix_latents ({batch}, {length}, "
+                             f"{likelihood.dim})")
+        mix_latents = mix_latents.to(device, torch.float32)
     for t in range(length):
         if shared:
             lp1, lp2 = streams[0].next(history, t).chunk(2)
         else:
             lp1, lp2 = (s.next([h], t) for s, h in zip(streams, history, strict=True))
-        cand = likelihood.slice(mix_codes[:, t])
-        first, second = cand.first[mix_of_row], cand.second[mix_of_row]
-        log_lik = cand.log_lik[mix_of_row]
-        empty = cand.count == 0
-        if bool(empty.any()):
-            fallback_steps += int(empty.sum())
-            f = min(fallback_top, k)
-            top1, top2 = lp1.topk(f, dim=1).indices, lp2.topk(f, dim=1).indices
-            fb_first = top1[:, :, None].expand(rows, f, f).reshape(rows, f * f)
-            fb_second = top2[:, None, :].expand(rows, f, f).reshape(rows, f * f)
-            fb_ll = likelihood.log_likelihood(mix_codes[mix_of_row, t], fb_first, fb_second)
-            fb_ll = torch.where(torch.isfinite(fb_ll), fb_ll, torch.zeros_like(fb_ll))
-            use = empty[mix_of_row][:, None]
-            c = max(first.shape[1], f * f)
-            first = torch.where(use, _pad(fb_first, c, 0), _pad(first, c, 0))
-            second = torch.where(use, _pad(fb_second, c, 0), _pad(second, c, 0))
-            log_lik = torch.where(use, _pad(fb_ll, c, float("-inf")),
-                                  _pad(log_lik, c, float("-inf")))
-        if prior_top > 0:  # pairs the priors favour that counting never saw with z_mix[t]
-            f = min(prior_top, k)
-            rank1, rank2 = lp1, lp2
-            factors = likelihood.token_factors(mix_codes[:, t])
-            if factors is not None:  # the likelihood's per-token votes for z_mix[t] too
-                rank1 = lp1 + lam * factors[0][mix_of_row]
-                rank2 = lp2 + lam * factors[1][mix_of_row]
-            top1, top2 = rank1.topk(f, dim=1).indices, rank2.topk(f, dim=1).indices
-            add_first = top1[:, :, None].expand(rows, f, f).reshape(rows, f * f)
-            add_second = top2[:, None, :].expand(rows, f, f).reshape(rows, f * f)
-            seen, add_ll = likelihood.lookup(mix_codes[mix_of_row, t], add_first, add_second)
-            # Seen pairs are candidates already; a row on the fallback has these pairs too.
-            drop = seen | empty[mix_of_row][:, None]
-            first = torch.cat([first, add_first], dim=1)
-            second = torch.cat([second, add_second], dim=1)
-            log_lik = torch.cat([log_lik, add_ll.masked_fill(drop, float("-inf"))], dim=1)
+        if isinstance(likelihood, LatentLikelihood):
+            assert mix_latents is not None
+            f = min(prior_top or 16, k)
+            past = max(0, t - likelihood.context + 1)
+            resid = likelihood.residual(mix_latents[mix_of_row, t], history[0][:, past:t],
+                                        history[1][:, past:t])
+            votes = likelihood.votes(resid)
+            top1 = (lp1 + lam * votes[0]).topk(f, dim=1).indices
+            top2 = (lp2 + lam * votes[1]).topk(f, dim=1).indices
+            first, second = _grid(top1, top2)
+            log_lik = likelihood.grid_log_lik(resid, top1, top2, votes).reshape(rows, f * f)
+        else:
+            first, second, log_lik, fell_back = _count_candidates(
+                likelihood, mix_codes[:, t], mix_of_row, lp1, lp2, lam, fallback_top, prior_top)
+            fallback_steps += fell_back
         score = lp1.gather(1, first) + lp2.gather(1, second) + lam * log_lik  # (rows, C)
         n_cand = score.shape[1]
         if beam:

@@ -1,4 +1,4 @@
-"""The LASS separator: codec + one prior per source + counted likelihood + settings.
+"""The LASS separator: codec + one prior per source + likelihood (counted or latent) + settings.
 
 ``Separator.from_pretrained(name_or_path)`` loads a bundle (see :mod:`lass.bundle`);
 ``separate(wave, sample_rate)`` returns ``{stem: wave}`` at the input's rate and length.
@@ -38,6 +38,7 @@ from lass.sampling import (
     separate_tokens,
 )
 from likelihood import CountLikelihood
+from likelihood.latent import LatentLikelihood
 from priors import Prior, load_prior
 from vqvae import Codec, load_codec
 
@@ -68,7 +69,8 @@ class SeparationSettings:
             so a smaller overlap is faster; a larger one gives every prediction more context.
         prior_top: also score each step's pairs of the priors' ``prior_top`` most likely
             tokens that counting never saw with the mixture token, at the likelihood's
-            smoothed value (see :func:`lass.sampling.separate_tokens`; 0: off).
+            smoothed value (see :func:`lass.sampling.separate_tokens`; 0: off). With a latent
+            likelihood: the tokens per source whose pairs are scored (0: 16).
     """
 
     sampler: Sampler = field(default_factory=lambda: BeamSearch(10))
@@ -182,7 +184,8 @@ def soft_masks(mixture: np.ndarray, estimates: np.ndarray, power: float = 2.0
 class Separator:
     """Codec, two priors and a likelihood, with default settings (see the module docstring)."""
 
-    def __init__(self, codec: Codec, priors: dict[str, Prior], likelihood: CountLikelihood,
+    def __init__(self, codec: Codec, priors: dict[str, Prior],
+                 likelihood: CountLikelihood | LatentLikelihood,
                  stems: tuple[str, str], mix_rule: str = "mean",
                  settings: SeparationSettings | None = None,
                  prior_classes: dict[str, int | None] | None = None,
@@ -223,10 +226,15 @@ class Separator:
                 prior.check_codebook(codec.codebook_size, codec.identity())
                 loaded[key] = prior
             priors[stem] = loaded[key]
-        likelihood = CountLikelihood.load(spec.likelihood, spec.smoothing, spec.smoothing_alpha,
-                                          codebook_size=codec.codebook_size,
-                                          codec_identity=codec.identity(), device=device,
-                                          min_count=spec.min_count, base=spec.likelihood_base)
+        likelihood: CountLikelihood | LatentLikelihood
+        if spec.likelihood_kind == "latent":
+            likelihood = LatentLikelihood.load(spec.likelihood, device=device)
+            likelihood.check_codec(codec.codebook_size, codec.identity())
+        else:
+            likelihood = CountLikelihood.load(
+                spec.likelihood, spec.smoothing, spec.smoothing_alpha,
+                codebook_size=codec.codebook_size, codec_identity=codec.identity(),
+                device=device, min_count=spec.min_count, base=spec.likelihood_base)
         return cls(codec, priors, likelihood, (spec.stems[0], spec.stems[1]), spec.mix,
                    settings_from_bundle(spec.sampler), spec.prior_classes, spec)
 
@@ -286,8 +294,12 @@ class Separator:
         codec_rate = self.codec.sample_rate
         xc = _resample(x, sample_rate, codec_rate)
         n = xc.shape[0]
+        latents = None
         with torch.no_grad():
             mix_codes = self.codec.encode(torch.from_numpy(xc)[None].to(self.device))
+            if isinstance(self.likelihood, LatentLikelihood):
+                latents = self.codec.latents(torch.from_numpy(xc)[None].to(self.device))
+                latents = latents.transpose(1, 2)  # (1, tokens, D)
         timings["encode"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         gen = torch.Generator(device=self.likelihood.device).manual_seed(s.seed)
@@ -295,7 +307,8 @@ class Separator:
                    torch.tensor([self.prior_classes[st]]) for st in self.stems]
         out: TokenSeparation = separate_tokens(
             mix_codes, [self.priors[st] for st in self.stems], self.likelihood, s.sampler,
-            lam=s.lam, num_samples=s.candidates, classes=classes, generator=gen,
+            lam=s.lam, mix_latents=latents, num_samples=s.candidates, classes=classes,
+            generator=gen,
             context_overlap=s.context_overlap, prior_top=s.prior_top)
         timings["search"] = time.perf_counter() - t0
         t0 = time.perf_counter()

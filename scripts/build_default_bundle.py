@@ -17,7 +17,11 @@ Stages (each is skipped when its output exists and resumes when interrupted):
    the priors (half the context, or a quarter when that costs at most 0.1 dB: a new window
    re-reads fewer tokens), then the number of beams (10, or a wider beam when it gains at
    least ``BEAM_GAIN_DB`` on validation)
-6. ``assemble``: the bundle in ``WORK/bundle`` (``bundle.json`` with every sha256);
+6. ``latent``: ``lass-fit-latent`` (1 hour of training mixtures, seed 0, context 2) and
+   lambda for it on the same validation mixtures; the bundle takes the latent likelihood
+   instead of the counts when its best SDR (the tuned output, the tuned beams and overlap)
+   beats the counts' by at least ``LATENT_GAIN_DB``
+7. ``assemble``: the bundle in ``WORK/bundle`` (``bundle.json`` with every sha256);
    ``--install`` copies it to ``lass/bundles/default`` and prints the rows of
    ``checkpoints.md``.
 
@@ -52,6 +56,9 @@ TUNE_MIXTURES = 12
 BEAMS = 10
 WIDER_BEAMS = (20,)  # tried after the grid; kept when they gain BEAM_GAIN_DB or more
 BEAM_GAIN_DB = 0.2
+LATENT_HOURS, LATENT_SEED, LATENT_CONTEXT = 1.0, 0, 2
+LATENT_LAMBDAS = (0.2, 0.3, 0.5)
+LATENT_GAIN_DB = 0.2
 
 
 def _run(cmd: list[str], log: dict[str, Any], stage: str) -> None:
@@ -68,6 +75,7 @@ def _scorer(bundle: Path, data: Path) -> tuple[Any, Callable[..., dict[str, floa
     from lass.evaluate import evaluation_mixtures, mixture_of, plain_sdr
     from lass.sampling import BeamSearch
     from lass.separator import SeparationSettings, Separator, soft_masks
+    from likelihood.latent import LatentLikelihood
 
     sep = Separator.from_pretrained(bundle)
     assert sep.bundle is not None
@@ -90,8 +98,10 @@ def _scorer(bundle: Path, data: Path) -> tuple[Any, Callable[..., dict[str, floa
             masked = soft_masks(mixed, est)
             msk.append(np.mean([plain_sdr(e, r) for e, r in zip(masked, refs, strict=True)]))
         out = {"decode": float(np.mean(dec)), "mask": float(np.mean(msk))}
-        print(f"{sep.likelihood.smoothing} {sep.likelihood.alpha:g} min count "
-              f"{sep.likelihood.min_count}, lambda {lam}, overlap "
+        lik = sep.likelihood
+        what = ("latent" if isinstance(lik, LatentLikelihood) else
+                f"{lik.smoothing} {lik.alpha:g} min count {lik.min_count}")
+        print(f"{what}, lambda {lam}, overlap "
               f"{overlap or 'half'}, {beams} beams: valid SDR decode {out['decode']:.2f} dB, mask "
               f"{out['mask']:.2f} dB", file=sys.stderr, flush=True)
         return out
@@ -150,6 +160,29 @@ def _tune_beams(bundle: Path, data: Path, log: dict[str, Any], log_path: Path) -
             best = beams
     tune["num_beams"] = best
     return best
+
+
+def _tune_latent(bundle: Path, latent: Path, data: Path, log: dict[str, Any],
+                 log_path: Path) -> dict[str, Any]:
+    """Lambda of the latent likelihood on the tuning mixtures, and whether it replaces the
+    counts (logged under ``latent``)."""
+    from likelihood.latent import LatentLikelihood
+
+    tune = log["tune"]
+    sep, score = _scorer(bundle, data)  # the bundle with the tuned counts
+    sep.likelihood = LatentLikelihood.load(latent)
+    entry: dict[str, Any] = log.setdefault("latent", {})
+    grid: dict[str, dict[str, float]] = entry.setdefault("grid", {})
+    for lam in LATENT_LAMBDAS:
+        if f"{lam:g}" not in grid:
+            grid[f"{lam:g}"] = score(lam, tune["context_overlap"], tune["num_beams"])
+            log_path.write_text(json.dumps(log, indent=1) + "\n")
+    output = tune["output"]
+    best = max(grid, key=lambda lam: grid[lam][output])
+    counted = tune["beams_grid"][str(tune["num_beams"])][output]
+    entry.update(lam=float(best), counts_sdr=counted, latent_sdr=grid[best][output],
+                 use=grid[best][output] >= counted + LATENT_GAIN_DB)
+    return entry
 
 
 def main() -> None:
@@ -227,6 +260,22 @@ def main() -> None:
         log.setdefault("seconds", {})["tune-beams"] = round(time.perf_counter() - start, 1)
     sampler["num_beams"] = tune["num_beams"]
     assemble()
+    latent = work / "latent.npz"
+    if not latent.is_file():
+        _run(["lass-fit-latent", "--codec", str(codec / "model"), "--data", str(data),
+              "--sources", "drums", "bass", "--hours", str(LATENT_HOURS), "--seed",
+              str(LATENT_SEED), "--context", str(LATENT_CONTEXT), "--out", str(latent), *dev],
+             log, "latent-fit")
+    if "use" not in log.get("latent", {}):
+        start = time.perf_counter()
+        _tune_latent(bundle, latent, data, log, log_path)
+        log.setdefault("seconds", {})["tune-latent"] = round(time.perf_counter() - start, 1)
+    if log["latent"]["use"]:
+        (bundle / "likelihood.npz").unlink()
+        shutil.copy2(latent, bundle / "likelihood.npz")
+        likelihood = {"likelihood_kind": "latent"}
+        sampler["lam"] = log["latent"]["lam"]
+        assemble()
     log_path.write_text(json.dumps(log, indent=1) + "\n")
     files = sorted(f for f in bundle.rglob("*") if f.is_file())
     total = sum(f.stat().st_size for f in files)

@@ -64,6 +64,8 @@ def main() -> None:
     ds = StemDataset(find_tracks(args.data, args.split, list(sep.stems), "auto"),
                      sample_rate=rate, chunk=chunk_samples(3.0, rate), stems=list(sep.stems))
     lik = sep.likelihood
+    if not isinstance(lik, CountLikelihood):
+        raise SystemExit("likelihood_coverage.py measures a counted likelihood")
     seen, ranks, widths, in_top = [], [], [], []
     tf_ranks: dict[float, list[int]] = {lam: [] for lam in args.lam}
     k = lik.k

@@ -42,6 +42,8 @@ def main() -> None:
     p.add_argument("--beams", type=int, default=None)
     args = p.parse_args()
     sep = Separator.from_pretrained(args.bundle)
+    if not isinstance(sep.likelihood, CountLikelihood):
+        raise SystemExit("search_vs_model.py scores a bundle with a counted likelihood")
     if args.smoothing:
         assert sep.bundle is not None
         sep.likelihood = CountLikelihood.load(sep.bundle.likelihood, args.smoothing, args.alpha,

@@ -79,6 +79,11 @@ class Codec(nn.Module, ABC):
         return -(-samples // self.hop_length)
 
     @abstractmethod
+    def latents(self, wave: torch.Tensor) -> torch.Tensor:
+        """``wave: (batch, time)`` -> ``(batch, embedding_dim, tokens)`` encoder outputs before
+        quantisation (what :meth:`encode` rounds to the nearest code)."""
+
+    @abstractmethod
     def encode(self, wave: torch.Tensor) -> torch.Tensor:
         """``wave: (batch, time)`` float -> ``(batch, ceil(time / hop_length))`` int64 tokens.
 

@@ -9,7 +9,9 @@ Copies the components into ``--out`` (a new folder, written next to it and renam
 place), checks that they fit together (codebook sizes, the codec the priors and counts were
 made with, the prior's classes), and writes ``bundle.json`` with every sha256.
 ``lass-separate -m OUT`` then uses it. Sampler defaults: ``--beams``, ``--lam``,
-``--output``.
+``--output``. With ``--latent``, ``--likelihood`` is a ``lass-fit-latent`` model of the
+mixture's encoder output instead of counts (``--prior-top``: the tokens per source whose
+pairs are scored, default 16).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from lass.cli import run_cli
 from lass.errors import LassError
 from likelihood import load_counts
 from likelihood.factorised import FactorisedLikelihood
+from likelihood.latent import LatentLikelihood
 from priors import load_prior
 from vqvae import load_codec
 
@@ -40,7 +43,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--shared-prior", type=Path, default=None,
                    help="one prior for both stems (class-conditioned when it has classes)")
     p.add_argument("--stems", nargs=2, default=None, help="stem names with --shared-prior")
-    p.add_argument("--likelihood", type=Path, required=True, help="counts file (.npz)")
+    p.add_argument("--likelihood", type=Path, required=True,
+                   help="counts file (.npz), or with --latent a lass-fit-latent model")
+    p.add_argument("--latent", action="store_true",
+                   help="--likelihood is a latent likelihood (lass-fit-latent)")
     p.add_argument("--smoothing", default="none",
                    choices=["none", "additive", "backoff", "factorised"])
     p.add_argument("--factorised", type=Path, default=None, metavar="FILE",
@@ -96,18 +102,24 @@ def _main(argv: Sequence[str] | None) -> int:
             load_prior(path).check_codebook(codec.codebook_size, identity)
         sources = {f"prior-{stem}": Path(path) for stem, path in pairs}
         paths = {stem: f"prior-{stem}" for stem, _ in pairs}
-    counts = load_counts(args.likelihood)
-    if counts.k != codec.codebook_size:
-        raise LassError(f"the counts have K = {counts.k} but the codec has "
-                        f"{codec.codebook_size} codes")
-    made_with = counts.meta.get("codec_identity")
-    if made_with and made_with != identity:
-        raise LassError("the counts were made with another codec (identity "
-                        f"{str(made_with)[:12]}, codec {identity[:12]})")
-    if (args.smoothing == "factorised") != (args.factorised is not None):
-        raise LassError("--smoothing factorised and --factorised FILE go together")
-    if args.factorised is not None:
-        FactorisedLikelihood.load(args.factorised).check_fits(counts)
+    if args.latent:
+        if args.smoothing != "none" or args.factorised is not None or args.min_count > 1:
+            raise LassError("--smoothing, --factorised and --min-count apply to counts, not "
+                            "to a --latent likelihood")
+        LatentLikelihood.load(args.likelihood).check_codec(codec.codebook_size, identity)
+    else:
+        counts = load_counts(args.likelihood)
+        if counts.k != codec.codebook_size:
+            raise LassError(f"the counts have K = {counts.k} but the codec has "
+                            f"{codec.codebook_size} codes")
+        made_with = counts.meta.get("codec_identity")
+        if made_with and made_with != identity:
+            raise LassError("the counts were made with another codec (identity "
+                            f"{str(made_with)[:12]}, codec {identity[:12]})")
+        if (args.smoothing == "factorised") != (args.factorised is not None):
+            raise LassError("--smoothing factorised and --factorised FILE go together")
+        if args.factorised is not None:
+            FactorisedLikelihood.load(args.factorised).check_fits(counts)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -120,6 +132,7 @@ def _main(argv: Sequence[str] | None) -> int:
         write_bundle(tmp, name=args.name or out.name, sample_rate=codec.sample_rate,
                      stems=(stems[0], stems[1]), mix=args.mix, codec="codec", priors=paths,
                      likelihood="likelihood.npz", smoothing=args.smoothing,
+                     likelihood_kind="latent" if args.latent else "counts",
                      alpha=args.alpha, min_count=args.min_count, prior_classes=classes or None,
                      likelihood_base=("likelihood-factorised.npz" if args.factorised else None),
                      sampler={"kind": "beam", "num_beams": args.beams, "lam": args.lam,
