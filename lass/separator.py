@@ -294,12 +294,10 @@ class Separator:
         codec_rate = self.codec.sample_rate
         xc = _resample(x, sample_rate, codec_rate)
         n = xc.shape[0]
-        latents = None
-        with torch.no_grad():
-            mix_codes = self.codec.encode(torch.from_numpy(xc)[None].to(self.device))
-            if isinstance(self.likelihood, LatentLikelihood):
-                latents = self.codec.latents(torch.from_numpy(xc)[None].to(self.device))
-                latents = latents.transpose(1, 2)  # (1, tokens, D)
+        with torch.no_grad():  # the encoder runs once: its outputs, then their codes
+            z = self.codec.latents(torch.from_numpy(xc)[None].to(self.device))
+            mix_codes = self.codec.quantise(z)
+        latents = z.transpose(1, 2) if isinstance(self.likelihood, LatentLikelihood) else None
         timings["encode"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         gen = torch.Generator(device=self.likelihood.device).manual_seed(s.seed)

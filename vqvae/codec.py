@@ -84,11 +84,17 @@ class Codec(nn.Module, ABC):
         quantisation (what :meth:`encode` rounds to the nearest code)."""
 
     @abstractmethod
+    def quantise(self, latents: torch.Tensor) -> torch.Tensor:
+        """``latents: (batch, embedding_dim, tokens)`` (from :meth:`latents`) -> ``(batch,
+        tokens)`` int64 codes of the nearest codebook entries."""
+
+    @torch.no_grad()
     def encode(self, wave: torch.Tensor) -> torch.Tensor:
         """``wave: (batch, time)`` float -> ``(batch, ceil(time / hop_length))`` int64 tokens.
 
         The waveform is zero-padded at the end to a whole number of tokens.
         """
+        return self.quantise(self.latents(wave))
 
     @abstractmethod
     def embed(self, codes: torch.Tensor) -> torch.Tensor:

@@ -202,8 +202,8 @@ class ConvVQVAE(Codec):
         return F.normalize(z, dim=1)
 
     @torch.no_grad()
-    def encode(self, wave: torch.Tensor) -> torch.Tensor:
-        z = self.latents(wave)
+    def quantise(self, latents: torch.Tensor) -> torch.Tensor:
+        z = latents
         b, d, t = z.shape
         return self.codebook.nearest(z.permute(0, 2, 1).reshape(-1, d)).view(b, t)
 

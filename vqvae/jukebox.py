@@ -244,9 +244,9 @@ class JukeboxVQVAE(Codec):
         return self.encoders[self.level](wave.unsqueeze(1))
 
     @torch.no_grad()
-    def encode(self, wave: torch.Tensor) -> torch.Tensor:
+    def quantise(self, latents: torch.Tensor) -> torch.Tensor:
         block: CodebookBlock = self.bottleneck.level_blocks[self.level]  # type: ignore[assignment]
-        return block.quantise(self.latents(wave))
+        return block.quantise(latents)
 
     def embed(self, codes: torch.Tensor) -> torch.Tensor:
         block: CodebookBlock = self.bottleneck.level_blocks[self.level]  # type: ignore[assignment]
