@@ -20,11 +20,8 @@ with K and the codec identity of the counts it was fitted to.
 from __future__ import annotations
 
 import copy
-import io
-import json
 import math
 import os
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +31,7 @@ import numpy as np
 import torch
 
 from likelihood.errors import LikelihoodError
-from likelihood.table import Counts, write_atomically
+from likelihood.table import Counts, load_model_file, save_model_file
 
 FORMAT_VERSION = 1
 KIND = "factorised"
@@ -123,37 +120,20 @@ class FactorisedLikelihood:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the model to an ``.npz`` atomically (weights as float16)."""
-        out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
         a = self.first.detach().cpu().half()
         b = self.second.detach().cpu().half()
         c = self.bias.detach().cpu().float()
         log_norm = log_normaliser(a, b, c).half()  # of the weights as stored
         meta = {**self.meta, "format_version": FORMAT_VERSION, "kind": KIND, "k": self.k}
-        buf = io.BytesIO()
-        np.savez_compressed(buf, first=a.numpy(), second=b.numpy(), bias=c.numpy(),
-                            log_norm=log_norm.numpy(), meta=np.array(json.dumps(meta,
-                                                                                sort_keys=True)))
-        return write_atomically(out, buf.getvalue())
+        return save_model_file(path, {"first": a.numpy(), "second": b.numpy(),
+                                      "bias": c.numpy(), "log_norm": log_norm.numpy()}, meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], device: str | torch.device = "cpu"
              ) -> FactorisedLikelihood:
         """Read a file written by :meth:`save` (float32 tensors on ``device``)."""
-        p = Path(path)
-        if not p.is_file():
-            raise LikelihoodError(f"factorised likelihood not found: {p}")
-        try:
-            with np.load(p, allow_pickle=False) as f:
-                arrays = {n: torch.from_numpy(f[n].astype(np.float32))
-                          for n in ("first", "second", "bias", "log_norm")}
-                meta = json.loads(str(f["meta"]))
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
-            raise LikelihoodError(f"cannot read factorised likelihood {p}: corrupt or "
-                                  f"truncated ({err})") from None
-        if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION \
-                or meta.get("kind") != KIND:
-            raise LikelihoodError(f"{p}: not a factorised likelihood file")
+        p, arrays, meta = load_model_file(path, "factorised likelihood", KIND, FORMAT_VERSION,
+                                          ("first", "second", "bias", "log_norm"))
         k = int(meta.get("k", -1))
         shapes = {n: tuple(t.shape) for n, t in arrays.items()}
         if shapes != {"first": (k, k), "second": (k, k), "bias": (k,), "log_norm": (k, k)}:

@@ -27,21 +27,17 @@ codec's identity, what was encoded).
 
 from __future__ import annotations
 
-import io
-import json
 import math
 import os
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from likelihood.errors import LikelihoodError
-from likelihood.table import write_atomically
+from likelihood.table import load_model_file, save_model_file
 
 FORMAT_VERSION = 1
 KIND = "latent-gaussian"
@@ -161,37 +157,19 @@ class LatentLikelihood:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the model to an ``.npz`` atomically (tables as float16)."""
-        out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
         meta = {**self.meta, "format_version": FORMAT_VERSION, "kind": KIND, "k": self.k,
                 "dim": self.dim, "context": self.context}
-        buf = io.BytesIO()
-        np.savez_compressed(buf, first=self.first.detach().cpu().half().numpy(),
-                            second=self.second.detach().cpu().half().numpy(),
-                            bias=self.bias.detach().cpu().float().numpy(),
-                            var=self.var.detach().cpu().float().numpy(),
-                            meta=np.array(json.dumps(meta, sort_keys=True)))
-        return write_atomically(out, buf.getvalue())
+        return save_model_file(path, {"first": self.first.detach().cpu().half().numpy(),
+                                      "second": self.second.detach().cpu().half().numpy(),
+                                      "bias": self.bias.detach().cpu().float().numpy(),
+                                      "var": self.var.detach().cpu().float().numpy()}, meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], device: str | torch.device = "cpu"
              ) -> LatentLikelihood:
         """Read a file written by :meth:`save` (float32 tensors on ``device``)."""
-        p = Path(path)
-        if not p.is_file():
-            raise LikelihoodError(f"latent likelihood not found: {p}")
-        try:
-            with np.load(p, allow_pickle=False) as f:
-                meta = json.loads(str(f["meta"])) if "meta" in f.files else None
-                if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION \
-                        or meta.get("kind") != KIND:
-                    raise LikelihoodError(f"{p}: not a latent likelihood file (a "
-                                          f"lass-fit-latent model)")
-                arrays = {n: torch.from_numpy(f[n].astype(np.float32))
-                          for n in ("first", "second", "bias", "var")}
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
-            raise LikelihoodError(f"cannot read latent likelihood {p}: corrupt or truncated "
-                                  f"({err})") from None
+        p, arrays, meta = load_model_file(path, "latent likelihood", KIND, FORMAT_VERSION,
+                                          ("first", "second", "bias", "var"))
         k, d, n = (int(meta.get(x, -1)) for x in ("k", "dim", "context"))
         shapes = {name: tuple(t.shape) for name, t in arrays.items()}
         if shapes != {"first": (n, k, d), "second": (n, k, d), "bias": (d,), "var": (d,)}:
