@@ -21,7 +21,15 @@ import torch
 
 from lass.data import StemDataset, mix, mix_gain
 from lass.errors import DataError
-from lass.separator import SeparationSettings, Separator, make_sampler, soft_masks
+from lass.separator import (
+    COMBINES,
+    OUTPUTS,
+    SeparationSettings,
+    Separator,
+    combine_candidates,
+    make_sampler,
+    soft_masks,
+)
 
 METHOD_SAMPLERS = ("beam", "greedy", "topk", "ancestral")
 
@@ -134,29 +142,48 @@ def nmf_separate(mixture: np.ndarray, stems: tuple[str, ...] | list[str], sample
     return _masked(mixture, models)
 
 
+def parse_lass_method(name: str) -> tuple[str, str, str]:
+    """``lass-<sampler>-<decode|mask>[-<best|rerank|mean>]`` -> (sampler, output, combine);
+    without the last part the candidates are re-ranked (``rerank``)."""
+    parts = name.split("-")
+    if len(parts) not in (3, 4) or parts[0] != "lass" or parts[1] not in METHOD_SAMPLERS \
+            or parts[2] not in OUTPUTS or (len(parts) == 4 and parts[3] not in COMBINES):
+        raise DataError(f"unknown method {name!r}; LASS methods are lass-SAMPLER-OUTPUT"
+                        f"[-COMBINE] with SAMPLER in {', '.join(METHOD_SAMPLERS)}, OUTPUT in "
+                        f"{', '.join(OUTPUTS)}, COMBINE in {', '.join(COMBINES)}")
+    return parts[1], parts[2], parts[3] if len(parts) == 4 else "rerank"
+
+
 def make_methods(separator: Separator, names: list[str], beams: int = 10, top_k: int = 16,
-                 candidates: int = 1) -> dict[str, Method]:
-    """Separation methods by name: ``lass-<sampler>-<decode|mask>``, ``average``,
-    ``oracle-decode``, ``oracle-mask``, ``hpss`` and ``nmf``. Each maps ``(mixture (time,),
-    sources (2, time))`` to ``(2, time)`` contributions (only the oracles look at the
-    sources)."""
+                 candidates: int = 1, temperature: float = 1.0) -> dict[str, Method]:
+    """Separation methods by name: ``lass-<sampler>-<decode|mask>[-<best|rerank|mean>]``,
+    ``average``, ``oracle-decode``, ``oracle-mask``, ``hpss`` and ``nmf``. Each maps
+    ``(mixture (time,), sources (2, time))`` to ``(2, time)`` contributions (only the oracles
+    look at the sources). LASS methods with the same sampler share one search per mixture:
+    its decoded candidates are combined and output as each method says (see
+    :func:`lass.separator.combine_candidates`); the sampling samplers draw ``candidates``
+    samples at ``temperature``."""
     gain = mix_gain(2, separator.mix_rule)
     rate = separator.codec.sample_rate
-    cache: dict[tuple[str, int], np.ndarray] = {}
+    lass = {name: parse_lass_method(name) for name in names if name.startswith("lass-")}
+    averaged = {kind for kind, _, combine in lass.values() if combine == "mean"}
+    cache: dict[str, np.ndarray] = {}  # the current mixture's candidates, per sampler
+    cached_for: list[int] = []
 
-    def lass_decoded(kind: str, mixture: np.ndarray) -> np.ndarray:
-        key = (kind, hash(mixture.tobytes()))
-        if key not in cache:
-            settings = SeparationSettings(
-                sampler=make_sampler(kind, beams=beams, top_k=top_k),
-                lam=separator.settings.lam, candidates=1 if kind in ("beam", "greedy")
-                else candidates, output="decode",
-                context_overlap=separator.settings.context_overlap,
-                prior_top=separator.settings.prior_top)
-            res = separator.separate_detailed(mixture, rate, settings)
+    def lass_candidates(kind: str, mixture: np.ndarray) -> np.ndarray:
+        key = hash(mixture.tobytes())
+        if cached_for != [key]:
             cache.clear()
-            cache[key] = np.stack([res.stems[s] for s in separator.stems])
-        return cache[key]
+            cached_for[:] = [key]
+        if kind not in cache:
+            settings = SeparationSettings(
+                sampler=make_sampler(kind, beams=beams, top_k=top_k, temperature=temperature),
+                lam=separator.settings.lam, candidates=1 if kind in ("beam", "greedy")
+                else candidates, combine="mean" if kind in averaged else "rerank",
+                output="decode", context_overlap=separator.settings.context_overlap,
+                prior_top=separator.settings.prior_top, rerank_top=separator.settings.rerank_top)
+            cache[kind] = separator.separate_detailed(mixture, rate, settings).candidates
+        return cache[kind]
 
     def oracle_decoded(sources: np.ndarray) -> np.ndarray:
         with torch.no_grad():
@@ -177,17 +204,12 @@ def make_methods(separator: Separator, names: list[str], beams: int = 10, top_k:
             methods[name] = lambda m, s: hpss_separate(m, separator.stems)
         elif name == "nmf":
             methods[name] = lambda m, s: nmf_separate(m, separator.stems, rate)
-        elif name.startswith("lass-"):
-            parts = name.split("-")
-            if len(parts) != 3 or parts[1] not in METHOD_SAMPLERS or parts[2] not in (
-                    "decode", "mask"):
-                raise DataError(f"unknown method {name!r}")
-            kind, output = parts[1], parts[2]
-            if output == "decode":
-                methods[name] = lambda m, s, kind=kind: lass_decoded(kind, m)  # type: ignore[misc]
-            else:
-                methods[name] = (lambda m, s, kind=kind:  # type: ignore[misc]
-                                 soft_masks(m, lass_decoded(kind, m)))
+        elif name in lass:
+            kind, output, combine = lass[name]
+            methods[name] = (
+                lambda m, s, kind=kind, output=output, combine=combine:  # type: ignore[misc]
+                combine_candidates(m, lass_candidates(kind, m), combine, output,
+                                   separator.settings.rerank_top))
         else:
             raise DataError(f"unknown method {name!r}")
     return methods

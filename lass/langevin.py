@@ -241,5 +241,6 @@ class LangevinSeparator:
         stems = {s: _resample(gain * est[i].cpu().numpy(), self.sample_rate, sample_rate,
                               x.shape[0]) for i, s in enumerate(self.stems)}
         return SeparationResult(stems=stems, sample_rate=sample_rate, tokens={},
+                                candidates=np.stack([stems[s] for s in self.stems])[None],
                                 score=float("nan"), fallback_steps=0,
                                 timings={"langevin": time.perf_counter() - t0})

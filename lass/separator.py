@@ -11,6 +11,13 @@ windows), decode the candidate separations, keep the one whose decodings mix bac
 to the input (re-ranking, when there are several), optionally refine its dense latents so
 the decodings mix back to the input (the paper's Eqs. 12-13), then either return the
 decodings (``decode``) or use them as soft masks on the input's STFT (``mask``).
+
+Several candidates (posterior samples, or beams) can also be combined instead of choosing
+one (``combine="mean"``): the stems are then the mean of the candidates' decodings
+(``decode``) or the input's STFT under the mean of the candidates' masks (``mask``). With
+samples of the posterior this approximates the posterior mean, which is what a squared-error
+measure such as SDR rewards: the samples' errors partly cancel where a single search result
+keeps all of its own.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from priors import Prior, load_prior
 from vqvae import Codec, load_codec
 
 OUTPUTS = ("decode", "mask")
+COMBINES = ("best", "rerank", "mean")
 MASK_FFT = 2048
 MASK_HOP = 512
 
@@ -55,7 +63,9 @@ class SeparationSettings:
         sampler: the token sampler.
         lam: weight of the log-likelihood in the step score.
         candidates: samples per mixture for the sampling samplers (beams give their own).
-        rerank: among several candidates, keep the one that mixes back best.
+        combine: how several candidates become the stems: ``best`` (the highest score),
+            ``rerank`` (among the ``rerank_top`` best-scoring, the one that mixes back best)
+            or ``mean`` (the mean of all candidates' decodings or masks).
         rerank_top: how many of the best-scoring candidates are decoded and re-ranked (the
             decodings cost time: 10 beams x 2 stems of a 3 s mixture take about as long as
             a quarter of the search on a CPU).
@@ -76,7 +86,7 @@ class SeparationSettings:
     sampler: Sampler = field(default_factory=lambda: BeamSearch(10))
     lam: float = 3.0
     candidates: int = 1
-    rerank: bool = True
+    combine: str = "rerank"
     rerank_top: int = 4
     output: str = "mask"
     refine_steps: int = 0
@@ -91,7 +101,7 @@ class SeparationSettings:
         kind = {Greedy: "greedy", Ancestral: "ancestral", TopK: "topk", TopP: "topp",
                 BeamSearch: "beam"}[type(self.sampler)]
         return {"sampler": {"kind": kind, **self.sampler.__dict__}, "lam": self.lam,
-                "candidates": self.candidates, "rerank": self.rerank,
+                "candidates": self.candidates, "combine": self.combine,
                 "rerank_top": self.rerank_top, "output": self.output,
                 "refine_steps": self.refine_steps, "refine_lr": self.refine_lr,
                 "refine_penalty": self.refine_penalty, "seed": self.seed,
@@ -122,6 +132,7 @@ def settings_from_bundle(sampler: dict[str, Any]) -> SeparationSettings:
                              top_k=int(sampler.get("k", 16)), top_p=float(sampler.get("p", 0.9)),
                              temperature=float(sampler.get("temperature", 1.0))),
         lam=float(sampler.get("lam", 3.0)), candidates=int(sampler.get("candidates", 1)),
+        combine=str(sampler.get("combine", "rerank")),
         output=str(sampler.get("output", "mask")),
         refine_steps=int(sampler.get("refine_steps", 0)),
         context_overlap=(None if sampler.get("context_overlap") is None
@@ -136,8 +147,11 @@ class SeparationResult:
     Attributes:
         stems: stem name -> ``(time,)`` float32 at ``sample_rate``.
         sample_rate: rate of the stems (the input's).
-        tokens: the chosen token sequences per stem, ``(tokens,)`` int64.
-        score: the chosen separation's log posterior score.
+        tokens: the chosen token sequences per stem, ``(tokens,)`` int64 (with
+            ``combine="mean"``: the highest-scoring candidate's).
+        candidates: ``(C, 2, time)`` the decoded candidates' contributions at
+            ``sample_rate``, best score first, before any refinement.
+        score: the log posterior score of the candidate ``tokens`` holds.
         fallback_steps: steps whose mixture token had no candidate pair.
         timings: seconds per phase.
     """
@@ -145,6 +159,7 @@ class SeparationResult:
     stems: dict[str, np.ndarray]
     sample_rate: int
     tokens: dict[str, np.ndarray]
+    candidates: np.ndarray
     score: float
     fallback_steps: int
     timings: dict[str, float]
@@ -162,23 +177,71 @@ def _resample(wave: np.ndarray, src: int, dst: int, length: int | None = None) -
 
 def soft_masks(mixture: np.ndarray, estimates: np.ndarray, power: float = 2.0
                ) -> np.ndarray:
-    """Stems from ratio masks: ``(sources, time)`` estimates -> ``(sources, time)`` that sum
-    to ``mixture: (time,)`` (the STFT is inverted exactly; masks sum to one)."""
+    """Stems from ratio masks on the mixture's STFT.
+
+    Args:
+        mixture: ``(time,)``.
+        estimates: ``(sources, time)``, or ``(candidates, sources, time)``: then each
+            candidate gives masks and their mean is applied.
+
+    Returns:
+        ``(sources, time)`` that sum to ``mixture`` (the STFT is inverted exactly; the masks
+        of every candidate, hence their mean, sum to one over the sources).
+    """
     window = torch.hann_window(MASK_FFT, dtype=torch.float64)
     n = mixture.shape[0]
+    many = estimates if estimates.ndim == 3 else estimates[None]
 
     def stft(x: np.ndarray) -> torch.Tensor:
-        return torch.stft(torch.from_numpy(x.astype(np.float64)), MASK_FFT, MASK_HOP,
-                          window=window, center=True, return_complex=True)
+        return torch.stft(torch.from_numpy(np.asarray(x, dtype=np.float64)), MASK_FFT,
+                          MASK_HOP, window=window, center=True, return_complex=True)
 
     spec_mix = stft(mixture)
-    mags = torch.stack([stft(e).abs() ** power for e in estimates])  # (S, F, frames)
-    total = mags.sum(0, keepdim=True)
-    masks = torch.where(total > 1e-20, mags / total.clamp_min(1e-20),
-                        torch.full_like(mags, 1.0 / len(estimates)))
+    sources = many.shape[1]
+    masks = torch.zeros((sources, *spec_mix.shape), dtype=torch.float64)
+    for candidate in many:
+        mags = stft(candidate).abs() ** power  # (S, F, frames)
+        total = mags.sum(0, keepdim=True)
+        masks += torch.where(total > 1e-20, mags / total.clamp_min(1e-20),
+                             torch.full_like(mags, 1.0 / sources))
+    masks /= many.shape[0]
     out = torch.istft(masks * spec_mix[None], MASK_FFT, MASK_HOP, window=window, center=True,
                       length=n)
     return out.numpy().astype(np.float32)
+
+
+def choose_candidates(mixture: np.ndarray, candidates: np.ndarray, combine: str,
+                      rerank_top: int = 4) -> np.ndarray:
+    """Which candidates make the stems: indices into ``candidates``, the first the main one.
+
+    Args:
+        mixture: ``(time,)`` the input.
+        candidates: ``(C, 2, time)`` contributions (they should sum to ``mixture``), best
+            score first.
+        combine: ``best`` (index 0), ``rerank`` (among the first ``rerank_top``, the one
+            whose contributions sum closest to ``mixture``) or ``mean`` (all, best first).
+    """
+    if combine == "best" or candidates.shape[0] == 1:
+        return np.zeros(1, dtype=np.int64)
+    if combine == "rerank":
+        top = candidates[: max(1, rerank_top)]
+        err = ((top.sum(1) - mixture[None]) ** 2).sum(-1)
+        return np.array([int(err.argmin())], dtype=np.int64)
+    if combine == "mean":
+        return np.arange(candidates.shape[0], dtype=np.int64)
+    raise LassError(f"unknown combine {combine!r}; expected best, rerank or mean")
+
+
+def combine_candidates(mixture: np.ndarray, candidates: np.ndarray, combine: str, output: str,
+                       rerank_top: int = 4) -> np.ndarray:
+    """``(C, 2, time)`` candidates -> ``(2, time)`` stems (see :func:`choose_candidates`):
+    the chosen ones' mean (``decode``) or the mixture under their mean mask (``mask``)."""
+    used = candidates[choose_candidates(mixture, candidates, combine, rerank_top)]
+    if output == "mask":
+        return soft_masks(mixture, used)
+    if output == "decode":
+        return used.mean(0).astype(np.float32)
+    raise LassError(f"unknown output {output!r}; expected decode or mask")
 
 
 class Separator:
@@ -281,6 +344,11 @@ class Separator:
         s = settings or self.settings
         if s.output not in OUTPUTS:
             raise LassError(f"unknown output {s.output!r}; expected decode or mask")
+        if s.combine not in COMBINES:
+            raise LassError(f"unknown combine {s.combine!r}; expected best, rerank or mean")
+        if s.refine_steps > 0 and s.combine == "mean":
+            raise LassError("refinement works on one separation; it does not combine with "
+                            "combine='mean'")
         x = wave.detach().cpu().numpy() if isinstance(wave, torch.Tensor) else np.asarray(wave)
         if x.ndim == 2:
             x = x.mean(axis=0)
@@ -311,31 +379,34 @@ class Separator:
         timings["search"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         finite = torch.isfinite(out.score[0])  # candidates come best score first
-        keep = max(1, s.rerank_top) if s.rerank else 1
+        keep = {"best": 1, "rerank": max(1, s.rerank_top), "mean": int(finite.sum())}[s.combine]
         first, second = out.first[0][finite][:keep], out.second[0][finite][:keep]
         scores = out.score[0][finite][:keep]
-        target = torch.from_numpy(xc).to(self.device)
-        est1, est2 = self._decode(first, n), self._decode(second, n)
-        best = 0
-        if s.rerank and first.shape[0] > 1:
-            err = ((mix(torch.stack([est1, est2], 1), self.mix_rule, dim=1) - target) ** 2).sum(1)
-            best = int(err.argmin())
-        e1, e2 = est1[best], est2[best]
+        gain = mix_gain(2, self.mix_rule)
+
+        def contributions(e1: torch.Tensor, e2: torch.Tensor) -> np.ndarray:
+            """``(C, n)`` decodings at the codec's rate -> ``(C, 2, time)`` at the input's."""
+            dec = gain * torch.stack([e1, e2], 1).detach().cpu().numpy()
+            return np.stack([[_resample(c, codec_rate, sample_rate, x.shape[0]) for c in pair]
+                             for pair in dec])
+
+        candidates = contributions(self._decode(first, n), self._decode(second, n))
+        chosen = choose_candidates(x, candidates, s.combine, s.rerank_top)
         timings["decode"] = time.perf_counter() - t0
+        best = int(chosen[0])
+        used = candidates[chosen]
         if s.refine_steps > 0:
             t0 = time.perf_counter()
-            e1, e2 = self._refine(first[best], second[best], target, s)
+            e1, e2 = self._refine(first[best], second[best], torch.from_numpy(xc).to(
+                self.device), s)
+            used = contributions(e1[None], e2[None])
             timings["refine"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        gain = mix_gain(2, self.mix_rule)
-        contributions = np.stack([gain * e1.detach().cpu().numpy(),
-                                  gain * e2.detach().cpu().numpy()])
-        back = np.stack([_resample(c, codec_rate, sample_rate, x.shape[0])
-                         for c in contributions])
-        stems = soft_masks(x, back) if s.output == "mask" else back
+        stems = soft_masks(x, used) if s.output == "mask" else used.mean(0)
         timings["output"] = time.perf_counter() - t0
         return SeparationResult(
             stems={st: stems[i] for i, st in enumerate(self.stems)}, sample_rate=sample_rate,
             tokens={self.stems[0]: first[best].cpu().numpy(),
                     self.stems[1]: second[best].cpu().numpy()},
+            candidates=candidates,
             score=float(scores[best]), fallback_steps=out.fallback_steps, timings=timings)

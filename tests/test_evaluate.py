@@ -1,9 +1,12 @@
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
+from lass import Ancestral
 from lass.cli.evaluate import main as evaluate_main
+from lass.errors import DataError
 from lass.evaluate import museval_sdr, plain_sdr, si_sdr
 from tests.bundles import SR, make_debug_bundle, sources
 from tests.helpers import write_audio
@@ -75,3 +78,40 @@ def test_blind_baselines_split_a_tone_from_clicks():
     swapped = hpss_separate(mixture, ["bass", "drums"])
     np.testing.assert_allclose(swapped[::-1], hpss_separate(mixture, ["drums", "bass"]),
                                atol=1e-6)
+
+
+def test_lass_methods_of_one_sampler_share_one_search(tmp_path, monkeypatch):
+    from lass import Separator
+    from lass.evaluate import make_methods, parse_lass_method
+    from lass.separator import soft_masks
+    from tests.bundles import make_debug_bundle
+
+    assert parse_lass_method("lass-beam-mask") == ("beam", "mask", "rerank")
+    assert parse_lass_method("lass-ancestral-decode-mean") == ("ancestral", "decode", "mean")
+    for bad in ("lass-beam", "lass-beam-mask-vote", "lass-viterbi-mask", "lass-beam-wave"):
+        with pytest.raises(DataError, match="unknown method"):
+            parse_lass_method(bad)
+    sep = Separator.from_pretrained(make_debug_bundle(tmp_path / "b"))
+    calls = []
+    real = sep.separate_detailed
+
+    def counted(*args, **kwargs):
+        calls.append(args[2].combine)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sep, "separate_detailed", counted)
+    names = ["lass-ancestral-decode-mean", "lass-ancestral-mask-mean", "lass-ancestral-mask",
+             "lass-ancestral-decode-best"]
+    methods = make_methods(sep, names, candidates=3)
+    src = sources(1, SR // 4, seed=4)[0].numpy()
+    mix_ = src.mean(0)
+    out = {n: methods[n](mix_, src) for n in names}
+    assert calls == ["mean"]  # one search; all three candidates decoded for the means
+    cands = real(mix_, SR, replace(sep.settings, sampler=Ancestral(1.0), candidates=3,
+                                   combine="mean", output="decode")).candidates
+    np.testing.assert_allclose(out["lass-ancestral-decode-mean"], cands.mean(0), atol=1e-6)
+    np.testing.assert_allclose(out["lass-ancestral-mask-mean"], soft_masks(mix_, cands),
+                               atol=1e-6)
+    np.testing.assert_allclose(out["lass-ancestral-decode-best"], cands[0], atol=1e-6)
+    methods["lass-ancestral-mask"](mix_ * 0.5, src)  # another mixture: a new search
+    assert calls == ["mean", "mean"]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from lass import Separator
+from lass import Ancestral, Separator
 from lass.cli.make_bundle import main as make_bundle_main
 from priors import TransformerPrior, TransformerPriorConfig
 from tests.bundles import SR, K, make_debug_bundle, sources
@@ -36,9 +36,12 @@ def test_make_bundle_from_two_priors_and_from_a_shared_prior(tmp_path, capsys):
                              str(tmp_path / "shared"), "--stems", "drums", "bass",
                              "--likelihood", str(parts / "likelihood.npz"), "--beams", "2",
                              "--smoothing", "backoff", "--alpha", "0.5", "--prior-top", "4",
-                             "--min-count", "2",
+                             "--min-count", "2", "--sampler", "ancestral", "--candidates", "3",
+                             "--temperature", "0.8", "--combine", "mean",
                              "--out", str(shared)]) == 0
     sep = Separator.from_pretrained(shared)
+    assert sep.settings.sampler == Ancestral(0.8)
+    assert (sep.settings.candidates, sep.settings.combine) == (3, "mean")
     assert sep.priors["drums"] is sep.priors["bass"]
     assert (sep.likelihood.smoothing, sep.likelihood.alpha) == ("backoff", 0.5)
     assert sep.settings.prior_top == 4

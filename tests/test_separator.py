@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -156,8 +157,11 @@ def test_cli_writes_stems_and_reports_bad_inputs(bundle, tmp_path, capsys):
     assert not (out / "debug" / "silent").exists()
     code = separate_main([str(tmp_path / "song.wav"), "-m", str(bundle), "-o", str(out),
                           "--sampler", "topk", "--top-k", "4", "--candidates", "3",
-                          "--output", "decode"])
+                          "--combine", "mean", "--output", "decode"])
     assert code == 0
+    info = json.loads((out / "debug" / "song" / "separation.json").read_text())
+    assert info["settings"]["combine"] == "mean"
+    assert info["settings"]["candidates"] == 3
 
 
 def test_without_a_default_bundle_the_command_says_so(tmp_path, capsys, monkeypatch):
@@ -175,3 +179,61 @@ def test_separator_refuses_bad_waves(bundle):
         sep.separate(np.array([0.0, np.nan], dtype=np.float32), SR)
     with pytest.raises(LassError, match=r"expected a \(time,\) or \(channels, time\)"):
         sep.separate(torch.zeros(2, 2, 2), SR)
+
+
+def test_mean_of_masks_is_the_mean_of_the_masked_stems():
+    from lass.separator import choose_candidates, combine_candidates
+
+    rng = np.random.default_rng(1)
+    cands = rng.standard_normal((3, 2, 6000)).astype(np.float32)
+    mix_ = cands[0].sum(0)
+    one = [soft_masks(mix_, c) for c in cands]
+    np.testing.assert_allclose(soft_masks(mix_, cands[:1]), one[0], atol=1e-6)
+    # The ISTFT is linear: masking with the mean mask = the mean of the masked stems.
+    np.testing.assert_allclose(soft_masks(mix_, cands), np.mean(one, axis=0), atol=1e-5)
+    np.testing.assert_allclose(soft_masks(mix_, cands).sum(0), mix_, atol=1e-5)
+    np.testing.assert_array_equal(choose_candidates(mix_, cands, "mean"), [0, 1, 2])
+    np.testing.assert_array_equal(choose_candidates(mix_, cands, "best"), [0])
+    np.testing.assert_allclose(combine_candidates(mix_, cands, "mean", "decode"),
+                               cands.mean(0), atol=1e-6)
+    np.testing.assert_allclose(combine_candidates(mix_, cands, "mean", "mask"),
+                               np.mean(one, axis=0), atol=1e-5)
+
+
+def test_rerank_picks_the_candidate_that_mixes_back_among_the_top_ones():
+    from lass.separator import choose_candidates
+
+    rng = np.random.default_rng(2)
+    mix_ = rng.standard_normal(500)
+    cands = rng.standard_normal((6, 2, 500))
+    cands[2] = [0.3 * mix_, 0.7 * mix_]  # mixes back exactly
+    cands[5] = [0.5 * mix_, 0.5 * mix_]  # as well, but outside the top 4
+    assert choose_candidates(mix_, cands, "rerank", rerank_top=4).tolist() == [2]
+    assert choose_candidates(mix_, cands, "rerank", rerank_top=2).tolist() in ([0], [1])
+    with pytest.raises(LassError, match="unknown combine"):
+        choose_candidates(mix_, cands, "vote")
+
+
+def test_separator_averages_posterior_samples(bundle):
+    from lass import Ancestral
+
+    sep = Separator.from_pretrained(bundle).with_settings(
+        sampler=Ancestral(1.0), candidates=4, combine="mean")
+    x = mixture(0.25)
+    res = sep.separate_detailed(x, SR)
+    assert res.candidates.shape == (4, 2, x.shape[0])
+    np.testing.assert_allclose(res.stems["drums"] + res.stems["bass"], x, atol=1e-5)
+    np.testing.assert_allclose(np.stack([res.stems["drums"], res.stems["bass"]]),
+                               soft_masks(x, res.candidates), atol=1e-6)
+    decoded = sep.separate_detailed(x, SR, replace(sep.settings, output="decode"))
+    np.testing.assert_allclose(decoded.stems["bass"], decoded.candidates[:, 1].mean(0),
+                               atol=1e-6)
+    # The same seed draws the same samples: the two runs decoded the same candidates.
+    np.testing.assert_array_equal(decoded.candidates, res.candidates)
+    assert not np.allclose(res.candidates[0], res.candidates[1])
+    best = sep.separate_detailed(x, SR, replace(sep.settings, combine="best"))
+    assert best.candidates.shape[0] == 1
+    with pytest.raises(LassError, match="refinement works on one separation"):
+        sep.separate(x, SR, replace(sep.settings, refine_steps=2))
+    with pytest.raises(LassError, match="unknown combine"):
+        sep.separate(x, SR, replace(sep.settings, combine="vote"))

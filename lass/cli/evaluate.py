@@ -45,7 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", default=DEFAULT_METHODS)
     p.add_argument("--beams", type=int, default=10)
     p.add_argument("--top-k", type=int, default=16)
-    p.add_argument("--candidates", type=int, default=1)
+    p.add_argument("--candidates", type=int, default=1,
+                   help="samples per mixture of the sampling samplers (ancestral, topk)")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="temperature of the sampling samplers")
     p.add_argument("--lam", type=float, default=None,
                    help="likelihood weight of the LASS methods (default: the bundle's)")
     p.add_argument("--context-overlap", type=int, default=None, metavar="TOKENS",
@@ -102,10 +105,11 @@ def _main(argv: Sequence[str] | None) -> int:
                        stems=list(separator.stems))
     mixtures = evaluation_mixtures(data, args.mixtures, args.seed)
     methods = make_methods(separator, args.methods, beams=args.beams, top_k=args.top_k,
-                           candidates=args.candidates)
+                           candidates=args.candidates, temperature=args.temperature)
     config = {"data": str(args.data), "split": args.split, "seconds": args.seconds,
               "seed": args.seed, "bundle": separator.bundle.sha256 if separator.bundle else None,
               "beams": args.beams, "top_k": args.top_k, "candidates": args.candidates,
+              "temperature": args.temperature,
               "lam": separator.settings.lam,
               "context_overlap": separator.settings.context_overlap}
     done: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}

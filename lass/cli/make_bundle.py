@@ -8,10 +8,11 @@
 Copies the components into ``--out`` (a new folder, written next to it and renamed into
 place), checks that they fit together (codebook sizes, the codec the priors and counts were
 made with, the prior's classes), and writes ``bundle.json`` with every sha256.
-``lass-separate -m OUT`` then uses it. Sampler defaults: ``--beams``, ``--lam``,
-``--output``. With ``--latent``, ``--likelihood`` is a ``lass-fit-latent`` model of the
-mixture's encoder output instead of counts (``--prior-top``: the tokens per source whose
-pairs are scored, default 16).
+``lass-separate -m OUT`` then uses it. Sampler defaults: ``--sampler`` (with ``--beams``,
+or ``--candidates`` samples at ``--temperature``), ``--combine``, ``--lam``, ``--output``.
+With ``--latent``, ``--likelihood`` is a ``lass-fit-latent`` model of the mixture's encoder
+output instead of counts (``--prior-top``: the tokens per source whose pairs are scored,
+default 16).
 """
 
 from __future__ import annotations
@@ -59,7 +60,14 @@ def _parser() -> argparse.ArgumentParser:
                         "(needs --smoothing)")
     p.add_argument("--mix", default="mean", choices=["mean", "sum"])
     p.add_argument("--name", default=None, help="bundle name (default: the folder name)")
+    p.add_argument("--sampler", default="beam", choices=["beam", "ancestral", "topk", "greedy"])
     p.add_argument("--beams", type=int, default=10)
+    p.add_argument("--candidates", type=int, default=1,
+                   help="samples per input of the sampling samplers")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=16)
+    p.add_argument("--combine", default="rerank", choices=["best", "rerank", "mean"],
+                   help="how several candidates become the stems")
     p.add_argument("--lam", type=float, default=3.0)
     p.add_argument("--output", default="mask", choices=["decode", "mask"])
     p.add_argument("--out", type=Path, required=True)
@@ -135,7 +143,9 @@ def _main(argv: Sequence[str] | None) -> int:
                      likelihood_kind="latent" if args.latent else "counts",
                      alpha=args.alpha, min_count=args.min_count, prior_classes=classes or None,
                      likelihood_base=("likelihood-factorised.npz" if args.factorised else None),
-                     sampler={"kind": "beam", "num_beams": args.beams, "lam": args.lam,
+                     sampler={"kind": args.sampler, "num_beams": args.beams,
+                              "candidates": args.candidates, "temperature": args.temperature,
+                              "k": args.top_k, "combine": args.combine, "lam": args.lam,
                               "output": args.output,
                               **({"prior_top": args.prior_top} if args.prior_top else {})})
         tmp.rename(out)

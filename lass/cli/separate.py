@@ -52,7 +52,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=0.9)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--candidates", type=int, default=None,
-                   help="samples per input for the sampling samplers (re-ranked)")
+                   help="samples per input for the sampling samplers (combined as --combine "
+                        "says)")
+    p.add_argument("--combine", choices=["best", "rerank", "mean"], default=None,
+                   help="several candidates: keep the best-scoring, the one that mixes back "
+                        "best, or average their decodings/masks (default: the bundle's)")
     p.add_argument("--lam", type=float, default=None, help="likelihood weight")
     p.add_argument("--refine", type=int, default=None, metavar="STEPS",
                    help="latent refinement steps (0: off)")
@@ -102,6 +106,8 @@ def _settings(args: argparse.Namespace, base: SeparationSettings) -> SeparationS
     changes: dict[str, Any] = {"seed": args.seed}
     if args.candidates is not None:
         changes["candidates"] = args.candidates
+    if args.combine is not None:
+        changes["combine"] = args.combine
     if args.lam is not None:
         changes["lam"] = args.lam
     if args.refine is not None:
