@@ -22,7 +22,11 @@ Stages (each is skipped when its output exists and resumes when interrupted):
    instead of the counts when, at that lambda, its SDR (the tuned output, beams and
    overlap) beats the counts' by at least ``LATENT_GAIN_DB`` on ``LATENT_CHECK_MIXTURES``
    validation mixtures (12 proved too few to decide this)
-7. ``assemble``: the bundle in ``WORK/bundle`` (``bundle.json`` with every sha256);
+7. ``sampler``: on the same ``CHECK_MIXTURES`` validation mixtures, the beam search so far
+   against the mean of ``SAMPLES`` posterior samples (ancestral sampling, ``SAMPLE_GRID``
+   lambdas and temperatures; the stems are the mixture under the mean of the samples'
+   masks); sampling replaces the beams when it gains at least ``SAMPLER_GAIN_DB``
+8. ``assemble``: the bundle in ``WORK/bundle`` (``bundle.json`` with every sha256);
    ``--install`` copies it to ``lass/bundles/default`` and prints the rows of
    ``checkpoints.md``.
 
@@ -61,6 +65,10 @@ LATENT_HOURS, LATENT_SEED, LATENT_CONTEXT = 1.0, 0, 2
 LATENT_LAMBDAS = (0.2, 0.3, 0.5)
 LATENT_GAIN_DB = 0.2
 LATENT_CHECK_MIXTURES = 48  # the decision: best lambda against the counts on more mixtures
+CHECK_MIXTURES = LATENT_CHECK_MIXTURES
+SAMPLES = 10  # posterior samples whose masks (or decodings) are averaged
+SAMPLE_GRID = ((5.0, 1.0), (5.0, 1.5))  # (lambda, temperature) of the sampling
+SAMPLER_GAIN_DB = 0.2
 
 
 def _run(cmd: list[str], log: dict[str, Any], stage: str) -> None:
@@ -77,7 +85,7 @@ def _scorer(bundle: Path, data: Path, count: int = TUNE_MIXTURES
     from lass.data import StemDataset, chunk_samples, find_tracks, mix_gain
     from lass.evaluate import evaluation_mixtures, mixture_of, plain_sdr
     from lass.sampling import BeamSearch
-    from lass.separator import SeparationSettings, Separator, soft_masks
+    from lass.separator import SeparationSettings, Separator, combine_candidates
     from likelihood.latent import LatentLikelihood
 
     sep = Separator.from_pretrained(bundle)
@@ -89,23 +97,26 @@ def _scorer(bundle: Path, data: Path, count: int = TUNE_MIXTURES
     mixtures = evaluation_mixtures(ds, count, seed=1)
     gain = mix_gain(2, sep.mix_rule)
 
-    def score(lam: float, overlap: int | None, beams: int = BEAMS) -> dict[str, float]:
-        dec, msk = [], []
+    def score(lam: float, overlap: int | None, beams: int = BEAMS, sampler: Any = None,
+              candidates: int = 1, combine: str = "rerank") -> dict[str, float]:
+        sdr: dict[str, list[float]] = {"decode": [], "mask": []}
+        chosen = sampler or BeamSearch(beams)
         for m in mixtures:
             mixed = mixture_of(m.stems, sep.mix_rule)
             refs = gain * m.stems
             res = sep.separate_detailed(mixed, rate, SeparationSettings(
-                sampler=BeamSearch(beams), lam=lam, output="decode", context_overlap=overlap))
-            est = np.stack([res.stems[s] for s in sep.stems])
-            dec.append(np.mean([plain_sdr(e, r) for e, r in zip(est, refs, strict=True)]))
-            masked = soft_masks(mixed, est)
-            msk.append(np.mean([plain_sdr(e, r) for e, r in zip(masked, refs, strict=True)]))
-        out = {"decode": float(np.mean(dec)), "mask": float(np.mean(msk))}
+                sampler=chosen, lam=lam, output="decode", context_overlap=overlap,
+                candidates=candidates, combine=combine))
+            for kind, values in sdr.items():
+                est = combine_candidates(mixed, res.candidates, combine, kind)
+                values.append(float(np.mean([plain_sdr(e, r)
+                                             for e, r in zip(est, refs, strict=True)])))
+        out = {kind: float(np.mean(values)) for kind, values in sdr.items()}
         lik = sep.likelihood
         what = ("latent" if isinstance(lik, LatentLikelihood) else
                 f"{lik.smoothing} {lik.alpha:g} min count {lik.min_count}")
-        print(f"{what}, lambda {lam}, overlap "
-              f"{overlap or 'half'}, {beams} beams: valid SDR decode {out['decode']:.2f} dB, mask "
+        print(f"{what}, lambda {lam}, overlap {overlap or 'half'}, {chosen}, {candidates} "
+              f"candidates ({combine}): valid SDR decode {out['decode']:.2f} dB, mask "
               f"{out['mask']:.2f} dB", file=sys.stderr, flush=True)
         return out
 
@@ -195,6 +206,36 @@ def _tune_latent(bundle: Path, latent: Path, data: Path, log: dict[str, Any],
     entry.update(lam=float(best), check_mixtures=LATENT_CHECK_MIXTURES,
                  counts_sdr=check["counts"][output], latent_sdr=check["latent"][output],
                  use=check["latent"][output] >= check["counts"][output] + LATENT_GAIN_DB)
+    return entry
+
+
+def _tune_sampler(bundle: Path, data: Path, log: dict[str, Any], log_path: Path
+                  ) -> dict[str, Any]:
+    """The tuned beam search against the mean of ``SAMPLES`` posterior samples (ancestral,
+    each ``SAMPLE_GRID`` lambda and temperature) on ``CHECK_MIXTURES`` validation mixtures
+    (logged under ``sampler``); sampling replaces the beams when it gains
+    ``SAMPLER_GAIN_DB``."""
+    from lass.sampling import Ancestral
+
+    tune = log["tune"]
+    output = tune["output"]
+    entry: dict[str, Any] = log.setdefault("sampler", {})
+    grid: dict[str, dict[str, float]] = entry.setdefault("grid", {})
+    check = log["latent"]["check"]  # the beams on the same mixtures, with the chosen likelihood
+    grid.setdefault("beam", check["latent" if log["latent"]["use"] else "counts"])
+    _sep, score = _scorer(bundle, data, CHECK_MIXTURES)  # the bundle with the chosen likelihood
+    for lam, temperature in SAMPLE_GRID:
+        key = f"ancestral {lam:g} {temperature:g}"
+        if key not in grid:
+            grid[key] = score(lam, tune["context_overlap"], sampler=Ancestral(temperature),
+                              candidates=SAMPLES, combine="mean")
+            log_path.write_text(json.dumps(log, indent=1) + "\n")
+    best = max((k for k in grid if k != "beam"), key=lambda k: grid[k][output])
+    _, lam_text, temperature_text = best.split()
+    entry.update(mixtures=CHECK_MIXTURES, samples=SAMPLES, lam=float(lam_text),
+                 temperature=float(temperature_text), beam_sdr=grid["beam"][output],
+                 sampled_sdr=grid[best][output],
+                 use=grid[best][output] >= grid["beam"][output] + SAMPLER_GAIN_DB)
     return entry
 
 
@@ -288,6 +329,16 @@ def main() -> None:
         shutil.copy2(latent, bundle / "likelihood.npz")
         likelihood = {"likelihood_kind": "latent"}
         sampler["lam"] = log["latent"]["lam"]
+        assemble()
+    if "use" not in log.get("sampler", {}):
+        start = time.perf_counter()
+        _tune_sampler(bundle, data, log, log_path)
+        log.setdefault("seconds", {})["tune-sampler"] = round(time.perf_counter() - start, 1)
+    if log["sampler"]["use"]:
+        chosen = log["sampler"]
+        sampler.pop("num_beams", None)
+        sampler.update(kind="ancestral", temperature=chosen["temperature"],
+                       candidates=chosen["samples"], combine="mean", lam=chosen["lam"])
         assemble()
     log_path.write_text(json.dumps(log, indent=1) + "\n")
     files = sorted(f for f in bundle.rglob("*") if f.is_file())

@@ -1,6 +1,7 @@
 """The embedded default bundle: present, within its size budget, listed in checkpoints.md with
 the sha256 of every file, and separating with no ``-m`` on a fresh install."""
 
+import json
 import re
 from pathlib import Path
 
@@ -36,8 +37,7 @@ def test_separate_with_no_model_writes_drums_and_bass(tmp_path, capsys):
     stereo = np.stack([bass + drums, bass + 0.8 * drums], axis=1).astype(np.float32)
     sf.write(tmp_path / "mix.wav", stereo, rate)
     out = tmp_path / "out"
-    assert separate_main([str(tmp_path / "mix.wav"), "-o", str(out), "--beams", "2",
-                          "--output", "mask"]) == 0
+    assert separate_main([str(tmp_path / "mix.wav"), "-o", str(out)]) == 0  # its defaults
     got = {s: sf.read(out / "default" / "mix" / f"{s}.wav", dtype="float32")
            for s in ("drums", "bass")}
     for wave, sr in got.values():
@@ -46,3 +46,6 @@ def test_separate_with_no_model_writes_drums_and_bass(tmp_path, capsys):
     mono = stereo.mean(axis=1)
     np.testing.assert_allclose(got["drums"][0] + got["bass"][0], mono, atol=2e-4)  # 16-bit
     assert "downmixed to mono" in capsys.readouterr().err
+    info = json.loads((out / "default" / "mix" / "separation.json").read_text())
+    assert info["settings"]["combine"] == "mean"  # the mean of the samples' masks
+    assert info["settings"]["candidates"] == 10
