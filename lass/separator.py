@@ -232,16 +232,22 @@ def choose_candidates(mixture: np.ndarray, candidates: np.ndarray, combine: str,
     raise LassError(f"unknown combine {combine!r}; expected best, rerank or mean")
 
 
-def combine_candidates(mixture: np.ndarray, candidates: np.ndarray, combine: str, output: str,
-                       rerank_top: int = 4) -> np.ndarray:
-    """``(C, 2, time)`` candidates -> ``(2, time)`` stems (see :func:`choose_candidates`):
-    the chosen ones' mean (``decode``) or the mixture under their mean mask (``mask``)."""
-    used = candidates[choose_candidates(mixture, candidates, combine, rerank_top)]
+def output_stems(mixture: np.ndarray, used: np.ndarray, output: str) -> np.ndarray:
+    """``(C, 2, time)`` chosen candidates -> ``(2, time)`` stems: their mean (``decode``) or
+    the mixture under their mean mask (``mask``)."""
     if output == "mask":
         return soft_masks(mixture, used)
     if output == "decode":
         return used.mean(0).astype(np.float32)
     raise LassError(f"unknown output {output!r}; expected decode or mask")
+
+
+def combine_candidates(mixture: np.ndarray, candidates: np.ndarray, combine: str, output: str,
+                       rerank_top: int = 4) -> np.ndarray:
+    """``(C, 2, time)`` candidates -> ``(2, time)`` stems: the ones
+    :func:`choose_candidates` picks, through :func:`output_stems`."""
+    return output_stems(mixture, candidates[choose_candidates(mixture, candidates, combine,
+                                                              rerank_top)], output)
 
 
 class Separator:
@@ -402,7 +408,7 @@ class Separator:
             used = contributions(e1[None], e2[None])
             timings["refine"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        stems = soft_masks(x, used) if s.output == "mask" else used.mean(0)
+        stems = output_stems(x, used, s.output)
         timings["output"] = time.perf_counter() - t0
         return SeparationResult(
             stems={st: stems[i] for i, st in enumerate(self.stems)}, sample_rate=sample_rate,

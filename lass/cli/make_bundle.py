@@ -27,6 +27,7 @@ from pathlib import Path
 from lass.bundle import write_bundle
 from lass.cli import run_cli
 from lass.errors import LassError
+from lass.separator import COMBINES, OUTPUTS
 from likelihood import load_counts
 from likelihood.factorised import FactorisedLikelihood
 from likelihood.latent import LatentLikelihood
@@ -66,10 +67,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="samples per input of the sampling samplers")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=16)
-    p.add_argument("--combine", default="rerank", choices=["best", "rerank", "mean"],
+    p.add_argument("--combine", default="rerank", choices=COMBINES,
                    help="how several candidates become the stems")
     p.add_argument("--lam", type=float, default=3.0)
-    p.add_argument("--output", default="mask", choices=["decode", "mask"])
+    p.add_argument("--output", default="mask", choices=OUTPUTS)
     p.add_argument("--out", type=Path, required=True)
     return p
 

@@ -32,7 +32,7 @@ from lass.cli.common import resolve_device
 from lass.data.audio import rms_db, write_text_atomic, write_wav
 from lass.errors import DataError, LassError
 from lass.langevin import LangevinSeparator
-from lass.separator import SeparationSettings, Separator, make_sampler
+from lass.separator import COMBINES, OUTPUTS, SeparationSettings, Separator, make_sampler
 
 PROG = "lass-separate"
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
@@ -54,13 +54,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--candidates", type=int, default=None,
                    help="samples per input for the sampling samplers (combined as --combine "
                         "says)")
-    p.add_argument("--combine", choices=["best", "rerank", "mean"], default=None,
+    p.add_argument("--combine", choices=COMBINES, default=None,
                    help="several candidates: keep the best-scoring, the one that mixes back "
                         "best, or average their decodings/masks (default: the bundle's)")
     p.add_argument("--lam", type=float, default=None, help="likelihood weight")
     p.add_argument("--refine", type=int, default=None, metavar="STEPS",
                    help="latent refinement steps (0: off)")
-    p.add_argument("--output", choices=["decode", "mask"], default=None)
+    p.add_argument("--output", choices=OUTPUTS, default=None)
     p.add_argument("--context-overlap", type=int, default=None, metavar="TOKENS",
                    help="tokens carried into the next window of a prior (default: the bundle's)")
     p.add_argument("--prior-top", type=int, default=None, metavar="N",
