@@ -13,7 +13,7 @@ windows per mixture (REFERENCE.md); silent windows give NaN and are dropped.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -154,36 +154,93 @@ def parse_lass_method(name: str) -> tuple[str, str, str]:
     return parts[1], parts[2], parts[3] if len(parts) == 4 else "rerank"
 
 
+class LassSearches:
+    """The LASS methods' searches: one per sampler and mixture, shared by the methods that
+    use that sampler, run for a group of mixtures at once (:meth:`prefetch`).
+
+    Args:
+        separator: the bundle's separator (its lambda, context overlap, prior_top and
+            rerank_top are used).
+        averaged: samplers some method combines with ``mean`` (their candidates are all
+            decoded; the others' best ``rerank_top``).
+        beams, top_k, candidates, temperature: the samplers' settings; ``candidates`` samples
+            per mixture for the sampling samplers.
+    """
+
+    def __init__(self, separator: Separator, averaged: set[str], beams: int = 10,
+                 top_k: int = 16, candidates: int = 1, temperature: float = 1.0) -> None:
+        self.separator, self.averaged = separator, averaged
+        self.beams, self.top_k = beams, top_k
+        self.candidates, self.temperature = candidates, temperature
+        self._cache: dict[tuple[str, bytes], np.ndarray] = {}
+
+    @classmethod
+    def for_methods(cls, separator: Separator, names: Sequence[str], beams: int = 10,
+                    top_k: int = 16, candidates: int = 1, temperature: float = 1.0
+                    ) -> LassSearches:
+        """The searches the methods ``names`` need (see :func:`make_methods`)."""
+        parsed = [parse_lass_method(n) for n in names if n.startswith("lass-")]
+        averaged = {kind for kind, _, combine in parsed if combine == "mean"}
+        return cls(separator, averaged, beams=beams, top_k=top_k, candidates=candidates,
+                   temperature=temperature)
+
+    def settings(self, kind: str) -> SeparationSettings:
+        """The separation settings of sampler ``kind``."""
+        base = self.separator.settings
+        return SeparationSettings(
+            sampler=make_sampler(kind, beams=self.beams, top_k=self.top_k,
+                                 temperature=self.temperature),
+            lam=base.lam, candidates=1 if kind in ("beam", "greedy") else self.candidates,
+            combine="mean" if kind in self.averaged else "rerank", output="decode",
+            context_overlap=base.context_overlap, prior_top=base.prior_top,
+            rerank_top=base.rerank_top)
+
+    def prefetch(self, kinds: Sequence[str], mixtures: Sequence[np.ndarray]) -> None:
+        """Search ``mixtures`` (each ``(time,)`` at the codec's rate) with every sampler in
+        ``kinds``, all mixtures of one length in one batch. Results of other mixtures are
+        dropped; those of these mixtures are kept and not searched again."""
+        wanted = {m.tobytes() for m in mixtures}
+        self._cache = {k: v for k, v in self._cache.items() if k[1] in wanted}
+        rate = self.separator.codec.sample_rate
+        for kind in dict.fromkeys(kinds):
+            todo = list({m.tobytes(): m for m in mixtures
+                         if (kind, m.tobytes()) not in self._cache}.values())
+            if not todo:
+                continue
+            results = self.separator.separate_many(todo, rate, self.settings(kind))
+            for m, r in zip(todo, results, strict=True):
+                self._cache[kind, m.tobytes()] = r.candidates
+
+    def __call__(self, kind: str, mixture: np.ndarray) -> np.ndarray:
+        """``(C, 2, time)`` decoded candidates of ``mixture`` under sampler ``kind``."""
+        key = (kind, mixture.tobytes())
+        if key not in self._cache:
+            self.prefetch([kind], [mixture])
+        return self._cache[key]
+
+
+def lass_samplers(names: Sequence[str]) -> list[str]:
+    """The samplers of the LASS methods among ``names``, in order, each once."""
+    return list(dict.fromkeys(parse_lass_method(n)[0] for n in names if n.startswith("lass-")))
+
+
 def make_methods(separator: Separator, names: list[str], beams: int = 10, top_k: int = 16,
-                 candidates: int = 1, temperature: float = 1.0) -> dict[str, Method]:
+                 candidates: int = 1, temperature: float = 1.0,
+                 searches: LassSearches | None = None) -> dict[str, Method]:
     """Separation methods by name: ``lass-<sampler>-<decode|mask>[-<best|rerank|mean>]``,
     ``average``, ``oracle-decode``, ``oracle-mask``, ``hpss`` and ``nmf``. Each maps
     ``(mixture (time,), sources (2, time))`` to ``(2, time)`` contributions (only the oracles
-    look at the sources). LASS methods with the same sampler share one search per mixture:
-    its decoded candidates are combined and output as each method says (see
+    look at the sources). LASS methods with the same sampler share one search per mixture
+    (``searches``; made here when not given, else its settings are used): its decoded
+    candidates are combined and output as each method says (see
     :func:`lass.separator.combine_candidates`); the sampling samplers draw ``candidates``
     samples at ``temperature``."""
     gain = mix_gain(2, separator.mix_rule)
     rate = separator.codec.sample_rate
     lass = {name: parse_lass_method(name) for name in names if name.startswith("lass-")}
-    averaged = {kind for kind, _, combine in lass.values() if combine == "mean"}
-    cache: dict[str, np.ndarray] = {}  # the current mixture's candidates, per sampler
-    cached_for: list[int] = []
-
-    def lass_candidates(kind: str, mixture: np.ndarray) -> np.ndarray:
-        key = hash(mixture.tobytes())
-        if cached_for != [key]:
-            cache.clear()
-            cached_for[:] = [key]
-        if kind not in cache:
-            settings = SeparationSettings(
-                sampler=make_sampler(kind, beams=beams, top_k=top_k, temperature=temperature),
-                lam=separator.settings.lam, candidates=1 if kind in ("beam", "greedy")
-                else candidates, combine="mean" if kind in averaged else "rerank",
-                output="decode", context_overlap=separator.settings.context_overlap,
-                prior_top=separator.settings.prior_top, rerank_top=separator.settings.rerank_top)
-            cache[kind] = separator.separate_detailed(mixture, rate, settings).candidates
-        return cache[kind]
+    if searches is None:
+        searches = LassSearches.for_methods(separator, names, beams=beams, top_k=top_k,
+                                            candidates=candidates, temperature=temperature)
 
     def oracle_decoded(sources: np.ndarray) -> np.ndarray:
         with torch.no_grad():
@@ -208,7 +265,7 @@ def make_methods(separator: Separator, names: list[str], beams: int = 10, top_k:
             kind, output, combine = lass[name]
             methods[name] = (
                 lambda m, s, kind=kind, output=output, combine=combine:  # type: ignore[misc]
-                combine_candidates(m, lass_candidates(kind, m), combine, output,
+                combine_candidates(m, searches(kind, m), combine, output,
                                    separator.settings.rerank_top))
         else:
             raise DataError(f"unknown method {name!r}")

@@ -88,12 +88,15 @@ class TokenSeparation:
             (final beams or samples), best score first.
         score: ``(batch, n)``: ``sum_t log p1 + log p2 + lambda * log p(m | i, j)`` of each.
         fallback_steps: (mixture, step) pairs whose mixture token had no candidate pair.
+        fallbacks: ``(batch,)`` int64: those steps per mixture (``fallback_steps`` is their
+            sum).
     """
 
     first: torch.Tensor
     second: torch.Tensor
     score: torch.Tensor
     fallback_steps: int
+    fallbacks: torch.Tensor
 
 
 def _rows_of(sampler: Sampler, num_samples: int) -> int:
@@ -127,6 +130,17 @@ def _filtered_logits(score: torch.Tensor, sampler: Ancestral | TopK | TopP) -> t
         drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits
+
+
+def _draw(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """One index per row of ``probs: (rows, C)`` by inverting its CDF at ``u: (rows,)`` in
+    [0, 1). One uniform per row, whatever ``C``: candidates of probability 0 (the padding of
+    a batch) never change which candidate a row draws, so a mixture draws the same samples
+    alone or in any batch."""
+    cdf = probs.cumsum(dim=1)
+    target = (u * cdf[:, -1]).unsqueeze(1)
+    pick = torch.searchsorted(cdf, target, right=True).squeeze(1)
+    return pick.clamp(max=probs.shape[1] - 1)
 
 
 def _pad(x: torch.Tensor, width: int, value: float) -> torch.Tensor:
@@ -210,7 +224,7 @@ def _grid(top1: torch.Tensor, top2: torch.Tensor) -> tuple[torch.Tensor, torch.T
 def _count_candidates(likelihood: CountLikelihood, mix_t: torch.Tensor, mix_of_row: torch.Tensor,
                       lp1: torch.Tensor, lp2: torch.Tensor, lam: float, fallback_top: int,
                       prior_top: int
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The counted candidates of one step for every row.
 
     Args:
@@ -219,15 +233,14 @@ def _count_candidates(likelihood: CountLikelihood, mix_t: torch.Tensor, mix_of_r
 
     Returns:
         first, second: ``(rows, C)`` candidate pairs; log_lik ``(rows, C)`` (``-inf``: none);
-        the number of mixtures whose token had no candidate (the fallback was used).
+        ``(batch,)`` bool: the mixtures whose token had no candidate (the fallback was used).
     """
     k = likelihood.k
     cand = likelihood.slice(mix_t)
     first, second = cand.first[mix_of_row], cand.second[mix_of_row]
     log_lik = cand.log_lik[mix_of_row]
     empty = cand.count == 0
-    fell_back = int(empty.sum())
-    if fell_back:
+    if bool(empty.any()):
         f = min(fallback_top, k)
         fb_first, fb_second = _grid(lp1.topk(f, dim=1).indices, lp2.topk(f, dim=1).indices)
         fb_ll = likelihood.log_likelihood(mix_t[mix_of_row], fb_first, fb_second)
@@ -253,7 +266,7 @@ def _count_candidates(likelihood: CountLikelihood, mix_t: torch.Tensor, mix_of_r
         first = torch.cat([first, add_first], dim=1)
         second = torch.cat([second, add_second], dim=1)
         log_lik = torch.cat([log_lik, add_ll.masked_fill(drop, float("-inf"))], dim=1)
-    return first, second, log_lik, fell_back
+    return first, second, log_lik, empty
 
 
 @torch.no_grad()
@@ -261,7 +274,8 @@ def separate_tokens(mix_codes: torch.Tensor, priors: Sequence[Prior],
                     likelihood: CountLikelihood | LatentLikelihood, sampler: Sampler, *,
                     lam: float = 3.0, mix_latents: torch.Tensor | None = None,
                     num_samples: int = 1, classes: Sequence[torch.Tensor | None] = (None, None),
-                    generator: torch.Generator | None = None, fallback_top: int = 16,
+                    generator: torch.Generator | Sequence[torch.Generator] | None = None,
+                    fallback_top: int = 16,
                     context_overlap: int | None = None, prior_top: int = 0,
                     progress: Callable[[int, int], None] | None = None) -> TokenSeparation:
     """Separate the token sequences of a batch of mixtures into two sources.
@@ -278,7 +292,9 @@ def separate_tokens(mix_codes: torch.Tensor, priors: Sequence[Prior],
             only used with) a latent likelihood.
         num_samples: independent samples per mixture for the sampling samplers.
         classes: class labels ``(batch,)`` for class-conditioned priors, per prior.
-        generator: random generator of the sampling samplers (on the likelihood's device).
+        generator: random generator of the sampling samplers (on the likelihood's device),
+            or one per mixture: then each mixture's samples are drawn from its own generator
+            only, so a mixture gets the same samples whichever batch it is separated in.
         fallback_top: tokens per prior whose pairs stand in for a token without candidates.
         context_overlap: tokens carried into a new window when a prior's context is full
             (default: half the context).
@@ -319,7 +335,15 @@ def separate_tokens(mix_codes: torch.Tensor, priors: Sequence[Prior],
     total = torch.zeros(batch, width, device=device)
     if beam:
         total[:, 1:] = float("-inf")  # all beams start as one: no duplicate hypotheses
-    fallback_steps = 0
+    fallbacks = torch.zeros(batch, dtype=torch.long, device=device)
+    single: torch.Generator | None = None
+    generators: list[torch.Generator] | None = None
+    if isinstance(generator, torch.Generator):
+        single = generator
+    elif generator is not None:
+        generators = list(generator)
+    if generators is not None and len(generators) != batch:
+        raise ValueError(f"give one generator per mixture: {len(generators)} for {batch}")
     if isinstance(likelihood, LatentLikelihood):
         if mix_latents is None or mix_latents.shape[:2] != (batch, length) \
                 or mix_latents.shape[2] != likelihood.dim:
@@ -343,9 +367,9 @@ def separate_tokens(mix_codes: torch.Tensor, priors: Sequence[Prior],
             first, second = _grid(top1, top2)
             log_lik = likelihood.grid_log_lik(resid, top1, top2, votes).reshape(rows, f * f)
         else:
-            first, second, log_lik, fell_back = _count_candidates(
+            first, second, log_lik, empty = _count_candidates(
                 likelihood, mix_codes[:, t], mix_of_row, lp1, lp2, lam, fallback_top, prior_top)
-            fallback_steps += fell_back
+            fallbacks += empty
         score = lp1.gather(1, first) + lp2.gather(1, second) + lam * log_lik  # (rows, C)
         n_cand = score.shape[1]
         if beam:
@@ -372,8 +396,12 @@ def separate_tokens(mix_codes: torch.Tensor, priors: Sequence[Prior],
             if isinstance(sampler, Greedy):
                 pick = score.argmax(dim=1)
             else:
-                probs = _filtered_logits(score, sampler).softmax(dim=1)
-                pick = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+                if generators is None:
+                    u = torch.rand(rows, generator=single, device=device)
+                else:  # each mixture's rows from its own generator
+                    u = torch.cat([torch.rand(width, generator=g, device=device)
+                                   for g in generators])
+                pick = _draw(_filtered_logits(score, sampler).softmax(dim=1), u)
             chosen_rows = torch.arange(rows, device=device)
             total = total + score.gather(1, pick[:, None]).view(batch, width)
         history[0][:, t] = first[chosen_rows, pick]
@@ -384,4 +412,5 @@ def separate_tokens(mix_codes: torch.Tensor, priors: Sequence[Prior],
     rows_sorted = (torch.arange(batch, device=device)[:, None] * width + order).reshape(-1)
     return TokenSeparation(first=history[0][rows_sorted].view(batch, width, length),
                            second=history[1][rows_sorted].view(batch, width, length),
-                           score=total.gather(1, order), fallback_steps=fallback_steps)
+                           score=total.gather(1, order), fallback_steps=int(fallbacks.sum()),
+                           fallbacks=fallbacks)

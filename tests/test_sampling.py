@@ -146,7 +146,31 @@ def test_unseen_mixture_token_falls_back_and_is_counted():
             out = separate_tokens(torch.tensor([[0, 2, 2, 1]]), [p1, p2], lik, sampler,
                                   generator=torch.Generator().manual_seed(0))
             assert out.fallback_steps == 2
+            assert out.fallbacks.tolist() == [2]
             assert torch.isfinite(out.score[0, 0])
+        # per mixture in a batch
+        out = separate_tokens(torch.tensor([[0, 2, 2, 1], [0, 1, 2, 1], [1, 1, 0, 0]]),
+                              [p1, p2], lik, Greedy())
+        assert out.fallbacks.tolist() == [2, 1, 0]
+        assert out.fallback_steps == 3
+
+
+@pytest.mark.parametrize("sampler", [Ancestral(1.0), TopK(2), Greedy(), BeamSearch(3)])
+def test_a_mixture_separates_the_same_in_any_batch(sampler):
+    # With one generator per mixture, a mixture's samples do not depend on its batch.
+    k, length = 3, 6
+    p1, p2, lik, _ = build(k, length, 11, density=0.8)
+    mixes = torch.randint(0, k, (3, length), generator=torch.Generator().manual_seed(5))
+    batched = separate_tokens(mixes, [p1, p2], lik, sampler, num_samples=4,
+                              generator=[torch.Generator().manual_seed(9) for _ in range(3)])
+    for b in range(3):
+        alone = separate_tokens(mixes[b: b + 1], [p1, p2], lik, sampler, num_samples=4,
+                                generator=torch.Generator().manual_seed(9))
+        assert torch.equal(batched.first[b], alone.first[0])
+        assert torch.equal(batched.second[b], alone.second[0])
+        torch.testing.assert_close(batched.score[b], alone.score[0])
+    with pytest.raises(ValueError, match="one generator per mixture"):
+        separate_tokens(mixes, [p1, p2], lik, sampler, generator=[torch.Generator()])
 
 
 def test_ancestral_matches_the_per_step_posterior():

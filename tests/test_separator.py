@@ -237,3 +237,34 @@ def test_separator_averages_posterior_samples(bundle):
         sep.separate(x, SR, replace(sep.settings, refine_steps=2))
     with pytest.raises(LassError, match="unknown combine"):
         sep.separate(x, SR, replace(sep.settings, combine="vote"))
+
+
+@pytest.mark.parametrize("kind", ["beam", "ancestral"])
+def test_separate_many_batches_equal_lengths_and_matches_one_at_a_time(bundle, kind,
+                                                                       monkeypatch):
+    from lass import Ancestral, sampling
+
+    sep = Separator.from_pretrained(bundle)
+    if kind == "ancestral":
+        sep = sep.with_settings(sampler=Ancestral(1.0), candidates=3, combine="mean")
+    waves = [mixture(0.25, seed=3), mixture(0.25, seed=5), mixture(0.2, seed=6),
+             np.stack([mixture(0.25, seed=7)] * 2)]  # stereo: downmixed, same length
+    batches = []
+    real = sampling.separate_tokens
+
+    def counted(mix_codes, *args, **kwargs):
+        batches.append(mix_codes.shape[0])
+        return real(mix_codes, *args, **kwargs)
+
+    monkeypatch.setattr("lass.separator.separate_tokens", counted)
+    many = sep.separate_many(waves, SR)
+    assert sorted(batches) == [1, 3]  # the three 0.25 s inputs searched together
+    assert [r.timings["batch"] for r in many] == [3, 3, 1, 3]
+    for wave, got in zip(waves, many, strict=True):
+        alone = sep.separate_detailed(wave, SR)
+        for stem in sep.stems:
+            np.testing.assert_array_equal(got.tokens[stem], alone.tokens[stem])
+            np.testing.assert_allclose(got.stems[stem], alone.stems[stem], atol=1e-5)
+        assert got.fallback_steps == alone.fallback_steps
+        assert got.stems["drums"].shape == (np.asarray(wave).shape[-1],)
+    assert sep.separate_many([], SR) == []
