@@ -7,7 +7,10 @@ Stages (each is skipped when its output exists and resumes when interrupted):
 1. ``data``: ``lass-make-dataset synth-drums-bass --hours 10 --seed 0``
 2. ``codec``: ``lass-train-vqvae`` (hop 64, 1024 codes, 1500 steps, seed 0)
 3. ``prior``: ``lass-train-prior`` one shared class-conditioned prior over drums and bass
-   (Llama-style, 3 layers, width 256, 4 heads, 1 key/value head, context 512)
+   (Llama-style, 3 layers, width 256, 4 heads, 1 key/value head, context 512), trained in
+   the phases of ``PRIOR_PHASES``: 1500 steps (warm-up, cosine decay), then resumed with
+   the schedule stretched to 3500 steps (a warm restart: the learning rate goes back up to
+   the longer cosine's value at step 1500 and decays again)
 4. ``counts``: ``lass-count-likelihood`` on 6 hours of training mixtures, counted as two
    parts (1 hour with seed 0, then 5 hours with seed 1; each part resumes) and merged
    with ``lass-merge-counts``
@@ -51,7 +54,7 @@ import numpy as np
 from lass.bundle import sha256_path, write_bundle
 
 CODEC_STEPS = 1500
-PRIOR_STEPS = 1500
+PRIOR_PHASES = (1500, 3500)  # total steps after each phase; each later phase resumes
 COUNT_PARTS = ((1.0, 0), (5.0, 1))  # (hours, seed): mixture n of a part is f(seed, n)
 # (smoothing, alpha, min_count) of the likelihood, and the lambdas tried with it
 GRID = ((("none", 1.0, 1), (3.0, 4.0, 5.0)), (("backoff", 0.01, 1), (3.0, 4.0, 5.0)),
@@ -69,6 +72,7 @@ CHECK_MIXTURES = LATENT_CHECK_MIXTURES
 SAMPLES = 10  # posterior samples whose masks (or decodings) are averaged
 SAMPLE_GRID = ((5.0, 1.0), (5.0, 1.5))  # (lambda, temperature) of the sampling
 SAMPLER_GAIN_DB = 0.2
+SCORE_BATCH = 8  # validation mixtures searched as one batch
 
 
 def _run(cmd: list[str], log: dict[str, Any], stage: str) -> None:
@@ -95,18 +99,20 @@ def _scorer(bundle: Path, data: Path, count: int = TUNE_MIXTURES
     ds = StemDataset(tracks, sample_rate=rate, chunk=chunk_samples(3.0, rate),
                      stems=list(sep.stems))
     mixtures = evaluation_mixtures(ds, count, seed=1)
+    mixed_all = [mixture_of(m.stems, sep.mix_rule) for m in mixtures]
     gain = mix_gain(2, sep.mix_rule)
 
     def score(lam: float, overlap: int | None, beams: int = BEAMS, sampler: Any = None,
               candidates: int = 1, combine: str = "rerank") -> dict[str, float]:
         sdr: dict[str, list[float]] = {"decode": [], "mask": []}
         chosen = sampler or BeamSearch(beams)
-        for m in mixtures:
-            mixed = mixture_of(m.stems, sep.mix_rule)
+        settings = SeparationSettings(sampler=chosen, lam=lam, output="decode",
+                                      context_overlap=overlap, candidates=candidates,
+                                      combine=combine)
+        results = [r for i in range(0, len(mixed_all), SCORE_BATCH)
+                   for r in sep.separate_many(mixed_all[i: i + SCORE_BATCH], rate, settings)]
+        for m, mixed, res in zip(mixtures, mixed_all, results, strict=True):
             refs = gain * m.stems
-            res = sep.separate_detailed(mixed, rate, SeparationSettings(
-                sampler=chosen, lam=lam, output="decode", context_overlap=overlap,
-                candidates=candidates, combine=combine))
             for kind, values in sdr.items():
                 est = combine_candidates(mixed, res.candidates, combine, kind)
                 values.append(float(np.mean([plain_sdr(e, r)
@@ -263,11 +269,14 @@ def main() -> None:
               str(CODEC_STEPS), "--seed", "0", *dev] + (["--resume"] if codec.exists() else []),
              log, "codec")
     prior = work / "prior"
-    if not (prior / "summary.json").is_file():
+    for phase, steps in enumerate(PRIOR_PHASES):
+        summary = prior / "summary.json"
+        if summary.is_file() and json.loads(summary.read_text())["step"] >= steps:
+            continue
         _run(["lass-train-prior", "--codec", str(codec / "model"), "--data", str(data),
               "--stem", "drums", "bass", "--conditional", "--out", str(prior), "--steps",
-              str(PRIOR_STEPS), "--seed", "0", *dev] + (["--resume"] if prior.exists() else []),
-             log, "prior")
+              str(steps), "--seed", "0", *dev] + (["--resume"] if prior.exists() else []),
+             log, "prior" if phase == 0 else f"prior-{steps}")
     counts = work / "counts.npz"
     if not counts.is_file():
         parts = []

@@ -268,3 +268,42 @@ def test_separate_many_batches_equal_lengths_and_matches_one_at_a_time(bundle, k
         assert got.fallback_steps == alone.fallback_steps
         assert got.stems["drums"].shape == (np.asarray(wave).shape[-1],)
     assert sep.separate_many([], SR) == []
+
+
+def test_cli_batches_inputs_and_isolates_a_failing_one(bundle, tmp_path, capsys, monkeypatch):
+    names = {"a": mixture(0.25, seed=3), "b": mixture(0.25, seed=5), "c": mixture(0.2, seed=6)}
+    poison = mixture(0.25, seed=8)
+    names["d"] = 0.95 * poison / np.abs(poison).max()  # refused below, in its batch
+    for name, x in names.items():
+        sf.write(tmp_path / f"{name}.wav", x, SR, subtype="FLOAT")
+    real = Separator.separate_many
+
+    def picky(self, waves, rate, settings=None):
+        if any(np.abs(w).max() > 0.9 for w in waves):
+            raise LassError("a poisoned input")
+        return real(self, waves, rate, settings)
+
+    common = ["-m", str(bundle), "--beams", "2", "--float32"]
+    files = [str(tmp_path / f"{n}.wav") for n in names]
+    assert separate_main([*files[:3], "-o", str(tmp_path / "one"), "--batch", "1",
+                          *common]) == 0
+    monkeypatch.setattr(Separator, "separate_many", picky)
+    assert separate_main([*files, "-o", str(tmp_path / "many"), "--batch", "4", *common]) == 1
+    err = capsys.readouterr().err
+    assert "error: a poisoned input" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "many" / "debug" / "d").exists()
+    for name in "abc":
+        for stem in ("drums", "bass"):
+            got, _ = sf.read(tmp_path / "many" / "debug" / name / f"{stem}.wav")
+            alone, _ = sf.read(tmp_path / "one" / "debug" / name / f"{stem}.wav")
+            np.testing.assert_allclose(got, alone, atol=1e-5)
+    info = json.loads((tmp_path / "one" / "debug" / "a" / "separation.json").read_text())
+    assert info["timings"]["batch"] == 1
+    monkeypatch.setattr(Separator, "separate_many", real)
+    assert separate_main([*files[:3], "-o", str(tmp_path / "many2"), "--batch", "4",
+                          *common]) == 0
+    info = json.loads((tmp_path / "many2" / "debug" / "a" / "separation.json").read_text())
+    assert info["timings"]["batch"] == 2  # a and b together; c has another length
+    assert separate_main([files[0], "--batch", "0", *common]) == 1
+    assert "--batch must be at least 1" in capsys.readouterr().err
