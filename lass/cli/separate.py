@@ -7,7 +7,9 @@ Inputs are files, folders (their audio files) or glob patterns. Multichannel inp
 downmixed to mono for separation. For each input, ``OUT/<bundle>/<track>/<stem>.wav`` is
 written (same length and sample rate as the input; the stems add up to the input) with
 ``separation.json`` (settings, seed, bundle sha256, timings). A bad input is reported in one
-line and skipped; the exit status is then non-zero.
+line and skipped; the exit status is then non-zero. Up to ``--batch`` inputs of one length
+and sample rate are searched together (faster per input; each gets the stems it would get
+alone).
 """
 
 from __future__ import annotations
