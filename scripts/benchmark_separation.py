@@ -2,6 +2,8 @@
 
     python scripts/benchmark_separation.py --bundle default --data data/synth --mixtures 2
     python scripts/benchmark_separation.py --mixtures 4 --beams 10 --seconds 3
+    python scripts/benchmark_separation.py --bundle default --data data/synth --mixtures 8 \
+        --batch-sizes 1 2 4 8
 
 The official LASS inference (REFERENCE.md) separates one mixture at a time: at every token
 it calls the two priors one after the other with the beams as batch through the stock
@@ -112,6 +114,9 @@ def main() -> None:
     p.add_argument("--lam", type=float, default=3.0)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-sizes", type=int, nargs="*", default=[],
+                   help="also time ours with this many mixtures per batch (up to --mixtures), "
+                        "per mixture, in the same interleaved rounds")
     p.add_argument("--bundle", default=None,
                    help="time a bundle's priors and likelihood (a shared prior is one call)")
     p.add_argument("--data", default=None,
@@ -194,7 +199,13 @@ def main() -> None:
     ours(mixes[:, :8], p1, p2)  # warm-up
     official_beam_search(mixes[0, :8], p1, p2, m, log_p, args.lam, args.beams, classes)
     ours_t, official_t, alone_t, solo_t = [], [], [], []
+    sizes = [n for n in args.batch_sizes if 1 <= n <= args.mixtures]
+    batch_t: dict[int, list[float]] = {b: [] for b in sizes}
     for _ in range(args.repeats):
+        for size in sizes:
+            start = time.perf_counter()
+            ours(mixes[:size], p1, p2)
+            batch_t[size].append((time.perf_counter() - start) / size)
         start = time.perf_counter()
         out = ours(mixes, p1, p2)
         ours_t.append((time.perf_counter() - start) / args.mixtures)
@@ -226,6 +237,9 @@ def main() -> None:
     print(f"| ours, {args.mixtures} mixtures batched | {a:.2f} | {b / a:.1f}x |")
     alone = statistics.median(alone_t)
     print(f"| ours, one mixture alone | {alone:.2f} | {b / alone:.1f}x |")
+    for size, times in batch_t.items():
+        t = statistics.median(times)
+        print(f"| ours, {size} mixtures per batch | {t:.2f} | {b / t:.1f}x |")
     print(f"one mixture of {solo_seconds:.2f} s alone ({solo_mix.shape[1]} tokens): {solo:.2f} s, "
           f"real-time factor {solo / solo_seconds:.2f}")
 
