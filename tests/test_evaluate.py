@@ -40,6 +40,9 @@ def test_evaluate_command_writes_a_resumable_table(tmp_path, capsys):
     assert "| average |" in printed
     assert "lass-beam-decode" in printed
     results = json.loads(out.read_text())
+    # without --candidates / --temperature: the bundle's (a beam-search bundle: 1, 1.0)
+    assert results["config"]["candidates"] == 1
+    assert results["config"]["temperature"] == 1.0
     rows = results["per_mixture"]["average"]
     assert len(rows) == 2
     # The average baseline of a mean mixture: the SDR of (a + b) / 2 against a.

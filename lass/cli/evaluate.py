@@ -53,10 +53,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", default=DEFAULT_METHODS)
     p.add_argument("--beams", type=int, default=10)
     p.add_argument("--top-k", type=int, default=16)
-    p.add_argument("--candidates", type=int, default=1,
-                   help="samples per mixture of the sampling samplers (ancestral, topk)")
-    p.add_argument("--temperature", type=float, default=1.0,
-                   help="temperature of the sampling samplers")
+    p.add_argument("--candidates", type=int, default=None,
+                   help="samples per mixture of the sampling samplers (ancestral, topk; "
+                        "default: the bundle's)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="temperature of the sampling samplers (default: the bundle's, or 1)")
     p.add_argument("--lam", type=float, default=None,
                    help="likelihood weight of the LASS methods (default: the bundle's)")
     p.add_argument("--context-overlap", type=int, default=None, metavar="TOKENS",
@@ -117,6 +118,10 @@ def _main(argv: Sequence[str] | None) -> int:
     mixtures = evaluation_mixtures(data, args.mixtures, args.seed)
     if args.batch < 1:
         raise DataError("--batch must be at least 1")
+    if args.candidates is None:
+        args.candidates = separator.settings.candidates
+    if args.temperature is None:
+        args.temperature = float(getattr(separator.settings.sampler, "temperature", 1.0))
     searches = LassSearches.for_methods(separator, args.methods, beams=args.beams,
                                         top_k=args.top_k, candidates=args.candidates,
                                         temperature=args.temperature)
