@@ -421,7 +421,7 @@ class Separator:
         out: TokenSeparation = separate_tokens(
             mix_codes, [self.priors[st] for st in self.stems], self.likelihood, s.sampler,
             lam=s.lam, mix_latents=latents, num_samples=s.candidates, classes=classes,
-            generator=gens[0] if batch == 1 else gens,
+            generator=gens,
             context_overlap=s.context_overlap, prior_top=s.prior_top)
         search = (time.perf_counter() - t0) / batch
         return [self._finish(inputs[b], xcs[b], sample_rate, s, out, b,

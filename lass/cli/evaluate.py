@@ -127,6 +127,7 @@ def _main(argv: Sequence[str] | None) -> int:
                                         temperature=args.temperature)
     methods = make_methods(separator, args.methods, searches=searches)
     lass_methods = [m for m in methods if m.startswith("lass-")]
+    kinds = lass_samplers(args.methods)
     config = {"data": str(args.data), "split": args.split, "seconds": args.seconds,
               "seed": args.seed, "bundle": separator.bundle.sha256 if separator.bundle else None,
               "beams": args.beams, "top_k": args.top_k, "candidates": args.candidates,
@@ -155,7 +156,7 @@ def _main(argv: Sequence[str] | None) -> int:
         group = mixtures[first: first + args.batch]
         mixed = [mixture_of(m.stems, separator.mix_rule) for m in group]
         # one batched search per sampler for the mixtures some LASS method still needs
-        searches.prefetch(lass_samplers(args.methods),
+        searches.prefetch(kinds,
                           [x for m, x in zip(group, mixed, strict=True)
                            if any(not finished(n, m.index) for n in lass_methods)])
         for mixture, x in zip(group, mixed, strict=True):
