@@ -221,30 +221,79 @@ def _grid(top1: torch.Tensor, top2: torch.Tensor) -> tuple[torch.Tensor, torch.T
             top2[:, None, :].expand(rows, f, g).reshape(rows, f * g))
 
 
-def _count_candidates(likelihood: CountLikelihood, mix_t: torch.Tensor, mix_of_row: torch.Tensor,
-                      lp1: torch.Tensor, lp2: torch.Tensor, lam: float, fallback_top: int,
-                      prior_top: int
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The counted candidates of one step for every row.
+def _weighted(log_lik: torch.Tensor, lam: float) -> torch.Tensor:
+    """``lam * log_lik`` with impossible pairs (``-inf``) kept impossible, also at lam 0."""
+    return torch.where(log_lik > float("-inf"), log_lik * lam, log_lik)
+
+
+class _CountSteps:
+    """The counted candidates of every step of a batch of mixtures. The mixture tokens are
+    known before the search starts, so the table is sliced ``chunk`` steps at a time (one
+    gather for all of them) and which steps need the fallback is known up front.
+
+    Attributes:
+        fallbacks: ``(batch,)`` steps of each mixture whose token has no candidate.
+        any_empty: per step, whether some mixture of the batch needs the fallback.
+    """
+
+    def __init__(self, likelihood: CountLikelihood, mix_codes: torch.Tensor, lam: float,
+                 chunk: int = 64) -> None:
+        self.likelihood, self.mix, self.lam, self.chunk = likelihood, mix_codes, lam, chunk
+        counts = likelihood.candidate_counts(mix_codes)  # (batch, length)
+        empty = counts == 0
+        self.fallbacks = empty.sum(1)
+        self.any_empty: list[bool] = empty.any(0).tolist()
+        self._width: list[int] = counts.max(0).values.tolist() if counts.numel() else []
+        self._start = -1
+        self._chunk: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def at(self, t: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Step ``t``: first, second ``(batch, C)`` pairs, ``lam * log p(m | i, j)``
+        ``(batch, C)`` (``-inf`` on padding) and ``(batch,)`` whether the token has none."""
+        start = t - t % self.chunk
+        if start != self._start or self._chunk is None:
+            part = self.mix[:, start: start + self.chunk]
+            n, batch = part.shape[1], part.shape[0]
+            cand = self.likelihood.slice(part.t().reshape(-1))  # rows: step-major
+            w = cand.first.shape[1]
+            self._chunk = (cand.first.view(n, batch, w), cand.second.view(n, batch, w),
+                           _weighted(cand.log_lik, self.lam).view(n, batch, w),
+                           (cand.count == 0).view(n, batch))
+            self._start = start
+        first, second, ll, empty = self._chunk
+        i, w = t - start, self._width[t]
+        return first[i, :, :w], second[i, :, :w], ll[i, :, :w], empty[i]
+
+
+def _count_candidates(steps: _CountSteps, t: int, mix_of_row: torch.Tensor, width: int,
+                      lp1: torch.Tensor, lp2: torch.Tensor, fallback_top: int, prior_top: int
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The counted candidates of step ``t`` for every row.
 
     Args:
-        mix_t: ``(batch,)`` mixture tokens of the step; ``mix_of_row: (rows,)``.
+        mix_of_row: ``(rows,)`` the mixture of each row; ``width``: rows per mixture.
         lp1, lp2: ``(rows, K)`` the priors' log-probs.
 
     Returns:
-        first, second: ``(rows, C)`` candidate pairs; log_lik ``(rows, C)`` (``-inf``: none);
-        ``(batch,)`` bool: the mixtures whose token had no candidate (the fallback was used).
+        first, second: ``(batch, width, C)`` candidate pairs; ``lam * log_lik``
+        ``(batch, width, C)`` (``-inf``: none). Where every row of a mixture has the same
+        candidates (no fallback, no ``prior_top``) these are expanded views, not copies.
     """
+    likelihood, lam = steps.likelihood, steps.lam
+    first, second, log_lik, empty = steps.at(t)
+    batch, c = first.shape
+    if not steps.any_empty[t] and prior_top <= 0:
+        shape = (batch, width, c)
+        return (first[:, None].expand(shape), second[:, None].expand(shape),
+                log_lik[:, None].expand(shape))
     k = likelihood.k
-    cand = likelihood.slice(mix_t)
-    first, second = cand.first[mix_of_row], cand.second[mix_of_row]
-    log_lik = cand.log_lik[mix_of_row]
-    empty = cand.count == 0
-    if bool(empty.any()):
+    mix_t = steps.mix[:, t]
+    first, second, log_lik = first[mix_of_row], second[mix_of_row], log_lik[mix_of_row]
+    if steps.any_empty[t]:
         f = min(fallback_top, k)
         fb_first, fb_second = _grid(lp1.topk(f, dim=1).indices, lp2.topk(f, dim=1).indices)
         fb_ll = likelihood.log_likelihood(mix_t[mix_of_row], fb_first, fb_second)
-        fb_ll = torch.where(torch.isfinite(fb_ll), fb_ll, torch.zeros_like(fb_ll))
+        fb_ll = torch.where(torch.isfinite(fb_ll), fb_ll * lam, torch.zeros_like(fb_ll))
         use = empty[mix_of_row][:, None]
         c = max(first.shape[1], f * f)
         first = torch.where(use, _pad(fb_first, c, 0), _pad(first, c, 0))
@@ -265,8 +314,10 @@ def _count_candidates(likelihood: CountLikelihood, mix_t: torch.Tensor, mix_of_r
         drop = seen | empty[mix_of_row][:, None]
         first = torch.cat([first, add_first], dim=1)
         second = torch.cat([second, add_second], dim=1)
-        log_lik = torch.cat([log_lik, add_ll.masked_fill(drop, float("-inf"))], dim=1)
-    return first, second, log_lik, empty
+        log_lik = torch.cat([log_lik, _weighted(add_ll, lam).masked_fill(drop, float("-inf"))],
+                            dim=1)
+    return (first.view(batch, width, -1), second.view(batch, width, -1),
+            log_lik.view(batch, width, -1))
 
 
 @torch.no_grad()
@@ -350,6 +401,11 @@ def separate_tokens(mix_codes: torch.Tensor, priors: Sequence[Prior],
             raise ValueError(f"a latent likelihood needs mix_latents ({batch}, {length}, "
                              f"{likelihood.dim})")
         mix_latents = mix_latents.to(device, torch.float32)
+    steps = None if isinstance(likelihood, LatentLikelihood) else _CountSteps(likelihood,
+                                                                              mix_codes, lam)
+    if steps is not None:
+        fallbacks = steps.fallbacks
+    within = torch.arange(width, device=device).repeat(batch)  # row index within its mixture
     for t in range(length):
         if shared:
             lp1, lp2 = streams[0].next(history, t).chunk(2)
@@ -364,16 +420,19 @@ def separate_tokens(mix_codes: torch.Tensor, priors: Sequence[Prior],
             votes = likelihood.votes(resid)
             top1 = (lp1 + lam * votes[0]).topk(f, dim=1).indices
             top2 = (lp2 + lam * votes[1]).topk(f, dim=1).indices
-            first, second = _grid(top1, top2)
-            log_lik = likelihood.grid_log_lik(resid, top1, top2, votes).reshape(rows, f * f)
+            first, second = (x.view(batch, width, f * f) for x in _grid(top1, top2))
+            log_lik = _weighted(likelihood.grid_log_lik(resid, top1, top2, votes), lam)
+            log_lik = log_lik.reshape(batch, width, f * f)
         else:
-            first, second, log_lik, empty = _count_candidates(
-                likelihood, mix_codes[:, t], mix_of_row, lp1, lp2, lam, fallback_top, prior_top)
-            fallbacks += empty
-        score = lp1.gather(1, first) + lp2.gather(1, second) + lam * log_lik  # (rows, C)
-        n_cand = score.shape[1]
+            assert steps is not None
+            first, second, log_lik = _count_candidates(steps, t, mix_of_row, width, lp1, lp2,
+                                                       fallback_top, prior_top)
+        # (batch, width, C): log p1(i) + log p2(j) + lam log p(m | i, j) for each row's pairs
+        score = (lp1.view(batch, width, k).gather(2, first)
+                 + lp2.view(batch, width, k).gather(2, second) + log_lik)
+        n_cand = score.shape[2]
         if beam:
-            flat = (total[:, :, None] + score.view(batch, width, n_cand)).view(batch, -1)
+            flat = (total[:, :, None] + score).view(batch, -1)
             best = flat.topk(min(width, flat.shape[1]), dim=1)
             values, index = best.values, best.indices
             if values.shape[1] < width:  # fewer candidates than beams: pad with dead beams
@@ -390,22 +449,23 @@ def separate_tokens(mix_codes: torch.Tensor, priors: Sequence[Prior],
             for s in streams:
                 s.reorder(torch.cat([parent, parent + rows]) if shared else parent)
             history = [h.index_select(0, parent) for h in history]
-            chosen_rows = parent
+            source = local.reshape(-1)  # the row (within its mixture) each new beam extends
         else:
             assert not isinstance(sampler, BeamSearch)
+            flat_score = score.view(rows, n_cand)
             if isinstance(sampler, Greedy):
-                pick = score.argmax(dim=1)
+                pick = flat_score.argmax(dim=1)
             else:
                 if generators is None:
                     u = torch.rand(rows, generator=single, device=device)
                 else:  # each mixture's rows from its own generator
                     u = torch.cat([torch.rand(width, generator=g, device=device)
                                    for g in generators])
-                pick = _draw(_filtered_logits(score, sampler).softmax(dim=1), u)
-            chosen_rows = torch.arange(rows, device=device)
-            total = total + score.gather(1, pick[:, None]).view(batch, width)
-        history[0][:, t] = first[chosen_rows, pick]
-        history[1][:, t] = second[chosen_rows, pick]
+                pick = _draw(_filtered_logits(flat_score, sampler).softmax(dim=1), u)
+            source = within
+            total = total + flat_score.gather(1, pick[:, None]).view(batch, width)
+        history[0][:, t] = first[mix_of_row, source, pick]
+        history[1][:, t] = second[mix_of_row, source, pick]
         if progress is not None:
             progress(t + 1, length)
     order = total.argsort(dim=1, descending=True)

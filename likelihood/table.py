@@ -319,6 +319,13 @@ class CountLikelihood:
             raise LikelihoodError(f"mixture tokens must lie in [0, {self.k})")
         return m
 
+    def candidate_counts(self, mix_tokens: torch.Tensor) -> torch.Tensor:
+        """How many seen pairs each mixture token has: ``(...) -> (...)`` int64 (the width
+        of its :meth:`slice` row without padding; 0: the token was never counted)."""
+        m = torch.as_tensor(mix_tokens, device=self.device).long()
+        flat = self._rows(m)
+        return (self._indptr[flat + 1] - self._indptr[flat]).view(m.shape)
+
     def slice(self, mix_tokens: torch.Tensor) -> Candidates:
         """The seen pairs of each row's mixture token, padded to the longest row.
 

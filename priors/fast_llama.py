@@ -14,34 +14,263 @@ computation from the model's own weights with
   into a second buffer (double buffering, only the filled positions are copied),
 - grouped-query attention for one new token as two batched matrix products, without
   expanding the shared key/value heads,
-- the output layer restricted to the K codec tokens.
+- the output layer restricted to the K codec tokens,
+- each RMSNorm's weight folded into the projection after it and the attention scale into
+  the query rows (equal up to float rounding), and for one new token per row (the search's
+  step) the whole layer in 2-D tensors: about 12 operations per layer.
 
 The weights are read from the model when a stepper is made (one per :meth:`start`), so a
 stepper always matches the model it came from. Supported: ``LlamaForCausalLM`` with SiLU,
 no biases and the default rotary embedding (what :class:`priors.TransformerPrior` builds);
 anything else uses the ``transformers`` path (:func:`supports`).
+
+:class:`TorchLlama` is the same network in plain ``torch`` modules, with the parameter names
+of ``transformers``' ``LlamaForCausalLM`` so that it reads and writes the same
+``config.json`` + ``model.safetensors``. Loading a prior for separation with it skips
+``import transformers`` (about 4 s of every command's start on a 2-core CPU).
 """
 
 from __future__ import annotations
 
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+def _rope_settings(cfg: Any) -> dict[str, Any]:
+    """The rotary settings of a Llama config (object or dict; ``transformers`` 4 and 5)."""
+    get = cfg.get if isinstance(cfg, dict) else (lambda k, d=None: getattr(cfg, k, d))
+    rope = dict(get("rope_parameters", None) or get("rope_scaling", None) or {})
+    rope.setdefault("rope_theta", get("rope_theta", 10000.0))
+    rope.setdefault("rope_type", rope.get("type", "default"))
+    return rope
+
+
+def config_supported(cfg: Any) -> bool:
+    """Whether a Llama config (``config.json`` as a dict, or a config object) describes a
+    network that :class:`LlamaStepper` and :class:`TorchLlama` compute exactly."""
+    get = cfg.get if isinstance(cfg, dict) else (lambda k, d=None: getattr(cfg, k, d))
+    return (get("model_type", "llama") == "llama" and not get("attention_bias", False)
+            and not get("mlp_bias", False) and get("hidden_act", "silu") == "silu"
+            and _rope_settings(cfg)["rope_type"] == "default"
+            and get("pretraining_tp", 1) == 1)
+
 
 def supports(model: nn.Module) -> bool:
-    """Whether ``model`` is a Llama network :class:`LlamaStepper` computes exactly."""
-    from transformers import LlamaForCausalLM
+    """Whether ``model`` is a Llama network :class:`LlamaStepper` computes exactly (checked
+    without importing ``transformers``)."""
+    if isinstance(model, TorchLlama):
+        return True
+    return type(model).__name__ == "LlamaForCausalLM" and config_supported(model.config)
 
-    if not isinstance(model, LlamaForCausalLM):
-        return False
-    cfg = model.config
-    rope = getattr(cfg, "rope_parameters", None) or {}
-    return (not getattr(cfg, "attention_bias", False) and not getattr(cfg, "mlp_bias", False)
-            and cfg.hidden_act == "silu" and rope.get("rope_type", "default") == "default"
-            and getattr(cfg, "pretraining_tp", 1) == 1)
+
+@dataclass(frozen=True)
+class LlamaSpec:
+    """The sizes of a Llama network, read from its ``config.json``.
+
+    Attributes:
+        raw: the whole ``config.json`` (:meth:`TorchLlama.save_pretrained` writes it back).
+    """
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    rope_theta: float
+    tie_word_embeddings: bool
+    raw: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def from_dict(cls, cfg: dict[str, Any]) -> LlamaSpec:
+        """From a ``config.json`` dict (``KeyError``/``TypeError``/``ValueError`` if bad)."""
+        heads = int(cfg["num_attention_heads"])
+        width = int(cfg["hidden_size"])
+        return cls(vocab_size=int(cfg["vocab_size"]), hidden_size=width,
+                   intermediate_size=int(cfg["intermediate_size"]),
+                   num_hidden_layers=int(cfg["num_hidden_layers"]),
+                   num_attention_heads=heads,
+                   num_key_value_heads=int(cfg.get("num_key_value_heads") or heads),
+                   head_dim=int(cfg.get("head_dim") or width // heads),
+                   rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+                   rope_theta=float(_rope_settings(cfg)["rope_theta"]),
+                   tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)), raw=cfg)
+
+
+class _Norm(nn.Module):
+    def __init__(self, width: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(width))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.float()  # as transformers: normalise in float32, scale in the input's dtype
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+def _linear(n_in: int, n_out: int) -> nn.Linear:
+    return nn.Linear(n_in, n_out, bias=False)
+
+
+class _Attention(nn.Module):
+    def __init__(self, spec: LlamaSpec) -> None:
+        super().__init__()
+        w, d = spec.hidden_size, spec.head_dim
+        self.q_proj = _linear(w, spec.num_attention_heads * d)
+        self.k_proj = _linear(w, spec.num_key_value_heads * d)
+        self.v_proj = _linear(w, spec.num_key_value_heads * d)
+        self.o_proj = _linear(spec.num_attention_heads * d, w)
+
+
+class _MLP(nn.Module):
+    def __init__(self, spec: LlamaSpec) -> None:
+        super().__init__()
+        self.gate_proj = _linear(spec.hidden_size, spec.intermediate_size)
+        self.up_proj = _linear(spec.hidden_size, spec.intermediate_size)
+        self.down_proj = _linear(spec.intermediate_size, spec.hidden_size)
+
+
+class _Layer(nn.Module):
+    def __init__(self, spec: LlamaSpec) -> None:
+        super().__init__()
+        self.input_layernorm = _Norm(spec.hidden_size, spec.rms_norm_eps)
+        self.self_attn = _Attention(spec)
+        self.post_attention_layernorm = _Norm(spec.hidden_size, spec.rms_norm_eps)
+        self.mlp = _MLP(spec)
+
+
+class _Rotary(nn.Module):
+    def __init__(self, spec: LlamaSpec) -> None:
+        super().__init__()
+        d = spec.head_dim
+        exponents = torch.arange(0, d, 2, dtype=torch.int64).float() / d
+        self.register_buffer("inv_freq", 1.0 / (spec.rope_theta ** exponents), persistent=False)
+        self.attention_scaling = 1.0
+
+
+class _Inner(nn.Module):
+    def __init__(self, spec: LlamaSpec) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(spec.vocab_size, spec.hidden_size)
+        self.layers = nn.ModuleList(_Layer(spec) for _ in range(spec.num_hidden_layers))
+        self.norm = _Norm(spec.hidden_size, spec.rms_norm_eps)
+        self.rotary_emb = _Rotary(spec)
+
+
+class TorchLlama(nn.Module):
+    """``LlamaForCausalLM`` (SiLU, no biases, default rotary embedding) in plain ``torch``.
+
+    Same parameter names, hence the same ``model.safetensors``; :meth:`forward` is the
+    teacher-forced pass (causal attention over the whole sequence), incremental decoding is
+    :class:`LlamaStepper`'s. No dropout: the network is for inference (training builds the
+    ``transformers`` model).
+    """
+
+    def __init__(self, spec: LlamaSpec) -> None:
+        super().__init__()
+        self.config = SimpleNamespace(**{**spec.raw, **{
+            k: getattr(spec, k) for k in spec.__dataclass_fields__ if k != "raw"}})
+        self.spec = spec
+        self.model = _Inner(spec)
+        self.lm_head = _linear(spec.hidden_size, spec.vocab_size)
+        if spec.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        """The token embedding (as ``transformers`` models have it)."""
+        return self.model.embed_tokens
+
+    def forward(self, input_ids: torch.Tensor, **_: Any) -> SimpleNamespace:
+        """``input_ids: (batch, n)`` -> ``.logits (batch, n, vocab)``, each position seeing
+        itself and the positions before it."""
+        spec, inner = self.spec, self.model
+        layers: list[Any] = list(inner.layers)
+        b, n = input_ids.shape
+        h_, kv_, d = spec.num_attention_heads, spec.num_key_value_heads, spec.head_dim
+        x = inner.embed_tokens(input_ids)
+        pos = torch.arange(n, device=input_ids.device, dtype=torch.float32)
+        inv_freq: torch.Tensor = inner.rotary_emb.inv_freq  # type: ignore[assignment]
+        freqs = pos[:, None] * inv_freq[None].float()
+        emb = torch.cat([freqs, freqs], dim=-1)
+        cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)  # (n, head_dim)
+
+        def rope(t: torch.Tensor) -> torch.Tensor:  # (b, heads, n, head_dim)
+            t1, t2 = t.chunk(2, dim=-1)
+            return t * cos + torch.cat([-t2, t1], dim=-1) * sin
+
+        for layer in layers:
+            att, mlp = layer.self_attn, layer.mlp
+            h = layer.input_layernorm(x)
+            q = rope(att.q_proj(h).view(b, n, h_, d).transpose(1, 2))
+            k = rope(att.k_proj(h).view(b, n, kv_, d).transpose(1, 2))
+            v = att.v_proj(h).view(b, n, kv_, d).transpose(1, 2)
+            out = F.scaled_dot_product_attention(q, k.repeat_interleave(h_ // kv_, dim=1),
+                                                 v.repeat_interleave(h_ // kv_, dim=1),
+                                                 is_causal=True)
+            x = x + att.o_proj(out.transpose(1, 2).reshape(b, n, h_ * d))
+            h = layer.post_attention_layernorm(x)
+            x = x + mlp.down_proj(F.silu(mlp.gate_proj(h)) * mlp.up_proj(h))
+        return SimpleNamespace(logits=self.lm_head(inner.norm(x)))
+
+    def save_pretrained(self, path: str | os.PathLike[str], safe_serialization: bool = True
+                        ) -> None:
+        """Write ``config.json`` and ``model.safetensors`` (what ``transformers`` reads)."""
+        from safetensors.torch import save_file
+
+        if not safe_serialization:
+            raise ValueError("TorchLlama writes safetensors only")
+        root = Path(path)
+        root.mkdir(parents=True, exist_ok=True)
+        (root / CONFIG_FILE).write_text(json.dumps(self.spec.raw, indent=2) + "\n")
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        if self.spec.tie_word_embeddings:
+            state.pop("lm_head.weight", None)
+        save_file(state, str(root / WEIGHTS_FILE), metadata={"format": "pt"})
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike[str],
+                        device: str | torch.device = "cpu") -> TorchLlama:
+        """Read a folder ``save_pretrained`` wrote. Raises ``ValueError`` (bad or unsupported
+        config, missing or unexpected weights), ``OSError`` or ``SafetensorError``."""
+        from safetensors.torch import load_file
+
+        root = Path(path)
+        cfg = json.loads((root / CONFIG_FILE).read_text(encoding="utf-8"))
+        if not isinstance(cfg, dict) or not config_supported(cfg):
+            raise ValueError(f"{root / CONFIG_FILE}: not a Llama network TorchLlama computes")
+        try:
+            spec = LlamaSpec.from_dict(cfg)
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{root / CONFIG_FILE}: bad config ({err})") from None
+        state = load_file(str(root / WEIGHTS_FILE), device=str(device))
+        if spec.tie_word_embeddings and "lm_head.weight" not in state:
+            state["lm_head.weight"] = state.get("model.embed_tokens.weight", torch.empty(0))
+        with torch.device("meta"):
+            net = cls(spec)
+        expected = set(net.state_dict())
+        missing, unexpected = expected - set(state), set(state) - expected
+        if missing or unexpected:
+            raise ValueError(f"{root / WEIGHTS_FILE}: weights do not match the config (missing "
+                             f"{sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
+        net.load_state_dict(state, strict=True, assign=True)
+        d = spec.head_dim
+        exponents = torch.arange(0, d, 2, dtype=torch.int64).float() / d
+        net.model.rotary_emb.inv_freq = (1.0 / (spec.rope_theta ** exponents)).to(device)
+        return net.eval()
 
 
 class KVBuffer:
@@ -104,24 +333,30 @@ class LlamaStepper:
         self.inner_size = int(cfg.intermediate_size)
         with torch.no_grad():
             self.embed = inner.embed_tokens.weight.detach()
+            # Each RMSNorm's weight is folded into the projection after it (its input
+            # columns), and the attention scale into the query rows, so the norms run without
+            # weights and the scores need no extra product: equal up to float rounding.
+            scale = self.head_dim ** -0.5
+            q_rows = self.heads * self.head_dim
             self.layers: list[tuple[torch.Tensor, ...]] = []
             for layer in inner.layers:
                 att, mlp = layer.self_attn, layer.mlp
-                qkv = torch.cat([att.q_proj.weight, att.k_proj.weight, att.v_proj.weight])
+                qkv = torch.cat([att.q_proj.weight * scale, att.k_proj.weight, att.v_proj.weight])
+                qkv = qkv * layer.input_layernorm.weight[None, :]
                 gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])
-                self.layers.append((layer.input_layernorm.weight.detach(), qkv,
-                                    att.o_proj.weight.detach(),
-                                    layer.post_attention_layernorm.weight.detach(), gate_up,
-                                    mlp.down_proj.weight.detach()))
-            self.norm = inner.norm.weight.detach()
-            self.head = net.lm_head.weight[:vocab].detach()
+                gate_up = gate_up * layer.post_attention_layernorm.weight[None, :]
+                # (in, out) layouts: x @ w is the projection, and addmm adds the residual.
+                self.layers.append((qkv.t().contiguous(), att.o_proj.weight.detach().t(),
+                                    gate_up.t().contiguous(), mlp.down_proj.weight.detach().t()))
+            self.q_rows = q_rows
+            self.head = (net.lm_head.weight[:vocab] * inner.norm.weight[None, :]).t().contiguous()
             rotary = inner.rotary_emb
             inv_freq = rotary.inv_freq.to(self.embed.device, torch.float32)
             freqs = torch.arange(capacity, device=self.embed.device,
                                  dtype=torch.float32)[:, None] * inv_freq[None]
-            scale = float(getattr(rotary, "attention_scaling", 1.0))
-            self.cos = (freqs.cos() * scale).to(self.embed.dtype)  # (capacity, head_dim / 2)
-            self.sin = (freqs.sin() * scale).to(self.embed.dtype)
+            rscale = float(getattr(rotary, "attention_scaling", 1.0))
+            self.cos = (freqs.cos() * rscale).to(self.embed.dtype)  # (capacity, head_dim / 2)
+            self.sin = (freqs.sin() * rscale).to(self.embed.dtype)
             # x @ rotation[p] is the rotary embedding of x at position p:
             # [x1, x2] -> [x1 cos - x2 sin, x2 cos + x1 sin] as one (head_dim, head_dim) matrix.
             half = self.head_dim // 2
@@ -132,18 +367,18 @@ class LlamaStepper:
             rot[:, diag + half, diag] = -self.sin
             rot[:, diag, diag + half] = self.sin
             self.rotation = rot
-        self.scale = self.head_dim ** -0.5
 
     def new_buffer(self, rows: int) -> KVBuffer:
         """An empty key/value buffer for ``rows`` sequences."""
         return KVBuffer(rows, len(self.layers), self.kv_heads, self.capacity, self.head_dim,
                         self.embed.dtype, self.embed.device)
 
-    def _rms(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    def _rms(self, x: torch.Tensor) -> torch.Tensor:
+        """RMS normalisation over the last dimension, without weight (folded, see above)."""
         if x.dtype in (torch.float32, torch.float64):
-            return F.rms_norm(x, weight.shape, weight, self.eps)
+            return F.rms_norm(x, x.shape[-1:], None, self.eps)
         var = x.float().pow(2).mean(-1, keepdim=True)  # half precision: as transformers does
-        return weight * (x.float() * torch.rsqrt(var + self.eps)).to(x.dtype)
+        return (x.float() * torch.rsqrt(var + self.eps)).to(x.dtype)
 
     def _rope(self, x: torch.Tensor, start: int, end: int) -> torch.Tensor:
         """Rotate ``x: (rows, n, heads, head_dim)`` to positions ``start .. end - 1``."""
@@ -162,32 +397,53 @@ class LlamaStepper:
         end = start + n
         if end > self.capacity:
             raise ValueError(f"{end} positions exceed the buffer's capacity {self.capacity}")
+        if n == 1:
+            return self._step(ids[:, 0], cache)
         h_, kv_, d = self.heads, self.kv_heads, self.head_dim
         group = h_ // kv_
         x = F.embedding(ids, self.embed)  # (rows, n, width)
         buf = cache.data
-        if n > 1:
-            keys = torch.arange(end, device=ids.device)
-            mask = keys[None, :] <= torch.arange(start, end, device=ids.device)[:, None]
-        for li, (ln1, w_qkv, w_o, ln2, w_gu, w_down) in enumerate(self.layers):
-            qkv = F.linear(self._rms(x, ln1), w_qkv).view(rows, n, h_ + 2 * kv_, d)
+        keys = torch.arange(end, device=ids.device)
+        mask = keys[None, :] <= torch.arange(start, end, device=ids.device)[:, None]
+        for li, (w_qkv, w_o, w_gu, w_down) in enumerate(self.layers):
+            qkv = torch.matmul(self._rms(x), w_qkv).view(rows, n, h_ + 2 * kv_, d)
             qk = self._rope(qkv[:, :, : h_ + kv_], start, end)
             buf[:, li, 0, :, start:end] = qk[:, :, h_:].transpose(1, 2)
             buf[:, li, 1, :, start:end] = qkv[:, :, h_ + kv_:].transpose(1, 2)
             k_all = buf[:, li, 0, :, :end]  # (rows, kv_heads, end, head_dim)
             v_all = buf[:, li, 1, :, :end]
-            if n == 1:
-                q = qk[:, 0, :h_].reshape(rows, kv_, group, d)
-                att = torch.matmul(q, k_all.transpose(-1, -2)).mul_(self.scale).softmax(-1)
-                out = torch.matmul(att, v_all).reshape(rows, 1, h_ * d)
-            else:
-                q = qk[:, :, :h_].transpose(1, 2)  # (rows, heads, n, head_dim)
-                out = F.scaled_dot_product_attention(
-                    q, k_all.repeat_interleave(group, dim=1), v_all.repeat_interleave(group, dim=1),
-                    attn_mask=mask, scale=self.scale)
-                out = out.transpose(1, 2).reshape(rows, n, h_ * d)
-            x = x + F.linear(out, w_o)
-            gate, up = F.linear(self._rms(x, ln2), w_gu).split(self.inner_size, dim=-1)
-            x = x + F.linear(F.silu(gate) * up, w_down)
+            q = qk[:, :, :h_].transpose(1, 2)  # (rows, heads, n, head_dim), already scaled
+            out = F.scaled_dot_product_attention(
+                q, k_all.repeat_interleave(group, dim=1), v_all.repeat_interleave(group, dim=1),
+                attn_mask=mask, scale=1.0)
+            x = x + torch.matmul(out.transpose(1, 2).reshape(rows, n, h_ * d), w_o)
+            gate, up = torch.matmul(self._rms(x), w_gu).split(self.inner_size, dim=-1)
+            x = x + torch.matmul(F.silu(gate) * up, w_down)
         cache.length = end
-        return F.linear(self._rms(x[:, -1], self.norm), self.head)
+        return torch.matmul(self._rms(x[:, -1]), self.head)
+
+    def _step(self, ids: torch.Tensor, cache: KVBuffer) -> torch.Tensor:
+        """One new token per row, ``ids: (rows,)``: the same computation in 2-D tensors and
+        as few operations as it takes (the per-token path of beam search and sampling)."""
+        rows = ids.shape[0]
+        pos = cache.length
+        h_, kv_, d = self.heads, self.kv_heads, self.head_dim
+        group = h_ // kv_
+        x = F.embedding(ids, self.embed)  # (rows, width)
+        rot = self.rotation[pos]
+        buf = cache.data
+        for li, (w_qkv, w_o, w_gu, w_down) in enumerate(self.layers):
+            qkv = torch.mm(self._rms(x), w_qkv).view(rows, h_ + 2 * kv_, d)
+            qkv_rot = torch.matmul(qkv, rot)  # V rotated too (unused): one product for all
+            buf[:, li, 0, :, pos] = qkv_rot[:, h_: h_ + kv_]
+            buf[:, li, 1, :, pos] = qkv[:, h_ + kv_:]
+            k_all = buf[:, li, 0, :, : pos + 1]  # (rows, kv_heads, pos + 1, head_dim)
+            v_all = buf[:, li, 1, :, : pos + 1]
+            q = qkv_rot[:, :h_].view(rows, kv_, group, d)  # already scaled
+            att = torch.matmul(q, k_all.transpose(-1, -2)).softmax(-1)
+            x = torch.addmm(x, torch.matmul(att, v_all).view(rows, h_ * d), w_o)
+            gu = torch.mm(self._rms(x), w_gu)
+            x = torch.addmm(x, F.silu(gu[:, : self.inner_size]).mul_(gu[:, self.inner_size:]),
+                            w_down)
+        cache.length = pos + 1
+        return torch.mm(self._rms(x), self.head)

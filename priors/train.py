@@ -98,7 +98,7 @@ class PriorTrainer:
     """Optimises a :class:`TransformerPrior`."""
 
     def __init__(self, prior: TransformerPrior, config: PriorTrainConfig) -> None:
-        self.prior = prior
+        self.prior = prior.with_transformers()  # the library's network (dropout) for training
         self.config = config
         self.step = 0
         self.optimizer = torch.optim.AdamW(prior.parameters(), lr=config.lr,
@@ -175,7 +175,7 @@ class PriorTrainer:
         root = Path(folder)
         if not (root / "trainer.pt").is_file():
             raise PriorError(f"nothing to resume in {root}: no trainer.pt")
-        prior = load_prior(root / "model", device=device)
+        prior = load_prior(root / "model", device=device, backend="transformers")
         try:
             state = torch.load(str(root / "trainer.pt"), map_location=device, weights_only=True)
         except Exception as err:  # torch raises many types for damaged files

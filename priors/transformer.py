@@ -7,7 +7,10 @@ one start token per class (ids K+1 ...). Incremental decoding uses the library's
 network in eval mode decodes instead with :class:`priors.fast_llama.LlamaStepper` (the same
 computation from the same weights with a preallocated key/value buffer and fused
 projections; ``fast_decoding = False`` restores the library path). Saved with
-``save_pretrained`` (safetensors) plus ``prior.json``; loaded offline.
+``save_pretrained`` (safetensors) plus ``prior.json``; loaded offline. :func:`load_prior`
+builds a saved Llama as :class:`priors.fast_llama.TorchLlama` by default, without importing
+``transformers`` at all; training loads the library's model (``backend="transformers"``),
+and :meth:`TransformerPrior.with_transformers` converts.
 """
 
 from __future__ import annotations
@@ -16,28 +19,24 @@ import json
 import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F  # noqa: N812
 from safetensors import SafetensorError
-from transformers import (
-    DynamicCache,
-    GPT2Config,
-    GPT2LMHeadModel,
-    LlamaConfig,
-    LlamaForCausalLM,
-    PreTrainedModel,
-)
-from transformers.utils import logging as hf_logging
+from torch import nn
 
 from priors import fast_llama
 from priors.errors import PriorError
 from priors.prior import Prior, PriorState, write_dir_atomically
 
+if TYPE_CHECKING:
+    from transformers import GPT2Config, LlamaConfig
+
 FORMAT_VERSION = 1
 META_FILE = "prior.json"
 ARCHS = ("llama", "gpt2")
+BACKENDS = ("auto", "torch", "transformers")
 
 
 @dataclass(frozen=True)
@@ -77,6 +76,8 @@ class TransformerPriorConfig:
 
     def hf_config(self) -> GPT2Config | LlamaConfig:
         """The ``transformers`` config of the network."""
+        from transformers import GPT2Config, LlamaConfig
+
         common: dict[str, Any] = {"vocab_size": self.total_vocab, "bos_token_id": self.vocab_size,
                                   "eos_token_id": None, "pad_token_id": None}
         if self.arch == "gpt2":
@@ -109,7 +110,7 @@ class _FastCache:
 class TransformerPrior(Prior):
     """A causal Transformer over codec tokens (see the module docstring)."""
 
-    def __init__(self, config: TransformerPriorConfig, model: PreTrainedModel | None = None
+    def __init__(self, config: TransformerPriorConfig, model: nn.Module | None = None
                  ) -> None:
         super().__init__()
         if config.vocab_size < 2 or config.context_length < 1:
@@ -120,7 +121,10 @@ class TransformerPrior(Prior):
             raise PriorError(f"heads {config.heads} is not a multiple of kv_heads "
                              f"{config.kv_heads}")
         self.config = config
+        self.model: Any
         if model is None:
+            from transformers import GPT2Config, GPT2LMHeadModel, LlamaForCausalLM
+
             hf = config.hf_config()
             model = (GPT2LMHeadModel(hf) if isinstance(hf, GPT2Config)
                      else LlamaForCausalLM(hf))
@@ -140,7 +144,7 @@ class TransformerPrior(Prior):
     @property
     def device(self) -> torch.device:
         """Device of the weights."""
-        return next(self.parameters()).device
+        return self.model.get_input_embeddings().weight.device
 
     def check_codebook(self, codebook_size: int, codec_identity: str | None = None) -> None:
         """Raise :class:`PriorError` unless the prior models this codec's tokens."""
@@ -167,9 +171,10 @@ class TransformerPrior(Prior):
     def _check_codes(self, codes: torch.Tensor) -> torch.Tensor:
         if codes.dim() != 2:
             raise PriorError(f"codes must be (batch, tokens), got {tuple(codes.shape)}")
-        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.vocab_size):
-            raise PriorError(f"codes must lie in [0, {self.vocab_size}), got "
-                             f"[{int(codes.min())}, {int(codes.max())}]")
+        if codes.numel():
+            lo, hi = (int(v) for v in torch.aminmax(codes))
+            if lo < 0 or hi >= self.vocab_size:
+                raise PriorError(f"codes must lie in [0, {self.vocab_size}), got [{lo}, {hi}]")
         return codes.to(self.device).long()
 
     # -- incremental decoding -------------------------------------------------------------
@@ -178,11 +183,18 @@ class TransformerPrior(Prior):
         if batch < 1:
             raise PriorError("batch must be >= 1")
         cache: Any
-        if self.fast_decoding and not self.training and fast_llama.supports(self.model):
+        torch_only = isinstance(self.model, fast_llama.TorchLlama)
+        if torch_only and not self.fast_decoding:
+            raise PriorError("this prior was loaded without transformers; its library path "
+                             "needs with_transformers()")
+        if torch_only or (self.fast_decoding and not self.training
+                          and fast_llama.supports(self.model)):
             stepper = fast_llama.LlamaStepper(self.model, self.vocab_size,
                                               self.context_length + 1)
             cache = _FastCache(stepper, stepper.new_buffer(batch))
         else:
+            from transformers import DynamicCache
+
             cache = DynamicCache(config=self.model.config)
         return PriorState(cache=cache, length=0,
                           pending=self.start_tokens(batch, classes)[:, None], batch=batch)
@@ -224,7 +236,8 @@ class TransformerPrior(Prior):
 
     def reorder(self, state: PriorState, index: torch.Tensor) -> PriorState:
         index = torch.as_tensor(index, device=self.device).long().reshape(-1)
-        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= state.batch):
+        lo, hi = (int(v) for v in torch.aminmax(index)) if index.numel() else (0, 0)
+        if lo < 0 or hi >= state.batch:
             raise PriorError(f"reorder index out of range for a batch of {state.batch}")
         pending = None if state.pending is None else state.pending.index_select(0, index)
         if isinstance(state.cache, _FastCache):
@@ -250,6 +263,15 @@ class TransformerPrior(Prior):
         logp = F.log_softmax(_at_least_float32(self.logits(codes, classes)), dim=-1)
         return logp.gather(-1, self._check_codes(codes).unsqueeze(-1)).squeeze(-1)
 
+    def with_transformers(self) -> TransformerPrior:
+        """This prior on the ``transformers`` network (the same weights, on the same device),
+        e.g. to train it or to run the library's decoding; itself if it is on it already."""
+        if not isinstance(self.model, fast_llama.TorchLlama):
+            return self
+        twin = TransformerPrior(self.config)
+        twin.model.load_state_dict(self.model.state_dict(), strict=True)
+        return twin.to(self.device).train(self.training)
+
     # -- storage --------------------------------------------------------------------------
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -264,9 +286,18 @@ class TransformerPrior(Prior):
         return write_dir_atomically(path, fill)
 
 
-def load_prior(path: str | os.PathLike[str], device: str | torch.device = "cpu"
-               ) -> TransformerPrior:
-    """Load a prior saved with :meth:`TransformerPrior.save` (offline), in eval mode."""
+def load_prior(path: str | os.PathLike[str], device: str | torch.device = "cpu",
+               backend: str = "auto") -> TransformerPrior:
+    """Load a prior saved with :meth:`TransformerPrior.save` (offline), in eval mode.
+
+    ``backend``: ``torch`` builds a Llama network as :class:`priors.fast_llama.TorchLlama`
+    without importing ``transformers`` (separation needs nothing else); ``transformers``
+    builds the library's model (training); ``auto`` takes ``torch`` where it computes the
+    network (Llama, SiLU, no biases, default rotary embedding) and ``transformers``
+    otherwise (GPT-2).
+    """
+    if backend not in BACKENDS:
+        raise PriorError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
     root = Path(path)
     if not root.is_dir():
         raise PriorError(f"prior directory not found: {root}")
@@ -288,20 +319,39 @@ def load_prior(path: str | os.PathLike[str], device: str | torch.device = "cpu"
         config = TransformerPriorConfig(**fields)
     except TypeError as err:
         raise PriorError(f"{meta_path}: bad config ({err})") from None
+    if "kv_heads" not in fields:  # saved before the field existed: all heads
+        config = replace(config, kv_heads=config.heads)
+    model: Any
+    if config.arch == "llama" and backend != "transformers":
+        try:
+            model = fast_llama.TorchLlama.from_pretrained(root, device)
+        except (OSError, ValueError, RuntimeError, SafetensorError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise PriorError(f"cannot load the network in {root}: {first}") from None
+        vocab = model.spec.vocab_size
+    else:
+        if backend == "torch":
+            raise PriorError(f"{root}: a {config.arch} prior needs the transformers backend")
+        model = _load_transformers(root, config)
+        vocab = model.config.vocab_size
+    if vocab != config.total_vocab:
+        raise PriorError(f"{root}: network vocabulary {vocab} does not match "
+                         f"{META_FILE} ({config.total_vocab})")
+    return TransformerPrior(config, model).to(device).eval()
+
+
+def _load_transformers(root: Path, config: TransformerPriorConfig) -> nn.Module:
+    from transformers import GPT2LMHeadModel, LlamaForCausalLM
+    from transformers.utils import logging as hf_logging
+
     cls = GPT2LMHeadModel if config.arch == "gpt2" else LlamaForCausalLM
     shown = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # no "Loading weights" bar on a command's stderr
     try:
-        model = cls.from_pretrained(str(root), local_files_only=True)
+        return cls.from_pretrained(str(root), local_files_only=True)
     except (OSError, ValueError, RuntimeError, SafetensorError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise PriorError(f"cannot load the network in {root}: {first}") from None
     finally:
         if shown:
             hf_logging.enable_progress_bar()
-    if "kv_heads" not in fields:  # saved before the field existed: all heads
-        config = replace(config, kv_heads=config.heads)
-    if model.config.vocab_size != config.total_vocab:
-        raise PriorError(f"{root}: network vocabulary {model.config.vocab_size} does not match "
-                         f"{META_FILE} ({config.total_vocab})")
-    return TransformerPrior(config, model).to(device).eval()

@@ -134,7 +134,12 @@ def main() -> None:
 
         sep = Separator.from_pretrained(args.bundle)
         assert sep.bundle is not None
-        p1, p2 = (sep.priors[s] for s in sep.stems)
+        b1, b2 = (sep.priors[s] for s in sep.stems)
+        assert isinstance(b1, TransformerPrior)
+        assert isinstance(b2, TransformerPrior)
+        # The library's network for both (the official loop runs its forward and cache).
+        p1 = b1.with_transformers()
+        p2 = p1 if b2 is b1 else b2.with_transformers()
         classes = (sep.prior_classes.get(sep.stems[0]), sep.prior_classes.get(sep.stems[1]))
         # The bundle's counts, all of them and unsmoothed for both loops: the official loop
         # has no fallback for a mixture token whose candidates a min_count would remove.

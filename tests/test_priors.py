@@ -151,6 +151,62 @@ def test_save_load_round_trip(tmp_path):
     torch.testing.assert_close(stepwise(again, codes), stepwise(prior, codes), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize(("heads", "kv_heads"), [(2, 0), (4, 1)])
+def test_torch_backend_equals_transformers(tmp_path, heads, kv_heads):
+    """A Llama prior loaded without ``transformers`` (TorchLlama) gives the library's
+    teacher-forced log-probs and the same cached steps; it saves files the library reads
+    and converts back to the library's network."""
+    torch.manual_seed(1)
+    prior = TransformerPrior(TransformerPriorConfig(
+        vocab_size=K, context_length=12, class_names=("a", "b"), width=32, layers=2,
+        heads=heads, kv_heads=kv_heads)).eval()
+    prior.save(tmp_path / "p")
+    lib = load_prior(tmp_path / "p", backend="transformers")
+    plain = load_prior(tmp_path / "p")
+    assert type(lib.model).__name__ == "LlamaForCausalLM"
+    assert type(plain.model).__name__ == "TorchLlama"
+    codes = torch.randint(0, K, (3, 12))
+    classes = torch.tensor([0, 1, 1])
+    with torch.no_grad():
+        expected = lib.token_log_probs(codes, classes)
+        torch.testing.assert_close(plain.token_log_probs(codes, classes), expected,
+                                   atol=1e-5, rtol=0)
+    lib.fast_decoding = False  # the library's cache, against the stepper on TorchLlama
+    torch.testing.assert_close(stepwise(plain, codes, classes), stepwise(lib, codes, classes),
+                               atol=1e-5, rtol=0)
+    plain.fast_decoding = False
+    with pytest.raises(PriorError, match="loaded without transformers"):
+        plain.start(1)
+    plain.fast_decoding = True
+    plain.save(tmp_path / "q")  # written by TorchLlama, read by transformers
+    again = load_prior(tmp_path / "q", backend="transformers")
+    back = plain.with_transformers()
+    assert type(back.model).__name__ == "LlamaForCausalLM"
+    for other in (again, back):
+        for (name, a), (_, b) in zip(sorted(lib.model.state_dict().items()),
+                                     sorted(other.model.state_dict().items()), strict=True):
+            assert torch.equal(a, b), name
+    with pytest.raises(PriorError, match="unknown backend"):
+        load_prior(tmp_path / "p", backend="onnx")
+
+
+def test_separation_loads_without_transformers(tmp_path):
+    """Loading a Llama prior and stepping it never imports ``transformers`` (its import is
+    most of a command's start-up time)."""
+    import subprocess
+    import sys
+
+    tiny(kv_heads=1).save(tmp_path / "p")
+    code = ("import sys; import torch; import lass.cli.separate; from priors import load_prior; "
+            f"p = load_prior({str(tmp_path / 'p')!r}); s = p.start(2); lp, s = p.step(None, s); "
+            "lp, s = p.step(torch.tensor([1, 2]), s); "
+            "assert 'transformers' not in sys.modules, 'imported'; print(tuple(lp.shape))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"(2, {K})"
+
+
 def test_wrong_codec_and_corrupt_files(tmp_path):
     prior = tiny()
     with pytest.raises(PriorError, match="models 16 tokens but the codec has 1024 codes"):
@@ -161,8 +217,16 @@ def test_wrong_codec_and_corrupt_files(tmp_path):
     prior.save(tmp_path / "p")
     weights = next((tmp_path / "p").glob("*.safetensors"))
     weights.write_bytes(weights.read_bytes()[:64])
+    for backend in ("auto", "transformers"):
+        with pytest.raises(PriorError, match="cannot load the network"):
+            load_prior(tmp_path / "p", backend=backend)
+    prior.save(tmp_path / "r")  # weights that do not fit the config
+    cfg_path = tmp_path / "r" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["intermediate_size"] += 1
+    cfg_path.write_text(json.dumps(cfg))
     with pytest.raises(PriorError, match="cannot load the network"):
-        load_prior(tmp_path / "p")
+        load_prior(tmp_path / "r")
 
 
 def test_baselines_against_direct_computation():
