@@ -259,8 +259,7 @@ class TorchLlama(nn.Module):
         state = load_file(str(root / WEIGHTS_FILE), device=str(device))
         if spec.tie_word_embeddings and "lm_head.weight" not in state:
             state["lm_head.weight"] = state.get("model.embed_tokens.weight", torch.empty(0))
-        with torch.device("meta"):
-            net = cls(spec)
+        net = cls(spec)  # (not on the meta device: its initialisers import torch._dynamo)
         expected = set(net.state_dict())
         missing, unexpected = expected - set(state), set(state) - expected
         if missing or unexpected:
