@@ -15,9 +15,9 @@ computation from the model's own weights with
 - grouped-query attention for one new token as two batched matrix products, without
   expanding the shared key/value heads,
 - the output layer restricted to the K codec tokens,
-- each RMSNorm's weight folded into the projection after it and the attention scale into
-  the query rows (equal up to float rounding), and for one new token per row (the search's
-  step) the whole layer in 2-D tensors: about 12 operations per layer.
+- the attention scale folded into the query rows, and for one new token per row (the
+  search's step) the whole layer in 2-D tensors with the residual sums inside the
+  products (``addmm``): about 12 operations per layer.
 
 The weights are read from the model when a stepper is made (one per :meth:`start`), so a
 stepper always matches the model it came from. Supported: ``LlamaForCausalLM`` with SiLU,
@@ -332,23 +332,21 @@ class LlamaStepper:
         self.inner_size = int(cfg.intermediate_size)
         with torch.no_grad():
             self.embed = inner.embed_tokens.weight.detach()
-            # Each RMSNorm's weight is folded into the projection after it (its input
-            # columns), and the attention scale into the query rows, so the norms run without
-            # weights and the scores need no extra product: equal up to float rounding.
+            # The attention scale is folded into the query rows, so the scores need no
+            # extra product (exact where it is a power of two, as for head_dim 64).
             scale = self.head_dim ** -0.5
-            q_rows = self.heads * self.head_dim
             self.layers: list[tuple[torch.Tensor, ...]] = []
             for layer in inner.layers:
                 att, mlp = layer.self_attn, layer.mlp
                 qkv = torch.cat([att.q_proj.weight * scale, att.k_proj.weight, att.v_proj.weight])
-                qkv = qkv * layer.input_layernorm.weight[None, :]
                 gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])
-                gate_up = gate_up * layer.post_attention_layernorm.weight[None, :]
                 # (in, out) layouts: x @ w is the projection, and addmm adds the residual.
-                self.layers.append((qkv.t().contiguous(), att.o_proj.weight.detach().t(),
+                self.layers.append((layer.input_layernorm.weight.detach(), qkv.t().contiguous(),
+                                    att.o_proj.weight.detach().t(),
+                                    layer.post_attention_layernorm.weight.detach(),
                                     gate_up.t().contiguous(), mlp.down_proj.weight.detach().t()))
-            self.q_rows = q_rows
-            self.head = (net.lm_head.weight[:vocab] * inner.norm.weight[None, :]).t().contiguous()
+            self.norm = inner.norm.weight.detach()
+            self.head = net.lm_head.weight[:vocab].detach().t()
             rotary = inner.rotary_emb
             inv_freq = rotary.inv_freq.to(self.embed.device, torch.float32)
             freqs = torch.arange(capacity, device=self.embed.device,
@@ -372,12 +370,11 @@ class LlamaStepper:
         return KVBuffer(rows, len(self.layers), self.kv_heads, self.capacity, self.head_dim,
                         self.embed.dtype, self.embed.device)
 
-    def _rms(self, x: torch.Tensor) -> torch.Tensor:
-        """RMS normalisation over the last dimension, without weight (folded, see above)."""
+    def _rms(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         if x.dtype in (torch.float32, torch.float64):
-            return F.rms_norm(x, x.shape[-1:], None, self.eps)
+            return F.rms_norm(x, weight.shape, weight, self.eps)
         var = x.float().pow(2).mean(-1, keepdim=True)  # half precision: as transformers does
-        return (x.float() * torch.rsqrt(var + self.eps)).to(x.dtype)
+        return weight * (x.float() * torch.rsqrt(var + self.eps)).to(x.dtype)
 
     def _rope(self, x: torch.Tensor, start: int, end: int) -> torch.Tensor:
         """Rotate ``x: (rows, n, heads, head_dim)`` to positions ``start .. end - 1``."""
@@ -404,8 +401,8 @@ class LlamaStepper:
         buf = cache.data
         keys = torch.arange(end, device=ids.device)
         mask = keys[None, :] <= torch.arange(start, end, device=ids.device)[:, None]
-        for li, (w_qkv, w_o, w_gu, w_down) in enumerate(self.layers):
-            qkv = torch.matmul(self._rms(x), w_qkv).view(rows, n, h_ + 2 * kv_, d)
+        for li, (ln1, w_qkv, w_o, ln2, w_gu, w_down) in enumerate(self.layers):
+            qkv = torch.matmul(self._rms(x, ln1), w_qkv).view(rows, n, h_ + 2 * kv_, d)
             qk = self._rope(qkv[:, :, : h_ + kv_], start, end)
             buf[:, li, 0, :, start:end] = qk[:, :, h_:].transpose(1, 2)
             buf[:, li, 1, :, start:end] = qkv[:, :, h_ + kv_:].transpose(1, 2)
@@ -416,10 +413,10 @@ class LlamaStepper:
                 q, k_all.repeat_interleave(group, dim=1), v_all.repeat_interleave(group, dim=1),
                 attn_mask=mask, scale=1.0)
             x = x + torch.matmul(out.transpose(1, 2).reshape(rows, n, h_ * d), w_o)
-            gate, up = torch.matmul(self._rms(x), w_gu).split(self.inner_size, dim=-1)
+            gate, up = torch.matmul(self._rms(x, ln2), w_gu).split(self.inner_size, dim=-1)
             x = x + torch.matmul(F.silu(gate) * up, w_down)
         cache.length = end
-        return torch.matmul(self._rms(x[:, -1]), self.head)
+        return torch.matmul(self._rms(x[:, -1], self.norm), self.head)
 
     def _step(self, ids: torch.Tensor, cache: KVBuffer) -> torch.Tensor:
         """One new token per row, ``ids: (rows,)``: the same computation in 2-D tensors and
@@ -431,8 +428,8 @@ class LlamaStepper:
         x = F.embedding(ids, self.embed)  # (rows, width)
         rot = self.rotation[pos]
         buf = cache.data
-        for li, (w_qkv, w_o, w_gu, w_down) in enumerate(self.layers):
-            qkv = torch.mm(self._rms(x), w_qkv).view(rows, h_ + 2 * kv_, d)
+        for li, (ln1, w_qkv, w_o, ln2, w_gu, w_down) in enumerate(self.layers):
+            qkv = torch.mm(self._rms(x, ln1), w_qkv).view(rows, h_ + 2 * kv_, d)
             qkv_rot = torch.matmul(qkv, rot)  # V rotated too (unused): one product for all
             buf[:, li, 0, :, pos] = qkv_rot[:, h_: h_ + kv_]
             buf[:, li, 1, :, pos] = qkv[:, h_ + kv_:]
@@ -441,8 +438,8 @@ class LlamaStepper:
             q = qkv_rot[:, :h_].view(rows, kv_, group, d)  # already scaled
             att = torch.matmul(q, k_all.transpose(-1, -2)).softmax(-1)
             x = torch.addmm(x, torch.matmul(att, v_all).view(rows, h_ * d), w_o)
-            gu = torch.mm(self._rms(x), w_gu)
+            gu = torch.mm(self._rms(x, ln2), w_gu)
             x = torch.addmm(x, F.silu(gu[:, : self.inner_size]).mul_(gu[:, self.inner_size:]),
                             w_down)
         cache.length = pos + 1
-        return torch.mm(self._rms(x), self.head)
+        return torch.mm(self._rms(x, self.norm), self.head)

@@ -60,6 +60,28 @@ def test_beam_search_with_enough_beams_is_exact(seed):
     assert torch.all(out.score[0][:-1] >= out.score[0][1:])
 
 
+def test_lambda_zero_searches_the_seen_pairs_by_the_priors_alone():
+    """At lambda 0 the likelihood only says which pairs are possible: no NaN from 0 * -inf
+    on the padding, and beam search finds the best seen pairs under the priors."""
+    k, length = 3, 3
+    p1, p2, lik, mix = build(k, length, seed=5, density=0.3)
+    z1, z2, _ = brute_force(p1, p2, lik, mix, 1.0)
+    seen = torch.isfinite(lik.log_likelihood(mix[0], z1.T, z2.T).T).all(1)
+    obj = (p1.token_log_probs(z1) + p2.token_log_probs(z2)).sum(1)
+    obj = obj.masked_fill(~seen, float("-inf"))
+    best = int(obj.argmax())
+    out = separate_tokens(mix, [p1, p2], lik, BeamSearch(num_beams=(k * k) ** (length - 1)),
+                          lam=0.0)
+    assert torch.equal(out.first[0, 0], z1[best])
+    assert torch.equal(out.second[0, 0], z2[best])
+    torch.testing.assert_close(out.score[0, 0], obj[best], atol=1e-4, rtol=0)
+    sampled = separate_tokens(mix, [p1, p2], lik, Ancestral(), lam=0.0, num_samples=4,
+                              generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(sampled.score).all()
+    rows = torch.isfinite(lik.log_likelihood(mix[0], sampled.first[0].T, sampled.second[0].T))
+    assert rows.all()
+
+
 def factorised_base(k: int, seed: int) -> FactorisedLikelihood:
     gen = torch.Generator().manual_seed(100 + seed)
     a, b, c = 2 * torch.randn(k, k, generator=gen), 2 * torch.randn(k, k, generator=gen), \
