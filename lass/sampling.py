@@ -386,7 +386,6 @@ def separate_tokens(mix_codes: torch.Tensor, priors: Sequence[Prior],
     total = torch.zeros(batch, width, device=device)
     if beam:
         total[:, 1:] = float("-inf")  # all beams start as one: no duplicate hypotheses
-    fallbacks = torch.zeros(batch, dtype=torch.long, device=device)
     single: torch.Generator | None = None
     generators: list[torch.Generator] | None = None
     if isinstance(generator, torch.Generator):
@@ -403,8 +402,8 @@ def separate_tokens(mix_codes: torch.Tensor, priors: Sequence[Prior],
         mix_latents = mix_latents.to(device, torch.float32)
     steps = None if isinstance(likelihood, LatentLikelihood) else _CountSteps(likelihood,
                                                                               mix_codes, lam)
-    if steps is not None:
-        fallbacks = steps.fallbacks
+    fallbacks = (steps.fallbacks if steps is not None  # the latent likelihood has no fallback
+                 else torch.zeros(batch, dtype=torch.long, device=device))
     within = torch.arange(width, device=device).repeat(batch)  # row index within its mixture
     for t in range(length):
         if shared:

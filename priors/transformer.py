@@ -294,7 +294,7 @@ def load_prior(path: str | os.PathLike[str], device: str | torch.device = "cpu",
     without importing ``transformers`` (separation needs nothing else); ``transformers``
     builds the library's model (training); ``auto`` takes ``torch`` where it computes the
     network (Llama, SiLU, no biases, default rotary embedding) and ``transformers``
-    otherwise (GPT-2).
+    otherwise (GPT-2, or a Llama with another rotary embedding, activation or biases).
     """
     if backend not in BACKENDS:
         raise PriorError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
@@ -321,23 +321,32 @@ def load_prior(path: str | os.PathLike[str], device: str | torch.device = "cpu",
         raise PriorError(f"{meta_path}: bad config ({err})") from None
     if "kv_heads" not in fields:  # saved before the field existed: all heads
         config = replace(config, kv_heads=config.heads)
-    model: Any
+    model: Any = None
     if config.arch == "llama" and backend != "transformers":
         try:
             model = fast_llama.TorchLlama.from_pretrained(root, device)
-        except (OSError, ValueError, RuntimeError, SafetensorError) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise PriorError(f"cannot load the network in {root}: {first}") from None
-        vocab = model.spec.vocab_size
-    else:
-        if backend == "torch":
-            raise PriorError(f"{root}: a {config.arch} prior needs the transformers backend")
+        except fast_llama.UnsupportedConfigError as err:
+            if backend == "torch":
+                raise _load_error(root, err) from None
+        except _LOAD_ERRORS as err:
+            raise _load_error(root, err) from None
+    elif backend == "torch":
+        raise PriorError(f"{root}: a {config.arch} prior needs the transformers backend")
+    if model is None:  # GPT-2, a Llama the torch network does not compute, or asked for
         model = _load_transformers(root, config)
-        vocab = model.config.vocab_size
-    if vocab != config.total_vocab:
-        raise PriorError(f"{root}: network vocabulary {vocab} does not match "
+    if model.config.vocab_size != config.total_vocab:
+        raise PriorError(f"{root}: network vocabulary {model.config.vocab_size} does not match "
                          f"{META_FILE} ({config.total_vocab})")
     return TransformerPrior(config, model).to(device).eval()
+
+
+_LOAD_ERRORS = (OSError, ValueError, RuntimeError, SafetensorError)
+
+
+def _load_error(root: Path, err: Exception) -> PriorError:
+    """One line for a network that cannot be loaded: the first line of the cause."""
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return PriorError(f"cannot load the network in {root}: {first}")
 
 
 def _load_transformers(root: Path, config: TransformerPriorConfig) -> nn.Module:
@@ -349,9 +358,8 @@ def _load_transformers(root: Path, config: TransformerPriorConfig) -> nn.Module:
     hf_logging.disable_progress_bar()  # no "Loading weights" bar on a command's stderr
     try:
         return cls.from_pretrained(str(root), local_files_only=True)
-    except (OSError, ValueError, RuntimeError, SafetensorError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise PriorError(f"cannot load the network in {root}: {first}") from None
+    except _LOAD_ERRORS as err:
+        raise _load_error(root, err) from None
     finally:
         if shown:
             hf_logging.enable_progress_bar()

@@ -74,6 +74,7 @@ SAMPLES = 10  # posterior samples whose masks (or decodings) are averaged
 SAMPLE_GRID = ((5.0, 1.0), (5.0, 1.5), (3.0, 1.5), (7.0, 1.5), (5.0, 2.0))  # (lambda, temperature)
 SAMPLER_GAIN_DB = 0.2
 SAMPLE_TIE_DB = 0.1  # sampling settings closer than this to the best count as tied
+SAMPLE_KEYS = tuple(f"ancestral {lam:g} {t:g}" for lam, t in SAMPLE_GRID)  # build.json keys
 SCORE_BATCH = 8  # validation mixtures searched as one batch
 
 
@@ -231,8 +232,7 @@ def _tune_sampler(bundle: Path, data: Path, log: dict[str, Any], log_path: Path
     check = log["latent"]["check"]  # the beams on the same mixtures, with the chosen likelihood
     grid.setdefault("beam", check["latent" if log["latent"]["use"] else "counts"])
     _sep, score = _scorer(bundle, data, CHECK_MIXTURES)  # the bundle with the chosen likelihood
-    for lam, temperature in SAMPLE_GRID:
-        key = f"ancestral {lam:g} {temperature:g}"
+    for key, (lam, temperature) in zip(SAMPLE_KEYS, SAMPLE_GRID, strict=True):
         if key not in grid:
             grid[key] = score(lam, tune["context_overlap"], sampler=Ancestral(temperature),
                               candidates=SAMPLES, combine="mean")
@@ -248,9 +248,8 @@ def _choose_sampler(log: dict[str, Any]) -> dict[str, Any]:
     output = log["tune"]["output"]
     entry: dict[str, Any] = log["sampler"]
     grid: dict[str, dict[str, float]] = entry["grid"]
-    keys = [f"ancestral {lam:g} {temperature:g}" for lam, temperature in SAMPLE_GRID]
-    top = max(grid[k][output] for k in keys)
-    best = next(k for k in keys if grid[k][output] >= top - SAMPLE_TIE_DB)
+    top = max(grid[k][output] for k in SAMPLE_KEYS)
+    best = next(k for k in SAMPLE_KEYS if grid[k][output] >= top - SAMPLE_TIE_DB)
     _, lam_text, temperature_text = best.split()
     entry.update(mixtures=CHECK_MIXTURES, samples=SAMPLES, lam=float(lam_text),
                  temperature=float(temperature_text), beam_sdr=grid["beam"][output],
@@ -354,8 +353,7 @@ def main() -> None:
         sampler["lam"] = log["latent"]["lam"]
         assemble()
     done = log.get("sampler", {})
-    if "use" not in done or any(f"ancestral {lam:g} {temperature:g}" not in done["grid"]
-                                for lam, temperature in SAMPLE_GRID):  # a grid point added
+    if "use" not in done or any(k not in done["grid"] for k in SAMPLE_KEYS):  # a point added
         start = time.perf_counter()
         _tune_sampler(bundle, data, log, log_path)
         seconds = log.setdefault("seconds", {})

@@ -190,6 +190,17 @@ def test_torch_backend_equals_transformers(tmp_path, heads, kv_heads):
         load_prior(tmp_path / "p", backend="onnx")
 
 
+def test_auto_backend_falls_back_for_a_llama_the_torch_network_does_not_compute(tmp_path):
+    tiny().save(tmp_path / "p")
+    cfg_path = tmp_path / "p" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["hidden_act"] = "gelu"  # the same weights, another network
+    cfg_path.write_text(json.dumps(cfg))
+    assert type(load_prior(tmp_path / "p").model).__name__ == "LlamaForCausalLM"
+    with pytest.raises(PriorError, match="not a Llama network TorchLlama computes"):
+        load_prior(tmp_path / "p", backend="torch")
+
+
 def test_separation_loads_without_transformers(tmp_path):
     """Loading a Llama prior and stepping it never imports ``transformers`` (its import is
     most of a command's start-up time)."""
