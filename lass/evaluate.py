@@ -266,7 +266,8 @@ def make_methods(separator: Separator, names: list[str], beams: int = 10, top_k:
             methods[name] = (
                 lambda m, s, kind=kind, output=output, combine=combine:  # type: ignore[misc]
                 combine_candidates(m, searches(kind, m), combine, output,
-                                   separator.settings.rerank_top))
+                                   separator.settings.rerank_top, separator.settings.mask_fft,
+                                   separator.settings.mask_iterations))
         else:
             raise DataError(f"unknown method {name!r}")
     return methods

@@ -14,14 +14,16 @@ decodings (``decode``) or use them as soft masks on the input's STFT (``mask``).
 
 Several candidates (posterior samples, or beams) can also be combined instead of choosing
 one (``combine="mean"``): the stems are then the mean of the candidates' decodings
-(``decode``) or the input's STFT under the mean of the candidates' masks (``mask``). With
-samples of the posterior this approximates the posterior mean, which is what a squared-error
-measure such as SDR rewards: the samples' errors partly cancel where a single search result
-keeps all of its own.
+(``decode``) or the input's STFT under Wiener masks built from the candidates' mean
+magnitude spectrogram (``mask``; :func:`soft_masks`, whose STFT size and EM updates are
+settings). With samples of the posterior this approximates the posterior mean, which is what
+a squared-error measure such as SDR rewards: the samples' errors partly cancel where a single
+search result keeps all of its own.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -52,8 +54,7 @@ from vqvae import Codec, load_codec
 
 OUTPUTS = ("decode", "mask")
 COMBINES = ("best", "rerank", "mean")
-MASK_FFT = 2048
-MASK_HOP = 512
+MASK_FFT = 2048  # the mask output's STFT size unless a bundle or setting says otherwise
 
 
 @dataclass(frozen=True)
@@ -66,11 +67,16 @@ class SeparationSettings:
         candidates: samples per mixture for the sampling samplers (beams give their own).
         combine: how several candidates become the stems: ``best`` (the highest score),
             ``rerank`` (among the ``rerank_top`` best-scoring, the one that mixes back best)
-            or ``mean`` (the mean of all candidates' decodings or masks).
+            or ``mean`` (the mean of all candidates' decodings, or the masks of their mean
+            magnitude).
         rerank_top: how many of the best-scoring candidates are decoded and re-ranked (the
             decodings cost time: 10 beams x 2 stems of a 3 s mixture take about as long as
             a quarter of the search on a CPU).
         output: ``decode`` (the codec's decodings) or ``mask`` (masks on the input's STFT).
+        mask_fft: STFT size of the ``mask`` output, in samples at the codec's rate (scaled
+            to the input's rate: the same seconds and hertz per bin).
+        mask_iterations: EM updates of the sources' powers before masking (0: plain ratio
+            masks; see :func:`soft_masks`).
         refine_steps: Adam steps of latent refinement (0: off).
         refine_lr: learning rate of the refinement.
         refine_penalty: weight of the drift penalty ``|z - z0|^2`` in the refinement.
@@ -90,6 +96,8 @@ class SeparationSettings:
     combine: str = "rerank"
     rerank_top: int = 4
     output: str = "mask"
+    mask_fft: int = MASK_FFT
+    mask_iterations: int = 0
     refine_steps: int = 0
     refine_lr: float = 0.01
     refine_penalty: float = 1e-3
@@ -104,6 +112,7 @@ class SeparationSettings:
         return {"sampler": {"kind": kind, **self.sampler.__dict__}, "lam": self.lam,
                 "candidates": self.candidates, "combine": self.combine,
                 "rerank_top": self.rerank_top, "output": self.output,
+                "mask_fft": self.mask_fft, "mask_iterations": self.mask_iterations,
                 "refine_steps": self.refine_steps, "refine_lr": self.refine_lr,
                 "refine_penalty": self.refine_penalty, "seed": self.seed,
                 "context_overlap": self.context_overlap, "prior_top": self.prior_top}
@@ -135,6 +144,8 @@ def settings_from_bundle(sampler: dict[str, Any]) -> SeparationSettings:
         lam=float(sampler.get("lam", 3.0)), candidates=int(sampler.get("candidates", 1)),
         combine=str(sampler.get("combine", "rerank")),
         output=str(sampler.get("output", "mask")),
+        mask_fft=int(sampler.get("mask_fft", MASK_FFT)),
+        mask_iterations=int(sampler.get("mask_iterations", 0)),
         refine_steps=int(sampler.get("refine_steps", 0)),
         context_overlap=(None if sampler.get("context_overlap") is None
                          else int(sampler["context_overlap"])),
@@ -176,37 +187,66 @@ def _resample(wave: np.ndarray, src: int, dst: int, length: int | None = None) -
     return out
 
 
-def soft_masks(mixture: np.ndarray, estimates: np.ndarray, power: float = 2.0
-               ) -> np.ndarray:
-    """Stems from ratio masks on the mixture's STFT.
+def mask_fft_at(fft: int, sample_rate: int, codec_rate: int) -> int:
+    """The STFT size at ``sample_rate`` with the time and frequency resolution that ``fft``
+    samples have at ``codec_rate`` (the power of two nearest in log scale, at least 16)."""
+    if fft < 16:
+        raise LassError(f"the mask STFT needs at least 16 samples, not {fft}")
+    if sample_rate == codec_rate:
+        return fft
+    return max(16, 2 ** round(math.log2(fft * sample_rate / codec_rate)))
+
+
+def soft_masks(mixture: np.ndarray, estimates: np.ndarray, fft: int = MASK_FFT,
+               iterations: int = 0) -> np.ndarray:
+    """Stems from Wiener masks on the mixture's STFT.
+
+    Each source's power spectrogram is taken as ``v_j = (mean_c |STFT(estimate_cj)|)^2``,
+    the square of the candidates' mean magnitude (one candidate: its own power), and source
+    ``j`` is ``istft(v_j / sum_k v_k * X)`` with ``X`` the mixture's STFT. ``iterations``
+    expectation-maximisation updates of the single-channel Gaussian model come first: with
+    the masks ``m_j = v_j / sum_k v_k``, ``v_j <- |m_j X|^2 + (1 - m_j) v_j`` (the posterior
+    mean of ``|S_j|^2`` given ``X``), which pulls the powers towards what the mixture holds.
 
     Args:
         mixture: ``(time,)``.
-        estimates: ``(sources, time)``, or ``(candidates, sources, time)``: then each
-            candidate gives masks and their mean is applied.
+        estimates: ``(sources, time)``, or ``(candidates, sources, time)``.
+        fft: STFT size (Hann window, hop ``fft // 4``); halved while it is more than twice
+            the input's length.
+        iterations: EM updates of the powers (0: the plain ratio masks).
 
     Returns:
-        ``(sources, time)`` that sum to ``mixture`` (the STFT is inverted exactly; the masks
-        of every candidate, hence their mean, sum to one over the sources).
+        ``(sources, time)`` that sum to ``mixture`` (the masks sum to one over the sources
+        and the STFT is inverted exactly).
     """
-    window = torch.hann_window(MASK_FFT, dtype=torch.float64)
+    if iterations < 0:
+        raise LassError(f"mask iterations must be >= 0, not {iterations}")
     n = mixture.shape[0]
+    while fft > 16 and fft // 2 >= n:
+        fft //= 2
+    hop = max(1, fft // 4)
+    window = torch.hann_window(fft, dtype=torch.float64)
     many = estimates if estimates.ndim == 3 else estimates[None]
 
     def stft(x: np.ndarray) -> torch.Tensor:
-        return torch.stft(torch.from_numpy(np.asarray(x, dtype=np.float64)), MASK_FFT,
-                          MASK_HOP, window=window, center=True, return_complex=True)
+        wave = torch.from_numpy(np.asarray(x, dtype=np.float64))
+        spec = torch.stft(wave.reshape(-1, n), fft, hop, window=window, center=True,
+                          return_complex=True)
+        return spec.reshape(*wave.shape[:-1], *spec.shape[-2:])
 
-    spec_mix = stft(mixture)
+    spec_mix = stft(mixture)  # (F, frames)
+    power = stft(many).abs().mean(0) ** 2  # (sources, F, frames)
     sources = many.shape[1]
-    masks = torch.zeros((sources, *spec_mix.shape), dtype=torch.float64)
-    for candidate in many:
-        mags = stft(candidate).abs() ** power  # (S, F, frames)
-        total = mags.sum(0, keepdim=True)
-        masks += torch.where(total > 1e-20, mags / total.clamp_min(1e-20),
-                             torch.full_like(mags, 1.0 / sources))
-    masks /= many.shape[0]
-    out = torch.istft(masks * spec_mix[None], MASK_FFT, MASK_HOP, window=window, center=True,
+
+    def ratio(v: torch.Tensor) -> torch.Tensor:
+        total = v.sum(0, keepdim=True)
+        return torch.where(total > 1e-20, v / total.clamp_min(1e-20),
+                           torch.full_like(v, 1.0 / sources))
+
+    for _ in range(iterations):
+        m = ratio(power)
+        power = (m * spec_mix[None]).abs() ** 2 + (1.0 - m) * power
+    out = torch.istft(ratio(power) * spec_mix[None], fft, hop, window=window, center=True,
                       length=n)
     return out.numpy().astype(np.float32)
 
@@ -233,22 +273,25 @@ def choose_candidates(mixture: np.ndarray, candidates: np.ndarray, combine: str,
     raise LassError(f"unknown combine {combine!r}; expected best, rerank or mean")
 
 
-def output_stems(mixture: np.ndarray, used: np.ndarray, output: str) -> np.ndarray:
+def output_stems(mixture: np.ndarray, used: np.ndarray, output: str, mask_fft: int = MASK_FFT,
+                 mask_iterations: int = 0) -> np.ndarray:
     """``(C, 2, time)`` chosen candidates -> ``(2, time)`` stems: their mean (``decode``) or
-    the mixture under their mean mask (``mask``)."""
+    the mixture under the Wiener masks of their mean magnitude (``mask``, see
+    :func:`soft_masks`)."""
     if output == "mask":
-        return soft_masks(mixture, used)
+        return soft_masks(mixture, used, mask_fft, mask_iterations)
     if output == "decode":
         return used.mean(0).astype(np.float32)
     raise LassError(f"unknown output {output!r}; expected decode or mask")
 
 
 def combine_candidates(mixture: np.ndarray, candidates: np.ndarray, combine: str, output: str,
-                       rerank_top: int = 4) -> np.ndarray:
+                       rerank_top: int = 4, mask_fft: int = MASK_FFT, mask_iterations: int = 0
+                       ) -> np.ndarray:
     """``(C, 2, time)`` candidates -> ``(2, time)`` stems: the ones
     :func:`choose_candidates` picks, through :func:`output_stems`."""
-    return output_stems(mixture, candidates[choose_candidates(mixture, candidates, combine,
-                                                              rerank_top)], output)
+    used = candidates[choose_candidates(mixture, candidates, combine, rerank_top)]
+    return output_stems(mixture, used, output, mask_fft, mask_iterations)
 
 
 class Separator:
@@ -355,6 +398,10 @@ class Separator:
             raise LassError(f"unknown output {s.output!r}; expected decode or mask")
         if s.combine not in COMBINES:
             raise LassError(f"unknown combine {s.combine!r}; expected best, rerank or mean")
+        if s.mask_fft < 16 or s.mask_fft % 2:
+            raise LassError(f"mask_fft must be even and at least 16, not {s.mask_fft}")
+        if s.mask_iterations < 0:
+            raise LassError(f"mask_iterations must be >= 0, not {s.mask_iterations}")
         if s.refine_steps > 0 and s.combine == "mean":
             raise LassError("refinement works on one separation; it does not combine with "
                             "combine='mean'")
@@ -458,7 +505,8 @@ class Separator:
             used = contributions(e1[None], e2[None])
             timings["refine"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        stems = output_stems(x, used, s.output)
+        stems = output_stems(x, used, s.output, mask_fft_at(s.mask_fft, sample_rate, codec_rate),
+                             s.mask_iterations)
         timings["output"] = time.perf_counter() - t0
         return SeparationResult(
             stems={st: stems[i] for i, st in enumerate(self.stems)}, sample_rate=sample_rate,

@@ -27,10 +27,15 @@ Stages (each is skipped when its output exists and resumes when interrupted):
    validation mixtures (12 proved too few to decide this)
 7. ``sampler``: on the same ``CHECK_MIXTURES`` validation mixtures, the beam search so far
    against the mean of ``SAMPLES`` posterior samples (ancestral sampling, ``SAMPLE_GRID``
-   lambdas and temperatures; the stems are the mixture under the mean of the samples'
-   masks; of the settings within ``SAMPLE_TIE_DB`` of the best, the first in the grid's
-   order); sampling replaces the beams when it gains at least ``SAMPLER_GAIN_DB``
-8. ``assemble``: the bundle in ``WORK/bundle`` (``bundle.json`` with every sha256);
+   lambdas and temperatures; the stems are the mixture under the Wiener masks of the
+   samples' mean magnitude; of the settings within ``SAMPLE_TIE_DB`` of the best, the
+   first in the grid's order); sampling replaces the beams when it gains at least
+   ``SAMPLER_GAIN_DB``
+8. ``mask``: the mask output's STFT size and EM iterations (``MASK_GRID``; see
+   :func:`lass.separator.soft_masks`) on the same validation mixtures, separated once with
+   the bundle's settings; the best replaces the plain 2048-sample ratio masks when it gains
+   at least ``MASK_GAIN_DB``
+9. ``assemble``: the bundle in ``WORK/bundle`` (``bundle.json`` with every sha256);
    ``--install`` copies it to ``lass/bundles/default`` and prints the rows of
    ``checkpoints.md``.
 
@@ -76,6 +81,9 @@ SAMPLER_GAIN_DB = 0.2
 SAMPLE_TIE_DB = 0.1  # sampling settings closer than this to the best count as tied
 SAMPLE_KEYS = tuple(f"ancestral {lam:g} {t:g}" for lam, t in SAMPLE_GRID)  # build.json keys
 SCORE_BATCH = 8  # validation mixtures searched as one batch
+MASK_GRID = tuple((fft, em) for fft in (2048, 4096, 8192, 16384) for em in (0, 1))
+MASK_GAIN_DB = 0.2
+MASK_KEYS = tuple(f"fft {fft} em {em}" for fft, em in MASK_GRID)  # build.json keys
 
 
 def _run(cmd: list[str], log: dict[str, Any], stage: str) -> None:
@@ -85,15 +93,12 @@ def _run(cmd: list[str], log: dict[str, Any], stage: str) -> None:
     log.setdefault("seconds", {})[stage] = round(time.perf_counter() - start, 1)
 
 
-def _scorer(bundle: Path, data: Path, count: int = TUNE_MIXTURES
-            ) -> tuple[Any, Callable[..., dict[str, float]]]:
-    """The bundle's separator and ``score(lam, overlap, beams)``: mean SDR (decode and mask)
-    on the first ``count`` validation mixtures (the tuning's are the first 12)."""
+def _validation(bundle: Path, data: Path, count: int) -> tuple[Any, list[Any], list[Any], float]:
+    """The bundle's separator, the first ``count`` validation mixtures (seed 1; the
+    tuning's are the first 12), their mixed signals and the mixing gain."""
     from lass.data import StemDataset, chunk_samples, find_tracks, mix_gain
-    from lass.evaluate import evaluation_mixtures, mixture_of, plain_sdr
-    from lass.sampling import BeamSearch
-    from lass.separator import SeparationSettings, Separator, combine_candidates
-    from likelihood.latent import LatentLikelihood
+    from lass.evaluate import evaluation_mixtures, mixture_of
+    from lass.separator import Separator
 
     sep = Separator.from_pretrained(bundle)
     assert sep.bundle is not None
@@ -102,8 +107,21 @@ def _scorer(bundle: Path, data: Path, count: int = TUNE_MIXTURES
     ds = StemDataset(tracks, sample_rate=rate, chunk=chunk_samples(3.0, rate),
                      stems=list(sep.stems))
     mixtures = evaluation_mixtures(ds, count, seed=1)
-    mixed_all = [mixture_of(m.stems, sep.mix_rule) for m in mixtures]
-    gain = mix_gain(2, sep.mix_rule)
+    return (sep, mixtures, [mixture_of(m.stems, sep.mix_rule) for m in mixtures],
+            mix_gain(2, sep.mix_rule))
+
+
+def _scorer(bundle: Path, data: Path, count: int = TUNE_MIXTURES
+            ) -> tuple[Any, Callable[..., dict[str, float]]]:
+    """The bundle's separator and ``score(lam, overlap, beams)``: mean SDR (decode and mask)
+    on the first ``count`` validation mixtures (the tuning's are the first 12)."""
+    from lass.evaluate import plain_sdr
+    from lass.sampling import BeamSearch
+    from lass.separator import SeparationSettings, combine_candidates
+    from likelihood.latent import LatentLikelihood
+
+    sep, mixtures, mixed_all, gain = _validation(bundle, data, count)
+    rate = sep.codec.sample_rate
 
     def score(lam: float, overlap: int | None, beams: int = BEAMS, sampler: Any = None,
               candidates: int = 1, combine: str = "rerank") -> dict[str, float]:
@@ -240,6 +258,33 @@ def _tune_sampler(bundle: Path, data: Path, log: dict[str, Any], log_path: Path
     return _choose_sampler(log)
 
 
+def _tune_mask(bundle: Path, data: Path, log: dict[str, Any], log_path: Path) -> None:
+    """Stage 8: mask SDR of every ``MASK_GRID`` point on ``CHECK_MIXTURES`` validation
+    mixtures, each separated once with the bundle's settings (logged under ``mask``)."""
+    from lass.evaluate import plain_sdr
+    from lass.separator import combine_candidates
+
+    sep, mixtures, mixed_all, gain = _validation(bundle, data, CHECK_MIXTURES)
+    s = sep.settings
+    results = [r for i in range(0, len(mixed_all), SCORE_BATCH)
+               for r in sep.separate_many(mixed_all[i: i + SCORE_BATCH], sep.codec.sample_rate,
+                                          s)]
+    grid: dict[str, float] = {}
+    for key, (fft, em) in zip(MASK_KEYS, MASK_GRID, strict=True):
+        sdr = [float(np.mean([plain_sdr(e, r) for e, r in zip(
+                   combine_candidates(mixed, res.candidates, s.combine, "mask", s.rerank_top,
+                                      fft, em), gain * m.stems, strict=True)]))
+               for m, mixed, res in zip(mixtures, mixed_all, results, strict=True)]
+        grid[key] = float(np.mean(sdr))
+        print(f"mask STFT {fft}, {em} EM updates: valid SDR {grid[key]:.2f} dB",
+              file=sys.stderr, flush=True)
+    best = max(MASK_KEYS, key=lambda k: grid[k])
+    fft, em = MASK_GRID[MASK_KEYS.index(best)]
+    log["mask"] = {"mixtures": CHECK_MIXTURES, "grid": grid, "fft": fft, "iterations": em,
+                   "use": grid[best] >= grid[MASK_KEYS[0]] + MASK_GAIN_DB}
+    log_path.write_text(json.dumps(log, indent=1) + "\n")
+
+
 def _choose_sampler(log: dict[str, Any]) -> dict[str, Any]:
     """Stage 7's decision from its grid: of the ``SAMPLE_GRID`` settings within
     ``SAMPLE_TIE_DB`` of the best, the first (closer differences on 48 mixtures are noise,
@@ -366,6 +411,15 @@ def main() -> None:
         sampler.update(kind="ancestral", temperature=chosen["temperature"],
                        candidates=chosen["samples"], combine="mean", lam=chosen["lam"])
         assemble()
+    if sampler["output"] == "mask":
+        done = log.get("mask", {})
+        if "use" not in done or any(k not in done["grid"] for k in MASK_KEYS):
+            start = time.perf_counter()
+            _tune_mask(bundle, data, log, log_path)
+            log.setdefault("seconds", {})["tune-mask"] = round(time.perf_counter() - start, 1)
+        if log["mask"]["use"]:
+            sampler.update(mask_fft=log["mask"]["fft"], mask_iterations=log["mask"]["iterations"])
+            assemble()
     log_path.write_text(json.dumps(log, indent=1) + "\n")
     files = sorted(f for f in bundle.rglob("*") if f.is_file())
     total = sum(f.stat().st_size for f in files)

@@ -108,10 +108,75 @@ def test_soft_masks_split_the_mixture_exactly():
     rng = np.random.default_rng(0)
     est = rng.standard_normal((2, 5000)).astype(np.float32)
     mix_ = est.sum(0) + 0.1 * rng.standard_normal(5000).astype(np.float32)
-    out = soft_masks(mix_, est)
-    np.testing.assert_allclose(out.sum(0), mix_, atol=1e-5)
+    for fft in (256, 2048, 8192):
+        for iterations in (0, 1, 3):
+            out = soft_masks(mix_, est, fft, iterations)
+            assert out.shape == (2, 5000)
+            np.testing.assert_allclose(out.sum(0), mix_, atol=1e-5)
     silent = soft_masks(mix_, np.zeros((2, 5000), dtype=np.float32))
     np.testing.assert_allclose(silent[0], mix_ / 2, atol=1e-5)
+    # An input shorter than half the STFT: the STFT shrinks to fit; still exact.
+    short = soft_masks(mix_[:300], est[:, :300], 8192, 1)
+    np.testing.assert_allclose(short.sum(0), mix_[:300], atol=1e-5)
+    with pytest.raises(LassError, match="iterations"):
+        soft_masks(mix_, est, 2048, -1)
+
+
+def _reference_masks(mix_, cands, fft, iterations):
+    """The mask output written out step by step: per-candidate STFTs, their mean magnitude
+    squared as each source's power, EM updates, ratio masks."""
+    window = torch.hann_window(fft, dtype=torch.float64)
+
+    def stft(x):
+        return torch.stft(torch.from_numpy(x.astype(np.float64)), fft, fft // 4, window=window,
+                          center=True, return_complex=True).numpy()
+
+    spec = stft(mix_)
+    mags = np.mean([[np.abs(stft(c[j])) for j in range(2)] for c in cands], axis=0)
+    power = mags**2
+    for _ in range(iterations):
+        m = power / power.sum(0)
+        power = np.abs(m * spec) ** 2 + (1 - m) * power
+    masks = power / power.sum(0)
+    return torch.istft(torch.from_numpy(masks * spec), fft, fft // 4, window=window,
+                       center=True, length=mix_.shape[0]).numpy()
+
+
+def test_mask_output_matches_the_written_out_wiener_filter():
+    rng = np.random.default_rng(1)
+    cands = rng.standard_normal((3, 2, 6000)).astype(np.float32)
+    mix_ = cands[0].sum(0) + 0.2 * rng.standard_normal(6000).astype(np.float32)
+    for fft, iterations in ((2048, 0), (1024, 1), (4096, 2)):
+        np.testing.assert_allclose(soft_masks(mix_, cands, fft, iterations),
+                                   _reference_masks(mix_, cands, fft, iterations), atol=1e-5)
+        # One candidate, or the same candidate three times: the same stems.
+        np.testing.assert_allclose(soft_masks(mix_, np.repeat(cands[:1], 3, 0), fft, iterations),
+                                   soft_masks(mix_, cands[0], fft, iterations), atol=1e-5)
+
+
+def test_mask_output_recovers_sources_the_estimates_locate():
+    t = np.arange(22050) / 22050
+    low, high = np.sin(2 * np.pi * 110 * t), 0.5 * np.sign(np.sin(2 * np.pi * 2500 * t))
+    rng = np.random.default_rng(3)
+    # Rough estimates: the right bands, wrong levels and added noise.
+    est = np.stack([0.5 * low, 2.0 * high]) + 0.01 * rng.standard_normal((2, t.size))
+    for fft in (2048, 8192):
+        for iterations in (0, 2):
+            out = soft_masks(low + high, est, fft, iterations)
+            for got, true in zip(out, (low, high), strict=True):
+                err = np.sum((got - true)[2000:-2000] ** 2) / np.sum(true[2000:-2000] ** 2)
+                assert err < 0.05
+
+
+def test_mask_stft_follows_the_input_rate():
+    from lass.separator import mask_fft_at
+
+    assert mask_fft_at(8192, 22050, 22050) == 8192
+    assert mask_fft_at(8192, 44100, 22050) == 16384
+    assert mask_fft_at(8192, 48000, 22050) == 16384
+    assert mask_fft_at(2048, 11025, 22050) == 1024
+    with pytest.raises(LassError, match="at least 16"):
+        mask_fft_at(8, 22050, 22050)
 
 
 def test_bundle_hash_is_checked(bundle, tmp_path):
@@ -162,6 +227,20 @@ def test_cli_writes_stems_and_reports_bad_inputs(bundle, tmp_path, capsys):
     info = json.loads((out / "debug" / "song" / "separation.json").read_text())
     assert info["settings"]["combine"] == "mean"
     assert info["settings"]["candidates"] == 3
+    code = separate_main([str(tmp_path / "song.wav"), "-m", str(bundle), "-o", str(out),
+                          "--beams", "2", "--mask-fft", "512", "--mask-iterations", "1",
+                          "--float32"])
+    assert code == 0
+    info = json.loads((out / "debug" / "song" / "separation.json").read_text())
+    assert (info["settings"]["mask_fft"], info["settings"]["mask_iterations"]) == (512, 1)
+    drums, _ = sf.read(out / "debug" / "song" / "drums.wav", dtype="float32")
+    bass, _ = sf.read(out / "debug" / "song" / "bass.wav", dtype="float32")
+    np.testing.assert_allclose(drums + bass, x, atol=1e-5)
+    assert separate_main([str(tmp_path / "song.wav"), "-m", str(bundle), "-o", str(out),
+                          "--mask-fft", "8"]) == 1
+    err = capsys.readouterr().err
+    assert "mask_fft must be even and at least 16" in err
+    assert "Traceback" not in err
 
 
 def test_without_a_default_bundle_the_command_says_so(tmp_path, capsys, monkeypatch):
@@ -181,23 +260,22 @@ def test_separator_refuses_bad_waves(bundle):
         sep.separate(torch.zeros(2, 2, 2), SR)
 
 
-def test_mean_of_masks_is_the_mean_of_the_masked_stems():
+def test_candidates_combine_into_one_mask():
     from lass.separator import choose_candidates, combine_candidates
 
     rng = np.random.default_rng(1)
     cands = rng.standard_normal((3, 2, 6000)).astype(np.float32)
     mix_ = cands[0].sum(0)
-    one = [soft_masks(mix_, c) for c in cands]
-    np.testing.assert_allclose(soft_masks(mix_, cands[:1]), one[0], atol=1e-6)
-    # The ISTFT is linear: masking with the mean mask = the mean of the masked stems.
-    np.testing.assert_allclose(soft_masks(mix_, cands), np.mean(one, axis=0), atol=1e-5)
-    np.testing.assert_allclose(soft_masks(mix_, cands).sum(0), mix_, atol=1e-5)
     np.testing.assert_array_equal(choose_candidates(mix_, cands, "mean"), [0, 1, 2])
     np.testing.assert_array_equal(choose_candidates(mix_, cands, "best"), [0])
     np.testing.assert_allclose(combine_candidates(mix_, cands, "mean", "decode"),
                                cands.mean(0), atol=1e-6)
     np.testing.assert_allclose(combine_candidates(mix_, cands, "mean", "mask"),
-                               np.mean(one, axis=0), atol=1e-5)
+                               soft_masks(mix_, cands), atol=1e-6)
+    np.testing.assert_allclose(combine_candidates(mix_, cands, "best", "mask", 4, 1024, 2),
+                               soft_masks(mix_, cands[0], 1024, 2), atol=1e-6)
+    np.testing.assert_allclose(combine_candidates(mix_, cands, "mean", "mask").sum(0), mix_,
+                               atol=1e-5)
 
 
 def test_rerank_picks_the_candidate_that_mixes_back_among_the_top_ones():
@@ -230,6 +308,13 @@ def test_separator_averages_posterior_samples(bundle):
                                atol=1e-6)
     # The same seed draws the same samples: the two runs decoded the same candidates.
     np.testing.assert_array_equal(decoded.candidates, res.candidates)
+    wide = sep.separate_detailed(x, SR, replace(sep.settings, mask_fft=512, mask_iterations=2))
+    np.testing.assert_array_equal(wide.candidates, res.candidates)
+    np.testing.assert_allclose(np.stack([wide.stems["drums"], wide.stems["bass"]]),
+                               soft_masks(x, res.candidates, 512, 2), atol=1e-6)
+    for bad in ({"mask_fft": 8}, {"mask_fft": 1001}, {"mask_iterations": -1}):
+        with pytest.raises(LassError, match="mask_"):
+            sep.separate(x, SR, replace(sep.settings, **bad))
     assert not np.allclose(res.candidates[0], res.candidates[1])
     best = sep.separate_detailed(x, SR, replace(sep.settings, combine="best"))
     assert best.candidates.shape[0] == 1

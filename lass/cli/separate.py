@@ -70,6 +70,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--refine", type=int, default=None, metavar="STEPS",
                    help="latent refinement steps (0: off)")
     p.add_argument("--output", choices=OUTPUTS, default=None)
+    p.add_argument("--mask-fft", type=int, default=None, metavar="N",
+                   help="STFT size of the mask output, at the bundle's sample rate (default: "
+                        "the bundle's)")
+    p.add_argument("--mask-iterations", type=int, default=None, metavar="N",
+                   help="EM updates of the stems' powers before masking (default: the "
+                        "bundle's)")
     p.add_argument("--context-overlap", type=int, default=None, metavar="TOKENS",
                    help="tokens carried into the next window of a prior (default: the bundle's)")
     p.add_argument("--prior-top", type=int, default=None, metavar="N",
@@ -126,6 +132,10 @@ def _settings(args: argparse.Namespace, base: SeparationSettings) -> SeparationS
         changes["refine_steps"] = args.refine
     if args.output is not None:
         changes["output"] = args.output
+    if args.mask_fft is not None:
+        changes["mask_fft"] = args.mask_fft
+    if args.mask_iterations is not None:
+        changes["mask_iterations"] = args.mask_iterations
     if args.context_overlap is not None:
         changes["context_overlap"] = args.context_overlap
     if args.prior_top is not None:
