@@ -235,7 +235,10 @@ def soft_masks(mixture: np.ndarray, estimates: np.ndarray, fft: int = MASK_FFT,
         return spec.reshape(*wave.shape[:-1], *spec.shape[-2:])
 
     spec_mix = stft(mixture)  # (F, frames)
-    power = stft(many).abs().mean(0) ** 2  # (sources, F, frames)
+    magnitude = torch.zeros((many.shape[1], *spec_mix.shape), dtype=torch.float64)
+    for candidate in many:  # one at a time: a long input's spectrograms are large
+        magnitude += stft(candidate).abs()
+    power = (magnitude / many.shape[0]) ** 2  # (sources, F, frames)
     sources = many.shape[1]
 
     def ratio(v: torch.Tensor) -> torch.Tensor:

@@ -69,6 +69,20 @@ def test_evaluate_command_writes_a_resumable_table(tmp_path, capsys):
     capsys.readouterr()
     assert evaluate_main([*args, "--batch", "0"]) == 1
     assert "--batch must be at least 1" in capsys.readouterr().err
+    # Another mask for the LASS methods: recorded in the config, not resumed from the other
+    # file's rows; the oracle's masks and the decodings do not change.
+    masked = tmp_path / "masked.json"
+    argv_mask = [*args[: args.index("--out")], "--out", str(masked), "--mask-fft", "512",
+                 "--mask-iterations", "2", *args[args.index("--out") + 2:]]
+    assert evaluate_main(argv_mask) == 0
+    other = json.loads(masked.read_text())
+    assert (other["config"]["mask_fft"], other["config"]["mask_iterations"]) == (512, 2)
+    assert (results["config"]["mask_fft"], results["config"]["mask_iterations"]) == (2048, 0)
+    for name in ("oracle-mask", "lass-beam-decode"):
+        assert other["per_mixture"][name] == results["per_mixture"][name]
+    capsys.readouterr()
+    assert evaluate_main([*argv_mask, "--mask-fft", "7"]) == 1
+    assert "--mask-fft must be even and at least 16" in capsys.readouterr().err
 
 
 def test_blind_baselines_split_a_tone_from_clicks():
@@ -131,3 +145,9 @@ def test_lass_methods_of_one_sampler_share_one_search(tmp_path, monkeypatch):
     np.testing.assert_allclose(out["lass-ancestral-decode-best"], cands[0], atol=1e-6)
     methods["lass-ancestral-mask"](mix_ * 0.5, src)  # another mixture: a new search
     assert calls == ["mean", "mean"]
+    # The separator's mask settings reach the LASS mask methods.
+    wide = make_methods(sep.with_settings(mask_fft=512, mask_iterations=2),
+                        ["lass-ancestral-mask-mean"], candidates=3)
+    np.testing.assert_allclose(wide["lass-ancestral-mask-mean"](mix_, src),
+                               soft_masks(mix_, cands, 512, 2), atol=1e-6)
+    assert not np.allclose(soft_masks(mix_, cands, 512, 2), soft_masks(mix_, cands), atol=1e-4)

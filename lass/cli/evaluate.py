@@ -62,6 +62,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="likelihood weight of the LASS methods (default: the bundle's)")
     p.add_argument("--context-overlap", type=int, default=None, metavar="TOKENS",
                    help="tokens carried into a prior's next window (default: the bundle's)")
+    p.add_argument("--mask-fft", type=int, default=None, metavar="N",
+                   help="STFT size of the LASS methods' mask output (default: the bundle's)")
+    p.add_argument("--mask-iterations", type=int, default=None, metavar="N",
+                   help="EM updates before the LASS methods' masks (default: the bundle's)")
     p.add_argument("--batch", type=int, default=8, metavar="N",
                    help="mixtures whose LASS searches run as one batch (faster per mixture "
                         "on a CPU; 1: one at a time)")
@@ -111,6 +115,14 @@ def _main(argv: Sequence[str] | None) -> int:
         separator = separator.with_settings(lam=args.lam)
     if args.context_overlap is not None:
         separator = separator.with_settings(context_overlap=args.context_overlap)
+    if args.mask_fft is not None:
+        if args.mask_fft < 16 or args.mask_fft % 2:
+            raise DataError(f"--mask-fft must be even and at least 16, not {args.mask_fft}")
+        separator = separator.with_settings(mask_fft=args.mask_fft)
+    if args.mask_iterations is not None:
+        if args.mask_iterations < 0:
+            raise DataError(f"--mask-iterations must be >= 0, not {args.mask_iterations}")
+        separator = separator.with_settings(mask_iterations=args.mask_iterations)
     rate = separator.codec.sample_rate
     tracks = find_tracks(args.data, args.split, list(separator.stems), args.layout)
     data = StemDataset(tracks, sample_rate=rate, chunk=chunk_samples(args.seconds, rate),
@@ -133,7 +145,9 @@ def _main(argv: Sequence[str] | None) -> int:
               "beams": args.beams, "top_k": args.top_k, "candidates": args.candidates,
               "temperature": args.temperature,
               "lam": separator.settings.lam,
-              "context_overlap": separator.settings.context_overlap}
+              "context_overlap": separator.settings.context_overlap,
+              "mask_fft": separator.settings.mask_fft,
+              "mask_iterations": separator.settings.mask_iterations}
     done: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
     if args.out is not None and args.out.is_file():
         saved = json.loads(args.out.read_text(encoding="utf-8"))
