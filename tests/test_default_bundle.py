@@ -47,5 +47,6 @@ def test_separate_with_no_model_writes_drums_and_bass(tmp_path, capsys):
     np.testing.assert_allclose(got["drums"][0] + got["bass"][0], mono, atol=2e-4)  # 16-bit
     assert "downmixed to mono" in capsys.readouterr().err
     info = json.loads((out / "default" / "mix" / "separation.json").read_text())
-    assert info["settings"]["combine"] == "mean"  # the mean of the samples' masks
+    assert info["settings"]["combine"] == "mean"  # one mask from the samples
     assert info["settings"]["candidates"] == 10
+    assert (info["settings"]["mask_fft"], info["settings"]["mask_iterations"]) == (8192, 1)
