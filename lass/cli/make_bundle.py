@@ -71,6 +71,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="how several candidates become the stems")
     p.add_argument("--lam", type=float, default=3.0)
     p.add_argument("--output", default="mask", choices=OUTPUTS)
+    p.add_argument("--mask-fft", type=int, default=2048, metavar="N",
+                   help="STFT size of the mask output, in samples at the codec's rate")
+    p.add_argument("--mask-iterations", type=int, default=0, metavar="N",
+                   help="EM updates of the stems' powers before masking")
     p.add_argument("--out", type=Path, required=True)
     return p
 
@@ -129,6 +133,10 @@ def _main(argv: Sequence[str] | None) -> int:
             raise LassError("--smoothing factorised and --factorised FILE go together")
         if args.factorised is not None:
             FactorisedLikelihood.load(args.factorised).check_fits(counts)
+    if args.mask_fft < 16 or args.mask_fft % 2:
+        raise LassError(f"--mask-fft must be even and at least 16, not {args.mask_fft}")
+    if args.mask_iterations < 0:
+        raise LassError(f"--mask-iterations must be >= 0, not {args.mask_iterations}")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -147,7 +155,8 @@ def _main(argv: Sequence[str] | None) -> int:
                      sampler={"kind": args.sampler, "num_beams": args.beams,
                               "candidates": args.candidates, "temperature": args.temperature,
                               "k": args.top_k, "combine": args.combine, "lam": args.lam,
-                              "output": args.output,
+                              "output": args.output, "mask_fft": args.mask_fft,
+                              "mask_iterations": args.mask_iterations,
                               **({"prior_top": args.prior_top} if args.prior_top else {})})
         tmp.rename(out)
     except BaseException:
