@@ -187,11 +187,19 @@ def _resample(wave: np.ndarray, src: int, dst: int, length: int | None = None) -
     return out
 
 
+def check_mask_settings(fft: int, iterations: int) -> None:
+    """Raise :class:`LassError` unless ``fft`` (the mask STFT size) is even and at least 16
+    and ``iterations`` (its EM updates) is at least 0."""
+    if fft < 16 or fft % 2:
+        raise LassError(f"mask_fft must be even and at least 16, not {fft}")
+    if iterations < 0:
+        raise LassError(f"mask_iterations must be >= 0, not {iterations}")
+
+
 def mask_fft_at(fft: int, sample_rate: int, codec_rate: int) -> int:
     """The STFT size at ``sample_rate`` with the time and frequency resolution that ``fft``
     samples have at ``codec_rate`` (the power of two nearest in log scale, at least 16)."""
-    if fft < 16:
-        raise LassError(f"the mask STFT needs at least 16 samples, not {fft}")
+    check_mask_settings(fft, 0)
     if sample_rate == codec_rate:
         return fft
     return max(16, 2 ** round(math.log2(fft * sample_rate / codec_rate)))
@@ -219,8 +227,7 @@ def soft_masks(mixture: np.ndarray, estimates: np.ndarray, fft: int = MASK_FFT,
         ``(sources, time)`` that sum to ``mixture`` (the masks sum to one over the sources
         and the STFT is inverted exactly).
     """
-    if iterations < 0:
-        raise LassError(f"mask iterations must be >= 0, not {iterations}")
+    check_mask_settings(fft, iterations)
     n = mixture.shape[0]
     while fft > 16 and fft // 2 >= n:
         fft //= 2
@@ -401,10 +408,7 @@ class Separator:
             raise LassError(f"unknown output {s.output!r}; expected decode or mask")
         if s.combine not in COMBINES:
             raise LassError(f"unknown combine {s.combine!r}; expected best, rerank or mean")
-        if s.mask_fft < 16 or s.mask_fft % 2:
-            raise LassError(f"mask_fft must be even and at least 16, not {s.mask_fft}")
-        if s.mask_iterations < 0:
-            raise LassError(f"mask_iterations must be >= 0, not {s.mask_iterations}")
+        check_mask_settings(s.mask_fft, s.mask_iterations)
         if s.refine_steps > 0 and s.combine == "mean":
             raise LassError("refinement works on one separation; it does not combine with "
                             "combine='mean'")

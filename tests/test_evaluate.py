@@ -82,7 +82,7 @@ def test_evaluate_command_writes_a_resumable_table(tmp_path, capsys):
         assert other["per_mixture"][name] == results["per_mixture"][name]
     capsys.readouterr()
     assert evaluate_main([*argv_mask, "--mask-fft", "7"]) == 1
-    assert "--mask-fft must be even and at least 16" in capsys.readouterr().err
+    assert "mask_fft must be even and at least 16, not 7" in capsys.readouterr().err
 
 
 def test_blind_baselines_split_a_tone_from_clicks():

@@ -69,7 +69,7 @@ def test_make_bundle_from_two_priors_and_from_a_shared_prior(tmp_path, capsys):
                              str(parts / "likelihood.npz"), "--mask-fft", "12",
                              "--out", str(bad)]) == 1
     assert capsys.readouterr().err.strip().splitlines() == [
-        "lass-make-bundle: error: --mask-fft must be even and at least 16, not 12"]
+        "lass-make-bundle: error: mask_fft must be even and at least 16, not 12"]
     assert not bad.exists()
 
 

@@ -118,7 +118,7 @@ def test_soft_masks_split_the_mixture_exactly():
     # An input shorter than half the STFT: the STFT shrinks to fit; still exact.
     short = soft_masks(mix_[:300], est[:, :300], 8192, 1)
     np.testing.assert_allclose(short.sum(0), mix_[:300], atol=1e-5)
-    with pytest.raises(LassError, match="iterations"):
+    with pytest.raises(LassError, match="mask_iterations must be >= 0"):
         soft_masks(mix_, est, 2048, -1)
 
 
@@ -175,7 +175,7 @@ def test_mask_stft_follows_the_input_rate():
     assert mask_fft_at(8192, 44100, 22050) == 16384
     assert mask_fft_at(8192, 48000, 22050) == 16384
     assert mask_fft_at(2048, 11025, 22050) == 1024
-    with pytest.raises(LassError, match="at least 16"):
+    with pytest.raises(LassError, match="mask_fft must be even and at least 16"):
         mask_fft_at(8, 22050, 22050)
 
 

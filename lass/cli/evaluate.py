@@ -35,7 +35,7 @@ from lass.evaluate import (
     mixture_of,
     score,
 )
-from lass.separator import Separator
+from lass.separator import Separator, check_mask_settings
 
 PROG = "lass-evaluate"
 DEFAULT_METHODS = ["average", "hpss", "nmf", "oracle-decode", "oracle-mask", "lass-beam-decode",
@@ -116,13 +116,10 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.context_overlap is not None:
         separator = separator.with_settings(context_overlap=args.context_overlap)
     if args.mask_fft is not None:
-        if args.mask_fft < 16 or args.mask_fft % 2:
-            raise DataError(f"--mask-fft must be even and at least 16, not {args.mask_fft}")
         separator = separator.with_settings(mask_fft=args.mask_fft)
     if args.mask_iterations is not None:
-        if args.mask_iterations < 0:
-            raise DataError(f"--mask-iterations must be >= 0, not {args.mask_iterations}")
         separator = separator.with_settings(mask_iterations=args.mask_iterations)
+    check_mask_settings(separator.settings.mask_fft, separator.settings.mask_iterations)
     rate = separator.codec.sample_rate
     tracks = find_tracks(args.data, args.split, list(separator.stems), args.layout)
     data = StemDataset(tracks, sample_rate=rate, chunk=chunk_samples(args.seconds, rate),

@@ -27,7 +27,7 @@ from pathlib import Path
 from lass.bundle import write_bundle
 from lass.cli import run_cli
 from lass.errors import LassError
-from lass.separator import COMBINES, OUTPUTS
+from lass.separator import COMBINES, OUTPUTS, check_mask_settings
 from likelihood import load_counts
 from likelihood.factorised import FactorisedLikelihood
 from likelihood.latent import LatentLikelihood
@@ -133,10 +133,7 @@ def _main(argv: Sequence[str] | None) -> int:
             raise LassError("--smoothing factorised and --factorised FILE go together")
         if args.factorised is not None:
             FactorisedLikelihood.load(args.factorised).check_fits(counts)
-    if args.mask_fft < 16 or args.mask_fft % 2:
-        raise LassError(f"--mask-fft must be even and at least 16, not {args.mask_fft}")
-    if args.mask_iterations < 0:
-        raise LassError(f"--mask-iterations must be >= 0, not {args.mask_iterations}")
+    check_mask_settings(args.mask_fft, args.mask_iterations)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
