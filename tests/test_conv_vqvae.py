@@ -144,3 +144,25 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
     for (name, a), (_, b) in zip(straight.model.state_dict().items(),
                                  resumed.model.state_dict().items(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("hop", [64, 32, 8])
+def test_chunked_decoding_equals_decoding_whole(hop, monkeypatch):
+    import vqvae.codec
+
+    torch.manual_seed(0)
+    codec = ConvVQVAE(ConvVQVAEConfig(hop_length=hop, codebook_size=32, dim=8, channels=4,
+                                      max_channels=16)).eval()
+    for p in codec.decoder.parameters():  # weights large enough that every layer matters
+        p.data.normal_(0, 0.5)
+    codes = torch.randint(0, 32, (3, 157))
+    with torch.no_grad():
+        whole = codec.decode_latents(codec.embed(codes))
+        monkeypatch.setattr(vqvae.codec, "CPU_DECODE_CHUNK", 16)
+        chunked = codec.decode(codes)
+        assert chunked.shape == (3, 157 * hop)
+        torch.testing.assert_close(chunked, whole, atol=1e-5 * float(whole.abs().max()), rtol=0)
+        # Without the context the chunks' edges differ: the test can tell.
+        monkeypatch.setattr(ConvVQVAE, "decode_context", property(lambda self: 0))
+        assert not torch.allclose(codec.decode(codes), whole,
+                                  atol=1e-3 * float(whole.abs().max()))

@@ -194,6 +194,17 @@ class ConvVQVAE(Codec):
     def embedding_dim(self) -> int:
         return self.config.dim
 
+    @property
+    def decode_context(self) -> int:
+        """The decoder's reach in tokens, rounded up, plus one: the first k3 conv (1 token),
+        then per stage two residual units (dilations 1 and 3) and a transposed conv (one
+        input position each side) at that stage's rate, and the last k7 conv (3 samples)."""
+        reach, rate = 1.0, 1
+        for s in reversed(self.config.resolved_strides()):
+            reach += (1 + 3 + 1) / rate
+            rate *= s
+        return math.ceil(reach + 3 / rate) + 1
+
     def latents(self, wave: torch.Tensor) -> torch.Tensor:
         """``wave: (batch, time)`` -> unit-norm encoder outputs ``(batch, dim, tokens)``."""
         wave = self.check_wave(wave).to(self.device)
