@@ -101,7 +101,7 @@ class PriorTrainer:
         self.prior = prior.with_transformers()  # the library's network (dropout) for training
         self.config = config
         self.step = 0
-        self.optimizer = torch.optim.AdamW(prior.parameters(), lr=config.lr,
+        self.optimizer = torch.optim.AdamW(self.prior.parameters(), lr=config.lr,
                                            weight_decay=config.weight_decay)
 
     def lr_at(self, step: int) -> float:

@@ -316,3 +316,14 @@ def test_prior_training_lowers_bits_and_resumes_exactly(tmp_path):
     for (name, a), (_, b) in zip(straight.prior.state_dict().items(),
                                  resumed.prior.state_dict().items(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    # A prior loaded for separation (the torch network) trains too: the trainer optimises
+    # the library network it converts to, and one step moves its weights.
+    from priors import fast_llama
+
+    tiny().save(tmp_path / "saved")
+    loaded = load_prior(tmp_path / "saved")
+    assert isinstance(loaded.model, fast_llama.TorchLlama)
+    from_loaded = PriorTrainer(loaded, cfg)
+    start = {k: v.clone() for k, v in from_loaded.prior.state_dict().items()}
+    from_loaded.train_step(win.batch(np.random.default_rng(2), 8)[0])
+    assert any(not torch.equal(start[k], v) for k, v in from_loaded.prior.state_dict().items())
