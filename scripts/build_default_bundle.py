@@ -111,17 +111,29 @@ def _validation(bundle: Path, data: Path, count: int) -> tuple[Any, list[Any], l
             mix_gain(2, sep.mix_rule))
 
 
+def _search_all(sep: Any, mixed_all: list[Any], settings: Any) -> list[Any]:
+    """The separations of every mixture of ``mixed_all``, ``SCORE_BATCH`` per search."""
+    rate = sep.codec.sample_rate
+    return [r for i in range(0, len(mixed_all), SCORE_BATCH)
+            for r in sep.separate_many(mixed_all[i: i + SCORE_BATCH], rate, settings)]
+
+
+def _stems_sdr(estimates: Any, references: Any) -> float:
+    """Plain SDR averaged over the stems of one mixture."""
+    from lass.evaluate import plain_sdr
+
+    return float(np.mean([plain_sdr(e, r) for e, r in zip(estimates, references, strict=True)]))
+
+
 def _scorer(bundle: Path, data: Path, count: int = TUNE_MIXTURES
             ) -> tuple[Any, Callable[..., dict[str, float]]]:
     """The bundle's separator and ``score(lam, overlap, beams)``: mean SDR (decode and mask)
     on the first ``count`` validation mixtures (the tuning's are the first 12)."""
-    from lass.evaluate import plain_sdr
     from lass.sampling import BeamSearch
     from lass.separator import SeparationSettings, combine_candidates
     from likelihood.latent import LatentLikelihood
 
     sep, mixtures, mixed_all, gain = _validation(bundle, data, count)
-    rate = sep.codec.sample_rate
 
     def score(lam: float, overlap: int | None, beams: int = BEAMS, sampler: Any = None,
               candidates: int = 1, combine: str = "rerank") -> dict[str, float]:
@@ -130,14 +142,11 @@ def _scorer(bundle: Path, data: Path, count: int = TUNE_MIXTURES
         settings = SeparationSettings(sampler=chosen, lam=lam, output="decode",
                                       context_overlap=overlap, candidates=candidates,
                                       combine=combine)
-        results = [r for i in range(0, len(mixed_all), SCORE_BATCH)
-                   for r in sep.separate_many(mixed_all[i: i + SCORE_BATCH], rate, settings)]
+        results = _search_all(sep, mixed_all, settings)
         for m, mixed, res in zip(mixtures, mixed_all, results, strict=True):
-            refs = gain * m.stems
             for kind, values in sdr.items():
-                est = combine_candidates(mixed, res.candidates, combine, kind)
-                values.append(float(np.mean([plain_sdr(e, r)
-                                             for e, r in zip(est, refs, strict=True)])))
+                values.append(_stems_sdr(combine_candidates(mixed, res.candidates, combine, kind),
+                                         gain * m.stems))
         out = {kind: float(np.mean(values)) for kind, values in sdr.items()}
         lik = sep.likelihood
         what = ("latent" if isinstance(lik, LatentLikelihood) else
@@ -261,19 +270,15 @@ def _tune_sampler(bundle: Path, data: Path, log: dict[str, Any], log_path: Path
 def _tune_mask(bundle: Path, data: Path, log: dict[str, Any], log_path: Path) -> None:
     """Stage 8: mask SDR of every ``MASK_GRID`` point on ``CHECK_MIXTURES`` validation
     mixtures, each separated once with the bundle's settings (logged under ``mask``)."""
-    from lass.evaluate import plain_sdr
     from lass.separator import combine_candidates
 
     sep, mixtures, mixed_all, gain = _validation(bundle, data, CHECK_MIXTURES)
     s = sep.settings
-    results = [r for i in range(0, len(mixed_all), SCORE_BATCH)
-               for r in sep.separate_many(mixed_all[i: i + SCORE_BATCH], sep.codec.sample_rate,
-                                          s)]
+    results = _search_all(sep, mixed_all, s)
     grid: dict[str, float] = {}
     for key, (fft, em) in zip(MASK_KEYS, MASK_GRID, strict=True):
-        sdr = [float(np.mean([plain_sdr(e, r) for e, r in zip(
-                   combine_candidates(mixed, res.candidates, s.combine, "mask", s.rerank_top,
-                                      fft, em), gain * m.stems, strict=True)]))
+        sdr = [_stems_sdr(combine_candidates(mixed, res.candidates, s.combine, "mask",
+                                             s.rerank_top, fft, em), gain * m.stems)
                for m, mixed, res in zip(mixtures, mixed_all, results, strict=True)]
         grid[key] = float(np.mean(sdr))
         print(f"mask STFT {fft}, {em} EM updates: valid SDR {grid[key]:.2f} dB",
