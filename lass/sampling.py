@@ -25,6 +25,11 @@ output instead of its token: each row's residual (the latent less the parts of i
 tokens) gives every token a vote, each source's ``prior_top`` (default 16) best tokens by
 prior plus lambda times vote are paired, and the pairs are scored exactly.
 
+With ``Ancestral(resample=F)`` the samples are the particles of a sequential Monte Carlo
+search of the whole-sequence posterior: each carries the log of its steps' normalisers and
+they are resampled (caches reordered as for beam search) when their effective number falls
+below ``F`` times their number.
+
 Sequences longer than a prior's context are continued in windows: when a prior's context is
 full, its state restarts from the last ``context_overlap`` tokens of each row (``prime``).
 """
@@ -48,9 +53,19 @@ class Greedy:
 
 @dataclass(frozen=True)
 class Ancestral:
-    """Sample each step from the exact per-step posterior over the candidates."""
+    """Sample each step from the exact per-step posterior over the candidates.
+
+    With ``resample`` > 0 the samples are the particles of a sequential Monte Carlo search
+    of the whole-sequence posterior ``prod_t exp(score_t / temperature)``: each carries the
+    log of its steps' normalisers (the sum over candidates of ``exp(score / temperature)``,
+    the incremental importance weight of drawing from the per-step posterior), and when the
+    effective sample size of a mixture's particles falls below ``resample`` times their
+    number they are resampled (systematic resampling) and their weights reset. 0: the
+    samples are independent.
+    """
 
     temperature: float = 1.0
+    resample: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -90,6 +105,11 @@ class TokenSeparation:
         fallback_steps: (mixture, step) pairs whose mixture token had no candidate pair.
         fallbacks: ``(batch,)`` int64: those steps per mixture (``fallback_steps`` is their
             sum).
+        resamplings: ``(batch,)`` int64: how often each mixture's particles were resampled
+            (:class:`Ancestral` with ``resample``; zeros otherwise).
+        log_weight: ``(batch, n)``: the particles' log importance weights since their last
+            resampling (same order as ``first``; zeros without ``resample``): with them the
+            particles estimate the whole-sequence posterior.
     """
 
     first: torch.Tensor
@@ -97,6 +117,8 @@ class TokenSeparation:
     score: torch.Tensor
     fallback_steps: int
     fallbacks: torch.Tensor
+    resamplings: torch.Tensor
+    log_weight: torch.Tensor
 
 
 def _rows_of(sampler: Sampler, num_samples: int) -> int:
@@ -130,6 +152,30 @@ def _filtered_logits(score: torch.Tensor, sampler: Ancestral | TopK | TopP) -> t
         drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits
+
+
+def _uniforms(count: int, width: int, single: torch.Generator | None,
+              generators: list[torch.Generator] | None, device: torch.device,
+              which: list[int] | None = None) -> torch.Tensor:
+    """``(count * width,)`` uniforms in [0, 1): ``width`` per mixture, each mixture's from its
+    own generator when ``generators`` is given (only those of the mixtures in ``which``,
+    default all; the others get zeros), else all from ``single``."""
+    if generators is None:
+        return torch.rand(count * width, generator=single, device=device)
+    chosen = set(range(count) if which is None else which)
+    return torch.cat([torch.rand(width, generator=g, device=device) if b in chosen
+                      else torch.zeros(width, device=device)
+                      for b, g in enumerate(generators)])
+
+
+def _systematic(log_weight: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Systematic resampling: ``(batch, width)`` parents drawn from the normalised weights
+    ``softmax(log_weight)`` of each row, with one uniform per row (``u: (batch,)``)."""
+    width = log_weight.shape[1]
+    cdf = log_weight.softmax(dim=1).cumsum(dim=1)
+    points = (u[:, None] + torch.arange(width, device=u.device)) / width
+    parent = torch.searchsorted(cdf, points * cdf[:, -1:], right=True)
+    return parent.clamp(max=width - 1)
 
 
 def _draw(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -405,6 +451,12 @@ def separate_tokens(mix_codes: torch.Tensor, priors: Sequence[Prior],
     fallbacks = (steps.fallbacks if steps is not None  # the latent likelihood has no fallback
                  else torch.zeros(batch, dtype=torch.long, device=device))
     within = torch.arange(width, device=device).repeat(batch)  # row index within its mixture
+    if isinstance(sampler, Ancestral) and not 0 <= sampler.resample <= 1:
+        raise ValueError(f"resample must be in [0, 1], not {sampler.resample}")
+    particles = isinstance(sampler, Ancestral) and sampler.resample > 0 and width > 1
+    resample_below = (sampler.resample * width) if isinstance(sampler, Ancestral) else 0.0
+    log_weight = torch.zeros(batch, width, device=device)
+    resamplings = torch.zeros(batch, dtype=torch.long, device=device)
     for t in range(length):
         if shared:
             lp1, lp2 = streams[0].next(history, t).chunk(2)
@@ -455,16 +507,32 @@ def separate_tokens(mix_codes: torch.Tensor, priors: Sequence[Prior],
             if isinstance(sampler, Greedy):
                 pick = flat_score.argmax(dim=1)
             else:
-                if generators is None:
-                    u = torch.rand(rows, generator=single, device=device)
-                else:  # each mixture's rows from its own generator
-                    u = torch.cat([torch.rand(width, generator=g, device=device)
-                                   for g in generators])
-                pick = _draw(_filtered_logits(flat_score, sampler).softmax(dim=1), u)
+                u = _uniforms(batch, width, single, generators, device)
+                logits = _filtered_logits(flat_score, sampler)
+                pick = _draw(logits.softmax(dim=1), u)
+                if particles:
+                    log_weight = log_weight + logits.logsumexp(dim=1).view(batch, width)
             source = within
             total = total + flat_score.gather(1, pick[:, None]).view(batch, width)
         history[0][:, t] = first[mix_of_row, source, pick]
         history[1][:, t] = second[mix_of_row, source, pick]
+        if particles and t + 1 < length:
+            w = log_weight.softmax(dim=1)
+            low = (1.0 / (w * w).sum(dim=1)) < resample_below  # effective sample size
+            if bool(low.any()):
+                which = low.nonzero().squeeze(1).tolist()
+                u = _uniforms(batch, 1, single, generators, device, which)
+                local = torch.where(low[:, None], _systematic(log_weight, u),
+                                    torch.arange(width, device=device)[None])
+                local = local.gather(1, _keep_slots(local))  # most particles keep their row
+                parent = (torch.arange(batch, device=device)[:, None] * width
+                          + local).reshape(-1)
+                for s in streams:
+                    s.reorder(torch.cat([parent, parent + rows]) if shared else parent)
+                history = [h.index_select(0, parent) for h in history]
+                total = total.view(-1)[parent].view(batch, width)
+                log_weight = log_weight.masked_fill(low[:, None], 0.0)
+                resamplings += low.long()
         if progress is not None:
             progress(t + 1, length)
     order = total.argsort(dim=1, descending=True)
@@ -472,4 +540,5 @@ def separate_tokens(mix_codes: torch.Tensor, priors: Sequence[Prior],
     return TokenSeparation(first=history[0][rows_sorted].view(batch, width, length),
                            second=history[1][rows_sorted].view(batch, width, length),
                            score=total.gather(1, order), fallback_steps=int(fallbacks.sum()),
-                           fallbacks=fallbacks)
+                           fallbacks=fallbacks, resamplings=resamplings,
+                           log_weight=log_weight.gather(1, order))

@@ -88,6 +88,11 @@ class SeparationSettings:
             tokens that counting never saw with the mixture token, at the likelihood's
             smoothed value (see :func:`lass.sampling.separate_tokens`; 0: off). With a latent
             likelihood: the tokens per source whose pairs are scored (0: 16).
+        shifts: copies of the input, delayed by :func:`shift_offsets` (fractions of one
+            token's hop), separated together, each with ``candidates`` samples (or its
+            beams); their candidates are shifted back and pooled, best score first, before
+            ``combine``. The codec tokenises each delay differently, so the copies' errors
+            differ and their mean averages them out (cycle spinning). 1: the input alone.
     """
 
     sampler: Sampler = field(default_factory=lambda: BeamSearch(10))
@@ -104,6 +109,7 @@ class SeparationSettings:
     seed: int = 0
     context_overlap: int | None = None
     prior_top: int = 0
+    shifts: int = 1
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready form (sampler as ``kind`` plus its fields)."""
@@ -115,18 +121,22 @@ class SeparationSettings:
                 "mask_fft": self.mask_fft, "mask_iterations": self.mask_iterations,
                 "refine_steps": self.refine_steps, "refine_lr": self.refine_lr,
                 "refine_penalty": self.refine_penalty, "seed": self.seed,
-                "context_overlap": self.context_overlap, "prior_top": self.prior_top}
+                "context_overlap": self.context_overlap, "prior_top": self.prior_top,
+                "shifts": self.shifts}
 
 
 def make_sampler(kind: str, *, beams: int = 10, top_k: int = 16, top_p: float = 0.9,
-                 temperature: float = 1.0) -> Sampler:
-    """A sampler from its name: ``beam``, ``greedy``, ``ancestral``, ``topk`` or ``topp``."""
+                 temperature: float = 1.0, resample: float = 0.0) -> Sampler:
+    """A sampler from its name: ``beam``, ``greedy``, ``ancestral``, ``topk`` or ``topp``
+    (``resample``: the ancestral samples' resampling threshold, see :class:`Ancestral`)."""
     if kind == "beam":
         return BeamSearch(beams)
     if kind == "greedy":
         return Greedy()
     if kind == "ancestral":
-        return Ancestral(temperature)
+        if not 0 <= resample <= 1:
+            raise LassError(f"resample must be in [0, 1], not {resample:g}")
+        return Ancestral(temperature, resample)
     if kind == "topk":
         return TopK(top_k, temperature)
     if kind == "topp":
@@ -140,7 +150,8 @@ def settings_from_bundle(sampler: dict[str, Any]) -> SeparationSettings:
     return SeparationSettings(
         sampler=make_sampler(kind, beams=int(sampler.get("num_beams", 10)),
                              top_k=int(sampler.get("k", 16)), top_p=float(sampler.get("p", 0.9)),
-                             temperature=float(sampler.get("temperature", 1.0))),
+                             temperature=float(sampler.get("temperature", 1.0)),
+                             resample=float(sampler.get("resample", 0.0))),
         lam=float(sampler.get("lam", 3.0)), candidates=int(sampler.get("candidates", 1)),
         combine=str(sampler.get("combine", "rerank")),
         output=str(sampler.get("output", "mask")),
@@ -149,7 +160,7 @@ def settings_from_bundle(sampler: dict[str, Any]) -> SeparationSettings:
         refine_steps=int(sampler.get("refine_steps", 0)),
         context_overlap=(None if sampler.get("context_overlap") is None
                          else int(sampler["context_overlap"])),
-        prior_top=int(sampler.get("prior_top", 0)))
+        prior_top=int(sampler.get("prior_top", 0)), shifts=int(sampler.get("shifts", 1)))
 
 
 @dataclass(frozen=True)
@@ -164,8 +175,11 @@ class SeparationResult:
         candidates: ``(C, 2, time)`` the decoded candidates' contributions at
             ``sample_rate``, best score first, before any refinement.
         score: the log posterior score of the candidate ``tokens`` holds.
-        fallback_steps: steps whose mixture token had no candidate pair.
+        fallback_steps: steps whose mixture token had no candidate pair (summed over the
+            shifted copies).
         timings: seconds per phase.
+        shift: the delay (samples at the codec's rate) of the copy of the input whose
+            tokens ``tokens`` holds (0 without ``shifts``).
     """
 
     stems: dict[str, np.ndarray]
@@ -175,6 +189,7 @@ class SeparationResult:
     score: float
     fallback_steps: int
     timings: dict[str, float]
+    shift: int = 0
 
 
 def _resample(wave: np.ndarray, src: int, dst: int, length: int | None = None) -> np.ndarray:
@@ -185,6 +200,14 @@ def _resample(wave: np.ndarray, src: int, dst: int, length: int | None = None) -
         fixed[: min(length, out.shape[0])] = out[:length]
         out = fixed
     return out
+
+
+def shift_offsets(shifts: int, hop: int) -> list[int]:
+    """The delays (samples at the codec's rate) of the ``shifts`` copies of an input: spread
+    evenly over one hop, ``round(k * hop / shifts)`` for ``k = 0 .. shifts - 1``."""
+    if not 1 <= shifts <= hop:
+        raise LassError(f"shifts must be between 1 and the codec's hop ({hop}), not {shifts}")
+    return [round(k * hop / shifts) for k in range(shifts)]
 
 
 def check_mask_settings(fft: int, iterations: int) -> None:
@@ -412,6 +435,10 @@ class Separator:
         if s.refine_steps > 0 and s.combine == "mean":
             raise LassError("refinement works on one separation; it does not combine with "
                             "combine='mean'")
+        shift_offsets(s.shifts, self.codec.hop_length)
+        if s.refine_steps > 0 and s.shifts > 1:
+            raise LassError("refinement works on the input itself; it does not combine with "
+                            "shifts > 1")
 
     @staticmethod
     def _mono(wave: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -459,48 +486,72 @@ class Separator:
 
     def _separate_group(self, inputs: list[np.ndarray], xcs: list[np.ndarray], sample_rate: int,
                         s: SeparationSettings) -> list[SeparationResult]:
-        """Inputs ``(time,)`` whose codec-rate versions ``xcs`` have one length: one search."""
+        """Inputs ``(time,)`` whose codec-rate versions ``xcs`` have one length: one search
+        (of ``s.shifts`` delayed copies of each)."""
         batch = len(inputs)
+        offsets = shift_offsets(s.shifts, self.codec.hop_length)
+        n = xcs[0].shape[0]
+        copies = np.zeros((batch, len(offsets), n + offsets[-1]), dtype=np.float32)
+        for k, off in enumerate(offsets):
+            copies[:, k, off: off + n] = np.stack(xcs)
+        rows = batch * len(offsets)
         t0 = time.perf_counter()
         with torch.no_grad():  # the encoder runs once: its outputs, then their codes
-            z = self.codec.latents(torch.from_numpy(np.stack(xcs)).to(self.device))
+            z = self.codec.latents_batched(torch.from_numpy(copies.reshape(rows, -1)).to(
+                self.device))
             mix_codes = self.codec.quantise(z)
         latents = z.transpose(1, 2) if isinstance(self.likelihood, LatentLikelihood) else None
         encode = (time.perf_counter() - t0) / batch
         t0 = time.perf_counter()
-        gens = [torch.Generator(device=self.likelihood.device).manual_seed(s.seed)
-                for _ in range(batch)]
+        # copy k of every input draws from its own generator, seeded seed + k
+        gens = [torch.Generator(device=self.likelihood.device).manual_seed(s.seed + k)
+                for _ in range(batch) for k in range(len(offsets))]
         labels = [self.prior_classes.get(st) for st in self.stems]
-        classes = [None if c is None else torch.full((batch,), c) for c in labels]
+        classes = [None if c is None else torch.full((rows,), c) for c in labels]
         out: TokenSeparation = separate_tokens(
             mix_codes, [self.priors[st] for st in self.stems], self.likelihood, s.sampler,
             lam=s.lam, mix_latents=latents, num_samples=s.candidates, classes=classes,
             generator=gens,
             context_overlap=s.context_overlap, prior_top=s.prior_top)
         search = (time.perf_counter() - t0) / batch
-        return [self._finish(inputs[b], xcs[b], sample_rate, s, out, b,
+        return [self._finish(inputs[b], xcs[b], sample_rate, s, out, b, offsets,
                              {"encode": encode, "search": search, "batch": float(batch)})
                 for b in range(batch)]
 
     def _finish(self, x: np.ndarray, xc: np.ndarray, sample_rate: int, s: SeparationSettings,
-                out: TokenSeparation, b: int, timings: dict[str, float]) -> SeparationResult:
-        """Mixture ``b`` of a search: decode its candidates, choose or combine, output."""
+                out: TokenSeparation, b: int, offsets: list[int], timings: dict[str, float]
+                ) -> SeparationResult:
+        """Input ``b`` of a search (its copies are the search's mixtures ``b * S .. b * S +
+        S - 1`` for ``S = len(offsets)``): decode its candidates, choose or combine, output."""
         t0 = time.perf_counter()
         codec_rate = self.codec.sample_rate
         n = xc.shape[0]
-        finite = torch.isfinite(out.score[b])  # candidates come best score first
-        keep = {"best": 1, "rerank": max(1, s.rerank_top), "mean": int(finite.sum())}[s.combine]
-        first, second = out.first[b][finite][:keep], out.second[b][finite][:keep]
-        scores = out.score[b][finite][:keep]
+        copy_rows = range(b * len(offsets), (b + 1) * len(offsets))
+        finite = [torch.isfinite(out.score[r]) for r in copy_rows]
+        # every copy's candidates, pooled and sorted by score (a stable sort: one copy's
+        # come in the search's order)
+        scores = torch.cat([out.score[r][f] for r, f in zip(copy_rows, finite, strict=True)])
+        order = scores.argsort(descending=True, stable=True)
+        total = int(order.numel())
+        order = order[:{"best": 1, "rerank": max(1, s.rerank_top), "mean": total}[s.combine]]
+        first = torch.cat([out.first[r][f] for r, f in zip(copy_rows, finite, strict=True)])[order]
+        second = torch.cat([out.second[r][f] for r, f in zip(copy_rows, finite,
+                                                              strict=True)])[order]
+        delay = np.repeat(offsets, [int(f.sum()) for f in finite])[order.cpu().numpy()]
+        scores = scores[order]
         gain = mix_gain(2, self.mix_rule)
 
-        def contributions(e1: torch.Tensor, e2: torch.Tensor) -> np.ndarray:
-            """``(C, n)`` decodings at the codec's rate -> ``(C, 2, time)`` at the input's."""
+        def contributions(e1: torch.Tensor, e2: torch.Tensor, delays: np.ndarray
+                          ) -> np.ndarray:
+            """``(C, length)`` decodings of the copies at the codec's rate, delayed by
+            ``delays: (C,)`` -> ``(C, 2, time)`` at the input's rate."""
             dec = gain * torch.stack([e1, e2], 1).detach().cpu().numpy()
-            return np.stack([[_resample(c, codec_rate, sample_rate, x.shape[0]) for c in pair]
-                             for pair in dec])
+            return np.stack([[_resample(c[d: d + n], codec_rate, sample_rate, x.shape[0])
+                              for c in pair] for pair, d in zip(dec, delays, strict=True)])
 
-        candidates = contributions(self._decode(first, n), self._decode(second, n))
+        length = n + offsets[-1]
+        candidates = contributions(self._decode(first, length), self._decode(second, length),
+                                   delay)
         chosen = choose_candidates(x, candidates, s.combine, s.rerank_top)
         timings["decode"] = time.perf_counter() - t0
         best = int(chosen[0])
@@ -509,7 +560,7 @@ class Separator:
             t0 = time.perf_counter()
             e1, e2 = self._refine(first[best], second[best], torch.from_numpy(xc).to(
                 self.device), s)
-            used = contributions(e1[None], e2[None])
+            used = contributions(e1[None], e2[None], np.zeros(1, dtype=np.int64))
             timings["refine"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         stems = output_stems(x, used, s.output, mask_fft_at(s.mask_fft, sample_rate, codec_rate),
@@ -519,5 +570,6 @@ class Separator:
             stems={st: stems[i] for i, st in enumerate(self.stems)}, sample_rate=sample_rate,
             tokens={self.stems[0]: first[best].cpu().numpy(),
                     self.stems[1]: second[best].cpu().numpy()},
-            candidates=candidates,
-            score=float(scores[best]), fallback_steps=int(out.fallbacks[b]), timings=timings)
+            candidates=candidates, score=float(scores[best]),
+            fallback_steps=int(out.fallbacks[copy_rows.start: copy_rows.stop].sum()),
+            timings=timings, shift=int(delay[best]))

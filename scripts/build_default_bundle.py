@@ -35,7 +35,14 @@ Stages (each is skipped when its output exists and resumes when interrupted):
    :func:`lass.separator.soft_masks`) on the same validation mixtures, separated once with
    the bundle's settings; the best replaces the plain 2048-sample ratio masks when it gains
    at least ``MASK_GAIN_DB``
-9. ``assemble``: the bundle in ``WORK/bundle`` (``bundle.json`` with every sha256);
+9. ``shifts``: on the same validation mixtures, the sampled candidates spread over delayed
+   copies of each mixture (``SHIFT_GRID``: copies x samples per copy, the same number of
+   search rows and decodings as the bundle's samples; see
+   :attr:`lass.separator.SeparationSettings.shifts`); of the settings within
+   ``SHIFT_TIE_DB`` of the best, the one with the fewest copies (each copy is one more
+   encoding and mixture token sequence), which replaces one copy when it gains at least
+   ``SHIFT_GAIN_DB``
+10. ``assemble``: the bundle in ``WORK/bundle`` (``bundle.json`` with every sha256);
    ``--install`` copies it to ``lass/bundles/default`` and prints the rows of
    ``checkpoints.md``.
 
@@ -84,6 +91,11 @@ SCORE_BATCH = 8  # validation mixtures searched as one batch
 MASK_GRID = tuple((fft, em) for fft in (2048, 4096, 8192, 16384) for em in (0, 1))
 MASK_GAIN_DB = 0.2
 MASK_KEYS = tuple(f"fft {fft} em {em}" for fft, em in MASK_GRID)  # build.json keys
+# (copies, samples per copy): SAMPLES candidates in all
+SHIFT_GRID = ((1, SAMPLES), (2, SAMPLES // 2), (5, SAMPLES // 5), (SAMPLES, 1))
+SHIFT_GAIN_DB = 0.2
+SHIFT_TIE_DB = 0.1
+SHIFT_KEYS = tuple(f"shifts {n} samples {c}" for n, c in SHIFT_GRID)  # build.json keys
 
 
 def _run(cmd: list[str], log: dict[str, Any], stage: str) -> None:
@@ -290,6 +302,35 @@ def _tune_mask(bundle: Path, data: Path, log: dict[str, Any], log_path: Path) ->
     log_path.write_text(json.dumps(log, indent=1) + "\n")
 
 
+def _tune_shifts(bundle: Path, data: Path, log: dict[str, Any], log_path: Path) -> None:
+    """Stage 9: SDR of every ``SHIFT_GRID`` point on ``CHECK_MIXTURES`` validation mixtures
+    with the bundle's other settings, and the choice (logged under ``shifts``)."""
+    from dataclasses import replace
+
+    sep, mixtures, mixed_all, gain = _validation(bundle, data, CHECK_MIXTURES)
+    entry: dict[str, Any] = log.setdefault("shifts", {})
+    grid: dict[str, float] = entry.setdefault("grid", {})
+    for key, (shifts, samples) in zip(SHIFT_KEYS, SHIFT_GRID, strict=True):
+        if key in grid:
+            continue
+        start = time.perf_counter()
+        results = _search_all(sep, mixed_all, replace(sep.settings, shifts=shifts,
+                                                      candidates=samples))
+        grid[key] = float(np.mean([
+            _stems_sdr(np.stack([r.stems[st] for st in sep.stems]), gain * m.stems)
+            for m, r in zip(mixtures, results, strict=True)]))
+        entry.setdefault("seconds", {})[key] = round(time.perf_counter() - start, 1)
+        print(f"{shifts} copies x {samples} samples: valid SDR {grid[key]:.2f} dB",
+              file=sys.stderr, flush=True)
+        log_path.write_text(json.dumps(log, indent=1) + "\n")
+    top = max(grid[k] for k in SHIFT_KEYS)
+    best = next(k for k in SHIFT_KEYS if grid[k] >= top - SHIFT_TIE_DB)
+    shifts, samples = SHIFT_GRID[SHIFT_KEYS.index(best)]
+    entry.update(mixtures=CHECK_MIXTURES, shifts=shifts, samples=samples,
+                 use=grid[best] >= grid[SHIFT_KEYS[0]] + SHIFT_GAIN_DB)
+    log_path.write_text(json.dumps(log, indent=1) + "\n")
+
+
 def _choose_sampler(log: dict[str, Any]) -> dict[str, Any]:
     """Stage 7's decision from its grid: of the ``SAMPLE_GRID`` settings within
     ``SAMPLE_TIE_DB`` of the best, the first (closer differences on 48 mixtures are noise,
@@ -424,6 +465,15 @@ def main() -> None:
             log.setdefault("seconds", {})["tune-mask"] = round(time.perf_counter() - start, 1)
         if log["mask"]["use"]:
             sampler.update(mask_fft=log["mask"]["fft"], mask_iterations=log["mask"]["iterations"])
+            assemble()
+    if sampler["kind"] == "ancestral":  # the samples (SAMPLES) spread over shifted copies
+        done = log.get("shifts", {})
+        if "use" not in done or any(k not in done["grid"] for k in SHIFT_KEYS):
+            start = time.perf_counter()
+            _tune_shifts(bundle, data, log, log_path)
+            log.setdefault("seconds", {})["tune-shifts"] = round(time.perf_counter() - start, 1)
+        if log["shifts"]["use"]:
+            sampler.update(shifts=log["shifts"]["shifts"], candidates=log["shifts"]["samples"])
             assemble()
     log_path.write_text(json.dumps(log, indent=1) + "\n")
     files = sorted(f for f in bundle.rglob("*") if f.is_file())

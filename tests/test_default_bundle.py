@@ -48,5 +48,6 @@ def test_separate_with_no_model_writes_drums_and_bass(tmp_path, capsys):
     assert "downmixed to mono" in capsys.readouterr().err
     info = json.loads((out / "default" / "mix" / "separation.json").read_text())
     assert info["settings"]["combine"] == "mean"  # one mask from the samples
-    assert info["settings"]["candidates"] == 10
+    # 10 samples in all: 2 for each of 5 shifted copies
+    assert (info["settings"]["candidates"], info["settings"]["shifts"]) == (2, 5)
     assert (info["settings"]["mask_fft"], info["settings"]["mask_iterations"]) == (8192, 1)

@@ -83,6 +83,19 @@ def test_evaluate_command_writes_a_resumable_table(tmp_path, capsys):
     capsys.readouterr()
     assert evaluate_main([*argv_mask, "--mask-fft", "7"]) == 1
     assert "mask_fft must be even and at least 16, not 7" in capsys.readouterr().err
+    # Shifted copies reach the LASS searches (recorded; the oracle does not change).
+    shifted = tmp_path / "shifted.json"
+    argv_shift = [*args[: args.index("--out")], "--out", str(shifted), "--shifts", "2",
+                  *args[args.index("--out") + 2:]]
+    assert evaluate_main(argv_shift) == 0
+    other = json.loads(shifted.read_text())
+    assert other["config"]["shifts"] == 2
+    assert results["config"]["shifts"] == 1
+    assert other["per_mixture"]["oracle-mask"] == results["per_mixture"]["oracle-mask"]
+    assert other["per_mixture"]["lass-beam-decode"] != results["per_mixture"]["lass-beam-decode"]
+    capsys.readouterr()
+    assert evaluate_main([*argv_shift, "--shifts", "0"]) == 1
+    assert "shifts must be between 1 and the codec's hop" in capsys.readouterr().err
 
 
 def test_blind_baselines_split_a_tone_from_clicks():

@@ -177,7 +177,8 @@ def test_unseen_mixture_token_falls_back_and_is_counted():
         assert out.fallback_steps == 3
 
 
-@pytest.mark.parametrize("sampler", [Ancestral(1.0), TopK(2), Greedy(), BeamSearch(3)])
+@pytest.mark.parametrize("sampler", [Ancestral(1.0), Ancestral(1.0, resample=1.0), TopK(2),
+                                     Greedy(), BeamSearch(3)])
 def test_a_mixture_separates_the_same_in_any_batch(sampler):
     # With one generator per mixture, a mixture's samples do not depend on its batch.
     k, length = 3, 6
@@ -191,6 +192,9 @@ def test_a_mixture_separates_the_same_in_any_batch(sampler):
         assert torch.equal(batched.first[b], alone.first[0])
         assert torch.equal(batched.second[b], alone.second[0])
         torch.testing.assert_close(batched.score[b], alone.score[0])
+        assert batched.resamplings[b] == alone.resamplings[0]
+        if isinstance(sampler, Ancestral) and sampler.resample:
+            assert alone.resamplings[0] > 0
     with pytest.raises(ValueError, match="one generator per mixture"):
         separate_tokens(mixes, [p1, p2], lik, sampler, generator=[torch.Generator()])
 
@@ -229,6 +233,70 @@ def test_ancestral_matches_the_per_step_posterior():
     assert chi2 < dof + 5 * (2 * dof) ** 0.5  # far inside the 99.99% region
 
 
+def _weighted_distribution(out, keys: torch.Tensor, weighted: bool) -> torch.Tensor:
+    """The (weighted) empirical distribution of a search's particles over ``keys``."""
+    index = {tuple(r): i for i, r in enumerate(keys.tolist())}
+    w = out.log_weight[0].softmax(0) if weighted else torch.full((out.first.shape[1],),
+                                                                  1.0 / out.first.shape[1])
+    est = torch.zeros(len(keys), dtype=torch.float64)
+    for row, wi in zip(torch.cat([out.first[0], out.second[0]], 1).tolist(), w.tolist(),
+                       strict=True):
+        est[index[tuple(row)]] += wi
+    return est
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_particles_estimate_the_whole_sequence_posterior(seed):
+    """Independent ancestral samples follow the per-step posteriors, not the posterior of
+    the whole sequences; weighted and resampled particles do (total variation distance to
+    the brute-force posterior, fixed seeds; 20000 particles put the sampling noise near
+    0.03)."""
+    k, length, lam, n = 3, 4, 3.0, 20000
+    p1, p2, lik, mix = build(k, length, seed, density=0.8)
+    z1, z2, obj = brute_force(p1, p2, lik, mix, lam)
+    exact = obj.double().softmax(0)
+    keys = torch.cat([z1, z2], 1)
+    plain = separate_tokens(mix, [p1, p2], lik, Ancestral(), lam=lam, num_samples=n,
+                            generator=torch.Generator().manual_seed(1))
+    assert not plain.log_weight.any()
+    assert 0.5 * float((_weighted_distribution(plain, keys, False) - exact).abs().sum()) > 0.12
+    for resample in (0.5, 1.0):
+        out = separate_tokens(mix, [p1, p2], lik, Ancestral(resample=resample), lam=lam,
+                              num_samples=n, generator=torch.Generator().manual_seed(1))
+        tv = 0.5 * float((_weighted_distribution(out, keys, True) - exact).abs().sum())
+        assert tv < 0.07
+        assert (int(out.resamplings[0]) > 0) == (resample == 1.0)
+        # Every particle's score is still its own objective.
+        torch.testing.assert_close(out.score[0], objective(p1, p2, lik, mix, out.first[0],
+                                                           out.second[0], lam),
+                                   atol=1e-4, rtol=0)
+
+
+def test_particles_at_temperature_follow_the_tempered_posterior():
+    k, length, lam, n, temperature = 3, 3, 3.0, 20000, 2.0
+    p1, p2, lik, mix = build(k, length, 4, density=0.8)
+    z1, z2, obj = brute_force(p1, p2, lik, mix, lam)
+    exact = (obj.double() / temperature).softmax(0)
+    out = separate_tokens(mix, [p1, p2], lik, Ancestral(temperature, resample=1.0), lam=lam,
+                          num_samples=n, generator=torch.Generator().manual_seed(2))
+    tv = 0.5 * float((_weighted_distribution(out, torch.cat([z1, z2], 1), True)
+                      - exact).abs().sum())
+    assert tv < 0.07
+
+
+def test_resampling_off_is_plain_ancestral_and_bad_values_are_refused():
+    p1, p2, lik, mix = build(3, 5, 2, density=0.8)
+    a = separate_tokens(mix, [p1, p2], lik, Ancestral(1.3), num_samples=6,
+                        generator=torch.Generator().manual_seed(0))
+    b = separate_tokens(mix, [p1, p2], lik, Ancestral(1.3, resample=0.0), num_samples=6,
+                        generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a.first, b.first)
+    assert torch.equal(a.second, b.second)
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="resample must be in"):
+            separate_tokens(mix, [p1, p2], lik, Ancestral(resample=bad), num_samples=2)
+
+
 def test_top_k_and_top_p_restrict_the_support():
     k, length = 3, 3
     p1, p2, lik, mix = build(k, length, 3)
@@ -256,7 +324,8 @@ def test_long_sequences_continue_in_windows():
     torch.testing.assert_close(windowed.score, full.score)
 
 
-@pytest.mark.parametrize("sampler", [BeamSearch(3), Greedy(), Ancestral(1.0)])
+@pytest.mark.parametrize("sampler", [BeamSearch(3), Greedy(), Ancestral(1.0),
+                                     Ancestral(1.0, resample=1.0)])
 def test_shared_prior_is_one_call_with_the_same_answer(sampler):
     import copy
 

@@ -241,6 +241,18 @@ def test_cli_writes_stems_and_reports_bad_inputs(bundle, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "mask_fft must be even and at least 16" in err
     assert "Traceback" not in err
+    code = separate_main([str(tmp_path / "song.wav"), "-m", str(bundle), "-o", str(out),
+                          "--sampler", "ancestral", "--candidates", "4", "--combine", "mean",
+                          "--resample", "0.5"])
+    assert code == 0
+    info = json.loads((out / "debug" / "song" / "separation.json").read_text())
+    assert info["settings"]["sampler"] == {"kind": "ancestral", "temperature": 1.0,
+                                           "resample": 0.5}
+    assert separate_main([str(tmp_path / "song.wav"), "-m", str(bundle), "-o", str(out),
+                          "--sampler", "ancestral", "--resample", "2"]) == 1
+    err = capsys.readouterr().err
+    assert "resample must be in [0, 1], not 2" in err
+    assert "Traceback" not in err
 
 
 def test_without_a_default_bundle_the_command_says_so(tmp_path, capsys, monkeypatch):
@@ -322,6 +334,66 @@ def test_separator_averages_posterior_samples(bundle):
         sep.separate(x, SR, replace(sep.settings, refine_steps=2))
     with pytest.raises(LassError, match="unknown combine"):
         sep.separate(x, SR, replace(sep.settings, combine="vote"))
+
+
+def test_shift_offsets_spread_over_one_hop():
+    from lass.separator import shift_offsets
+
+    assert shift_offsets(1, 64) == [0]
+    assert shift_offsets(4, 64) == [0, 16, 32, 48]
+    assert shift_offsets(10, 64) == [0, 6, 13, 19, 26, 32, 38, 45, 51, 58]
+    assert shift_offsets(8, 8) == list(range(8))
+    for bad in (0, 9):
+        with pytest.raises(LassError, match="shifts must be between 1 and the codec's hop"):
+            shift_offsets(bad, 8)
+
+
+@pytest.mark.parametrize("sampler", ["beam", "ancestral"])
+def test_shifted_copies_are_separated_apart_and_pooled(bundle, sampler):
+    """With shifts, each delayed copy's candidates are what separating that copy alone gives
+    (cut back to the input), pooled best score first; the stems still mix back exactly."""
+    from lass import Ancestral
+    from lass.separator import shift_offsets
+
+    sep = Separator.from_pretrained(bundle)
+    chosen = BeamSearch(2) if sampler == "beam" else Ancestral(1.0)
+    base = replace(sep.settings, sampler=chosen, candidates=2, combine="mean", output="decode",
+                   seed=5)
+    x = mixture(0.25)[:2001]
+    n = x.shape[0]
+    offsets = shift_offsets(3, sep.codec.hop_length)
+    pooled = sep.separate_detailed(x, SR, replace(base, shifts=3))
+    assert pooled.candidates.shape == (6, 2, n)
+    assert pooled.shift in offsets
+    alone = []
+    for k, off in enumerate(offsets):  # copy k: the input delayed by off, seeded seed + k
+        copy = np.zeros(n + offsets[-1], dtype=np.float32)
+        copy[off: off + n] = x
+        res = sep.separate_detailed(copy, SR, replace(base, seed=base.seed + k))
+        alone.append((res.score, res.candidates[:, :, off: off + n]))
+    expected = np.concatenate([c for _, c in alone])
+    # every pooled candidate is one of the copies' candidates, and each is used once
+    matched = set()
+    for cand in pooled.candidates:
+        hits = [i for i, e in enumerate(expected)
+                if i not in matched and np.allclose(cand, e, atol=1e-5)]
+        assert hits
+        matched.add(hits[0])
+    np.testing.assert_allclose(pooled.stems["drums"], pooled.candidates[:, 0].mean(0),
+                               atol=1e-6)
+    assert np.isclose(pooled.score, max(score for score, _ in alone), atol=1e-3)
+    masked = sep.separate_detailed(x, SR, replace(base, shifts=3, output="mask"))
+    np.testing.assert_allclose(masked.stems["drums"] + masked.stems["bass"], x, atol=1e-5)
+    np.testing.assert_allclose(np.stack([masked.stems["drums"], masked.stems["bass"]]),
+                               soft_masks(x, pooled.candidates), atol=1e-6)
+    one = sep.separate_detailed(x, SR, replace(base, shifts=1))
+    plain = sep.separate_detailed(x, SR, base)
+    np.testing.assert_array_equal(one.candidates, plain.candidates)
+    assert one.shift == 0
+    with pytest.raises(LassError, match="shifts must be between"):
+        sep.separate(x, SR, replace(base, shifts=0))
+    with pytest.raises(LassError, match="does not combine with shifts"):
+        sep.separate(x, SR, replace(base, shifts=2, combine="best", refine_steps=2))
 
 
 @pytest.mark.parametrize("kind", ["beam", "ancestral"])

@@ -35,7 +35,7 @@ from lass.evaluate import (
     mixture_of,
     score,
 )
-from lass.separator import Separator, check_mask_settings
+from lass.separator import Separator, check_mask_settings, shift_offsets
 
 PROG = "lass-evaluate"
 DEFAULT_METHODS = ["average", "hpss", "nmf", "oracle-decode", "oracle-mask", "lass-beam-decode",
@@ -66,6 +66,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="STFT size of the LASS methods' mask output (default: the bundle's)")
     p.add_argument("--mask-iterations", type=int, default=None, metavar="N",
                    help="EM updates before the LASS methods' masks (default: the bundle's)")
+    p.add_argument("--shifts", type=int, default=None, metavar="N",
+                   help="delayed copies of each mixture the LASS methods separate and pool "
+                        "(default: the bundle's)")
     p.add_argument("--batch", type=int, default=8, metavar="N",
                    help="mixtures whose LASS searches run as one batch (faster per mixture "
                         "on a CPU; 1: one at a time)")
@@ -119,7 +122,10 @@ def _main(argv: Sequence[str] | None) -> int:
         separator = separator.with_settings(mask_fft=args.mask_fft)
     if args.mask_iterations is not None:
         separator = separator.with_settings(mask_iterations=args.mask_iterations)
+    if args.shifts is not None:
+        separator = separator.with_settings(shifts=args.shifts)
     check_mask_settings(separator.settings.mask_fft, separator.settings.mask_iterations)
+    shift_offsets(separator.settings.shifts, separator.codec.hop_length)
     rate = separator.codec.sample_rate
     tracks = find_tracks(args.data, args.split, list(separator.stems), args.layout)
     data = StemDataset(tracks, sample_rate=rate, chunk=chunk_samples(args.seconds, rate),
@@ -144,7 +150,8 @@ def _main(argv: Sequence[str] | None) -> int:
               "lam": separator.settings.lam,
               "context_overlap": separator.settings.context_overlap,
               "mask_fft": separator.settings.mask_fft,
-              "mask_iterations": separator.settings.mask_iterations}
+              "mask_iterations": separator.settings.mask_iterations,
+              "shifts": separator.settings.shifts}
     done: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
     if args.out is not None and args.out.is_file():
         saved = json.loads(args.out.read_text(encoding="utf-8"))

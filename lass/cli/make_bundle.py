@@ -75,6 +75,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="STFT size of the mask output, in samples at the codec's rate")
     p.add_argument("--mask-iterations", type=int, default=0, metavar="N",
                    help="EM updates of the stems' powers before masking")
+    p.add_argument("--shifts", type=int, default=1, metavar="N",
+                   help="delayed copies of each input separated and pooled (1: off)")
     p.add_argument("--out", type=Path, required=True)
     return p
 
@@ -154,6 +156,7 @@ def _main(argv: Sequence[str] | None) -> int:
                               "k": args.top_k, "combine": args.combine, "lam": args.lam,
                               "output": args.output, "mask_fft": args.mask_fft,
                               "mask_iterations": args.mask_iterations,
+                              "shifts": args.shifts,
                               **({"prior_top": args.prior_top} if args.prior_top else {})})
         tmp.rename(out)
     except BaseException:

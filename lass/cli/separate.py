@@ -60,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=16)
     p.add_argument("--top-p", type=float, default=0.9)
     p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--resample", type=float, default=0.0, metavar="FRACTION",
+                   help="ancestral: resample the samples as particles whenever their effective "
+                        "number falls below FRACTION of them (0: independent samples)")
     p.add_argument("--candidates", type=int, default=None,
                    help="samples per input for the sampling samplers (combined as --combine "
                         "says)")
@@ -78,6 +81,10 @@ def _parser() -> argparse.ArgumentParser:
                         "bundle's)")
     p.add_argument("--context-overlap", type=int, default=None, metavar="TOKENS",
                    help="tokens carried into the next window of a prior (default: the bundle's)")
+    p.add_argument("--shifts", type=int, default=None, metavar="N",
+                   help="separate N copies of the input delayed by fractions of a token's hop "
+                        "and pool their candidates, each copy with --candidates samples "
+                        "(1: the input alone; default: the bundle's)")
     p.add_argument("--prior-top", type=int, default=None, metavar="N",
                    help="also score pairs of the priors' N likeliest tokens that counting never "
                         "saw (smoothed likelihood; 0: off; default: the bundle's)")
@@ -120,7 +127,8 @@ def _settings(args: argparse.Namespace, base: SeparationSettings) -> SeparationS
         kind = args.sampler or "beam"
         beams = args.beams if args.beams is not None else getattr(s.sampler, "num_beams", 10)
         s = replace(s, sampler=make_sampler(kind, beams=beams, top_k=args.top_k,
-                                            top_p=args.top_p, temperature=args.temperature))
+                                            top_p=args.top_p, temperature=args.temperature,
+                                            resample=args.resample))
     changes: dict[str, Any] = {"seed": args.seed}
     if args.candidates is not None:
         changes["candidates"] = args.candidates
@@ -140,6 +148,8 @@ def _settings(args: argparse.Namespace, base: SeparationSettings) -> SeparationS
         changes["context_overlap"] = args.context_overlap
     if args.prior_top is not None:
         changes["prior_top"] = args.prior_top
+    if args.shifts is not None:
+        changes["shifts"] = args.shifts
     return replace(s, **changes)
 
 
