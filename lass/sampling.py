@@ -249,6 +249,19 @@ def _keep_slots(parent: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(parent).scatter_(1, target, slots[None].expand(batch, width))
 
 
+def _move_rows(local: torch.Tensor, streams: Sequence[_PriorStream],
+               history: list[torch.Tensor], shared: bool) -> list[torch.Tensor]:
+    """Make row ``s`` of every mixture continue row ``local[b, s]`` of the same mixture
+    (``local: (batch, width)``): both priors' states follow (a shared prior's stream holds
+    the second source's rows after the first's), and the token histories are returned
+    reordered."""
+    batch, width = local.shape
+    parent = (torch.arange(batch, device=local.device)[:, None] * width + local).reshape(-1)
+    for s in streams:
+        s.reorder(torch.cat([parent, parent + batch * width]) if shared else parent)
+    return [h.index_select(0, parent) for h in history]
+
+
 def _stack_classes(row_classes: list[torch.Tensor | None], rows: int, device: torch.device
                    ) -> torch.Tensor | None:
     """Class labels of a shared prior's stacked rows (first source's rows, then second's)."""
@@ -494,12 +507,9 @@ def separate_tokens(mix_codes: torch.Tensor, priors: Sequence[Prior],
             slot = _keep_slots(local)  # new beam of each slot: most beams keep their row
             local, index = local.gather(1, slot), index.gather(1, slot)
             values = values.gather(1, slot)
-            parent = (torch.arange(batch, device=device)[:, None] * width + local).reshape(-1)
             pick = (index % n_cand).reshape(-1)
             total = values
-            for s in streams:
-                s.reorder(torch.cat([parent, parent + rows]) if shared else parent)
-            history = [h.index_select(0, parent) for h in history]
+            history = _move_rows(local, streams, history, shared)
             source = local.reshape(-1)  # the row (within its mixture) each new beam extends
         else:
             assert not isinstance(sampler, BeamSearch)
@@ -525,12 +535,8 @@ def separate_tokens(mix_codes: torch.Tensor, priors: Sequence[Prior],
                 local = torch.where(low[:, None], _systematic(log_weight, u),
                                     torch.arange(width, device=device)[None])
                 local = local.gather(1, _keep_slots(local))  # most particles keep their row
-                parent = (torch.arange(batch, device=device)[:, None] * width
-                          + local).reshape(-1)
-                for s in streams:
-                    s.reorder(torch.cat([parent, parent + rows]) if shared else parent)
-                history = [h.index_select(0, parent) for h in history]
-                total = total.view(-1)[parent].view(batch, width)
+                history = _move_rows(local, streams, history, shared)
+                total = total.gather(1, local)
                 log_weight = log_weight.masked_fill(low[:, None], 0.0)
                 resamplings += low.long()
         if progress is not None:

@@ -426,7 +426,8 @@ class Separator:
         """Separate and say how (tokens, score, fallbacks, timings)."""
         return self.separate_many([wave], sample_rate, settings)[0]
 
-    def _check_settings(self, s: SeparationSettings) -> None:
+    def check_settings(self, s: SeparationSettings) -> None:
+        """Raise :class:`LassError` unless ``s`` is a valid setting for this separator."""
         if s.output not in OUTPUTS:
             raise LassError(f"unknown output {s.output!r}; expected decode or mask")
         if s.combine not in COMBINES:
@@ -467,7 +468,7 @@ class Separator:
         divided among its inputs; ``timings["batch"]`` is the batch size.
         """
         s = settings or self.settings
-        self._check_settings(s)
+        self.check_settings(s)
         inputs = [self._mono(w) for w in waves]
         t0 = time.perf_counter()
         resampled = [_resample(x, sample_rate, self.codec.sample_rate) for x in inputs]
@@ -526,18 +527,18 @@ class Separator:
         t0 = time.perf_counter()
         codec_rate = self.codec.sample_rate
         n = xc.shape[0]
-        copy_rows = range(b * len(offsets), (b + 1) * len(offsets))
-        finite = [torch.isfinite(out.score[r]) for r in copy_rows]
+        rows = slice(b * len(offsets), (b + 1) * len(offsets))  # this input's copies
         # every copy's candidates, pooled and sorted by score (a stable sort: one copy's
         # come in the search's order)
-        scores = torch.cat([out.score[r][f] for r, f in zip(copy_rows, finite, strict=True)])
-        order = scores.argsort(descending=True, stable=True)
-        total = int(order.numel())
-        order = order[:{"best": 1, "rerank": max(1, s.rerank_top), "mean": total}[s.combine]]
-        first = torch.cat([out.first[r][f] for r, f in zip(copy_rows, finite, strict=True)])[order]
-        second = torch.cat([out.second[r][f] for r, f in zip(copy_rows, finite,
-                                                              strict=True)])[order]
-        delay = np.repeat(offsets, [int(f.sum()) for f in finite])[order.cpu().numpy()]
+        scores = out.score[rows].reshape(-1)
+        finite = torch.isfinite(scores)
+        order = finite.nonzero().squeeze(1)
+        order = order[scores[order].argsort(descending=True, stable=True)]
+        order = order[:{"best": 1, "rerank": max(1, s.rerank_top),
+                        "mean": int(order.numel())}[s.combine]]
+        first = out.first[rows].flatten(0, 1)[order]
+        second = out.second[rows].flatten(0, 1)[order]
+        delay = np.repeat(offsets, out.score.shape[1])[order.cpu().numpy()]
         scores = scores[order]
         gain = mix_gain(2, self.mix_rule)
 
@@ -571,5 +572,5 @@ class Separator:
             tokens={self.stems[0]: first[best].cpu().numpy(),
                     self.stems[1]: second[best].cpu().numpy()},
             candidates=candidates, score=float(scores[best]),
-            fallback_steps=int(out.fallbacks[copy_rows.start: copy_rows.stop].sum()),
+            fallback_steps=int(out.fallbacks[rows].sum()),
             timings=timings, shift=int(delay[best]))

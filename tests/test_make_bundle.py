@@ -38,12 +38,13 @@ def test_make_bundle_from_two_priors_and_from_a_shared_prior(tmp_path, capsys):
                              "--smoothing", "backoff", "--alpha", "0.5", "--prior-top", "4",
                              "--min-count", "2", "--sampler", "ancestral", "--candidates", "3",
                              "--temperature", "0.8", "--combine", "mean",
-                             "--mask-fft", "1024", "--mask-iterations", "1",
+                             "--mask-fft", "1024", "--mask-iterations", "1", "--shifts", "2",
                              "--out", str(shared)]) == 0
     sep = Separator.from_pretrained(shared)
     assert sep.settings.sampler == Ancestral(0.8)
     assert (sep.settings.candidates, sep.settings.combine) == (3, "mean")
     assert (sep.settings.mask_fft, sep.settings.mask_iterations) == (1024, 1)
+    assert sep.settings.shifts == 2
     assert sep.priors["drums"] is sep.priors["bass"]
     assert (sep.likelihood.smoothing, sep.likelihood.alpha) == ("backoff", 0.5)
     assert sep.settings.prior_top == 4
@@ -70,6 +71,14 @@ def test_make_bundle_from_two_priors_and_from_a_shared_prior(tmp_path, capsys):
                              "--out", str(bad)]) == 1
     assert capsys.readouterr().err.strip().splitlines() == [
         "lass-make-bundle: error: mask_fft must be even and at least 16, not 12"]
+    assert not bad.exists()
+    assert make_bundle_main(["--codec", str(parts / "codec"), "--shared-prior",
+                             str(tmp_path / "shared"), "--likelihood",
+                             str(parts / "likelihood.npz"), "--shifts", "0",
+                             "--out", str(bad)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith("lass-make-bundle: error: shifts must be between 1 and the codec's")
     assert not bad.exists()
 
 

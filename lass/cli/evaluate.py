@@ -35,7 +35,7 @@ from lass.evaluate import (
     mixture_of,
     score,
 )
-from lass.separator import Separator, check_mask_settings, shift_offsets
+from lass.separator import Separator
 
 PROG = "lass-evaluate"
 DEFAULT_METHODS = ["average", "hpss", "nmf", "oracle-decode", "oracle-mask", "lass-beam-decode",
@@ -124,8 +124,7 @@ def _main(argv: Sequence[str] | None) -> int:
         separator = separator.with_settings(mask_iterations=args.mask_iterations)
     if args.shifts is not None:
         separator = separator.with_settings(shifts=args.shifts)
-    check_mask_settings(separator.settings.mask_fft, separator.settings.mask_iterations)
-    shift_offsets(separator.settings.shifts, separator.codec.hop_length)
+    separator.check_settings(separator.settings)
     rate = separator.codec.sample_rate
     tracks = find_tracks(args.data, args.split, list(separator.stems), args.layout)
     data = StemDataset(tracks, sample_rate=rate, chunk=chunk_samples(args.seconds, rate),

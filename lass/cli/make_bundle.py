@@ -27,7 +27,7 @@ from pathlib import Path
 from lass.bundle import write_bundle
 from lass.cli import run_cli
 from lass.errors import LassError
-from lass.separator import COMBINES, OUTPUTS, check_mask_settings
+from lass.separator import COMBINES, OUTPUTS, check_mask_settings, shift_offsets
 from likelihood import load_counts
 from likelihood.factorised import FactorisedLikelihood
 from likelihood.latent import LatentLikelihood
@@ -136,6 +136,7 @@ def _main(argv: Sequence[str] | None) -> int:
         if args.factorised is not None:
             FactorisedLikelihood.load(args.factorised).check_fits(counts)
     check_mask_settings(args.mask_fft, args.mask_iterations)
+    shift_offsets(args.shifts, codec.hop_length)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
