@@ -198,10 +198,10 @@ class _PriorStream:
     """One prior's incremental state over the rows, restarted in windows when full."""
 
     def __init__(self, prior: Prior, rows: int, classes: torch.Tensor | None,
-                 overlap: int) -> None:
-        self.prior, self.classes = prior, classes
+                 overlap: int, share: int = 0) -> None:
+        self.prior, self.classes, self.share = prior, classes, share
         self.overlap = max(1, min(overlap, prior.context_length - 1))
-        self.state: PriorState = prior.start(rows, classes)
+        self.state: PriorState = prior.start(rows, classes, share)
 
     def next(self, history: Sequence[torch.Tensor], t: int) -> torch.Tensor:
         """Log-probs ``(rows, K)`` of token ``t`` given ``history[:, :t]``.
@@ -214,7 +214,7 @@ class _PriorStream:
             return logp
         if self.state.length + 1 > self.prior.context_length + 1:  # context full: new window
             keep = torch.cat([h[:, t - self.overlap: t] for h in history])
-            self.state = self.prior.start(keep.shape[0], self.classes)
+            self.state = self.prior.start(keep.shape[0], self.classes, self.share)
             logp, self.state = self.prior.prime(keep, self.state)
             return logp
         last = torch.cat([h[:, t - 1] for h in history])
@@ -435,13 +435,17 @@ def separate_tokens(mix_codes: torch.Tensor, priors: Sequence[Prior],
     # One prior object for both sources (a shared prior): one stream over 2 x rows, so each
     # step is one network call for both sources.
     shared = priors[0] is priors[1]
+    beam = isinstance(sampler, BeamSearch)
+    particles = isinstance(sampler, Ancestral) and sampler.resample > 0 and width > 1
+    # The beams (or particles) of a mixture move only among themselves: families for the
+    # priors, which may then store their common past once.
+    share = width if beam or particles else 0
     streams: list[_PriorStream] = []
     for p, cls in ([(priors[0], _stack_classes(row_classes, rows, device))] if shared
                    else list(zip(priors, row_classes, strict=True))):
         overlap = context_overlap if context_overlap is not None else p.context_length // 2
-        streams.append(_PriorStream(p, rows * (2 if shared else 1), cls, overlap))
+        streams.append(_PriorStream(p, rows * (2 if shared else 1), cls, overlap, share))
     history = [torch.zeros(rows, length, dtype=torch.long, device=device) for _ in range(2)]
-    beam = isinstance(sampler, BeamSearch)
     total = torch.zeros(batch, width, device=device)
     if beam:
         total[:, 1:] = float("-inf")  # all beams start as one: no duplicate hypotheses
@@ -466,7 +470,6 @@ def separate_tokens(mix_codes: torch.Tensor, priors: Sequence[Prior],
     within = torch.arange(width, device=device).repeat(batch)  # row index within its mixture
     if isinstance(sampler, Ancestral) and not 0 <= sampler.resample <= 1:
         raise ValueError(f"resample must be in [0, 1], not {sampler.resample}")
-    particles = isinstance(sampler, Ancestral) and sampler.resample > 0 and width > 1
     resample_below = (sampler.resample * width) if isinstance(sampler, Ancestral) else 0.0
     log_weight = torch.zeros(batch, width, device=device)
     resamplings = torch.zeros(batch, dtype=torch.long, device=device)

@@ -287,46 +287,114 @@ class TorchLlama(nn.Module):
 class KVBuffer:
     """Keys and values of ``rows`` sequences: ``(rows, layers, 2, kv_heads, capacity, head_dim)``.
 
+    With ``share`` > 0 the rows come in families of ``share`` consecutive rows (the beams of
+    one mixture) that :meth:`reorder` only ever moves within their family. Beams soon
+    descend from one beam of some earlier step, and from then on their past up to that step
+    is the same: it is stored once per family in :attr:`prefix` (positions ``[0, shared)``),
+    so the attention reads it once for all of the family's rows (one product with all their
+    queries) and :meth:`reorder` copies only the positions after it. Which past is common is
+    found from the reorders alone: every ``stride`` positions a mark records each row's
+    ancestor, and a mark whose ancestors agree within every family moves ``shared`` up to it.
+
     Attributes:
-        data: the buffer in use; positions ``[:length]`` are filled.
+        data: the buffer in use; positions ``[shared:length]`` of every row are filled
+            (``[:length]`` when nothing is shared).
         spare: a second buffer of the same shape that :meth:`reorder` writes into.
         length: filled positions.
+        share: rows per family (0: nothing is shared).
+        shared: positions held in :attr:`prefix` for every family.
+        prefix: ``(rows / share, layers, 2, kv_heads, capacity, head_dim)`` or ``None``.
     """
 
     def __init__(self, rows: int, layers: int, kv_heads: int, capacity: int, head_dim: int,
-                 dtype: torch.dtype, device: torch.device) -> None:
+                 dtype: torch.dtype, device: torch.device, share: int = 0,
+                 stride: int = 8) -> None:
         shape = (rows, layers, 2, kv_heads, capacity, head_dim)
         self.data = torch.empty(shape, dtype=dtype, device=device)
         self.spare: torch.Tensor | None = None
         self.length = 0
+        self.share = share if share > 1 and rows % share == 0 else 0
+        self.stride = max(1, stride)
+        self.shared = 0
+        self.prefix: torch.Tensor | None = None
+        self._marks: list[int] = []  # lengths at which each mark was taken
+        self._origin = torch.empty((rows, 0), dtype=torch.long, device=device)
 
     @property
     def rows(self) -> int:
         """Sequences held."""
         return int(self.data.shape[0])
 
+    def unshare(self) -> None:
+        """Copy the shared prefix back into every row, which then holds its whole past again
+        (before a multi-token feed, whose new positions differ between rows); sharing starts
+        over from the next reorders."""
+        if self.shared and self.prefix is not None:
+            n = self.shared
+            self.data[..., :n, :] = self.prefix[..., :n, :].repeat_interleave(self.share, 0)
+        self.shared = 0
+        self._marks = []
+        self._origin = self._origin[:, :0]
+
+    def _commit(self) -> None:
+        """Move :attr:`shared` up to the latest mark whose ancestors agree in every family."""
+        if not self._marks:
+            return
+        fam = self._origin.view(-1, self.share, len(self._marks))
+        agree = (fam == fam[:, :1]).all(dim=1).all(dim=0)  # (marks,): True, then False
+        done = int(agree.sum())
+        if not done:
+            return
+        end = self._marks[done - 1]
+        if self.prefix is None:
+            self.prefix = self.data.new_empty((self.rows // self.share, *self.data.shape[1:]))
+        first = self.data[:: self.share]  # any row of a family holds its common past
+        self.prefix[..., self.shared: end, :] = first[..., self.shared: end, :]
+        self.shared = end
+        self._marks = self._marks[done:]
+        self._origin = self._origin[:, done:]
+
     def reorder(self, index: torch.Tensor) -> None:
         """Row ``i`` becomes row ``index[i]`` (``index: (rows',)``, on the buffer's device)."""
         n = self.length
-        if index.numel() != self.rows:  # a new batch size: a fresh buffer
+        if index.numel() != self.rows:  # a new batch size: a fresh buffer, no families
+            self.unshare()
+            self.share = 0
             fresh = self.data.new_empty((index.numel(), *self.data.shape[1:]))
             if n:
                 torch.index_select(self.data[..., :n, :], 0, index, out=fresh[..., :n, :])
             self.data, self.spare = fresh, None
             return
-        if not n:
+        if self.share:
+            own = torch.arange(self.rows, device=index.device) // self.share
+            if bool((index // self.share != own).any()):  # rows leave their family
+                self.unshare()
+                self.share = 0
+            else:
+                if n - (self._marks[-1] if self._marks else self.shared) >= self.stride:
+                    self._marks.append(n)  # each row's past of length n, by its row now
+                    self._origin = torch.cat([self._origin, torch.arange(
+                        self.rows, device=index.device)[:, None]], dim=1)
+                self._origin = self._origin.index_select(0, index)
+        self._move(index, self.shared, n)
+        if self.share:
+            self._commit()
+
+    def _move(self, index: torch.Tensor, lo: int, n: int) -> None:
+        """Positions ``[lo, n)`` of row ``i`` become those of row ``index[i]``."""
+        if n <= lo:
             return
         moved = index != torch.arange(self.rows, device=index.device)
         dst = moved.nonzero().squeeze(1)
         if dst.numel() * 2 < self.rows:
             src = index[dst]
             if not bool(moved[src].any()):  # no source is overwritten: move rows in place
-                filled = self.data[..., :n, :]
+                filled = self.data[..., lo:n, :]
                 filled.index_copy_(0, dst, filled.index_select(0, src))
                 return
         if self.spare is None:
             self.spare = torch.empty_like(self.data)
-        torch.index_select(self.data[..., :n, :], 0, index, out=self.spare[..., :n, :])
+        torch.index_select(self.data[..., lo:n, :], 0, index, out=self.spare[..., lo:n, :])
         self.data, self.spare = self.spare, self.data
 
 
@@ -377,10 +445,11 @@ class LlamaStepper:
             rot[:, diag, diag + half] = self.sin
             self.rotation = rot
 
-    def new_buffer(self, rows: int) -> KVBuffer:
-        """An empty key/value buffer for ``rows`` sequences."""
+    def new_buffer(self, rows: int, share: int = 0) -> KVBuffer:
+        """An empty key/value buffer for ``rows`` sequences (``share``: rows per family of
+        beams whose common past is stored once, see :class:`KVBuffer`)."""
         return KVBuffer(rows, len(self.layers), self.kv_heads, self.capacity, self.head_dim,
-                        self.embed.dtype, self.embed.device)
+                        self.embed.dtype, self.embed.device, share=share)
 
     def _rms(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         if x.dtype in (torch.float32, torch.float64):
@@ -407,6 +476,7 @@ class LlamaStepper:
             raise ValueError(f"{end} positions exceed the buffer's capacity {self.capacity}")
         if n == 1:
             return self._step(ids[:, 0], cache)
+        cache.unshare()  # (several new positions per row: each row's whole past in place)
         h_, kv_, d = self.heads, self.kv_heads, self.head_dim
         group = h_ // kv_
         x = F.embedding(ids, self.embed)  # (rows, n, width)
@@ -440,18 +510,57 @@ class LlamaStepper:
         x = F.embedding(ids, self.embed)  # (rows, width)
         rot = self.rotation[pos]
         buf = cache.data
+        lo = cache.shared
         for li, (ln1, w_qkv, w_o, ln2, w_gu, w_down) in enumerate(self.layers):
             qkv = torch.mm(self._rms(x, ln1), w_qkv).view(rows, h_ + 2 * kv_, d)
             qkv_rot = torch.matmul(qkv, rot)  # V rotated too (unused): one product for all
             buf[:, li, 0, :, pos] = qkv_rot[:, h_: h_ + kv_]
             buf[:, li, 1, :, pos] = qkv[:, h_ + kv_:]
-            k_all = buf[:, li, 0, :, : pos + 1]  # (rows, kv_heads, pos + 1, head_dim)
-            v_all = buf[:, li, 1, :, : pos + 1]
+            k_all = buf[:, li, 0, :, lo: pos + 1]  # (rows, kv_heads, pos + 1 - lo, head_dim)
+            v_all = buf[:, li, 1, :, lo: pos + 1]
             q = qkv_rot[:, :h_].view(rows, kv_, group, d)  # already scaled
-            att = torch.matmul(q, k_all.transpose(-1, -2)).softmax(-1)
-            x = torch.addmm(x, torch.matmul(att, v_all).view(rows, h_ * d), w_o)
+            if lo:
+                out = self._shared_attention(q, k_all, v_all, cache, li)
+            else:
+                out = torch.matmul(torch.matmul(q, k_all.transpose(-1, -2)).softmax(-1), v_all)
+            x = torch.addmm(x, out.view(rows, h_ * d), w_o)
             gu = torch.mm(self._rms(x, ln2), w_gu)
             x = torch.addmm(x, F.silu(gu[:, : self.inner_size]).mul_(gu[:, self.inner_size:]),
                             w_down)
         cache.length = pos + 1
         return torch.mm(self._rms(x, self.norm), self.head)
+
+    @staticmethod
+    def _shared_attention(q: torch.Tensor, k_own: torch.Tensor, v_own: torch.Tensor,
+                          cache: KVBuffer, layer: int) -> torch.Tensor:
+        """Attention of one new query per row over its family's shared past and its own.
+
+        Args:
+            q: ``(rows, kv_heads, group, head_dim)`` scaled queries.
+            k_own, v_own: ``(rows, kv_heads, own, head_dim)`` each row's positions after the
+                shared ones.
+
+        Returns:
+            ``(rows, kv_heads, group, head_dim)``: the softmax over all positions, shared and
+            own, of the scores, applied to the values (one softmax, as unshared).
+        """
+        assert cache.prefix is not None
+        rows, kv_, group = q.shape[:3]
+        fam = cache.share
+        n = cache.shared
+        k_pre = cache.prefix[:, layer, 0, :, :n]  # (families, kv_heads, shared, head_dim)
+        v_pre = cache.prefix[:, layer, 1, :, :n]
+
+        def by_family(t: torch.Tensor) -> torch.Tensor:  # (rows, kv, group, m) -> family-major
+            m = t.shape[-1]
+            return t.reshape(-1, fam, kv_, group, m).transpose(1, 2).reshape(
+                -1, kv_, fam * group, m)
+
+        def by_row(t: torch.Tensor) -> torch.Tensor:  # the inverse of by_family
+            m = t.shape[-1]
+            return t.reshape(-1, kv_, fam, group, m).transpose(1, 2).reshape(rows, kv_, group, m)
+
+        scores = torch.cat([by_row(torch.matmul(by_family(q), k_pre.transpose(-1, -2))),
+                            torch.matmul(q, k_own.transpose(-1, -2))], dim=-1).softmax(-1)
+        out = torch.matmul(scores[..., n:], v_own)
+        return out.add_(by_row(torch.matmul(by_family(scores[..., :n]), v_pre)))

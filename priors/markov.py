@@ -49,7 +49,8 @@ class MarkovPrior(Prior):
     def context_length(self) -> int:
         return self._context
 
-    def start(self, batch: int, classes: torch.Tensor | None = None) -> PriorState:
+    def start(self, batch: int, classes: torch.Tensor | None = None, share: int = 0
+              ) -> PriorState:
         return PriorState(cache=None, length=0, pending=None, batch=batch)
 
     def step(self, tokens: torch.Tensor | None, state: PriorState

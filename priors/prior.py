@@ -71,8 +71,15 @@ class Prior(nn.Module, ABC):
         """Most codec tokens one sequence can hold after its start token."""
 
     @abstractmethod
-    def start(self, batch: int, classes: torch.Tensor | None = None) -> PriorState:
-        """A fresh state for ``batch`` sequences (``classes: (batch,)`` for a conditioned prior)."""
+    def start(self, batch: int, classes: torch.Tensor | None = None, share: int = 0
+              ) -> PriorState:
+        """A fresh state for ``batch`` sequences (``classes: (batch,)`` for a conditioned prior).
+
+        ``share`` > 1 says the rows come in families of ``share`` consecutive rows (the beams
+        of one mixture) that :meth:`reorder` only moves within their family; a prior may then
+        store a family's common past once (the result is the same, only faster). A reorder
+        across families stays correct but ends the sharing.
+        """
 
     @abstractmethod
     def step(self, tokens: torch.Tensor | None, state: PriorState

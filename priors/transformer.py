@@ -179,7 +179,8 @@ class TransformerPrior(Prior):
 
     # -- incremental decoding -------------------------------------------------------------
 
-    def start(self, batch: int, classes: torch.Tensor | None = None) -> PriorState:
+    def start(self, batch: int, classes: torch.Tensor | None = None, share: int = 0
+              ) -> PriorState:
         if batch < 1:
             raise PriorError("batch must be >= 1")
         cache: Any
@@ -191,7 +192,7 @@ class TransformerPrior(Prior):
                           and fast_llama.supports(self.model)):
             stepper = fast_llama.LlamaStepper(self.model, self.vocab_size,
                                               self.context_length + 1)
-            cache = _FastCache(stepper, stepper.new_buffer(batch))
+            cache = _FastCache(stepper, stepper.new_buffer(batch, share))
         else:
             from transformers import DynamicCache
 

@@ -104,6 +104,52 @@ def test_fast_llama_decoding_equals_the_transformers_path(heads, kv_heads):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
 
 
+
+@pytest.mark.parametrize("kv_heads", [0, 1])
+def test_shared_beam_past_equals_unshared(kv_heads):
+    """Families of beams whose common past is stored once give the same log-probs as rows
+    that each hold their whole past: through beams that coalesce (the past is shared), a
+    multi-token feed (it is copied back), reorders that leave a family (sharing ends) and a
+    reorder to another number of rows."""
+    prior = TransformerPrior(TransformerPriorConfig(
+        vocab_size=K, context_length=60, class_names=("a", "b"), width=32, layers=2, heads=4,
+        kv_heads=kv_heads)).eval()
+    gen = torch.Generator().manual_seed(1)
+    fam, families = 4, 3
+    rows = fam * families
+    classes = torch.tensor([0, 1, 1]).repeat_interleave(fam)
+    base = torch.arange(families).repeat_interleave(fam) * fam
+
+    def within() -> torch.Tensor:  # beams of a family descend from one or two of its rows
+        parents = torch.randint(0, 2, (rows,), generator=gen)
+        return base + torch.randint(0, fam, (families, 2), generator=gen).repeat_interleave(
+            fam, 0).gather(1, parents[:, None]).squeeze(1)
+
+    plan: list[tuple[str, torch.Tensor]] = [("step", within()) for _ in range(30)]
+    plan += [("prime", torch.randint(0, K, (rows, 3), generator=gen))]
+    plan += [("step", within()) for _ in range(12)]
+    plan += [("step", torch.randint(0, rows, (rows,), generator=gen))]  # across families
+    plan += [("step", within()) for _ in range(5)]
+    plan += [("step", torch.randint(0, rows, (rows - 2,), generator=gen))]
+    tokens = torch.randint(0, K, (len(plan), rows), generator=gen)
+    runs, shared = [], []
+    for share in (0, fam):
+        state = prior.start(rows, classes, share)
+        out, state = prior.step(None, state)
+        outs = [out]
+        for t, (kind, arg) in enumerate(plan):
+            if kind == "prime":
+                out, state = prior.prime(arg, state)
+            else:
+                state = prior.reorder(state, arg)
+                out, state = prior.step(tokens[t, : state.batch], state)
+            outs.append(out)
+            shared.append(state.cache.buffer.shared if share and t < 30 else 0)
+        runs.append(outs)
+    assert max(shared) >= 16  # the past was shared for most of the first 30 steps
+    for a, b in zip(*runs, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
 def test_prime_equals_stepping():
     prior = tiny()
     codes = torch.randint(0, K, (2, 7))
