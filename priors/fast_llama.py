@@ -15,6 +15,12 @@ computation from the model's own weights with
 - grouped-query attention for one new token as two batched matrix products, without
   expanding the shared key/value heads,
 - the output layer restricted to the K codec tokens,
+- for beam search, each mixture's beams (a family, ``share`` rows) keep the past they have in
+  common once (:class:`KVBuffer`): the attention reads it with one product for the whole
+  family and reordering copies only the positions after it,
+- rows whose pasts are equal (beams that differ only in the other source's tokens, tracked
+  through reorders and new tokens as :attr:`KVBuffer.twin`) go through the projections and
+  the MLP once, when that saves at least a fifth of the rows,
 - the attention scale folded into the query rows, and for one new token per row (the
   search's step) the whole layer in 2-D tensors with the residual sums inside the
   products (``addmm``): about 12 operations per layer.
@@ -319,6 +325,8 @@ class KVBuffer:
         self.prefix: torch.Tensor | None = None
         self._marks: list[int] = []  # lengths at which each mark was taken
         self._origin = torch.empty((rows, 0), dtype=torch.long, device=device)
+        # twin[i]: the first row whose past equals row i's (at the start all are empty)
+        self.twin = torch.zeros(rows, dtype=torch.long, device=device)
 
     @property
     def rows(self) -> int:
@@ -354,8 +362,15 @@ class KVBuffer:
         self._marks = self._marks[done:]
         self._origin = self._origin[:, done:]
 
+    def extend(self, ids: torch.Tensor) -> None:
+        """Note that ``ids: (rows, n)`` are appended to the rows' pasts (for :attr:`twin`)."""
+        same = (self.twin[:, None] == self.twin[None, :]) & (ids[:, None] == ids[None]).all(-1)
+        self.twin = same.int().argmax(dim=1)  # the first equal row
+
     def reorder(self, index: torch.Tensor) -> None:
         """Row ``i`` becomes row ``index[i]`` (``index: (rows',)``, on the buffer's device)."""
+        key = self.twin[index]
+        self.twin = (key[:, None] == key[None, :]).int().argmax(dim=1)
         n = self.length
         if index.numel() != self.rows:  # a new batch size: a fresh buffer, no families
             self.unshare()
@@ -474,6 +489,7 @@ class LlamaStepper:
         end = start + n
         if end > self.capacity:
             raise ValueError(f"{end} positions exceed the buffer's capacity {self.capacity}")
+        cache.extend(ids)
         if n == 1:
             return self._step(ids[:, 0], cache)
         cache.unshare()  # (several new positions per row: each row's whole past in place)
@@ -507,13 +523,24 @@ class LlamaStepper:
         pos = cache.length
         h_, kv_, d = self.heads, self.kv_heads, self.head_dim
         group = h_ // kv_
-        x = F.embedding(ids, self.embed)  # (rows, width)
+        # Rows with equal pasts (beams that differ only in the other source) are computed
+        # once, except the attention, which runs for every row on its own keys and values.
+        first = cache.twin == torch.arange(rows, device=ids.device)
+        unique = int(first.sum())
+        dedup = unique * 5 <= rows * 4
+        if dedup:
+            keep = first.nonzero().squeeze(1)  # (unique,) rows computed
+            spread = (first.cumsum(0) - 1)[cache.twin]  # (rows,) its computed row
+            ids = ids.index_select(0, keep)
+        x = F.embedding(ids, self.embed)  # (rows or unique, width)
         rot = self.rotation[pos]
         buf = cache.data
         lo = cache.shared
         for li, (ln1, w_qkv, w_o, ln2, w_gu, w_down) in enumerate(self.layers):
-            qkv = torch.mm(self._rms(x, ln1), w_qkv).view(rows, h_ + 2 * kv_, d)
+            qkv = torch.mm(self._rms(x, ln1), w_qkv).view(-1, h_ + 2 * kv_, d)
             qkv_rot = torch.matmul(qkv, rot)  # V rotated too (unused): one product for all
+            if dedup:
+                qkv, qkv_rot = qkv.index_select(0, spread), qkv_rot.index_select(0, spread)
             buf[:, li, 0, :, pos] = qkv_rot[:, h_: h_ + kv_]
             buf[:, li, 1, :, pos] = qkv[:, h_ + kv_:]
             k_all = buf[:, li, 0, :, lo: pos + 1]  # (rows, kv_heads, pos + 1 - lo, head_dim)
@@ -523,12 +550,14 @@ class LlamaStepper:
                 out = self._shared_attention(q, k_all, v_all, cache, li)
             else:
                 out = torch.matmul(torch.matmul(q, k_all.transpose(-1, -2)).softmax(-1), v_all)
-            x = torch.addmm(x, out.view(rows, h_ * d), w_o)
+            out = out.reshape(rows, h_ * d)
+            x = torch.addmm(x, out.index_select(0, keep) if dedup else out, w_o)
             gu = torch.mm(self._rms(x, ln2), w_gu)
             x = torch.addmm(x, F.silu(gu[:, : self.inner_size]).mul_(gu[:, self.inner_size:]),
                             w_down)
         cache.length = pos + 1
-        return torch.mm(self._rms(x, self.norm), self.head)
+        logits = torch.mm(self._rms(x, self.norm), self.head)
+        return logits.index_select(0, spread) if dedup else logits
 
     @staticmethod
     def _shared_attention(q: torch.Tensor, k_own: torch.Tensor, v_own: torch.Tensor,

@@ -150,6 +150,34 @@ def test_shared_beam_past_equals_unshared(kv_heads):
     for a, b in zip(*runs, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
 
+
+def test_rows_with_equal_pasts_equal_the_library_path():
+    """Beams whose pasts are equal (they differ only in the other source) are computed once by
+    the stepper; every row's log-probs still equal those of the ``transformers`` path, which
+    computes each row on its own."""
+    prior = tiny(kv_heads=1, context=40)
+    gen = torch.Generator().manual_seed(2)
+    rows = 8
+    plan = [(torch.randint(0, 3, (rows,), generator=gen),  # parents among rows 0..2
+             torch.randint(0, K, (3,), generator=gen)) for _ in range(20)]
+    runs, unique = [], []
+    for fast in (True, False):
+        prior.fast_decoding = fast
+        state = prior.start(rows, share=rows)
+        out, state = prior.step(None, state)
+        outs = [out]
+        for index, tokens in plan:
+            state = prior.reorder(state, index)
+            out, state = prior.step(tokens[index], state)  # a token per parent: equal pasts
+            outs.append(out)
+            if fast:
+                twin = state.cache.buffer.twin
+                unique.append(int((twin == torch.arange(rows)).sum()))
+        runs.append(outs)
+    assert max(unique) <= 3  # computed once per distinct past
+    for a, b in zip(*runs, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
 def test_prime_equals_stepping():
     prior = tiny()
     codes = torch.randint(0, K, (2, 7))
