@@ -310,6 +310,9 @@ class KVBuffer:
         share: rows per family (0: nothing is shared).
         shared: positions held in :attr:`prefix` for every family.
         prefix: ``(rows / share, layers, 2, kv_heads, capacity, head_dim)`` or ``None``.
+        follow: whether :attr:`twin` is followed (with ``share`` > 1).
+        twin: ``(rows,)`` for each row the first row whose past equals its own (``arange``
+            when not followed).
     """
 
     def __init__(self, rows: int, layers: int, kv_heads: int, capacity: int, head_dim: int,
@@ -325,8 +328,11 @@ class KVBuffer:
         self.prefix: torch.Tensor | None = None
         self._marks: list[int] = []  # lengths at which each mark was taken
         self._origin = torch.empty((rows, 0), dtype=torch.long, device=device)
-        # twin[i]: the first row whose past equals row i's (at the start all are empty)
-        self.twin = torch.zeros(rows, dtype=torch.long, device=device)
+        # twin[i]: the first row whose past equals row i's (at the start all are empty).
+        # Followed only for beams (share > 1): independent samples seldom have equal pasts.
+        self.follow = share > 1
+        self.twin = (torch.zeros(rows, dtype=torch.long, device=device) if self.follow
+                     else torch.arange(rows, device=device))
 
     @property
     def rows(self) -> int:
@@ -364,13 +370,18 @@ class KVBuffer:
 
     def extend(self, ids: torch.Tensor) -> None:
         """Note that ``ids: (rows, n)`` are appended to the rows' pasts (for :attr:`twin`)."""
+        if not self.follow:
+            return
         same = (self.twin[:, None] == self.twin[None, :]) & (ids[:, None] == ids[None]).all(-1)
         self.twin = same.int().argmax(dim=1)  # the first equal row
 
     def reorder(self, index: torch.Tensor) -> None:
         """Row ``i`` becomes row ``index[i]`` (``index: (rows',)``, on the buffer's device)."""
-        key = self.twin[index]
-        self.twin = (key[:, None] == key[None, :]).int().argmax(dim=1)
+        if self.follow:
+            key = self.twin[index]
+            self.twin = (key[:, None] == key[None, :]).int().argmax(dim=1)
+        else:
+            self.twin = torch.arange(index.numel(), device=index.device)
         n = self.length
         if index.numel() != self.rows:  # a new batch size: a fresh buffer, no families
             self.unshare()
@@ -525,9 +536,10 @@ class LlamaStepper:
         group = h_ // kv_
         # Rows with equal pasts (beams that differ only in the other source) are computed
         # once, except the attention, which runs for every row on its own keys and values.
-        first = cache.twin == torch.arange(rows, device=ids.device)
-        unique = int(first.sum())
-        dedup = unique * 5 <= rows * 4
+        dedup = False
+        if cache.follow:
+            first = cache.twin == torch.arange(rows, device=ids.device)
+            dedup = int(first.sum()) * 5 <= rows * 4
         if dedup:
             keep = first.nonzero().squeeze(1)  # (unique,) rows computed
             spread = (first.cumsum(0) - 1)[cache.twin]  # (rows,) its computed row
