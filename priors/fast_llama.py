@@ -290,6 +290,12 @@ class TorchLlama(nn.Module):
         return net.to(device).eval()  # the weights are there already; the rotary buffer too
 
 
+def _first_equal(same: torch.Tensor) -> torch.Tensor:
+    """``same: (rows, rows)`` an equivalence of rows -> ``(rows,)`` the first row equal to
+    each."""
+    return same.int().argmax(dim=1)
+
+
 class KVBuffer:
     """Keys and values of ``rows`` sequences: ``(rows, layers, 2, kv_heads, capacity, head_dim)``.
 
@@ -310,9 +316,8 @@ class KVBuffer:
         share: rows per family (0: nothing is shared).
         shared: positions held in :attr:`prefix` for every family.
         prefix: ``(rows / share, layers, 2, kv_heads, capacity, head_dim)`` or ``None``.
-        follow: whether :attr:`twin` is followed (with ``share`` > 1).
-        twin: ``(rows,)`` for each row the first row whose past equals its own (``arange``
-            when not followed).
+        twin: ``(rows,)`` for each row the first row whose past equals its own, or ``None``
+            (followed only when made with ``share`` > 1).
     """
 
     def __init__(self, rows: int, layers: int, kv_heads: int, capacity: int, head_dim: int,
@@ -323,6 +328,8 @@ class KVBuffer:
         self.spare: torch.Tensor | None = None
         self.length = 0
         self.share = share if share > 1 and rows % share == 0 else 0
+        self._family = (torch.arange(rows, device=device) // self.share if self.share
+                        else None)
         self.stride = max(1, stride)
         self.shared = 0
         self.prefix: torch.Tensor | None = None
@@ -330,9 +337,8 @@ class KVBuffer:
         self._origin = torch.empty((rows, 0), dtype=torch.long, device=device)
         # twin[i]: the first row whose past equals row i's (at the start all are empty).
         # Followed only for beams (share > 1): independent samples seldom have equal pasts.
-        self.follow = share > 1
-        self.twin = (torch.zeros(rows, dtype=torch.long, device=device) if self.follow
-                     else torch.arange(rows, device=device))
+        self.twin = (torch.zeros(rows, dtype=torch.long, device=device) if share > 1
+                     else None)
 
     @property
     def rows(self) -> int:
@@ -349,6 +355,11 @@ class KVBuffer:
         self.shared = 0
         self._marks = []
         self._origin = self._origin[:, :0]
+
+    def _stop_sharing(self) -> None:
+        """Every row holds its whole past again, and no families are kept from now on."""
+        self.unshare()
+        self.share, self._family = 0, None
 
     def _commit(self) -> None:
         """Move :attr:`shared` up to the latest mark whose ancestors agree in every family."""
@@ -370,32 +381,26 @@ class KVBuffer:
 
     def extend(self, ids: torch.Tensor) -> None:
         """Note that ``ids: (rows, n)`` are appended to the rows' pasts (for :attr:`twin`)."""
-        if not self.follow:
-            return
-        same = (self.twin[:, None] == self.twin[None, :]) & (ids[:, None] == ids[None]).all(-1)
-        self.twin = same.int().argmax(dim=1)  # the first equal row
+        if self.twin is not None:
+            self.twin = _first_equal((self.twin[:, None] == self.twin[None, :])
+                                     & (ids[:, None] == ids[None]).all(-1))
 
     def reorder(self, index: torch.Tensor) -> None:
         """Row ``i`` becomes row ``index[i]`` (``index: (rows',)``, on the buffer's device)."""
-        if self.follow:
+        if self.twin is not None:
             key = self.twin[index]
-            self.twin = (key[:, None] == key[None, :]).int().argmax(dim=1)
-        else:
-            self.twin = torch.arange(index.numel(), device=index.device)
+            self.twin = _first_equal(key[:, None] == key[None, :])
         n = self.length
         if index.numel() != self.rows:  # a new batch size: a fresh buffer, no families
-            self.unshare()
-            self.share = 0
+            self._stop_sharing()
             fresh = self.data.new_empty((index.numel(), *self.data.shape[1:]))
             if n:
                 torch.index_select(self.data[..., :n, :], 0, index, out=fresh[..., :n, :])
             self.data, self.spare = fresh, None
             return
-        if self.share:
-            own = torch.arange(self.rows, device=index.device) // self.share
-            if bool((index // self.share != own).any()):  # rows leave their family
-                self.unshare()
-                self.share = 0
+        if self._family is not None:
+            if bool((index // self.share != self._family).any()):  # rows leave their family
+                self._stop_sharing()
             else:
                 if n - (self._marks[-1] if self._marks else self.shared) >= self.stride:
                     self._marks.append(n)  # each row's past of length n, by its row now
@@ -537,7 +542,7 @@ class LlamaStepper:
         # Rows with equal pasts (beams that differ only in the other source) are computed
         # once, except the attention, which runs for every row on its own keys and values.
         dedup = False
-        if cache.follow:
+        if cache.twin is not None:
             first = cache.twin == torch.arange(rows, device=ids.device)
             dedup = int(first.sum()) * 5 <= rows * 4
         if dedup:
