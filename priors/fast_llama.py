@@ -339,6 +339,19 @@ class KVBuffer:
         # Followed only for beams (share > 1): independent samples seldom have equal pasts.
         self.twin = (torch.zeros(rows, dtype=torch.long, device=device) if share > 1
                      else None)
+        # Per-layer key and value views of the last buffers asked for (data, spare, prefix):
+        # made once per buffer rather than indexed anew at every layer of every step.
+        self._views: list[tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]] = []
+
+    def layer_views(self, buffer: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``buffer`` (:attr:`data` or :attr:`prefix`) as per-layer ``(keys, values)`` views,
+        each ``(rows or families, kv_heads, capacity, head_dim)``."""
+        for held, views in self._views:
+            if held is buffer:
+                return views
+        views = [(buffer[:, li, 0], buffer[:, li, 1]) for li in range(buffer.shape[1])]
+        self._views = [*self._views[-2:], (buffer, views)]
+        return views
 
     @property
     def rows(self) -> int:
@@ -396,7 +409,7 @@ class KVBuffer:
             fresh = self.data.new_empty((index.numel(), *self.data.shape[1:]))
             if n:
                 torch.index_select(self.data[..., :n, :], 0, index, out=fresh[..., :n, :])
-            self.data, self.spare = fresh, None
+            self.data, self.spare, self._views = fresh, None, []
             return
         if self._family is not None:
             if bool((index // self.share != self._family).any()):  # rows leave their family
@@ -551,20 +564,24 @@ class LlamaStepper:
             ids = ids.index_select(0, keep)
         x = F.embedding(ids, self.embed)  # (rows or unique, width)
         rot = self.rotation[pos]
-        buf = cache.data
         lo = cache.shared
+        views = cache.layer_views(cache.data)
+        prefix = cache.layer_views(cache.prefix) if lo and cache.prefix is not None else []
         for li, (ln1, w_qkv, w_o, ln2, w_gu, w_down) in enumerate(self.layers):
             qkv = torch.mm(self._rms(x, ln1), w_qkv).view(-1, h_ + 2 * kv_, d)
             qkv_rot = torch.matmul(qkv, rot)  # V rotated too (unused): one product for all
             if dedup:
                 qkv, qkv_rot = qkv.index_select(0, spread), qkv_rot.index_select(0, spread)
-            buf[:, li, 0, :, pos] = qkv_rot[:, h_: h_ + kv_]
-            buf[:, li, 1, :, pos] = qkv[:, h_ + kv_:]
-            k_all = buf[:, li, 0, :, lo: pos + 1]  # (rows, kv_heads, pos + 1 - lo, head_dim)
-            v_all = buf[:, li, 1, :, lo: pos + 1]
+            k_buf, v_buf = views[li]  # (rows, kv_heads, capacity, head_dim)
+            k_buf.select(2, pos).copy_(qkv_rot[:, h_: h_ + kv_])
+            v_buf.select(2, pos).copy_(qkv[:, h_ + kv_:])
+            k_all = k_buf.narrow(2, lo, pos + 1 - lo)  # (rows, kv_heads, pos + 1 - lo, head_dim)
+            v_all = v_buf.narrow(2, lo, pos + 1 - lo)
             q = qkv_rot[:, :h_].view(rows, kv_, group, d)  # already scaled
             if lo:
-                out = self._shared_attention(q, k_all, v_all, cache, li)
+                k_pre, v_pre = prefix[li]
+                out = self._shared_attention(q, k_all, v_all, k_pre.narrow(2, 0, lo),
+                                             v_pre.narrow(2, 0, lo), cache.share)
             else:
                 out = torch.matmul(torch.matmul(q, k_all.transpose(-1, -2)).softmax(-1), v_all)
             out = out.reshape(rows, h_ * d)
@@ -578,32 +595,34 @@ class LlamaStepper:
 
     @staticmethod
     def _shared_attention(q: torch.Tensor, k_own: torch.Tensor, v_own: torch.Tensor,
-                          cache: KVBuffer, layer: int) -> torch.Tensor:
+                          k_pre: torch.Tensor, v_pre: torch.Tensor, fam: int) -> torch.Tensor:
         """Attention of one new query per row over its family's shared past and its own.
 
         Args:
             q: ``(rows, kv_heads, group, head_dim)`` scaled queries.
             k_own, v_own: ``(rows, kv_heads, own, head_dim)`` each row's positions after the
                 shared ones.
+            k_pre, v_pre: ``(families, kv_heads, shared, head_dim)`` the shared positions.
+            fam: rows per family (consecutive rows).
 
         Returns:
             ``(rows, kv_heads, group, head_dim)``: the softmax over all positions, shared and
             own, of the scores, applied to the values (one softmax, as unshared).
         """
-        assert cache.prefix is not None
         rows, kv_, group = q.shape[:3]
-        fam = cache.share
-        n = cache.shared
-        k_pre = cache.prefix[:, layer, 0, :, :n]  # (families, kv_heads, shared, head_dim)
-        v_pre = cache.prefix[:, layer, 1, :, :n]
+        n = k_pre.shape[2]
 
         def by_family(t: torch.Tensor) -> torch.Tensor:  # (rows, kv, group, m) -> family-major
             m = t.shape[-1]
+            if kv_ == 1:  # the family's rows are consecutive already
+                return t.reshape(-1, 1, fam * group, m)
             return t.reshape(-1, fam, kv_, group, m).transpose(1, 2).reshape(
                 -1, kv_, fam * group, m)
 
         def by_row(t: torch.Tensor) -> torch.Tensor:  # the inverse of by_family
             m = t.shape[-1]
+            if kv_ == 1:
+                return t.reshape(rows, 1, group, m)
             return t.reshape(-1, kv_, fam, group, m).transpose(1, 2).reshape(rows, kv_, group, m)
 
         scores = torch.cat([by_row(torch.matmul(by_family(q), k_pre.transpose(-1, -2))),
