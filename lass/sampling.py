@@ -282,6 +282,8 @@ def _grid(top1: torch.Tensor, top2: torch.Tensor) -> tuple[torch.Tensor, torch.T
 
 def _weighted(log_lik: torch.Tensor, lam: float) -> torch.Tensor:
     """``lam * log_lik`` with impossible pairs (``-inf``) kept impossible, also at lam 0."""
+    if lam > 0:  # -inf stays -inf: one product
+        return log_lik * lam
     return torch.where(log_lik > float("-inf"), log_lik * lam, log_lik)
 
 

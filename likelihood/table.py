@@ -254,9 +254,14 @@ class CountLikelihood:
             q = self._base_prob(rows, m.indices.astype(np.int64))
             probs = (m.data + self.alpha * q) / (totals + self.alpha)
         self._indptr = torch.from_numpy(m.indptr.astype(np.int64)).to(self.device)
-        self._pairs = torch.from_numpy(m.indices.astype(np.int64)).to(self.device)
-        self._log_p = torch.from_numpy(np.log(probs).astype(np.float32)).to(self.device)
-        self._keys = self._pairs + torch.from_numpy(rows.astype(np.int64)).to(self.device) * k * k
+        # The pairs and log-likelihoods in CSR order, each with one padding entry at the end
+        # (pair 0, log-likelihood -inf) that :meth:`slice` reads for the rows' padding.
+        pairs = torch.from_numpy(m.indices.astype(np.int64)).to(self.device)
+        self._pad = int(pairs.numel())
+        self._pairs = torch.cat([pairs, pairs.new_zeros(1)])
+        self._log_p = torch.cat([torch.from_numpy(np.log(probs).astype(np.float32)).to(
+            self.device), torch.full((1,), float("-inf"), device=self.device)])
+        self._keys = pairs + torch.from_numpy(rows.astype(np.int64)).to(self.device) * k * k
         self._pair_totals = torch.from_numpy(self.pair_totals).to(self.device)
         self._log_marginal = torch.from_numpy(np.log(self.mix_marginal)).to(self.device)
 
@@ -337,14 +342,10 @@ class CountLikelihood:
         width = int(count.max()) if m.numel() else 0
         offs = torch.arange(width, device=self.device)
         valid = offs[None, :] < count[:, None]
-        idx = torch.where(valid, start[:, None] + offs[None, :], torch.zeros_like(valid,
-                                                                                   dtype=torch.long))
-        pairs = self._pairs[idx] if self._pairs.numel() else idx
-        log_lik = self._log_p[idx] if self._log_p.numel() else idx.float()
-        log_lik = torch.where(valid, log_lik, torch.full_like(log_lik, float("-inf")))
-        return Candidates(first=torch.where(valid, pairs // self.k, 0),
-                          second=torch.where(valid, pairs % self.k, 0),
-                          log_lik=log_lik, valid=valid, count=count)
+        idx = (start[:, None] + offs[None, :]).masked_fill_(~valid, self._pad)
+        pairs = self._pairs[idx]  # the padding reads pair 0 and log-likelihood -inf
+        return Candidates(first=pairs // self.k, second=pairs % self.k,
+                          log_lik=self._log_p[idx], valid=valid, count=count)
 
     def lookup(self, mix_tokens: torch.Tensor, first: torch.Tensor, second: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -363,8 +364,7 @@ class CountLikelihood:
         pos = pos.clamp(max=max(self._keys.numel() - 1, 0))
         seen = (self._keys[pos] == keys) if self._keys.numel() else torch.zeros_like(keys,
                                                                                      dtype=torch.bool)
-        seen_value = self._log_p[pos] if self._log_p.numel() else torch.zeros_like(keys,
-                                                                                   dtype=torch.float)
+        seen_value = self._log_p[pos]  # (the padding entry where the table is empty)
         totals = self._pair_totals[pair]
         if self.smoothing == "none":
             unseen = torch.full_like(seen_value, float("-inf"))
