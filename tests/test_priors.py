@@ -104,7 +104,6 @@ def test_fast_llama_decoding_equals_the_transformers_path(heads, kv_heads):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
 
 
-
 @pytest.mark.parametrize("kv_heads", [0, 1])
 def test_shared_beam_past_equals_unshared(kv_heads):
     """Families of beams whose common past is stored once give the same log-probs as rows
@@ -177,6 +176,7 @@ def test_rows_with_equal_pasts_equal_the_library_path():
     assert max(unique) <= 3  # computed once per distinct past
     for a, b in zip(*runs, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
 
 def test_prime_equals_stepping():
     prior = tiny()
