@@ -93,6 +93,45 @@ def test_train_prior_command(tmp_path):
         assert stem["bigram"] > 0
 
 
+def test_init_starts_from_saved_weights(tmp_path):
+    data = make_set(tmp_path / "data")
+    make_codec(tmp_path / "codec")
+    first = tmp_path / "first"
+    assert run(*common(data, tmp_path / "codec", first), "--stem", "drums",
+               "--steps", "4").returncode == 0
+    # the architecture options are read from --init: other --width and --layers are ignored
+    again = [*common(data, tmp_path / "codec", tmp_path / "again"), "--width", "64",
+             "--layers", "2", "--stem", "drums", "--init", str(first / "model")]
+    proc = run(*again, "--steps", "2", "--lr", "0")  # no update: the same weights
+    assert proc.returncode == 0, proc.stderr
+    a, b = load_prior(first / "model"), load_prior(tmp_path / "again" / "model")
+    assert a.config == b.config
+    for x, y in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
+    bits = [json.loads((f / "summary.json").read_text())["valid_bits_per_token"]
+            for f in (first, tmp_path / "again")]
+    assert bits[0] == bits[1]
+    proc = run(*common(data, tmp_path / "codec", tmp_path / "more"), "--stem", "drums",
+               "--init", str(first / "model"), "--steps", "3")
+    assert proc.returncode == 0, proc.stderr
+    c = load_prior(tmp_path / "more" / "model")
+    assert json.loads((tmp_path / "more" / "summary.json").read_text())["step"] == 3
+    assert any(not torch.equal(x, y) for x, y in zip(a.parameters(), c.parameters(),
+                                                     strict=True))
+    proc = run(*common(data, tmp_path / "codec", tmp_path / "two"), "--stem", "drums", "bass",
+               "--conditional", "--init", str(first / "model"), "--steps", "2")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        "lass-train-prior: error: --init ")
+    assert "differ from this run's ['drums', 'bass']" in proc.stderr
+    wide = [*common(data, tmp_path / "codec", tmp_path / "wide"), "--stem", "drums",
+            "--init", str(first / "model"), "--steps", "2", "--context", "64"]
+    proc = run(*wide)
+    assert proc.returncode == 1
+    assert "--context 64 exceeds the context of --init" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_prior_of_another_codec_is_refused(tmp_path):
     data = make_set(tmp_path / "data")
     make_codec(tmp_path / "codec")

@@ -9,7 +9,9 @@ one shared prior over all of them (unsupervised), class-conditioned with ``--con
 token cache (``--token-cache``, default ``DATA/.lass-tokens``) reused by later runs. Every
 ``--valid-every`` steps the validation bits per token are measured; the unigram and bigram
 baselines on the same validation tokens are printed at the start and kept in
-``OUT/summary.json``. ``--resume`` continues a run exactly.
+``OUT/summary.json``. ``--resume`` continues a run exactly. ``--init MODEL`` starts a new run
+from a saved prior's weights (its architecture and classes; a fresh optimizer and learning-rate
+schedule): fine-tuning on other data, or more training when the first run's folder is gone.
 
 ``--kind wavenet`` trains the data-domain prior of PnF-style Langevin separation instead
 (:mod:`priors.wavenet`): raw samples of one stem, noise levels drawn log-uniformly from
@@ -40,7 +42,7 @@ from lass.errors import DataError
 from lass.tokens import encode_tracks
 from priors.baselines import baseline_bits
 from priors.train import PriorTrainConfig, PriorTrainer, TokenWindows
-from priors.transformer import TransformerPrior, TransformerPriorConfig
+from priors.transformer import TransformerPrior, TransformerPriorConfig, load_prior
 from vqvae import Codec, load_codec
 
 PROG = "lass-train-prior"
@@ -77,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--init", type=Path, default=None, metavar="MODEL",
+                   help="start from this saved prior's weights (the architecture options are "
+                        "taken from it; --resume of a run started so wins)")
     w = p.add_argument_group("--kind wavenet")
     w.add_argument("--stacks", type=int, default=3, help="stacks of dilations 1..512")
     w.add_argument("--dilated-layers", type=int, default=10, help="dilated layers per stack")
@@ -198,6 +203,21 @@ def _streams(args: argparse.Namespace, codec: Codec, split: str
     return streams, classes
 
 
+def _initial_prior(args: argparse.Namespace, codec: Codec, conditional: bool, device: str
+                   ) -> TransformerPrior:
+    """The prior of ``--init``, checked against the codec, the stems and the context."""
+    prior = load_prior(args.init, device=device, backend="transformers")
+    prior.check_codebook(codec.codebook_size, codec.identity())
+    classes = tuple(args.stem) if conditional else ()
+    if prior.config.class_names != classes:
+        raise DataError(f"--init {args.init}: its classes {list(prior.config.class_names)} "
+                        f"differ from this run's {list(classes)} (--stem, --conditional)")
+    if args.context > prior.context_length:
+        raise DataError(f"--context {args.context} exceeds the context of --init {args.init} "
+                        f"({prior.context_length})")
+    return prior
+
+
 def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     out: Path = args.out
@@ -245,6 +265,9 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.resume and (out / "trainer.pt").is_file():
         trainer = PriorTrainer.resume(out, tcfg, device=device)
         trainer.prior.check_codebook(codec.codebook_size, codec.identity())
+    elif args.init is not None:
+        torch.manual_seed(args.seed)
+        trainer = PriorTrainer(_initial_prior(args, codec, conditional, device), tcfg)
     else:
         torch.manual_seed(args.seed)
         pcfg = TransformerPriorConfig(vocab_size=codec.codebook_size,
