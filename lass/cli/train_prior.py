@@ -80,8 +80,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--init", type=Path, default=None, metavar="MODEL",
-                   help="start from this saved prior's weights (the architecture options are "
-                        "taken from it; --resume of a run started so wins)")
+                   help="start a new run from this saved prior's weights (the architecture "
+                        "options are taken from it); with --resume, a run already in --out "
+                        "continues instead")
     w = p.add_argument_group("--kind wavenet")
     w.add_argument("--stacks", type=int, default=3, help="stacks of dilations 1..512")
     w.add_argument("--dilated-layers", type=int, default=10, help="dilated layers per stack")
