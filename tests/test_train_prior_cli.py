@@ -93,12 +93,19 @@ def test_train_prior_command(tmp_path):
         assert stem["bigram"] > 0
 
 
-def test_init_starts_from_saved_weights(tmp_path):
+def first_run(tmp_path: Path, stem: str, steps: int) -> tuple[Path, Path]:
+    """A data set and codec in ``tmp_path`` and a prior of ``stem`` trained ``steps`` steps:
+    (data, run folder)."""
     data = make_set(tmp_path / "data")
     make_codec(tmp_path / "codec")
-    first = tmp_path / "first"
-    assert run(*common(data, tmp_path / "codec", first), "--stem", "drums",
-               "--steps", "4").returncode == 0
+    out = tmp_path / "first"
+    proc = run(*common(data, tmp_path / "codec", out), "--stem", stem, "--steps", str(steps))
+    assert proc.returncode == 0, proc.stderr
+    return data, out
+
+
+def test_init_starts_from_saved_weights(tmp_path):
+    data, first = first_run(tmp_path, "drums", 4)
     # the architecture options are read from --init: other --width and --layers are ignored
     again = [*common(data, tmp_path / "codec", tmp_path / "again"), "--width", "64",
              "--layers", "2", "--stem", "drums", "--init", str(first / "model")]
@@ -133,11 +140,7 @@ def test_init_starts_from_saved_weights(tmp_path):
 
 
 def test_prior_of_another_codec_is_refused(tmp_path):
-    data = make_set(tmp_path / "data")
-    make_codec(tmp_path / "codec")
-    out = tmp_path / "p"
-    assert run(*common(data, tmp_path / "codec", out), "--stem", "bass",
-               "--steps", "2").returncode == 0
+    data, out = first_run(tmp_path, "bass", 2)
     torch.manual_seed(1)
     other = ConvVQVAE(ConvVQVAEConfig(sample_rate=SR, hop_length=16, codebook_size=64, dim=8,
                                       channels=4))

@@ -204,12 +204,19 @@ def _streams(args: argparse.Namespace, codec: Codec, split: str
     return streams, classes
 
 
-def _initial_prior(args: argparse.Namespace, codec: Codec, conditional: bool, device: str
-                   ) -> TransformerPrior:
-    """The prior of ``--init``, checked against the codec, the stems and the context."""
+def _new_prior(args: argparse.Namespace, codec: Codec, conditional: bool, device: str
+               ) -> TransformerPrior:
+    """The prior a new run starts from: the weights of ``--init``, checked against the codec,
+    the stems and the context, or a fresh prior of the architecture options."""
+    classes = tuple(args.stem) if conditional else ()
+    if args.init is None:
+        return TransformerPrior(TransformerPriorConfig(
+            vocab_size=codec.codebook_size, context_length=args.context, class_names=classes,
+            arch=args.arch, width=args.width, layers=args.layers, heads=args.heads,
+            kv_heads=args.kv_heads, dropout=args.dropout, codec_identity=codec.identity(),
+        )).to(device)
     prior = load_prior(args.init, device=device, backend="transformers")
     prior.check_codebook(codec.codebook_size, codec.identity())
-    classes = tuple(args.stem) if conditional else ()
     if prior.config.class_names != classes:
         raise DataError(f"--init {args.init}: its classes {list(prior.config.class_names)} "
                         f"differ from this run's {list(classes)} (--stem, --conditional)")
@@ -266,19 +273,9 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.resume and (out / "trainer.pt").is_file():
         trainer = PriorTrainer.resume(out, tcfg, device=device)
         trainer.prior.check_codebook(codec.codebook_size, codec.identity())
-    elif args.init is not None:
-        torch.manual_seed(args.seed)
-        trainer = PriorTrainer(_initial_prior(args, codec, conditional, device), tcfg)
     else:
         torch.manual_seed(args.seed)
-        pcfg = TransformerPriorConfig(vocab_size=codec.codebook_size,
-                                      context_length=args.context,
-                                      class_names=tuple(args.stem) if conditional else (),
-                                      arch=args.arch,
-                                      width=args.width, layers=args.layers, heads=args.heads,
-                                      kv_heads=args.kv_heads,
-                                      dropout=args.dropout, codec_identity=codec.identity())
-        trainer = PriorTrainer(TransformerPrior(pcfg).to(device), tcfg)
+        trainer = PriorTrainer(_new_prior(args, codec, conditional, device), tcfg)
     out.mkdir(parents=True, exist_ok=True)
     log = out / "log.jsonl"
     params = sum(p.numel() for p in trainer.prior.parameters())
