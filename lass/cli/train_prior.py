@@ -11,7 +11,8 @@ token cache (``--token-cache``, default ``DATA/.lass-tokens``) reused by later r
 baselines on the same validation tokens are printed at the start and kept in
 ``OUT/summary.json``. ``--resume`` continues a run exactly. ``--init MODEL`` starts a new run
 from a saved prior's weights (its architecture and classes; a fresh optimizer and learning-rate
-schedule): fine-tuning on other data, or more training when the first run's folder is gone.
+schedule): fine-tuning on other data, or more training when the first run's folder is gone;
+with ``--kind wavenet``, a saved WaveNet of the same stem.
 
 ``--kind wavenet`` trains the data-domain prior of PnF-style Langevin separation instead
 (:mod:`priors.wavenet`): raw samples of one stem, noise levels drawn log-uniformly from
@@ -106,9 +107,22 @@ def _main_wavenet(args: argparse.Namespace, device: str) -> int:
     if len(args.stem) != 1:
         raise DataError("--kind wavenet models one stem: give one --stem")
     stem = args.stem[0]
-    cfg = WaveNetConfig(stacks=args.stacks, layers=args.dilated_layers, residual=args.residual,
-                        gate=args.gate, skip=args.skip, class_name=stem)
     out: Path = args.out
+    state: dict[str, Any] | None = None
+    if args.resume and (out / "trainer.pt").is_file():
+        net = load_wavenet(out / "model", device=device)
+        state = torch.load(str(out / "trainer.pt"), map_location=device, weights_only=True)
+    elif args.init is not None:  # a new run from saved weights: its architecture and stem
+        net = load_wavenet(args.init, device=device).train()
+        if net.config.class_name != stem:
+            raise DataError(f"--init {args.init}: its stem {net.config.class_name!r} differs "
+                            f"from this run's {stem!r} (--stem)")
+    else:
+        torch.manual_seed(args.seed)
+        net = WaveNetPrior(WaveNetConfig(
+            stacks=args.stacks, layers=args.dilated_layers, residual=args.residual,
+            gate=args.gate, skip=args.skip, class_name=stem)).to(device)
+    cfg = net.config
     length = args.samples + cfg.receptive_field
     rate = cfg.sample_rate
 
@@ -117,12 +131,6 @@ def _main_wavenet(args: argparse.Namespace, device: str) -> int:
                            chunk=length, stems=[stem])
 
     train, valid = data("train"), data("valid")
-    if args.resume and (out / "trainer.pt").is_file():
-        net = load_wavenet(out / "model", device=device)
-        state = torch.load(str(out / "trainer.pt"), map_location=device, weights_only=True)
-    else:
-        torch.manual_seed(args.seed)
-        net, state = WaveNetPrior(cfg).to(device), None
     opt = torch.optim.Adam(net.parameters(), lr=args.lr)
     step = 0
     if state is not None:
