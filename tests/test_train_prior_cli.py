@@ -163,15 +163,20 @@ def test_missing_stem_is_one_line(tmp_path):
         "lass-train-prior: error: track is missing stem 'bass'")
 
 
+# a WaveNet small enough to train in seconds (architecture), and the run options of the tests
+SMALL_WAVENET = ("--stacks", "1", "--dilated-layers", "3", "--residual", "8", "--gate", "8",
+                 "--skip", "8")
+WAVENET_RUN = ("--samples", "256", "--batch", "2", "--valid-every", "2",
+               "--checkpoint-every", "2", "--threads", "1")
+
+
 def test_train_wavenet_prior_and_resume(tmp_path):
     from priors.wavenet import load_wavenet
 
     data = make_set(tmp_path / "data")
     out = tmp_path / "wn"
     args = ["--kind", "wavenet", "--data", str(data), "--stem", "bass", "--out", str(out),
-            "--stacks", "1", "--dilated-layers", "3", "--residual", "8", "--gate", "8",
-            "--skip", "8", "--samples", "256", "--batch", "2", "--valid-every", "2",
-            "--checkpoint-every", "2", "--threads", "1"]
+            *SMALL_WAVENET, *WAVENET_RUN]
     proc = run(*args, "--steps", "2")
     assert proc.returncode == 0, proc.stderr
     net = load_wavenet(out / "model")
@@ -190,24 +195,22 @@ def test_wavenet_init_starts_from_saved_weights(tmp_path):
     from priors.wavenet import load_wavenet
 
     data = make_set(tmp_path / "data")
-    small = ["--stacks", "1", "--dilated-layers", "3", "--residual", "8", "--gate", "8",
-             "--skip", "8", "--samples", "256", "--batch", "2", "--valid-every", "2",
-             "--checkpoint-every", "2", "--threads", "1"]
     first = tmp_path / "wn"
     proc = run("--kind", "wavenet", "--data", str(data), "--stem", "bass", "--out", str(first),
-               *small, "--steps", "2")
+               *SMALL_WAVENET, *WAVENET_RUN, "--steps", "2")
     assert proc.returncode == 0, proc.stderr
     source = load_wavenet(first / "model")
     # the architecture comes from --init: the default flags here would build another WaveNet
     base = ["--kind", "wavenet", "--data", str(data), "--init", str(first / "model"),
-            "--samples", "256", "--batch", "2", "--valid-every", "2", "--threads", "1"]
+            *WAVENET_RUN]
     still = tmp_path / "still"
     proc = run(*base, "--stem", "bass", "--out", str(still), "--steps", "2", "--lr", "0")
     assert proc.returncode == 0, proc.stderr
     kept = load_wavenet(still / "model")
     assert kept.config == source.config
+    kept_state = kept.state_dict()
     for name, value in source.state_dict().items():
-        assert torch.equal(value, kept.state_dict()[name]), name
+        assert torch.equal(value, kept_state[name]), name
     moved = tmp_path / "moved"
     proc = run(*base, "--stem", "bass", "--out", str(moved), "--steps", "2")
     assert proc.returncode == 0, proc.stderr
