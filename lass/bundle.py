@@ -86,6 +86,7 @@ class BundleSpec:
     min_count: int = 1
     likelihood_base: Path | None = None
     likelihood_kind: str = "counts"
+    evidence: Path | None = None
 
 
 def resolve_bundle(name_or_path: str | os.PathLike[str] | None) -> Path:
@@ -121,7 +122,8 @@ def read_bundle(name_or_path: str | os.PathLike[str] | None, verify: bool = True
         components = {"codec": raw["codec"], "likelihood": raw["likelihood"],
                       **{f"prior {s}": raw["priors"][s] for s in stems},
                       **({"factorised likelihood": raw["likelihood"]["base"]}
-                         if "base" in raw["likelihood"] else {})}
+                         if "base" in raw["likelihood"] else {}),
+                      **({"token evidence": raw["evidence"]} if "evidence" in raw else {})}
     except (KeyError, TypeError) as err:
         raise BundleError(f"{path}: missing entry {err}") from None
     if len(stems) != 2:
@@ -148,6 +150,7 @@ def read_bundle(name_or_path: str | os.PathLike[str] | None, verify: bool = True
         likelihood_base=(root / raw["likelihood"]["base"]["path"]
                          if "base" in raw["likelihood"] else None),
         likelihood_kind=str(raw["likelihood"].get("kind", "counts")),
+        evidence=root / raw["evidence"]["path"] if "evidence" in raw else None,
         sampler=dict(raw.get("sampler", {})), sha256=sha256_path(path))
 
 
@@ -156,8 +159,9 @@ def write_bundle(root: str | os.PathLike[str], *, name: str, sample_rate: int,
                  likelihood: str, smoothing: str = "none", sampler: dict[str, Any] | None = None,
                  prior_classes: dict[str, int] | None = None, alpha: float = 1.0,
                  min_count: int = 1, likelihood_base: str | None = None,
-                 likelihood_kind: str = "counts") -> Path:
-    """Write ``bundle.json`` for components already inside ``root`` (paths relative to it)."""
+                 likelihood_kind: str = "counts", evidence: str | None = None) -> Path:
+    """Write ``bundle.json`` for components already inside ``root`` (paths relative to it;
+    ``evidence``: the token evidence model's file, if any)."""
     base = Path(root)
     if likelihood_kind not in LIKELIHOOD_KINDS:
         raise BundleError(f"unknown likelihood kind {likelihood_kind!r}")
@@ -176,6 +180,8 @@ def write_bundle(root: str | os.PathLike[str], *, name: str, sample_rate: int,
                             **({"base": {"path": likelihood_base,
                                          "sha256": sha256_path(base / likelihood_base)}}
                                if likelihood_base else {})},
+             **({"evidence": {"path": evidence, "sha256": sha256_path(base / evidence)}}
+                if evidence else {}),
              "sampler": sampler or {"kind": "beam", "num_beams": 10, "lam": 3.0,
                                     "output": "mask"}}
     out = base / BUNDLE_FILE

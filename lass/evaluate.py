@@ -193,7 +193,8 @@ class LassSearches:
             lam=base.lam, candidates=1 if kind in ("beam", "greedy") else self.candidates,
             combine="mean" if kind in self.averaged else "rerank", output="decode",
             context_overlap=base.context_overlap, prior_top=base.prior_top,
-            rerank_top=base.rerank_top, shifts=base.shifts)
+            rerank_top=base.rerank_top, shifts=base.shifts,
+            evidence_weight=base.evidence_weight)
 
     def prefetch(self, kinds: Sequence[str], mixtures: Sequence[np.ndarray]) -> None:
         """Search ``mixtures`` (each ``(time,)`` at the codec's rate) with every sampler in

@@ -298,8 +298,10 @@ class _CountSteps:
     """
 
     def __init__(self, likelihood: CountLikelihood, mix_codes: torch.Tensor, lam: float,
-                 chunk: int = 64) -> None:
+                 chunk: int = 64,
+                 evidence: Callable[[int, int], torch.Tensor] | None = None) -> None:
         self.likelihood, self.mix, self.lam, self.chunk = likelihood, mix_codes, lam, chunk
+        self.evidence = evidence
         counts = likelihood.candidate_counts(mix_codes)  # (batch, length)
         empty = counts == 0
         self.fallbacks = empty.sum(1)
@@ -317,9 +319,13 @@ class _CountSteps:
             n, batch = part.shape[1], part.shape[0]
             cand = self.likelihood.slice(part.t().reshape(-1))  # rows: step-major
             w = cand.first.shape[1]
-            self._chunk = (cand.first.view(n, batch, w), cand.second.view(n, batch, w),
-                           _weighted(cand.log_lik, self.lam).view(n, batch, w),
-                           (cand.count == 0).view(n, batch))
+            first, second = cand.first.view(n, batch, w), cand.second.view(n, batch, w)
+            ll = _weighted(cand.log_lik, self.lam).view(n, batch, w)
+            if self.evidence is not None:  # (batch, n, 2, K) per-token log-scores
+                ev = self.evidence(start, start + n).to(ll.device, torch.float32)
+                ev = ev.permute(2, 1, 0, 3)  # (2, n, batch, K)
+                ll = ll + ev[0].gather(2, first) + ev[1].gather(2, second)
+            self._chunk = (first, second, ll, (cand.count == 0).view(n, batch))
             self._start = start
         first, second, ll, empty = self._chunk
         i, w = t - start, self._width[t]
@@ -385,6 +391,8 @@ def _count_candidates(steps: _CountSteps, t: int, mix_of_row: torch.Tensor, widt
 def separate_tokens(mix_codes: torch.Tensor, priors: Sequence[Prior],
                     likelihood: CountLikelihood | LatentLikelihood, sampler: Sampler, *,
                     lam: float = 3.0, mix_latents: torch.Tensor | None = None,
+                    token_evidence: torch.Tensor | Callable[[int, int], torch.Tensor] | None
+                    = None,
                     num_samples: int = 1, classes: Sequence[torch.Tensor | None] = (None, None),
                     generator: torch.Generator | Sequence[torch.Generator] | None = None,
                     fallback_top: int = 16,
@@ -402,6 +410,12 @@ def separate_tokens(mix_codes: torch.Tensor, priors: Sequence[Prior],
         lam: weight of the log-likelihood (the paper used 3.0 on audio).
         mix_latents: ``(batch, tokens, D)`` the mixtures' encoder outputs; needed by (and
             only used with) a latent likelihood.
+        token_evidence: ``(batch, tokens, 2, K)`` log-scores of each source's token at each
+            step (weighted already), added to the counted candidates' scores: ``score +=
+            e[b, t, 0, i] + e[b, t, 1, j]``; or a function ``(a, b) -> (batch, b - a, 2, K)``
+            giving steps ``a .. b - 1`` of them, called once per chunk of steps (a long input
+            never holds them all; :meth:`likelihood.evidence.TokenEvidence.window`). Only
+            with a counted likelihood. None: none.
         num_samples: independent samples per mixture for the sampling samplers.
         classes: class labels ``(batch,)`` for class-conditioned priors, per prior.
         generator: random generator of the sampling samplers (on the likelihood's device),
@@ -465,8 +479,20 @@ def separate_tokens(mix_codes: torch.Tensor, priors: Sequence[Prior],
             raise ValueError(f"a latent likelihood needs mix_latents ({batch}, {length}, "
                              f"{likelihood.dim})")
         mix_latents = mix_latents.to(device, torch.float32)
-    steps = None if isinstance(likelihood, LatentLikelihood) else _CountSteps(likelihood,
-                                                                              mix_codes, lam)
+    evidence: Callable[[int, int], torch.Tensor] | None = None
+    if isinstance(token_evidence, torch.Tensor):
+        if token_evidence.shape != (batch, length, 2, k):
+            raise ValueError(f"token_evidence must be ({batch}, {length}, 2, {k})")
+        table = token_evidence
+
+        def evidence(a: int, b: int) -> torch.Tensor:
+            return table[:, a:b]
+    elif token_evidence is not None:
+        evidence = token_evidence
+    if evidence is not None and isinstance(likelihood, LatentLikelihood):
+        raise ValueError("token_evidence adds to a counted likelihood, not a latent one")
+    steps = None if isinstance(likelihood, LatentLikelihood) else _CountSteps(
+        likelihood, mix_codes, lam, evidence=evidence)
     fallbacks = (steps.fallbacks if steps is not None  # the latent likelihood has no fallback
                  else torch.zeros(batch, dtype=torch.long, device=device))
     within = torch.arange(width, device=device).repeat(batch)  # row index within its mixture

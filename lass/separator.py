@@ -48,6 +48,7 @@ from lass.sampling import (
     separate_tokens,
 )
 from likelihood import CountLikelihood
+from likelihood.evidence import TokenEvidence
 from likelihood.latent import LatentLikelihood
 from priors import Prior, load_prior
 from vqvae import Codec, load_codec
@@ -93,6 +94,9 @@ class SeparationSettings:
             beams); their candidates are shifted back and pooled, best score first, before
             ``combine``. The codec tokenises each delay differently, so the copies' errors
             differ and their mean averages them out (cycle spinning). 1: the input alone.
+        evidence_weight: ``mu``, the weight of the bundle's token evidence model (the
+            learned likelihood of :mod:`likelihood.evidence`) added to each candidate pair's
+            score: ``mu * (e[t, 0, i] + e[t, 1, j])``. 0: the counts alone.
     """
 
     sampler: Sampler = field(default_factory=lambda: BeamSearch(10))
@@ -110,6 +114,7 @@ class SeparationSettings:
     context_overlap: int | None = None
     prior_top: int = 0
     shifts: int = 1
+    evidence_weight: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready form (sampler as ``kind`` plus its fields)."""
@@ -122,7 +127,7 @@ class SeparationSettings:
                 "refine_steps": self.refine_steps, "refine_lr": self.refine_lr,
                 "refine_penalty": self.refine_penalty, "seed": self.seed,
                 "context_overlap": self.context_overlap, "prior_top": self.prior_top,
-                "shifts": self.shifts}
+                "shifts": self.shifts, "evidence_weight": self.evidence_weight}
 
 
 def make_sampler(kind: str, *, beams: int = 10, top_k: int = 16, top_p: float = 0.9,
@@ -160,7 +165,8 @@ def settings_from_bundle(sampler: dict[str, Any]) -> SeparationSettings:
         refine_steps=int(sampler.get("refine_steps", 0)),
         context_overlap=(None if sampler.get("context_overlap") is None
                          else int(sampler["context_overlap"])),
-        prior_top=int(sampler.get("prior_top", 0)), shifts=int(sampler.get("shifts", 1)))
+        prior_top=int(sampler.get("prior_top", 0)), shifts=int(sampler.get("shifts", 1)),
+        evidence_weight=float(sampler.get("evidence_weight", 0.0)))
 
 
 @dataclass(frozen=True)
@@ -335,7 +341,8 @@ class Separator:
                  stems: tuple[str, str], mix_rule: str = "mean",
                  settings: SeparationSettings | None = None,
                  prior_classes: dict[str, int | None] | None = None,
-                 bundle: BundleSpec | None = None) -> None:
+                 bundle: BundleSpec | None = None, evidence: TokenEvidence | None = None
+                 ) -> None:
         if len(stems) != 2:
             raise LassError("LASS separates two stems")
         for s in stems:
@@ -353,6 +360,9 @@ class Separator:
         self.settings = settings or SeparationSettings()
         self.prior_classes = prior_classes or {}
         self.bundle = bundle
+        if evidence is not None:
+            evidence.check_codec(codec.codebook_size, codec.embedding_dim, codec.identity())
+        self.evidence = evidence
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike[str] | None = None,
@@ -381,8 +391,10 @@ class Separator:
                 spec.likelihood, spec.smoothing, spec.smoothing_alpha,
                 codebook_size=codec.codebook_size, codec_identity=codec.identity(),
                 device=device, min_count=spec.min_count, base=spec.likelihood_base)
+        evidence = (TokenEvidence.load(spec.evidence, device=device)
+                    if spec.evidence is not None else None)
         return cls(codec, priors, likelihood, (spec.stems[0], spec.stems[1]), spec.mix,
-                   settings_from_bundle(spec.sampler), spec.prior_classes, spec)
+                   settings_from_bundle(spec.sampler), spec.prior_classes, spec, evidence)
 
     @property
     def device(self) -> torch.device:
@@ -397,7 +409,8 @@ class Separator:
     def with_settings(self, **changes: Any) -> Separator:
         """A separator sharing these models with some settings changed."""
         return Separator(self.codec, self.priors, self.likelihood, self.stems, self.mix_rule,
-                         replace(self.settings, **changes), self.prior_classes, self.bundle)
+                         replace(self.settings, **changes), self.prior_classes, self.bundle,
+                         self.evidence)
 
     @torch.no_grad()
     def _decode(self, codes: torch.Tensor, length: int) -> torch.Tensor:
@@ -437,6 +450,13 @@ class Separator:
             raise LassError("refinement works on one separation; it does not combine with "
                             "combine='mean'")
         shift_offsets(s.shifts, self.codec.hop_length)
+        if not (math.isfinite(s.evidence_weight) and s.evidence_weight >= 0):
+            raise LassError(f"the evidence weight must be >= 0, not {s.evidence_weight}")
+        if s.evidence_weight > 0 and self.evidence is None:
+            raise LassError("an evidence weight needs a token evidence model; this bundle has "
+                            "none")
+        if s.evidence_weight > 0 and isinstance(self.likelihood, LatentLikelihood):
+            raise LassError("the token evidence adds to counts, not to a latent likelihood")
         if s.refine_steps > 0 and s.shifts > 1:
             raise LassError("refinement works on the input itself; it does not combine with "
                             "shifts > 1")
@@ -502,6 +522,12 @@ class Separator:
                 self.device))
             mix_codes = self.codec.quantise(z)
         latents = z.transpose(1, 2) if isinstance(self.likelihood, LatentLikelihood) else None
+        evidence = None
+        if self.evidence is not None and s.evidence_weight > 0:
+            window, weight = self.evidence.window(z), s.evidence_weight
+
+            def evidence(a: int, b: int) -> torch.Tensor:
+                return weight * window(a, b)
         encode = (time.perf_counter() - t0) / batch
         t0 = time.perf_counter()
         # copy k of every input draws from its own generator, seeded seed + k
@@ -511,7 +537,8 @@ class Separator:
         classes = [None if c is None else torch.full((rows,), c) for c in labels]
         out: TokenSeparation = separate_tokens(
             mix_codes, [self.priors[st] for st in self.stems], self.likelihood, s.sampler,
-            lam=s.lam, mix_latents=latents, num_samples=s.candidates, classes=classes,
+            lam=s.lam, mix_latents=latents, token_evidence=evidence,
+            num_samples=s.candidates, classes=classes,
             generator=gens,
             context_overlap=s.context_overlap, prior_top=s.prior_top)
         search = (time.perf_counter() - t0) / batch

@@ -372,3 +372,24 @@ def test_keep_slots_moves_only_rows_of_beams_without_children():
         has_child = torch.zeros(200, width, dtype=torch.bool).scatter_(1, parent, True)
         # Every beam with children keeps its row; only childless beams' rows are refilled.
         assert torch.equal(placed == rows, has_child)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_beam_search_with_token_evidence_is_exact(seed):
+    """Enough beams find the brute-force maximum of the objective plus the per-token
+    evidence ``sum_t e[t, 0, i_t] + e[t, 1, j_t]``; every beam's score is its objective."""
+    k, length, lam = 3, 3, 3.0
+    p1, p2, lik, mix = build(k, length, seed)
+    gen = torch.Generator().manual_seed(seed)
+    evidence = torch.randn(1, length, 2, k, generator=gen)
+    z1, z2, obj = brute_force(p1, p2, lik, mix, lam)
+    steps = torch.arange(length)
+    obj = obj + evidence[0, steps, 0][steps, z1].sum(1) + evidence[0, steps, 1][steps, z2].sum(1)
+    best = int(obj.argmax())
+    out = separate_tokens(mix, [p1, p2], lik, BeamSearch(num_beams=(k * k) ** (length - 1)),
+                          lam=lam, token_evidence=evidence)
+    assert torch.equal(out.first[0, 0], z1[best])
+    assert torch.equal(out.second[0, 0], z2[best])
+    torch.testing.assert_close(out.score[0, 0], obj[best], atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="token_evidence"):
+        separate_tokens(mix, [p1, p2], lik, Greedy(), token_evidence=evidence[:, :, :1])

@@ -69,6 +69,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--shifts", type=int, default=None, metavar="N",
                    help="delayed copies of each mixture the LASS methods separate and pool "
                         "(default: the bundle's)")
+    p.add_argument("--evidence-weight", type=float, default=None, metavar="MU",
+                   help="weight of the bundle's token evidence model in the LASS methods (0: "
+                        "the counts alone; default: the bundle's)")
     p.add_argument("--batch", type=int, default=8, metavar="N",
                    help="mixtures whose LASS searches run as one batch (faster per mixture "
                         "on a CPU; 1: one at a time)")
@@ -124,6 +127,8 @@ def _main(argv: Sequence[str] | None) -> int:
         separator = separator.with_settings(mask_iterations=args.mask_iterations)
     if args.shifts is not None:
         separator = separator.with_settings(shifts=args.shifts)
+    if args.evidence_weight is not None:
+        separator = separator.with_settings(evidence_weight=args.evidence_weight)
     separator.check_settings(separator.settings)
     rate = separator.codec.sample_rate
     tracks = find_tracks(args.data, args.split, list(separator.stems), args.layout)
@@ -150,7 +155,8 @@ def _main(argv: Sequence[str] | None) -> int:
               "context_overlap": separator.settings.context_overlap,
               "mask_fft": separator.settings.mask_fft,
               "mask_iterations": separator.settings.mask_iterations,
-              "shifts": separator.settings.shifts}
+              "shifts": separator.settings.shifts,
+              "evidence_weight": separator.settings.evidence_weight}
     done: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
     if args.out is not None and args.out.is_file():
         saved = json.loads(args.out.read_text(encoding="utf-8"))

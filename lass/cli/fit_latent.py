@@ -37,11 +37,10 @@ from vqvae import Codec, load_codec
 PROG = "lass-fit-latent"
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+def add_mixture_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of the encoded training mixtures (shared with ``lass-fit-evidence``)."""
     p.add_argument("--codec", type=Path, required=True, help="saved codec directory")
     p.add_argument("--data", type=Path, required=True, help="stem data set root")
-    p.add_argument("--out", type=Path, required=True, help="latent likelihood file (.npz)")
     p.add_argument("--sources", nargs=2, default=["drums", "bass"])
     p.add_argument("--split", default="train")
     p.add_argument("--layout", default="auto")
@@ -50,13 +49,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-seconds", type=float, default=3.0)
     p.add_argument("--gain-db", type=float, nargs=2, default=[-6.0, 0.0], metavar=("LO", "HI"))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--context", type=int, default=2,
-                   help="tokens per source the latent of a step depends on (this and the past)")
-    p.add_argument("--passes", type=int, default=12, help="least-squares passes")
     p.add_argument("--batch", type=int, default=8, help="mixtures encoded together")
     p.add_argument("--checkpoint-seconds", type=float, default=60.0)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    add_mixture_arguments(p)
+    p.add_argument("--out", type=Path, required=True, help="latent likelihood file (.npz)")
+    p.add_argument("--context", type=int, default=2,
+                   help="tokens per source the latent of a step depends on (this and the past)")
+    p.add_argument("--passes", type=int, default=12, help="least-squares passes")
     return p
 
 
@@ -78,11 +83,20 @@ def _load_encoded(path: Path, config: dict[str, Any]) -> dict[str, list[torch.Te
     return {n: [saved[n]] for n in ("first", "second", "latents")}
 
 
-def _fit(args: argparse.Namespace) -> int:
+def encode_mixtures(args: argparse.Namespace, prog: str, encoded: Path
+                    ) -> tuple[Codec, dict[str, Any], dict[str, torch.Tensor], float]:
+    """Encode the training mixtures :func:`add_mixture_arguments` describe, resuming from
+    (and checkpointing to) ``encoded``.
+
+    Returns the codec, the description of the mixtures, ``first, second: (n, tokens)`` the
+    sources' tokens and ``latents: (n, tokens, D)`` float16 the mixtures' encoder outputs,
+    and the seconds spent encoding.
+    """
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    if args.context < 1 or args.passes < 1 or args.hours <= 0:
-        raise DataError("--context, --passes and --hours must be positive")
+    if args.hours <= 0:
+        raise DataError("--hours must be positive")
+    encoded.parent.mkdir(parents=True, exist_ok=True)
     device = resolve_device(args.device)
     codec: Codec = load_codec(args.codec, device=device)
     rule = dataset_mix_rule(args.data, args.mix)
@@ -99,13 +113,12 @@ def _fit(args: argparse.Namespace) -> int:
                  "tracks": len(tracks)},
         "chunk_seconds": args.chunk_seconds, "gain_db": list(args.gain_db), "seed": args.seed,
         "mixtures": total}
-    encoded = args.out.with_name(args.out.name + ".encoded.pt")
     parts: dict[str, list[torch.Tensor]] = {"first": [], "second": [], "latents": []}
     if encoded.is_file():
         loaded = _load_encoded(encoded, config)
         if loaded is not None:
             parts = loaded
-            print(f"{PROG}: resuming at mixture {len(parts['first'][0])} of {total}",
+            print(f"{prog}: resuming at mixture {len(parts['first'][0])} of {total}",
                   file=sys.stderr)
     done = sum(len(x) for x in parts["first"])
     start = last_save = time.perf_counter()
@@ -132,7 +145,16 @@ def _fit(args: argparse.Namespace) -> int:
         bar.close()
     encode_seconds = time.perf_counter() - start
     if done and time.perf_counter() - start > args.checkpoint_seconds:
-        _save_encoded(encoded, config, parts)  # the fit below can be resumed from here
+        _save_encoded(encoded, config, parts)  # the fit can be resumed from here
+    return codec, config, {n: torch.cat(v) for n, v in parts.items()}, encode_seconds
+
+
+def _fit(args: argparse.Namespace) -> int:
+    if args.context < 1 or args.passes < 1:
+        raise DataError("--context and --passes must be positive")
+    encoded = args.out.with_name(args.out.name + ".encoded.pt")
+    codec, config, parts, encode_seconds = encode_mixtures(args, PROG, encoded)
+    done = parts["first"].shape[0]
     t0 = time.perf_counter()
     fit_bar = tqdm(total=args.passes, desc="fitting", unit="pass", file=sys.stderr,
                    dynamic_ncols=True)
@@ -140,8 +162,8 @@ def _fit(args: argparse.Namespace) -> int:
     def fit_progress(done_passes: int, _total: int) -> None:
         fit_bar.update(done_passes - fit_bar.n)
 
-    model = fit_latent(torch.cat(parts["first"]), torch.cat(parts["second"]),
-                       torch.cat(parts["latents"]).float(), codec.codebook_size,
+    model = fit_latent(parts["first"], parts["second"], parts["latents"].float(),
+                       codec.codebook_size,
                        context=args.context, passes=args.passes,
                        meta={**config, "hours": args.hours, "passes": args.passes},
                        progress=fit_progress)

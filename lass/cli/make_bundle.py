@@ -12,7 +12,8 @@ made with, the prior's classes), and writes ``bundle.json`` with every sha256.
 or ``--candidates`` samples at ``--temperature``), ``--combine``, ``--lam``, ``--output``.
 With ``--latent``, ``--likelihood`` is a ``lass-fit-latent`` model of the mixture's encoder
 output instead of counts (``--prior-top``: the tokens per source whose pairs are scored,
-default 16).
+default 16). ``--evidence FILE`` adds a ``lass-fit-evidence`` token evidence model, used
+with the counts at ``--evidence-weight``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from lass.cli import run_cli
 from lass.errors import LassError
 from lass.separator import COMBINES, OUTPUTS, check_mask_settings, shift_offsets
 from likelihood import load_counts
+from likelihood.evidence import TokenEvidence
 from likelihood.factorised import FactorisedLikelihood
 from likelihood.latent import LatentLikelihood
 from priors import load_prior
@@ -77,6 +79,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="EM updates of the stems' powers before masking")
     p.add_argument("--shifts", type=int, default=1, metavar="N",
                    help="delayed copies of each input separated and pooled (1: off)")
+    p.add_argument("--evidence", type=Path, default=None, metavar="FILE",
+                   help="a lass-fit-evidence model of the same codec (the learned likelihood "
+                        "added to the counts)")
+    p.add_argument("--evidence-weight", type=float, default=1.0, metavar="MU",
+                   help="its weight in the sampler defaults (with --evidence)")
     p.add_argument("--out", type=Path, required=True)
     return p
 
@@ -137,6 +144,13 @@ def _main(argv: Sequence[str] | None) -> int:
             FactorisedLikelihood.load(args.factorised).check_fits(counts)
     check_mask_settings(args.mask_fft, args.mask_iterations)
     shift_offsets(args.shifts, codec.hop_length)
+    if args.evidence is not None:
+        if args.latent:
+            raise LassError("--evidence adds to counts, not to a --latent likelihood")
+        if not args.evidence_weight >= 0:
+            raise LassError(f"--evidence-weight must be >= 0, not {args.evidence_weight}")
+        TokenEvidence.load(args.evidence).check_codec(codec.codebook_size, codec.embedding_dim,
+                                                      identity)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -146,19 +160,24 @@ def _main(argv: Sequence[str] | None) -> int:
         shutil.copy2(args.likelihood, tmp / "likelihood.npz")
         if args.factorised is not None:
             shutil.copy2(args.factorised, tmp / "likelihood-factorised.npz")
+        if args.evidence is not None:
+            shutil.copy2(args.evidence, tmp / "evidence.npz")
         write_bundle(tmp, name=args.name or out.name, sample_rate=codec.sample_rate,
                      stems=(stems[0], stems[1]), mix=args.mix, codec="codec", priors=paths,
                      likelihood="likelihood.npz", smoothing=args.smoothing,
                      likelihood_kind="latent" if args.latent else "counts",
                      alpha=args.alpha, min_count=args.min_count, prior_classes=classes or None,
                      likelihood_base=("likelihood-factorised.npz" if args.factorised else None),
+                     evidence="evidence.npz" if args.evidence is not None else None,
                      sampler={"kind": args.sampler, "num_beams": args.beams,
                               "candidates": args.candidates, "temperature": args.temperature,
                               "k": args.top_k, "combine": args.combine, "lam": args.lam,
                               "output": args.output, "mask_fft": args.mask_fft,
                               "mask_iterations": args.mask_iterations,
                               "shifts": args.shifts,
-                              **({"prior_top": args.prior_top} if args.prior_top else {})})
+                              **({"prior_top": args.prior_top} if args.prior_top else {}),
+                              **({"evidence_weight": args.evidence_weight}
+                                 if args.evidence is not None else {})})
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -88,6 +88,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--prior-top", type=int, default=None, metavar="N",
                    help="also score pairs of the priors' N likeliest tokens that counting never "
                         "saw (smoothed likelihood; 0: off; default: the bundle's)")
+    p.add_argument("--evidence-weight", type=float, default=None, metavar="MU",
+                   help="weight of the bundle's token evidence model (the learned likelihood "
+                        "of the mixture's encoder output; 0: the counts alone; default: the "
+                        "bundle's)")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=8, metavar="N",
@@ -150,6 +154,8 @@ def _settings(args: argparse.Namespace, base: SeparationSettings) -> SeparationS
         changes["prior_top"] = args.prior_top
     if args.shifts is not None:
         changes["shifts"] = args.shifts
+    if args.evidence_weight is not None:
+        changes["evidence_weight"] = args.evidence_weight
     return replace(s, **changes)
 
 
