@@ -309,6 +309,13 @@ class _CountSteps:
         self._width: list[int] = counts.max(0).values.tolist() if counts.numel() else []
         self._start = -1
         self._chunk: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._evidence: torch.Tensor | None = None  # (2, n, batch, K) of the chunk
+
+    def evidence_at(self, t: int) -> torch.Tensor | None:
+        """``(2, batch, K)`` the token evidence of step ``t`` (after :meth:`at`), or None."""
+        if self._evidence is None:
+            return None
+        return self._evidence[:, t - self._start]
 
     def at(self, t: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Step ``t``: first, second ``(batch, C)`` pairs, ``lam * log p(m | i, j)``
@@ -325,6 +332,7 @@ class _CountSteps:
                 ev = self.evidence(start, start + n).to(ll.device, torch.float32)
                 ev = ev.permute(2, 1, 0, 3)  # (2, n, batch, K)
                 ll = ll + ev[0].gather(2, first) + ev[1].gather(2, second)
+                self._evidence = ev
             self._chunk = (first, second, ll, (cand.count == 0).view(n, batch))
             self._start = start
         first, second, ll, empty = self._chunk
@@ -356,11 +364,15 @@ def _count_candidates(steps: _CountSteps, t: int, mix_of_row: torch.Tensor, widt
     k = likelihood.k
     mix_t = steps.mix[:, t]
     first, second, log_lik = first[mix_of_row], second[mix_of_row], log_lik[mix_of_row]
+    step_ev = steps.evidence_at(t)  # (2, batch, K): the rows' own evidence
+    ev = None if step_ev is None else step_ev[:, mix_of_row]
     if steps.any_empty[t]:
         f = min(fallback_top, k)
         fb_first, fb_second = _grid(lp1.topk(f, dim=1).indices, lp2.topk(f, dim=1).indices)
         fb_ll = likelihood.log_likelihood(mix_t[mix_of_row], fb_first, fb_second)
         fb_ll = torch.where(torch.isfinite(fb_ll), fb_ll * lam, torch.zeros_like(fb_ll))
+        if ev is not None:
+            fb_ll = fb_ll + ev[0].gather(1, fb_first) + ev[1].gather(1, fb_second)
         use = empty[mix_of_row][:, None]
         c = max(first.shape[1], f * f)
         first = torch.where(use, _pad(fb_first, c, 0), _pad(first, c, 0))
@@ -381,8 +393,10 @@ def _count_candidates(steps: _CountSteps, t: int, mix_of_row: torch.Tensor, widt
         drop = seen | empty[mix_of_row][:, None]
         first = torch.cat([first, add_first], dim=1)
         second = torch.cat([second, add_second], dim=1)
-        log_lik = torch.cat([log_lik, _weighted(add_ll, lam).masked_fill(drop, float("-inf"))],
-                            dim=1)
+        add_ll = _weighted(add_ll, lam)
+        if ev is not None:
+            add_ll = add_ll + ev[0].gather(1, add_first) + ev[1].gather(1, add_second)
+        log_lik = torch.cat([log_lik, add_ll.masked_fill(drop, float("-inf"))], dim=1)
     return (first.view(batch, width, -1), second.view(batch, width, -1),
             log_lik.view(batch, width, -1))
 

@@ -42,7 +42,13 @@ Stages (each is skipped when its output exists and resumes when interrupted):
    ``SHIFT_TIE_DB`` of the best, the one with the fewest copies (each copy is one more
    encoding and mixture token sequence), which replaces one copy when it gains at least
    ``SHIFT_GAIN_DB``
-10. ``assemble``: the bundle in ``WORK/bundle`` (``bundle.json`` with every sha256);
+10. ``evidence``: ``lass-fit-evidence`` (``EVIDENCE_HOURS`` of training mixtures, seed
+   ``EVIDENCE_SEED``, ``EVIDENCE_EPOCHS`` epochs): the token evidence model, the learned
+   likelihood of each source's token from the mixture's encoder output; then, on the same
+   validation mixtures with the bundle's settings, its weight and lambda (``EVIDENCE_GRID``,
+   and weight 0: the counts alone); of the settings within ``EVIDENCE_TIE_DB`` of the best,
+   the first, which the bundle takes when it gains at least ``EVIDENCE_GAIN_DB``
+11. ``assemble``: the bundle in ``WORK/bundle`` (``bundle.json`` with every sha256);
    ``--install`` copies it to ``lass/bundles/default`` and prints the rows of
    ``checkpoints.md``.
 
@@ -96,6 +102,11 @@ SHIFT_GRID = ((1, SAMPLES), (2, SAMPLES // 2), (5, SAMPLES // 5), (SAMPLES, 1))
 SHIFT_GAIN_DB = 0.2
 SHIFT_TIE_DB = 0.1
 SHIFT_KEYS = tuple(f"shifts {n} samples {c}" for n, c in SHIFT_GRID)  # build.json keys
+EVIDENCE_HOURS, EVIDENCE_SEED, EVIDENCE_EPOCHS = 1.5, 0, 6
+EVIDENCE_GRID = ((0.0, 5.0), (0.5, 5.0), (1.0, 5.0), (1.5, 5.0), (1.0, 3.0))  # (weight, lambda)
+EVIDENCE_GAIN_DB = 0.2
+EVIDENCE_TIE_DB = 0.1
+EVIDENCE_KEYS = tuple(f"weight {w:g} lambda {lam:g}" for w, lam in EVIDENCE_GRID)
 
 
 def _run(cmd: list[str], log: dict[str, Any], stage: str) -> None:
@@ -331,6 +342,40 @@ def _tune_shifts(bundle: Path, data: Path, log: dict[str, Any], log_path: Path) 
     log_path.write_text(json.dumps(log, indent=1) + "\n")
 
 
+def _tune_evidence(bundle: Path, evidence: Path, data: Path, log: dict[str, Any],
+                   log_path: Path) -> None:
+    """Stage 10: SDR of every ``EVIDENCE_GRID`` point (evidence weight, lambda) on
+    ``CHECK_MIXTURES`` validation mixtures with the bundle's other settings, and the choice
+    (logged under ``evidence``)."""
+    from dataclasses import replace
+
+    from likelihood.evidence import TokenEvidence
+
+    sep, mixtures, mixed_all, gain = _validation(bundle, data, CHECK_MIXTURES)
+    sep.evidence = TokenEvidence.load(evidence)
+    entry: dict[str, Any] = log.setdefault("evidence", {})
+    grid: dict[str, float] = entry.setdefault("grid", {})
+    for key, (weight, lam) in zip(EVIDENCE_KEYS, EVIDENCE_GRID, strict=True):
+        if key in grid:
+            continue
+        start = time.perf_counter()
+        results = _search_all(sep, mixed_all, replace(sep.settings, evidence_weight=weight,
+                                                      lam=lam))
+        grid[key] = float(np.mean([
+            _stems_sdr(np.stack([r.stems[st] for st in sep.stems]), gain * m.stems)
+            for m, r in zip(mixtures, results, strict=True)]))
+        entry.setdefault("seconds", {})[key] = round(time.perf_counter() - start, 1)
+        print(f"evidence weight {weight:g}, lambda {lam:g}: valid SDR {grid[key]:.2f} dB",
+              file=sys.stderr, flush=True)
+        log_path.write_text(json.dumps(log, indent=1) + "\n")
+    top = max(grid[k] for k in EVIDENCE_KEYS)
+    best = next(k for k in EVIDENCE_KEYS if grid[k] >= top - EVIDENCE_TIE_DB)
+    weight, lam = EVIDENCE_GRID[EVIDENCE_KEYS.index(best)]
+    entry.update(mixtures=CHECK_MIXTURES, weight=weight, lam=lam,
+                 use=weight > 0 and grid[best] >= grid[EVIDENCE_KEYS[0]] + EVIDENCE_GAIN_DB)
+    log_path.write_text(json.dumps(log, indent=1) + "\n")
+
+
 def _choose_sampler(log: dict[str, Any]) -> dict[str, Any]:
     """Stage 7's decision from its grid: of the ``SAMPLE_GRID`` settings within
     ``SAMPLE_TIE_DB`` of the best, the first (closer differences on 48 mixtures are noise,
@@ -402,12 +447,13 @@ def main() -> None:
     sampler: dict[str, Any] = {"kind": "beam", "num_beams": BEAMS, "lam": 3.0,
                                "output": "mask"}
     likelihood: dict[str, Any] = {"smoothing": "none", "alpha": 1.0, "min_count": 1}
+    extra: dict[str, Any] = {}  # the token evidence model, once stage 10 chose it
 
     def assemble() -> None:
         write_bundle(bundle, name="default", sample_rate=22050, stems=("drums", "bass"),
                      mix="mean", codec="codec", priors={"drums": "prior", "bass": "prior"},
                      prior_classes={"drums": 0, "bass": 1}, likelihood="likelihood.npz",
-                     sampler=sampler, **likelihood)
+                     sampler=sampler, **likelihood, **extra)
 
     assemble()
     if "tune" not in log or "min_count" not in log["tune"]:
@@ -474,6 +520,24 @@ def main() -> None:
             log.setdefault("seconds", {})["tune-shifts"] = round(time.perf_counter() - start, 1)
         if log["shifts"]["use"]:
             sampler.update(shifts=log["shifts"]["shifts"], candidates=log["shifts"]["samples"])
+            assemble()
+    if likelihood.get("likelihood_kind") != "latent":  # the evidence adds to counts
+        evidence = work / "evidence.npz"
+        if not evidence.is_file():
+            _run(["lass-fit-evidence", "--codec", str(codec / "model"), "--data", str(data),
+                  "--sources", "drums", "bass", "--hours", str(EVIDENCE_HOURS), "--seed",
+                  str(EVIDENCE_SEED), "--epochs", str(EVIDENCE_EPOCHS), "--out", str(evidence),
+                  *dev], log, "evidence-fit")
+        done = log.get("evidence", {})
+        if "use" not in done or any(k not in done["grid"] for k in EVIDENCE_KEYS):
+            start = time.perf_counter()
+            _tune_evidence(bundle, evidence, data, log, log_path)
+            log.setdefault("seconds", {})["tune-evidence"] = round(time.perf_counter() - start,
+                                                                   1)
+        if log["evidence"]["use"]:
+            shutil.copy2(evidence, bundle / "evidence.npz")
+            extra["evidence"] = "evidence.npz"
+            sampler.update(evidence_weight=log["evidence"]["weight"], lam=log["evidence"]["lam"])
             assemble()
     log_path.write_text(json.dumps(log, indent=1) + "\n")
     files = sorted(f for f in bundle.rglob("*") if f.is_file())

@@ -374,12 +374,14 @@ def test_keep_slots_moves_only_rows_of_beams_without_children():
         assert torch.equal(placed == rows, has_child)
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_beam_search_with_token_evidence_is_exact(seed):
+@pytest.mark.parametrize(("seed", "smoothed"), [(s, m) for s in range(3) for m in (False, True)])
+def test_beam_search_with_token_evidence_is_exact(seed, smoothed):
     """Enough beams find the brute-force maximum of the objective plus the per-token
-    evidence ``sum_t e[t, 0, i_t] + e[t, 1, j_t]``; every beam's score is its objective."""
+    evidence ``sum_t e[t, 0, i_t] + e[t, 1, j_t]``, also on the pairs ``prior_top`` adds
+    (smoothed: every pair is a candidate); the best beam's score is its objective."""
     k, length, lam = 3, 3, 3.0
-    p1, p2, lik, mix = build(k, length, seed)
+    extra = {"smoothing": "backoff", "alpha": 0.5} if smoothed else {}
+    p1, p2, lik, mix = build(k, length, seed, density=0.3 if smoothed else 0.6, **extra)
     gen = torch.Generator().manual_seed(seed)
     evidence = torch.randn(1, length, 2, k, generator=gen)
     z1, z2, obj = brute_force(p1, p2, lik, mix, lam)
@@ -387,7 +389,7 @@ def test_beam_search_with_token_evidence_is_exact(seed):
     obj = obj + evidence[0, steps, 0][steps, z1].sum(1) + evidence[0, steps, 1][steps, z2].sum(1)
     best = int(obj.argmax())
     out = separate_tokens(mix, [p1, p2], lik, BeamSearch(num_beams=(k * k) ** (length - 1)),
-                          lam=lam, token_evidence=evidence)
+                          lam=lam, token_evidence=evidence, prior_top=k if smoothed else 0)
     assert torch.equal(out.first[0, 0], z1[best])
     assert torch.equal(out.second[0, 0], z2[best])
     torch.testing.assert_close(out.score[0, 0], obj[best], atol=1e-4, rtol=0)
