@@ -51,3 +51,4 @@ def test_separate_with_no_model_writes_drums_and_bass(tmp_path, capsys):
     # 10 samples in all: 2 for each of 5 shifted copies
     assert (info["settings"]["candidates"], info["settings"]["shifts"]) == (2, 5)
     assert (info["settings"]["mask_fft"], info["settings"]["mask_iterations"]) == (8192, 1)
+    assert info["settings"]["evidence_weight"] == 1.0  # the learned token evidence is on
