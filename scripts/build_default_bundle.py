@@ -313,32 +313,45 @@ def _tune_mask(bundle: Path, data: Path, log: dict[str, Any], log_path: Path) ->
     log_path.write_text(json.dumps(log, indent=1) + "\n")
 
 
-def _tune_shifts(bundle: Path, data: Path, log: dict[str, Any], log_path: Path) -> None:
-    """Stage 9: SDR of every ``SHIFT_GRID`` point on ``CHECK_MIXTURES`` validation mixtures
-    with the bundle's other settings, and the choice (logged under ``shifts``)."""
+def _score_grid(bundle: Path, data: Path, log: dict[str, Any], log_path: Path, name: str,
+                points: dict[str, dict[str, Any]], setup: Callable[[Any], None] | None = None
+                ) -> dict[str, float]:
+    """Plain SDR on ``CHECK_MIXTURES`` validation mixtures of the bundle's settings with each
+    point's ``changes`` (``points``: key -> changes), kept in ``log[name]["grid"]`` as they
+    come (with the seconds each took), so an interrupted stage resumes; ``setup`` may
+    change the separator first."""
     from dataclasses import replace
 
     sep, mixtures, mixed_all, gain = _validation(bundle, data, CHECK_MIXTURES)
-    entry: dict[str, Any] = log.setdefault("shifts", {})
+    if setup is not None:
+        setup(sep)
+    entry: dict[str, Any] = log.setdefault(name, {})
     grid: dict[str, float] = entry.setdefault("grid", {})
-    for key, (shifts, samples) in zip(SHIFT_KEYS, SHIFT_GRID, strict=True):
+    for key, changes in points.items():
         if key in grid:
             continue
         start = time.perf_counter()
-        results = _search_all(sep, mixed_all, replace(sep.settings, shifts=shifts,
-                                                      candidates=samples))
+        results = _search_all(sep, mixed_all, replace(sep.settings, **changes))
         grid[key] = float(np.mean([
             _stems_sdr(np.stack([r.stems[st] for st in sep.stems]), gain * m.stems)
             for m, r in zip(mixtures, results, strict=True)]))
         entry.setdefault("seconds", {})[key] = round(time.perf_counter() - start, 1)
-        print(f"{shifts} copies x {samples} samples: valid SDR {grid[key]:.2f} dB",
-              file=sys.stderr, flush=True)
+        print(f"{name}, {key}: valid SDR {grid[key]:.2f} dB", file=sys.stderr, flush=True)
         log_path.write_text(json.dumps(log, indent=1) + "\n")
+    return grid
+
+
+def _tune_shifts(bundle: Path, data: Path, log: dict[str, Any], log_path: Path) -> None:
+    """Stage 9: SDR of every ``SHIFT_GRID`` point on ``CHECK_MIXTURES`` validation mixtures
+    with the bundle's other settings, and the choice (logged under ``shifts``)."""
+    grid = _score_grid(bundle, data, log, log_path, "shifts", {
+        key: {"shifts": shifts, "candidates": samples}
+        for key, (shifts, samples) in zip(SHIFT_KEYS, SHIFT_GRID, strict=True)})
     top = max(grid[k] for k in SHIFT_KEYS)
     best = next(k for k in SHIFT_KEYS if grid[k] >= top - SHIFT_TIE_DB)
     shifts, samples = SHIFT_GRID[SHIFT_KEYS.index(best)]
-    entry.update(mixtures=CHECK_MIXTURES, shifts=shifts, samples=samples,
-                 use=grid[best] >= grid[SHIFT_KEYS[0]] + SHIFT_GAIN_DB)
+    log["shifts"].update(mixtures=CHECK_MIXTURES, shifts=shifts, samples=samples,
+                         use=grid[best] >= grid[SHIFT_KEYS[0]] + SHIFT_GAIN_DB)
     log_path.write_text(json.dumps(log, indent=1) + "\n")
 
 
@@ -347,32 +360,20 @@ def _tune_evidence(bundle: Path, evidence: Path, data: Path, log: dict[str, Any]
     """Stage 10: SDR of every ``EVIDENCE_GRID`` point (evidence weight, lambda) on
     ``CHECK_MIXTURES`` validation mixtures with the bundle's other settings, and the choice
     (logged under ``evidence``)."""
-    from dataclasses import replace
-
     from likelihood.evidence import TokenEvidence
 
-    sep, mixtures, mixed_all, gain = _validation(bundle, data, CHECK_MIXTURES)
-    sep.evidence = TokenEvidence.load(evidence)
-    entry: dict[str, Any] = log.setdefault("evidence", {})
-    grid: dict[str, float] = entry.setdefault("grid", {})
-    for key, (weight, lam) in zip(EVIDENCE_KEYS, EVIDENCE_GRID, strict=True):
-        if key in grid:
-            continue
-        start = time.perf_counter()
-        results = _search_all(sep, mixed_all, replace(sep.settings, evidence_weight=weight,
-                                                      lam=lam))
-        grid[key] = float(np.mean([
-            _stems_sdr(np.stack([r.stems[st] for st in sep.stems]), gain * m.stems)
-            for m, r in zip(mixtures, results, strict=True)]))
-        entry.setdefault("seconds", {})[key] = round(time.perf_counter() - start, 1)
-        print(f"evidence weight {weight:g}, lambda {lam:g}: valid SDR {grid[key]:.2f} dB",
-              file=sys.stderr, flush=True)
-        log_path.write_text(json.dumps(log, indent=1) + "\n")
+    def setup(sep: Any) -> None:
+        sep.evidence = TokenEvidence.load(evidence)
+
+    grid = _score_grid(bundle, data, log, log_path, "evidence", {
+        key: {"evidence_weight": weight, "lam": lam}
+        for key, (weight, lam) in zip(EVIDENCE_KEYS, EVIDENCE_GRID, strict=True)}, setup)
     top = max(grid[k] for k in EVIDENCE_KEYS)
     best = next(k for k in EVIDENCE_KEYS if grid[k] >= top - EVIDENCE_TIE_DB)
     weight, lam = EVIDENCE_GRID[EVIDENCE_KEYS.index(best)]
-    entry.update(mixtures=CHECK_MIXTURES, weight=weight, lam=lam,
-                 use=weight > 0 and grid[best] >= grid[EVIDENCE_KEYS[0]] + EVIDENCE_GAIN_DB)
+    log["evidence"].update(mixtures=CHECK_MIXTURES, weight=weight, lam=lam,
+                           use=weight > 0 and grid[best] >= grid[EVIDENCE_KEYS[0]]
+                           + EVIDENCE_GAIN_DB)
     log_path.write_text(json.dumps(log, indent=1) + "\n")
 
 
