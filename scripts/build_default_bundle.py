@@ -363,7 +363,9 @@ def _tune_evidence(bundle: Path, evidence: Path, data: Path, log: dict[str, Any]
     from likelihood.evidence import TokenEvidence
 
     def setup(sep: Any) -> None:
-        sep.evidence = TokenEvidence.load(evidence)
+        model = TokenEvidence.load(evidence)
+        model.check_codec(sep.codec.codebook_size, sep.codec.embedding_dim, sep.codec.identity())
+        sep.evidence = model
 
     grid = _score_grid(bundle, data, log, log_path, "evidence", {
         key: {"evidence_weight": weight, "lam": lam}

@@ -77,6 +77,8 @@ def _fit(args: argparse.Namespace) -> int:
                       file=sys.stderr)
         except Exception:  # a torn checkpoint: start over
             print(f"{PROG}: ignoring unreadable {state_path}", file=sys.stderr)
+    valid_latents = valid["latents"].to(codec.device) if valid is not None else None
+    figures: dict[str, list[float]] | None = None  # the held-out figures of the last epoch
     start = time.perf_counter()
     while trainer.epoch < args.epochs:
         bar = tqdm(total=trainer.steps_per_epoch, desc=f"epoch {trainer.epoch + 1}/"
@@ -88,21 +90,19 @@ def _fit(args: argparse.Namespace) -> int:
 
         train_bits = trainer.run_epoch(progress)
         bar.close()
-        entry: dict[str, Any] = {"epoch": trainer.epoch, "train_bits": round(train_bits, 4)}
-        if valid is not None:
-            entry.update(evidence_bits(model, valid["first"], valid["second"],
-                                       valid["latents"].to(codec.device)))
+        if valid is not None and valid_latents is not None:
+            figures = evidence_bits(model, valid["first"], valid["second"], valid_latents)
             print(f"epoch {trainer.epoch}: train {train_bits:.3f} bits; valid bits "
-                  f"{entry['bits'][0]:.3f} / {entry['bits'][1]:.3f}, top-1 "
-                  f"{entry['top1'][0]:.3f} / {entry['top1'][1]:.3f}, top-10 "
-                  f"{entry['top10'][0]:.3f} / {entry['top10'][1]:.3f} ({' / '.join(args.sources)})",
-                  file=sys.stderr, flush=True)
+                  f"{figures['bits'][0]:.3f} / {figures['bits'][1]:.3f}, top-1 "
+                  f"{figures['top1'][0]:.3f} / {figures['top1'][1]:.3f}, top-10 "
+                  f"{figures['top10'][0]:.3f} / {figures['top10'][1]:.3f} "
+                  f"({' / '.join(args.sources)})", file=sys.stderr, flush=True)
         buf = io.BytesIO()
         torch.save({"meta": meta, "trainer": trainer.state_dict()}, buf)
         write_atomically(state_path, buf.getvalue())
-    if valid is not None:
-        model.meta["valid"] = evidence_bits(model, valid["first"], valid["second"],
-                                            valid["latents"].to(codec.device))
+    if valid is not None and valid_latents is not None:  # (no figures: resumed when done)
+        model.meta["valid"] = figures or evidence_bits(model, valid["first"], valid["second"],
+                                                       valid_latents)
     model.meta["train_seconds"] = round(time.perf_counter() - start, 1)
     model.save(out)
     for suffix in (".encoded.pt", ".valid.encoded.pt", ".trainer.pt"):
