@@ -39,6 +39,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from likelihood import CountLikelihood
@@ -225,7 +226,7 @@ class _PriorStream:
         self.state = self.prior.reorder(self.state, index)
 
 
-def _keep_slots(parent: torch.Tensor) -> torch.Tensor:
+def _keep_slots(parent: np.ndarray) -> np.ndarray:
     """Which new beam goes to which row, so that as few key/value rows as possible move.
 
     Args:
@@ -237,29 +238,42 @@ def _keep_slots(parent: torch.Tensor) -> torch.Tensor:
         rows of beams without children, in order. Beam order carries no meaning (scores are
         kept per row and sorted at the end), so this only saves cache copies: a row whose
         beam continues is not copied at all.
+
+    A few integers per mixture: NumPy on the host (about a microsecond per operation, where
+    each tensor operation costs several).
     """
     batch, width = parent.shape
-    slots = torch.arange(width, device=parent.device)
+    slots = np.arange(width)
     same = parent[:, :, None] == slots[None, None, :]  # (batch, new beam, slot)
     first = (same.cumsum(1) * same).sum(-1) == 1  # first child of its parent
     claimed = (same & first[:, :, None]).any(1)  # (batch, slot)
-    free = (claimed.long() * width + slots[None]).argsort(dim=1)  # unclaimed rows first
-    rank = (~first).long().cumsum(1) - 1
-    target = torch.where(first, parent, free.gather(1, rank.clamp(min=0)))
-    return torch.empty_like(parent).scatter_(1, target, slots[None].expand(batch, width))
+    free = (claimed * width + slots[None]).argsort(axis=1)  # unclaimed rows first (distinct)
+    rank = (~first).cumsum(1) - 1
+    target = np.where(first, parent, np.take_along_axis(free, rank.clip(min=0), axis=1))
+    slot = np.empty_like(parent)
+    np.put_along_axis(slot, target, np.broadcast_to(slots, (batch, width)), axis=1)
+    return slot
 
 
-def _move_rows(local: torch.Tensor, streams: Sequence[_PriorStream],
+def _host(x: torch.Tensor) -> np.ndarray:
+    """A small integer tensor as an int64 NumPy array on the host."""
+    return x.detach().to("cpu", torch.long).numpy()
+
+
+def _move_rows(local: np.ndarray, streams: Sequence[_PriorStream],
                history: list[torch.Tensor], shared: bool) -> list[torch.Tensor]:
     """Make row ``s`` of every mixture continue row ``local[b, s]`` of the same mixture
-    (``local: (batch, width)``): both priors' states follow (a shared prior's stream holds
-    the second source's rows after the first's), and the token histories are returned
-    reordered."""
+    (``local: (batch, width)`` on the host): both priors' states follow (a shared prior's
+    stream holds the second source's rows after the first's), and the token histories are
+    returned reordered."""
     batch, width = local.shape
-    parent = (torch.arange(batch, device=local.device)[:, None] * width + local).reshape(-1)
+    parent = (np.arange(batch)[:, None] * width + local).reshape(-1)
+    device = history[0].device
     for s in streams:
-        s.reorder(torch.cat([parent, parent + batch * width]) if shared else parent)
-    return [h.index_select(0, parent) for h in history]
+        index = np.concatenate([parent, parent + batch * width]) if shared else parent
+        s.reorder(torch.from_numpy(index).to(device))
+    rows = torch.from_numpy(parent).to(device)
+    return [h.index_select(0, rows) for h in history]
 
 
 def _stack_classes(row_classes: list[torch.Tensor | None], rows: int, device: torch.device
@@ -548,14 +562,17 @@ def separate_tokens(mix_codes: torch.Tensor, priors: Sequence[Prior],
                 values = torch.nn.functional.pad(values, (0, width - values.shape[1]),
                                                  value=float("-inf"))
                 index = torch.nn.functional.pad(index, (0, width - index.shape[1]), value=0)
-            local = index // n_cand
-            slot = _keep_slots(local)  # new beam of each slot: most beams keep their row
-            local, index = local.gather(1, slot), index.gather(1, slot)
-            values = values.gather(1, slot)
-            pick = (index % n_cand).reshape(-1)
-            total = values
-            history = _move_rows(local, streams, history, shared)
-            source = local.reshape(-1)  # the row (within its mixture) each new beam extends
+            # The choice's bookkeeping is a few integers per mixture: on the host.
+            found = _host(index)
+            local_h = found // n_cand
+            slot = _keep_slots(local_h)  # new beam of each slot: most beams keep their row
+            local_h = np.take_along_axis(local_h, slot, axis=1)
+            found = np.take_along_axis(found, slot, axis=1)
+            total = values.gather(1, torch.from_numpy(slot).to(device))
+            pick = torch.from_numpy((found % n_cand).reshape(-1)).to(device)
+            history = _move_rows(local_h, streams, history, shared)
+            # the row (within its mixture) each new beam extends
+            source = torch.from_numpy(local_h.reshape(-1)).to(device)
         else:
             assert not isinstance(sampler, BeamSearch)
             flat_score = score.view(rows, n_cand)
@@ -577,11 +594,12 @@ def separate_tokens(mix_codes: torch.Tensor, priors: Sequence[Prior],
             if bool(low.any()):
                 which = low.nonzero().squeeze(1).tolist()
                 u = _uniforms(batch, 1, single, generators, device, which)
-                local = torch.where(low[:, None], _systematic(log_weight, u),
-                                    torch.arange(width, device=device)[None])
-                local = local.gather(1, _keep_slots(local))  # most particles keep their row
-                history = _move_rows(local, streams, history, shared)
-                total = total.gather(1, local)
+                local_h = _host(torch.where(low[:, None], _systematic(log_weight, u),
+                                            torch.arange(width, device=device)[None]))
+                # most particles keep their row
+                local_h = np.take_along_axis(local_h, _keep_slots(local_h), axis=1)
+                history = _move_rows(local_h, streams, history, shared)
+                total = total.gather(1, torch.from_numpy(local_h).to(device))
                 log_weight = log_weight.masked_fill(low[:, None], 0.0)
                 resamplings += low.long()
         if progress is not None:

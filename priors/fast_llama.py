@@ -21,9 +21,14 @@ computation from the model's own weights with
 - rows whose pasts are equal (beams that differ only in the other source's tokens, tracked
   through reorders and new tokens as :attr:`KVBuffer.twin`) go through the projections and
   the MLP once, when that saves at least a fifth of the rows,
-- the attention scale folded into the query rows, and for one new token per row (the
-  search's step) the whole layer in 2-D tensors with the residual sums inside the
-  products (``addmm``): about 12 operations per layer.
+- the attention scale folded into the query rows, and each RMS norm's weight (with
+  ``sqrt(width)``) into the product after it, so that a norm is one vector norm and one
+  ``hypot`` per row, divided out of the product's rows (the library's norm is seven
+  operations),
+- for one new token per row (the search's step) the whole layer in 2-D tensors with the
+  residual sums inside the products (``addmm``),
+- the beams' bookkeeping (families, marks, rows with equal pasts) in NumPy on the host: a
+  few integers per row, where tensor operations would cost several microseconds each.
 
 The weights are read from the model when a stepper is made (one per :meth:`start`), so a
 stepper always matches the model it came from. Supported: ``LlamaForCausalLM`` with SiLU,
@@ -45,6 +50,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
@@ -290,10 +296,15 @@ class TorchLlama(nn.Module):
         return net.to(device).eval()  # the weights are there already; the rotary buffer too
 
 
-def _first_equal(same: torch.Tensor) -> torch.Tensor:
+def _first_equal(same: np.ndarray) -> np.ndarray:
     """``same: (rows, rows)`` an equivalence of rows -> ``(rows,)`` the first row equal to
     each."""
-    return same.int().argmax(dim=1)
+    return same.argmax(axis=1)
+
+
+def host_index(index: torch.Tensor) -> np.ndarray:
+    """``index`` as an int64 NumPy array on the host (no copy for a CPU tensor)."""
+    return index.detach().to("cpu", torch.long).numpy()
 
 
 class KVBuffer:
@@ -308,6 +319,11 @@ class KVBuffer:
     found from the reorders alone: every ``stride`` positions a mark records each row's
     ancestor, and a mark whose ancestors agree within every family moves ``shared`` up to it.
 
+    The bookkeeping (families, marks, twins) is a few integers per row, kept in NumPy on the
+    host: a search step then costs a handful of NumPy operations of about a microsecond each
+    instead of some twenty tensor operations, and only the keys and values stay on the
+    device.
+
     Attributes:
         data: the buffer in use; positions ``[shared:length]`` of every row are filled
             (``[:length]`` when nothing is shared).
@@ -316,8 +332,8 @@ class KVBuffer:
         share: rows per family (0: nothing is shared).
         shared: positions held in :attr:`prefix` for every family.
         prefix: ``(rows / share, layers, 2, kv_heads, capacity, head_dim)`` or ``None``.
-        twin: ``(rows,)`` for each row the first row whose past equals its own, or ``None``
-            (followed only when made with ``share`` > 1).
+        twin: ``(rows,)`` NumPy int64, for each row the first row whose past equals its own,
+            or ``None`` (followed only when made with ``share`` > 1).
     """
 
     def __init__(self, rows: int, layers: int, kv_heads: int, capacity: int, head_dim: int,
@@ -328,17 +344,16 @@ class KVBuffer:
         self.spare: torch.Tensor | None = None
         self.length = 0
         self.share = share if share > 1 and rows % share == 0 else 0
-        self._family = (torch.arange(rows, device=device) // self.share if self.share
-                        else None)
+        self._family = np.arange(rows) // self.share if self.share else None
         self.stride = max(1, stride)
         self.shared = 0
         self.prefix: torch.Tensor | None = None
         self._marks: list[int] = []  # lengths at which each mark was taken
-        self._origin = torch.empty((rows, 0), dtype=torch.long, device=device)
+        self._origin = np.empty((rows, 0), dtype=np.int64)
         # twin[i]: the first row whose past equals row i's (at the start all are empty).
         # Followed only for beams (share > 1): independent samples seldom have equal pasts.
-        self.twin = (torch.zeros(rows, dtype=torch.long, device=device) if share > 1
-                     else None)
+        self.twin: np.ndarray | None = (np.zeros(rows, dtype=np.int64) if share > 1
+                                        else None)
         # Per-layer key and value views of the last buffers asked for (data, spare, prefix):
         # made once per buffer rather than indexed anew at every layer of every step.
         self._views: list[tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]] = []
@@ -378,8 +393,8 @@ class KVBuffer:
         """Move :attr:`shared` up to the latest mark whose ancestors agree in every family."""
         if not self._marks:
             return
-        fam = self._origin.view(-1, self.share, len(self._marks))
-        agree = (fam == fam[:, :1]).all(dim=1).all(dim=0)  # (marks,): True, then False
+        fam = self._origin.reshape(-1, self.share, len(self._marks))
+        agree = (fam == fam[:, :1]).all(axis=1).all(axis=0)  # (marks,): True, then False
         done = int(agree.sum())
         if not done:
             return
@@ -395,46 +410,54 @@ class KVBuffer:
     def extend(self, ids: torch.Tensor) -> None:
         """Note that ``ids: (rows, n)`` are appended to the rows' pasts (for :attr:`twin`)."""
         if self.twin is not None:
+            new = host_index(ids)
             self.twin = _first_equal((self.twin[:, None] == self.twin[None, :])
-                                     & (ids[:, None] == ids[None]).all(-1))
+                                     & (new[:, None] == new[None]).all(-1))
 
-    def reorder(self, index: torch.Tensor) -> None:
-        """Row ``i`` becomes row ``index[i]`` (``index: (rows',)``, on the buffer's device)."""
+    def reorder(self, index: torch.Tensor, host: np.ndarray | None = None) -> None:
+        """Row ``i`` becomes row ``index[i]`` (``index: (rows',)``, on the buffer's device;
+        ``host``: the same as a NumPy array, if the caller has it)."""
+        idx = host_index(index) if host is None else host
         if self.twin is not None:
-            key = self.twin[index]
+            key = self.twin[idx]
             self.twin = _first_equal(key[:, None] == key[None, :])
         n = self.length
-        if index.numel() != self.rows:  # a new batch size: a fresh buffer, no families
+        if idx.size != self.rows:  # a new batch size: a fresh buffer, no families
             self._stop_sharing()
-            fresh = self.data.new_empty((index.numel(), *self.data.shape[1:]))
+            fresh = self.data.new_empty((idx.size, *self.data.shape[1:]))
             if n:
                 torch.index_select(self.data[..., :n, :], 0, index, out=fresh[..., :n, :])
             self.data, self.spare, self._views = fresh, None, []
             return
         if self._family is not None:
-            if bool((index // self.share != self._family).any()):  # rows leave their family
+            if (idx // self.share != self._family).any():  # rows leave their family
                 self._stop_sharing()
             else:
                 if n - (self._marks[-1] if self._marks else self.shared) >= self.stride:
                     self._marks.append(n)  # each row's past of length n, by its row now
-                    self._origin = torch.cat([self._origin, torch.arange(
-                        self.rows, device=index.device)[:, None]], dim=1)
-                self._origin = self._origin.index_select(0, index)
-        self._move(index, self.shared, n)
+                    self._origin = np.concatenate(
+                        [self._origin, np.arange(self.rows)[:, None]], axis=1)
+                self._origin = self._origin[idx]
+        self._move(index, idx, self.shared, n)
         if self.share:
             self._commit()
 
-    def _move(self, index: torch.Tensor, lo: int, n: int) -> None:
-        """Positions ``[lo, n)`` of row ``i`` become those of row ``index[i]``."""
+    def _move(self, index: torch.Tensor, idx: np.ndarray, lo: int, n: int) -> None:
+        """Positions ``[lo, n)`` of row ``i`` become those of row ``index[i]`` (``idx``: the
+        same on the host)."""
         if n <= lo:
             return
-        moved = index != torch.arange(self.rows, device=index.device)
-        dst = moved.nonzero().squeeze(1)
-        if dst.numel() * 2 < self.rows:
-            src = index[dst]
-            if not bool(moved[src].any()):  # no source is overwritten: move rows in place
+        moved = idx != np.arange(self.rows)
+        dst = np.flatnonzero(moved)
+        if dst.size == 0:  # every row continues its own past
+            return
+        if dst.size * 2 < self.rows:
+            src = idx[dst]
+            if not moved[src].any():  # no source is overwritten: move rows in place
                 filled = self.data[..., lo:n, :]
-                filled.index_copy_(0, dst, filled.index_select(0, src))
+                device = self.data.device
+                filled.index_copy_(0, torch.from_numpy(dst).to(device),
+                                   filled.index_select(0, torch.from_numpy(src).to(device)))
                 return
         if self.spare is None:
             self.spare = torch.empty_like(self.data)
@@ -459,18 +482,31 @@ class LlamaStepper:
             # The attention scale is folded into the query rows, so the scores need no
             # extra product (exact where it is a power of two, as for head_dim 64).
             scale = self.head_dim ** -0.5
+            # Each RMS norm's weight is folded into the product after it, with sqrt(width):
+            # norm(x) @ W = (x @ (sqrt(width) diag(w) W)) / sqrt(|x|^2 + width eps), and the
+            # denominator is one vector norm and one hypot per row (see :meth:`_scale`)
+            # where the library's norm takes seven operations.
+            width = int(cfg.hidden_size)
+            root = width ** 0.5
+
+            def fold(norm: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+                """``w: (out, in)`` after the norm of weight ``norm`` -> ``(in, out)``."""
+                return (w * (norm * root)[None, :]).t().contiguous()
+
             self.layers: list[tuple[torch.Tensor, ...]] = []
             for layer in inner.layers:
                 att, mlp = layer.self_attn, layer.mlp
                 qkv = torch.cat([att.q_proj.weight * scale, att.k_proj.weight, att.v_proj.weight])
                 gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])
                 # (in, out) layouts: x @ w is the projection, and addmm adds the residual.
-                self.layers.append((layer.input_layernorm.weight.detach(), qkv.t().contiguous(),
+                self.layers.append((fold(layer.input_layernorm.weight, qkv),
                                     att.o_proj.weight.detach().t(),
-                                    layer.post_attention_layernorm.weight.detach(),
-                                    gate_up.t().contiguous(), mlp.down_proj.weight.detach().t()))
-            self.norm = inner.norm.weight.detach()
-            self.head = net.lm_head.weight[:vocab].detach().t()
+                                    fold(layer.post_attention_layernorm.weight, gate_up),
+                                    mlp.down_proj.weight.detach().t()))
+            self.head = fold(inner.norm.weight, net.lm_head.weight[:vocab])
+            # sqrt(width eps): hypot(|x|, it) = sqrt(|x|^2 + width eps)
+            self._eps_root = torch.tensor((width * float(cfg.rms_norm_eps)) ** 0.5,
+                                          dtype=self.head.dtype, device=self.head.device)
             rotary = inner.rotary_emb
             inv_freq = rotary.inv_freq.to(self.embed.device, torch.float32)
             freqs = torch.arange(capacity, device=self.embed.device,
@@ -495,11 +531,13 @@ class LlamaStepper:
         return KVBuffer(rows, len(self.layers), self.kv_heads, self.capacity, self.head_dim,
                         self.embed.dtype, self.embed.device, share=share)
 
-    def _rms(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    def _scale(self, x: torch.Tensor) -> torch.Tensor:
+        """``(..., 1)`` the divisor that makes ``x @ w`` (a folded weight, see ``__init__``)
+        the product of the RMS-normed ``x``: ``sqrt(|x|^2 + width eps)``."""
         if x.dtype in (torch.float32, torch.float64):
-            return F.rms_norm(x, weight.shape, weight, self.eps)
-        var = x.float().pow(2).mean(-1, keepdim=True)  # half precision: as transformers does
-        return weight * (x.float() * torch.rsqrt(var + self.eps)).to(x.dtype)
+            return torch.hypot(torch.linalg.vector_norm(x, dim=-1, keepdim=True), self._eps_root)
+        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32)
+        return torch.hypot(norm, self._eps_root.float()).to(x.dtype)  # half: in float32
 
     def _rope(self, x: torch.Tensor, start: int, end: int) -> torch.Tensor:
         """Rotate ``x: (rows, n, heads, head_dim)`` to positions ``start .. end - 1``."""
@@ -528,8 +566,8 @@ class LlamaStepper:
         buf = cache.data
         keys = torch.arange(end, device=ids.device)
         mask = keys[None, :] <= torch.arange(start, end, device=ids.device)[:, None]
-        for li, (ln1, w_qkv, w_o, ln2, w_gu, w_down) in enumerate(self.layers):
-            qkv = torch.matmul(self._rms(x, ln1), w_qkv).view(rows, n, h_ + 2 * kv_, d)
+        for li, (w_qkv, w_o, w_gu, w_down) in enumerate(self.layers):
+            qkv = torch.matmul(x, w_qkv).div_(self._scale(x)).view(rows, n, h_ + 2 * kv_, d)
             qk = self._rope(qkv[:, :, : h_ + kv_], start, end)
             buf[:, li, 0, :, start:end] = qk[:, :, h_:].transpose(1, 2)
             buf[:, li, 1, :, start:end] = qkv[:, :, h_ + kv_:].transpose(1, 2)
@@ -540,10 +578,11 @@ class LlamaStepper:
                 q, k_all.repeat_interleave(group, dim=1), v_all.repeat_interleave(group, dim=1),
                 attn_mask=mask, scale=1.0)
             x = x + torch.matmul(out.transpose(1, 2).reshape(rows, n, h_ * d), w_o)
-            gate, up = torch.matmul(self._rms(x, ln2), w_gu).split(self.inner_size, dim=-1)
+            gate, up = torch.matmul(x, w_gu).div_(self._scale(x)).split(self.inner_size, dim=-1)
             x = x + torch.matmul(F.silu(gate) * up, w_down)
         cache.length = end
-        return torch.matmul(self._rms(x[:, -1], self.norm), self.head)
+        last = x[:, -1]
+        return torch.mm(last, self.head).div_(self._scale(last))
 
     def _step(self, ids: torch.Tensor, cache: KVBuffer) -> torch.Tensor:
         """One new token per row, ``ids: (rows,)``: the same computation in 2-D tensors and
@@ -556,19 +595,21 @@ class LlamaStepper:
         # once, except the attention, which runs for every row on its own keys and values.
         dedup = False
         if cache.twin is not None:
-            first = cache.twin == torch.arange(rows, device=ids.device)
+            first = cache.twin == np.arange(rows)
             dedup = int(first.sum()) * 5 <= rows * 4
         if dedup:
-            keep = first.nonzero().squeeze(1)  # (unique,) rows computed
-            spread = (first.cumsum(0) - 1)[cache.twin]  # (rows,) its computed row
+            assert cache.twin is not None
+            keep = torch.from_numpy(np.flatnonzero(first)).to(ids.device)  # (unique,) computed
+            # (rows,) the computed row of each row
+            spread = torch.from_numpy((np.cumsum(first) - 1)[cache.twin]).to(ids.device)
             ids = ids.index_select(0, keep)
         x = F.embedding(ids, self.embed)  # (rows or unique, width)
         rot = self.rotation[pos]
         lo = cache.shared
         views = cache.layer_views(cache.data)
         prefix = cache.layer_views(cache.prefix) if lo and cache.prefix is not None else []
-        for li, (ln1, w_qkv, w_o, ln2, w_gu, w_down) in enumerate(self.layers):
-            qkv = torch.mm(self._rms(x, ln1), w_qkv).view(-1, h_ + 2 * kv_, d)
+        for li, (w_qkv, w_o, w_gu, w_down) in enumerate(self.layers):
+            qkv = torch.mm(x, w_qkv).div_(self._scale(x)).view(-1, h_ + 2 * kv_, d)
             qkv_rot = torch.matmul(qkv, rot)  # V rotated too (unused): one product for all
             if dedup:
                 qkv, qkv_rot = qkv.index_select(0, spread), qkv_rot.index_select(0, spread)
@@ -586,11 +627,11 @@ class LlamaStepper:
                 out = torch.matmul(torch.matmul(q, k_all.transpose(-1, -2)).softmax(-1), v_all)
             out = out.reshape(rows, h_ * d)
             x = torch.addmm(x, out.index_select(0, keep) if dedup else out, w_o)
-            gu = torch.mm(self._rms(x, ln2), w_gu)
+            gu = torch.mm(x, w_gu).div_(self._scale(x))
             x = torch.addmm(x, F.silu(gu[:, : self.inner_size]).mul_(gu[:, self.inner_size:]),
                             w_down)
         cache.length = pos + 1
-        logits = torch.mm(self._rms(x, self.norm), self.head)
+        logits = torch.mm(x, self.head).div_(self._scale(x))
         return logits.index_select(0, spread) if dedup else logits
 
     @staticmethod

@@ -237,12 +237,13 @@ class TransformerPrior(Prior):
 
     def reorder(self, state: PriorState, index: torch.Tensor) -> PriorState:
         index = torch.as_tensor(index, device=self.device).long().reshape(-1)
-        lo, hi = (int(v) for v in torch.aminmax(index)) if index.numel() else (0, 0)
+        host = fast_llama.host_index(index)  # one small copy; the checks and bookkeeping
+        lo, hi = (int(host.min()), int(host.max())) if host.size else (0, 0)
         if lo < 0 or hi >= state.batch:
             raise PriorError(f"reorder index out of range for a batch of {state.batch}")
         pending = None if state.pending is None else state.pending.index_select(0, index)
         if isinstance(state.cache, _FastCache):
-            state.cache.buffer.reorder(index)
+            state.cache.buffer.reorder(index, host)
         elif state.length:
             state.cache.reorder_cache(index)
         return PriorState(cache=state.cache, length=state.length, pending=pending,
