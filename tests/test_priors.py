@@ -105,6 +105,41 @@ def test_fast_llama_decoding_equals_the_transformers_path(heads, kv_heads):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_packed_products_equal_plain_products(monkeypatch, dtype):
+    """oneDNN's packed weights (float32 on a CPU, where they run) give the log-probs of the
+    plain products through a prime, steps, beam reorders and rows with equal pasts; float64
+    keeps the plain products."""
+    from priors import fast_llama
+
+    if dtype == torch.float32 and torch.backends.mkldnn.is_available():
+        assert fast_llama.packed_products_work(torch.float32, "cpu")
+    prior = tiny(kv_heads=1, context=30).to(dtype)
+    gen = torch.Generator().manual_seed(3)
+    rows = 6
+    codes = torch.randint(0, K, (rows, 4), generator=gen)
+    plan = [(torch.randint(0, 3, (rows,), generator=gen),  # parents among rows 0..2
+             torch.randint(0, K, (rows,), generator=gen)) for _ in range(12)]
+    runs, packed = [], []
+    for flag in (True, False):
+        monkeypatch.setattr(fast_llama, "PACKED_PRODUCTS", flag)
+        state = prior.start(rows, share=rows)
+        packed.append(state.cache.stepper.packed is not None)
+        out, state = prior.prime(codes, state)
+        outs = [out]
+        for t, (index, tokens) in enumerate(plan):
+            state = prior.reorder(state, index)
+            # even steps: a token per parent (equal pasts); odd: a token per row
+            out, state = prior.step(tokens[index] if t % 2 == 0 else tokens, state)
+            outs.append(out)
+        runs.append(outs)
+    assert packed == [dtype == torch.float32
+                      and fast_llama.packed_products_work(torch.float32, "cpu"), False]
+    for a, b in zip(*runs, strict=True):
+        assert a.dtype == dtype
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("kv_heads", [0, 1])
 def test_shared_beam_past_equals_unshared(kv_heads):
     """Families of beams whose common past is stored once give the same log-probs as rows
