@@ -45,6 +45,7 @@ import torch
 from likelihood import CountLikelihood
 from likelihood.latent import LatentLikelihood
 from priors import Prior, PriorState
+from priors.fast_llama import host_index
 
 
 @dataclass(frozen=True)
@@ -253,11 +254,6 @@ def _keep_slots(parent: np.ndarray) -> np.ndarray:
     slot = np.empty_like(parent)
     np.put_along_axis(slot, target, np.broadcast_to(slots, (batch, width)), axis=1)
     return slot
-
-
-def _host(x: torch.Tensor) -> np.ndarray:
-    """A small integer tensor as an int64 NumPy array on the host."""
-    return x.detach().to("cpu", torch.long).numpy()
 
 
 def _move_rows(local: np.ndarray, streams: Sequence[_PriorStream],
@@ -563,7 +559,7 @@ def separate_tokens(mix_codes: torch.Tensor, priors: Sequence[Prior],
                                                  value=float("-inf"))
                 index = torch.nn.functional.pad(index, (0, width - index.shape[1]), value=0)
             # The choice's bookkeeping is a few integers per mixture: on the host.
-            found = _host(index)
+            found = host_index(index)
             local_h = found // n_cand
             slot = _keep_slots(local_h)  # new beam of each slot: most beams keep their row
             local_h = np.take_along_axis(local_h, slot, axis=1)
@@ -594,7 +590,7 @@ def separate_tokens(mix_codes: torch.Tensor, priors: Sequence[Prior],
             if bool(low.any()):
                 which = low.nonzero().squeeze(1).tolist()
                 u = _uniforms(batch, 1, single, generators, device, which)
-                local_h = _host(torch.where(low[:, None], _systematic(log_weight, u),
+                local_h = host_index(torch.where(low[:, None], _systematic(log_weight, u),
                                             torch.arange(width, device=device)[None]))
                 # most particles keep their row
                 local_h = np.take_along_axis(local_h, _keep_slots(local_h), axis=1)
