@@ -360,8 +360,8 @@ class Separator:
         self.settings = settings or SeparationSettings()
         self.prior_classes = prior_classes or {}
         self.bundle = bundle
-        if evidence is not None:
-            evidence.check_codec(codec.codebook_size, codec.embedding_dim, codec.identity())
+        if evidence is not None:  # sizes here; the codec identity in from_pretrained
+            evidence.check_codec(codec.codebook_size, codec.embedding_dim, None)
         self.evidence = evidence
 
     @classmethod
@@ -373,26 +373,29 @@ class Separator:
         if codec.sample_rate != spec.sample_rate:
             raise LassError(f"bundle {spec.name}: the codec runs at {codec.sample_rate} Hz, the "
                             f"bundle says {spec.sample_rate}")
+        identity = codec.identity()  # a hash of the codec's weights: once for every check
         loaded: dict[str, Prior] = {}
         priors: dict[str, Prior] = {}
         for stem, path in spec.priors.items():
             key = str(path.resolve())
             if key not in loaded:
                 prior = load_prior(path, device=device)
-                prior.check_codebook(codec.codebook_size, codec.identity())
+                prior.check_codebook(codec.codebook_size, identity)
                 loaded[key] = prior
             priors[stem] = loaded[key]
         likelihood: CountLikelihood | LatentLikelihood
         if spec.likelihood_kind == "latent":
             likelihood = LatentLikelihood.load(spec.likelihood, device=device)
-            likelihood.check_codec(codec.codebook_size, codec.identity())
+            likelihood.check_codec(codec.codebook_size, identity)
         else:
             likelihood = CountLikelihood.load(
                 spec.likelihood, spec.smoothing, spec.smoothing_alpha,
-                codebook_size=codec.codebook_size, codec_identity=codec.identity(),
+                codebook_size=codec.codebook_size, codec_identity=identity,
                 device=device, min_count=spec.min_count, base=spec.likelihood_base)
-        evidence = (TokenEvidence.load(spec.evidence, device=device)
-                    if spec.evidence is not None else None)
+        evidence = None
+        if spec.evidence is not None:
+            evidence = TokenEvidence.load(spec.evidence, device=device)
+            evidence.check_codec(codec.codebook_size, codec.embedding_dim, identity)
         return cls(codec, priors, likelihood, (spec.stems[0], spec.stems[1]), spec.mix,
                    settings_from_bundle(spec.sampler), spec.prior_classes, spec, evidence)
 
