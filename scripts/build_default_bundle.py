@@ -48,7 +48,15 @@ Stages (each is skipped when its output exists and resumes when interrupted):
    validation mixtures with the bundle's settings, its weight and lambda (``EVIDENCE_GRID``,
    and weight 0: the counts alone); of the settings within ``EVIDENCE_TIE_DB`` of the best,
    the first, which the bundle takes when it gains at least ``EVIDENCE_GAIN_DB``
-11. ``assemble``: the bundle in ``WORK/bundle`` (``bundle.json`` with every sha256);
+11. ``small prior``: when the bundle samples (ancestral) with the token evidence, a
+   smaller prior (``SMALL_PRIOR``: layers, width, heads, key/value heads; seed 0) on the
+   same tokens, trained in the phases of ``SMALL_PRIOR_PHASES`` as the prior's are; then,
+   on the same validation mixtures with the bundle's settings, the bundle's prior
+   (``current``) against the small one at each ``SMALL_PRIOR_GRID`` temperature and
+   evidence weight. Of the small prior's settings within ``SMALL_PRIOR_TIE_DB`` of its
+   best, the first; the bundle takes it when it costs at most ``SMALL_PRIOR_TOLERANCE_DB``
+   against ``current`` (its search steps are faster)
+12. ``assemble``: the bundle in ``WORK/bundle`` (``bundle.json`` with every sha256);
    ``--install`` copies it to ``lass/bundles/default`` and prints the rows of
    ``checkpoints.md``.
 
@@ -107,6 +115,12 @@ EVIDENCE_GRID = ((0.0, 5.0), (0.5, 5.0), (1.0, 5.0), (1.5, 5.0), (1.0, 3.0))  # 
 EVIDENCE_GAIN_DB = 0.2
 EVIDENCE_TIE_DB = 0.1
 EVIDENCE_KEYS = tuple(f"weight {w:g} lambda {lam:g}" for w, lam in EVIDENCE_GRID)
+SMALL_PRIOR = (2, 192, 3, 1)  # layers, width, heads, key/value heads
+SMALL_PRIOR_PHASES = (3000, 5000)  # as PRIOR_PHASES
+SMALL_PRIOR_GRID = ((1.5, 1.0), (1.25, 1.0), (2.0, 1.0), (1.5, 1.5))  # (temperature, weight)
+SMALL_PRIOR_TOLERANCE_DB = 0.05
+SMALL_PRIOR_TIE_DB = 0.1
+SMALL_PRIOR_KEYS = tuple(f"temperature {t:g} weight {w:g}" for t, w in SMALL_PRIOR_GRID)
 
 
 def _run(cmd: list[str], log: dict[str, Any], stage: str) -> None:
@@ -379,6 +393,31 @@ def _tune_evidence(bundle: Path, evidence: Path, data: Path, log: dict[str, Any]
     log_path.write_text(json.dumps(log, indent=1) + "\n")
 
 
+def _tune_small_prior(bundle: Path, small: Path, data: Path, log: dict[str, Any],
+                      log_path: Path) -> None:
+    """Stage 11: SDR on ``CHECK_MIXTURES`` validation mixtures of the bundle's settings with
+    its prior (``current``) and with the ``small`` prior at every ``SMALL_PRIOR_GRID``
+    temperature and evidence weight, and the choice (logged under ``small_prior``)."""
+    from lass.sampling import Ancestral
+    from priors import load_prior
+
+    def setup(sep: Any) -> None:
+        prior = load_prior(small)
+        prior.check_codebook(sep.codec.codebook_size, sep.codec.identity())
+        sep.priors = dict.fromkeys(sep.stems, prior)
+
+    _score_grid(bundle, data, log, log_path, "small_prior", {"current": {}})
+    grid = _score_grid(bundle, data, log, log_path, "small_prior", {
+        key: {"sampler": Ancestral(t), "evidence_weight": w}
+        for key, (t, w) in zip(SMALL_PRIOR_KEYS, SMALL_PRIOR_GRID, strict=True)}, setup)
+    top = max(grid[k] for k in SMALL_PRIOR_KEYS)
+    best = next(k for k in SMALL_PRIOR_KEYS if grid[k] >= top - SMALL_PRIOR_TIE_DB)
+    temperature, weight = SMALL_PRIOR_GRID[SMALL_PRIOR_KEYS.index(best)]
+    log["small_prior"].update(mixtures=CHECK_MIXTURES, temperature=temperature, weight=weight,
+                              use=grid[best] >= grid["current"] - SMALL_PRIOR_TOLERANCE_DB)
+    log_path.write_text(json.dumps(log, indent=1) + "\n")
+
+
 def _choose_sampler(log: dict[str, Any]) -> dict[str, Any]:
     """Stage 7's decision from its grid: of the ``SAMPLE_GRID`` settings within
     ``SAMPLE_TIE_DB`` of the best, the first (closer differences on 48 mixtures are noise,
@@ -541,6 +580,30 @@ def main() -> None:
             shutil.copy2(evidence, bundle / "evidence.npz")
             extra["evidence"] = "evidence.npz"
             sampler.update(evidence_weight=log["evidence"]["weight"], lam=log["evidence"]["lam"])
+            assemble()
+    if sampler["kind"] == "ancestral" and "evidence" in extra:  # a smaller prior?
+        small = work / "prior-small"
+        layers, width, heads, kv_heads = SMALL_PRIOR
+        for steps in SMALL_PRIOR_PHASES:
+            summary = small / "summary.json"
+            if summary.is_file() and json.loads(summary.read_text())["step"] >= steps:
+                continue
+            _run(["lass-train-prior", "--codec", str(codec / "model"), "--data", str(data),
+                  "--stem", "drums", "bass", "--conditional", "--out", str(small), "--layers",
+                  str(layers), "--width", str(width), "--heads", str(heads), "--kv-heads",
+                  str(kv_heads), "--steps", str(steps), "--seed", "0", *dev]
+                 + (["--resume"] if small.exists() else []), log, f"prior-small-{steps}")
+        done = log.get("small_prior", {})
+        if "use" not in done or any(k not in done["grid"] for k in SMALL_PRIOR_KEYS):
+            start = time.perf_counter()
+            _tune_small_prior(bundle, small / "model", data, log, log_path)
+            log.setdefault("seconds", {})["tune-small-prior"] = round(
+                time.perf_counter() - start, 1)
+        if log["small_prior"]["use"]:
+            shutil.rmtree(bundle / "prior")
+            shutil.copytree(small / "model", bundle / "prior")
+            sampler.update(temperature=log["small_prior"]["temperature"],
+                           evidence_weight=log["small_prior"]["weight"])
             assemble()
     log_path.write_text(json.dumps(log, indent=1) + "\n")
     files = sorted(f for f in bundle.rglob("*") if f.is_file())
