@@ -591,7 +591,7 @@ def separate_tokens(mix_codes: torch.Tensor, priors: Sequence[Prior],
                 which = low.nonzero().squeeze(1).tolist()
                 u = _uniforms(batch, 1, single, generators, device, which)
                 local_h = host_index(torch.where(low[:, None], _systematic(log_weight, u),
-                                            torch.arange(width, device=device)[None]))
+                                                 torch.arange(width, device=device)[None]))
                 # most particles keep their row
                 local_h = np.take_along_axis(local_h, _keep_slots(local_h), axis=1)
                 history = _move_rows(local_h, streams, history, shared)

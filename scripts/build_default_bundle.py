@@ -130,6 +130,23 @@ def _run(cmd: list[str], log: dict[str, Any], stage: str) -> None:
     log.setdefault("seconds", {})[stage] = round(time.perf_counter() - start, 1)
 
 
+def _train_prior(codec: Path, data: Path, out: Path, phases: tuple[int, ...],
+                 options: list[str], dev: list[str], log: dict[str, Any], stage: str) -> None:
+    """``lass-train-prior`` of the shared drums + bass prior into ``out`` (seed 0), phase by
+    phase: each phase runs to its total steps, resuming the run (a warm restart of the
+    stretched schedule); a phase the run has reached already is skipped. ``options``: the
+    architecture's; the seconds go to ``log`` as ``stage`` (the first phase) and
+    ``stage-STEPS``."""
+    for phase, steps in enumerate(phases):
+        summary = out / "summary.json"
+        if summary.is_file() and json.loads(summary.read_text())["step"] >= steps:
+            continue
+        _run(["lass-train-prior", "--codec", str(codec), "--data", str(data), "--stem",
+              "drums", "bass", "--conditional", "--out", str(out), *options, "--steps",
+              str(steps), "--seed", "0", *dev] + (["--resume"] if out.exists() else []),
+             log, stage if phase == 0 else f"{stage}-{steps}")
+
+
 def _validation(bundle: Path, data: Path, count: int) -> tuple[Any, list[Any], list[Any], float]:
     """The bundle's separator, the first ``count`` validation mixtures (seed 1; the
     tuning's are the first 12), their mixed signals and the mixing gain."""
@@ -336,14 +353,15 @@ def _score_grid(bundle: Path, data: Path, log: dict[str, Any], log_path: Path, n
     change the separator first."""
     from dataclasses import replace
 
+    entry: dict[str, Any] = log.setdefault(name, {})
+    grid: dict[str, float] = entry.setdefault("grid", {})
+    todo = {key: changes for key, changes in points.items() if key not in grid}
+    if not todo:  # all scored: no separator, no mixtures
+        return grid
     sep, mixtures, mixed_all, gain = _validation(bundle, data, CHECK_MIXTURES)
     if setup is not None:
         setup(sep)
-    entry: dict[str, Any] = log.setdefault(name, {})
-    grid: dict[str, float] = entry.setdefault("grid", {})
-    for key, changes in points.items():
-        if key in grid:
-            continue
+    for key, changes in todo.items():
         start = time.perf_counter()
         results = _search_all(sep, mixed_all, replace(sep.settings, **changes))
         grid[key] = float(np.mean([
@@ -355,14 +373,20 @@ def _score_grid(bundle: Path, data: Path, log: dict[str, Any], log_path: Path, n
     return grid
 
 
+def _first_within(grid: dict[str, float], keys: tuple[str, ...], tie: float) -> str:
+    """Of ``keys`` (in order of preference), the first whose score is within ``tie`` dB of
+    the best (closer differences on the validation mixtures count as noise)."""
+    top = max(grid[k] for k in keys)
+    return next(k for k in keys if grid[k] >= top - tie)
+
+
 def _tune_shifts(bundle: Path, data: Path, log: dict[str, Any], log_path: Path) -> None:
     """Stage 9: SDR of every ``SHIFT_GRID`` point on ``CHECK_MIXTURES`` validation mixtures
     with the bundle's other settings, and the choice (logged under ``shifts``)."""
     grid = _score_grid(bundle, data, log, log_path, "shifts", {
         key: {"shifts": shifts, "candidates": samples}
         for key, (shifts, samples) in zip(SHIFT_KEYS, SHIFT_GRID, strict=True)})
-    top = max(grid[k] for k in SHIFT_KEYS)
-    best = next(k for k in SHIFT_KEYS if grid[k] >= top - SHIFT_TIE_DB)
+    best = _first_within(grid, SHIFT_KEYS, SHIFT_TIE_DB)
     shifts, samples = SHIFT_GRID[SHIFT_KEYS.index(best)]
     log["shifts"].update(mixtures=CHECK_MIXTURES, shifts=shifts, samples=samples,
                          use=grid[best] >= grid[SHIFT_KEYS[0]] + SHIFT_GAIN_DB)
@@ -384,8 +408,7 @@ def _tune_evidence(bundle: Path, evidence: Path, data: Path, log: dict[str, Any]
     grid = _score_grid(bundle, data, log, log_path, "evidence", {
         key: {"evidence_weight": weight, "lam": lam}
         for key, (weight, lam) in zip(EVIDENCE_KEYS, EVIDENCE_GRID, strict=True)}, setup)
-    top = max(grid[k] for k in EVIDENCE_KEYS)
-    best = next(k for k in EVIDENCE_KEYS if grid[k] >= top - EVIDENCE_TIE_DB)
+    best = _first_within(grid, EVIDENCE_KEYS, EVIDENCE_TIE_DB)
     weight, lam = EVIDENCE_GRID[EVIDENCE_KEYS.index(best)]
     log["evidence"].update(mixtures=CHECK_MIXTURES, weight=weight, lam=lam,
                            use=weight > 0 and grid[best] >= grid[EVIDENCE_KEYS[0]]
@@ -410,8 +433,7 @@ def _tune_small_prior(bundle: Path, small: Path, data: Path, log: dict[str, Any]
     grid = _score_grid(bundle, data, log, log_path, "small_prior", {
         key: {"sampler": Ancestral(t), "evidence_weight": w}
         for key, (t, w) in zip(SMALL_PRIOR_KEYS, SMALL_PRIOR_GRID, strict=True)}, setup)
-    top = max(grid[k] for k in SMALL_PRIOR_KEYS)
-    best = next(k for k in SMALL_PRIOR_KEYS if grid[k] >= top - SMALL_PRIOR_TIE_DB)
+    best = _first_within(grid, SMALL_PRIOR_KEYS, SMALL_PRIOR_TIE_DB)
     temperature, weight = SMALL_PRIOR_GRID[SMALL_PRIOR_KEYS.index(best)]
     log["small_prior"].update(mixtures=CHECK_MIXTURES, temperature=temperature, weight=weight,
                               use=grid[best] >= grid["current"] - SMALL_PRIOR_TOLERANCE_DB)
@@ -460,14 +482,7 @@ def main() -> None:
               str(CODEC_STEPS), "--seed", "0", *dev] + (["--resume"] if codec.exists() else []),
              log, "codec")
     prior = work / "prior"
-    for phase, steps in enumerate(PRIOR_PHASES):
-        summary = prior / "summary.json"
-        if summary.is_file() and json.loads(summary.read_text())["step"] >= steps:
-            continue
-        _run(["lass-train-prior", "--codec", str(codec / "model"), "--data", str(data),
-              "--stem", "drums", "bass", "--conditional", "--out", str(prior), "--steps",
-              str(steps), "--seed", "0", *dev] + (["--resume"] if prior.exists() else []),
-             log, "prior" if phase == 0 else f"prior-{steps}")
+    _train_prior(codec / "model", data, prior, PRIOR_PHASES, [], dev, log, "prior")
     counts = work / "counts.npz"
     if not counts.is_file():
         parts = []
@@ -584,15 +599,9 @@ def main() -> None:
     if sampler["kind"] == "ancestral" and "evidence" in extra:  # a smaller prior?
         small = work / "prior-small"
         layers, width, heads, kv_heads = SMALL_PRIOR
-        for steps in SMALL_PRIOR_PHASES:
-            summary = small / "summary.json"
-            if summary.is_file() and json.loads(summary.read_text())["step"] >= steps:
-                continue
-            _run(["lass-train-prior", "--codec", str(codec / "model"), "--data", str(data),
-                  "--stem", "drums", "bass", "--conditional", "--out", str(small), "--layers",
-                  str(layers), "--width", str(width), "--heads", str(heads), "--kv-heads",
-                  str(kv_heads), "--steps", str(steps), "--seed", "0", *dev]
-                 + (["--resume"] if small.exists() else []), log, f"prior-small-{steps}")
+        _train_prior(codec / "model", data, small, SMALL_PRIOR_PHASES,
+                     ["--layers", str(layers), "--width", str(width), "--heads", str(heads),
+                      "--kv-heads", str(kv_heads)], dev, log, "prior-small")
         done = log.get("small_prior", {})
         if "use" not in done or any(k not in done["grid"] for k in SMALL_PRIOR_KEYS):
             start = time.perf_counter()
