@@ -30,8 +30,14 @@ computation from the model's own weights with
 - the beams' bookkeeping (families, marks, rows with equal pasts) in NumPy on the host: a
   few integers per row, where tensor operations would cost several microseconds each.
 
-The weights are read from the model when a stepper is made (one per :meth:`start`), so a
-stepper always matches the model it came from. Supported: ``LlamaForCausalLM`` with SiLU,
+- a multi-token feed into an empty buffer (the first feed of each context window of a search),
+  whose rows begin with the same tokens within every family, runs that common start once per
+  family, straight into the shared past, and then only each row's own positions; the last
+  layer's attention output and MLP run for the last position only (nothing reads the others).
+
+The weights are read from the model when a stepper is made; :class:`priors.TransformerPrior`
+keeps its last stepper until a weight changes, so a stepper always matches the model it
+came from. Supported: ``LlamaForCausalLM`` with SiLU,
 no biases and the default rotary embedding (what :class:`priors.TransformerPrior` builds);
 anything else uses the ``transformers`` path (:func:`supports`).
 
@@ -61,6 +67,9 @@ CONFIG_FILE = "config.json"
 # Whether steppers on a CPU use oneDNN's linear with weights packed once per stepper for the
 # per-token products (when :func:`packed_products_work`); False: plain ``torch.mm``.
 PACKED_PRODUCTS = True
+# A multi-token feed into an empty buffer whose families' rows begin with at least this many
+# equal tokens computes that common start once per family (:meth:`LlamaStepper.forward`).
+SHARED_FEED_MIN = 16
 
 
 @functools.cache
@@ -410,6 +419,22 @@ class KVBuffer:
         self._marks = []
         self._origin = self._origin[:, :0]
 
+    def common_start(self, ids: torch.Tensor) -> int:
+        """How many leading tokens of ``ids: (rows, n)`` agree within every family (0
+        without families)."""
+        if not self.share:
+            return 0
+        tokens = host_index(ids).reshape(-1, self.share, ids.shape[1])
+        differ = (tokens != tokens[:, :1]).any(axis=(0, 1))  # (n,)
+        return int(differ.argmax()) if differ.any() else int(ids.shape[1])
+
+    def start_shared(self, shared: int) -> None:
+        """Note that :attr:`prefix` holds positions ``[0, shared)`` of every family (written
+        by the caller) and the rows hold only the positions after them."""
+        self.shared = shared
+        self._marks = []
+        self._origin = self._origin[:, :0]
+
     def _stop_sharing(self) -> None:
         """Every row holds its whole past again, and no families are kept from now on."""
         self.unshare()
@@ -607,10 +632,41 @@ class LlamaStepper:
         if n == 1:
             return self._step(ids[:, 0], cache)
         cache.unshare()  # (several new positions per row: each row's whole past in place)
+        common = cache.common_start(ids) if start == 0 else 0
+        if SHARED_FEED_MIN <= common < n:
+            # The families' common start once per family, into the shared prefix; then each
+            # row's own positions, attending to its family's prefix and to its own past.
+            fam = cache.share
+            if cache.prefix is None:
+                cache.prefix = cache.data.new_empty((rows // fam, *cache.data.shape[1:]))
+            self._feed(ids[::fam, :common], cache.prefix, 0)
+            last = self._feed(ids[:, common:], cache.data, common,
+                              before=cache.prefix[..., :common, :].repeat_interleave(fam, 0))
+            cache.start_shared(common)
+        else:
+            last = self._feed(ids, cache.data, start)
+        cache.length = end
+        return self._product(last, self._head()).div_(self._scale(last))
+
+    def _head(self) -> torch.Tensor:
+        """The output layer's weight for :meth:`_product`."""
+        return self.head if self.packed_head is None else self.packed_head
+
+    def _feed(self, ids: torch.Tensor, buf: torch.Tensor, start: int,
+              before: torch.Tensor | None = None) -> torch.Tensor:
+        """Run ``ids: (rows, n)`` at positions ``start .. start + n - 1``, writing their keys
+        and values into ``buf: (rows, layers, 2, kv_heads, capacity, head_dim)``.
+
+        The positions before ``start`` are read from ``buf`` too, or, when given, from
+        ``before: (rows, layers, 2, kv_heads, start, head_dim)``. Returns ``(rows, width)``
+        the last position's hidden state before the final norm. Only the last position goes
+        through the last layer's attention output and MLP (nothing else reads them).
+        """
+        rows, n = ids.shape
+        end = start + n
         h_, kv_, d = self.heads, self.kv_heads, self.head_dim
         group = h_ // kv_
         x = F.embedding(ids, self.embed)  # (rows, n, width)
-        buf = cache.data
         keys = torch.arange(end, device=ids.device)
         mask = keys[None, :] <= torch.arange(start, end, device=ids.device)[:, None]
         for li, (w_qkv, w_o, w_gu, w_down) in enumerate(self.layers):
@@ -620,16 +676,20 @@ class LlamaStepper:
             buf[:, li, 1, :, start:end] = qkv[:, :, h_ + kv_:].transpose(1, 2)
             k_all = buf[:, li, 0, :, :end]  # (rows, kv_heads, end, head_dim)
             v_all = buf[:, li, 1, :, :end]
+            if before is not None:
+                k_all = torch.cat([before[:, li, 0], k_all[:, :, start:]], dim=2)
+                v_all = torch.cat([before[:, li, 1], v_all[:, :, start:]], dim=2)
             q = qk[:, :, :h_].transpose(1, 2)  # (rows, heads, n, head_dim), already scaled
+            m = mask
+            if li == len(self.layers) - 1:  # the last layer: the last position only
+                q, m, x = q[:, :, -1:], mask[-1:], x[:, -1:]
             out = F.scaled_dot_product_attention(
                 q, k_all.repeat_interleave(group, dim=1), v_all.repeat_interleave(group, dim=1),
-                attn_mask=mask, scale=1.0)
-            x = x + torch.matmul(out.transpose(1, 2).reshape(rows, n, h_ * d), w_o)
+                attn_mask=m, scale=1.0)
+            x = x + torch.matmul(out.transpose(1, 2).reshape(rows, -1, h_ * d), w_o)
             gate, up = torch.matmul(x, w_gu).div_(self._scale(x)).split(self.inner_size, dim=-1)
             x = x + torch.matmul(F.silu(gate) * up, w_down)
-        cache.length = end
-        last = x[:, -1]
-        return torch.mm(last, self.head).div_(self._scale(last))
+        return x[:, -1]
 
     def _step(self, ids: torch.Tensor, cache: KVBuffer) -> torch.Tensor:
         """One new token per row, ``ids: (rows,)``: the same computation in 2-D tensors and
@@ -679,8 +739,7 @@ class LlamaStepper:
             x = self._product_add(
                 x, F.silu(gu[:, : self.inner_size]).mul_(gu[:, self.inner_size:]), w_down)
         cache.length = pos + 1
-        head = self.head if self.packed_head is None else self.packed_head
-        logits = self._product(x, head).div_(self._scale(x))
+        logits = self._product(x, self._head()).div_(self._scale(x))
         return logits.index_select(0, spread) if dedup else logits
 
     @staticmethod

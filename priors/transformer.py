@@ -130,6 +130,8 @@ class TransformerPrior(Prior):
                      else LlamaForCausalLM(hf))
         self.model = model
         self.fast_decoding = True
+        # The last stepper made and what it was made from (see :meth:`_stepper`).
+        self._stepper_of: tuple[tuple[Any, ...], fast_llama.LlamaStepper] | None = None
 
     # -- sizes ----------------------------------------------------------------------------
 
@@ -190,8 +192,7 @@ class TransformerPrior(Prior):
                              "needs with_transformers()")
         if torch_only or (self.fast_decoding and not self.training
                           and fast_llama.supports(self.model)):
-            stepper = fast_llama.LlamaStepper(self.model, self.vocab_size,
-                                              self.context_length + 1)
+            stepper = self._stepper()
             cache = _FastCache(stepper, stepper.new_buffer(batch, share))
         else:
             from transformers import DynamicCache
@@ -199,6 +200,20 @@ class TransformerPrior(Prior):
             cache = DynamicCache(config=self.model.config)
         return PriorState(cache=cache, length=0,
                           pending=self.start_tokens(batch, classes)[:, None], batch=batch)
+
+    def _stepper(self) -> fast_llama.LlamaStepper:
+        """The stepper of the model's weights as they are now: made again only when a weight
+        changed (another tensor, or one written in place) or
+        :data:`priors.fast_llama.PACKED_PRODUCTS` did, not at every :meth:`start` (each
+        context window of a search starts one; making it folds and packs the weights)."""
+        made_of = (fast_llama.PACKED_PRODUCTS, self.vocab_size, self.context_length,
+                   *((p.data_ptr(), p._version, p.dtype, p.device)
+                     for p in self.model.parameters()))
+        if self._stepper_of is None or self._stepper_of[0] != made_of:
+            stepper = fast_llama.LlamaStepper(self.model, self.vocab_size,
+                                              self.context_length + 1)
+            self._stepper_of = (made_of, stepper)
+        return self._stepper_of[1]
 
     @torch.no_grad()
     def _advance(self, ids: torch.Tensor, state: PriorState) -> tuple[torch.Tensor, PriorState]:

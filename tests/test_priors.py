@@ -186,6 +186,53 @@ def test_shared_beam_past_equals_unshared(kv_heads):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("kv_heads", [0, 1])
+def test_prime_of_families_with_a_common_start_equals_unshared(kv_heads):
+    """A window's first feed (a new context window of beam search), whose rows begin with the
+    same tokens within every family, runs that common start once per family into the shared
+    past; the log-probs of the feed and of the steps and reorders after it equal those of
+    rows that each hold their whole past, and of the ``transformers`` path."""
+    import priors.fast_llama as fast_llama
+
+    prior = TransformerPrior(TransformerPriorConfig(
+        vocab_size=K, context_length=60, class_names=("a", "b"), width=32, layers=2, heads=4,
+        kv_heads=kv_heads)).eval()
+    gen = torch.Generator().manual_seed(3)
+    fam, families, n, common = 4, 2, 30, 22
+    rows = fam * families
+    classes = torch.tensor([0, 1]).repeat_interleave(fam)
+    window = torch.randint(0, K, (families, n), generator=gen).repeat_interleave(fam, 0)
+    window[:, common:] = torch.randint(0, K, (rows, n - common), generator=gen)
+    window[1, common] = (window[0, common] + 1) % K  # the first difference is at ``common``
+    base = torch.arange(families).repeat_interleave(fam) * fam
+    steps = [(base + torch.randint(0, fam, (rows,), generator=gen),
+              torch.randint(0, K, (rows,), generator=gen)) for _ in range(12)]
+    runs, shared = [], []
+    for fast, share in ((True, fam), (True, 0), (False, fam)):
+        prior.fast_decoding = fast
+        state = prior.start(rows, classes, share)
+        out, state = prior.prime(window, state)
+        if fast:
+            shared.append(state.cache.buffer.shared)
+        outs = [out]
+        for index, tokens in steps:
+            state = prior.reorder(state, index)
+            out, state = prior.step(tokens, state)
+            outs.append(out)
+        runs.append(outs)
+    assert shared == [1 + common, 0]  # the start token and the common tokens, once per family
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    # A common start shorter than the threshold, or the whole feed: every row on its own.
+    prior.fast_decoding = True
+    short = window[:, common - fast_llama.SHARED_FEED_MIN + 2:]  # 1 + 14 common tokens
+    for ids in (short, window[::fam].repeat_interleave(fam, 0)):
+        state = prior.start(rows, classes, fam)
+        _, state = prior.prime(ids, state)
+        assert state.cache.buffer.shared == 0
+
+
 def test_rows_with_equal_pasts_equal_the_library_path():
     """Beams whose pasts are equal (they differ only in the other source) are computed once by
     the stepper; every row's log-probs still equal those of the ``transformers`` path, which
@@ -212,6 +259,23 @@ def test_rows_with_equal_pasts_equal_the_library_path():
     assert max(unique) <= 3  # computed once per distinct past
     for a, b in zip(*runs, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_stepper_is_reused_until_a_weight_changes():
+    """Each context window starts anew, but the folded and packed weights are made once; a
+    weight written in place (a training step) or replaced makes them again."""
+    prior = tiny(kv_heads=1)
+    codes = torch.randint(0, K, (2, 6))
+    first = prior.start(2).cache.stepper
+    assert prior.start(3).cache.stepper is first
+    with torch.no_grad():
+        prior.model.model.embed_tokens.weight.mul_(1.5)
+    remade = prior.start(2).cache.stepper
+    assert remade is not first
+    a, _ = prior.prime(codes, prior.start(2))
+    prior.fast_decoding = False  # the library path reads the weights as they are now
+    b, _ = prior.prime(codes, prior.start(2))
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
 
 
 def test_prime_equals_stepping():
