@@ -28,8 +28,7 @@ computation from the model's own weights with
 - for one new token per row (the search's step) the whole layer in 2-D tensors with the
   residual sums inside the products (``addmm``),
 - the beams' bookkeeping (families, marks, rows with equal pasts) in NumPy on the host: a
-  few integers per row, where tensor operations would cost several microseconds each.
-
+  few integers per row, where tensor operations would cost several microseconds each,
 - a multi-token feed into an empty buffer (the first feed of each context window of a search),
   whose rows begin with the same tokens within every family, runs that common start once per
   family, straight into the shared past, and then only each row's own positions; the last
@@ -37,9 +36,9 @@ computation from the model's own weights with
 
 The weights are read from the model when a stepper is made; :class:`priors.TransformerPrior`
 keeps its last stepper until a weight changes, so a stepper always matches the model it
-came from. Supported: ``LlamaForCausalLM`` with SiLU,
-no biases and the default rotary embedding (what :class:`priors.TransformerPrior` builds);
-anything else uses the ``transformers`` path (:func:`supports`).
+came from. Supported: ``LlamaForCausalLM`` with SiLU, no biases and the default rotary
+embedding (what :class:`priors.TransformerPrior` builds); anything else uses the
+``transformers`` path (:func:`supports`).
 
 :class:`TorchLlama` is the same network in plain ``torch`` modules, with the parameter names
 of ``transformers``' ``LlamaForCausalLM`` so that it reads and writes the same
