@@ -201,6 +201,13 @@ class TransformerPrior(Prior):
         return PriorState(cache=cache, length=0,
                           pending=self.start_tokens(batch, classes)[:, None], batch=batch)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """The module's state without the stepper (its packed weights neither copy nor
+        pickle; a copy makes its own)."""
+        state = dict(super().__getstate__())
+        state["_stepper_of"] = None
+        return state
+
     def _stepper(self) -> fast_llama.LlamaStepper:
         """The stepper of the model's weights as they are now: made again only when a weight
         changed (another tensor, or one written in place) or

@@ -1,3 +1,4 @@
+import copy
 import json
 
 import numpy as np
@@ -272,6 +273,8 @@ def test_stepper_is_reused_until_a_weight_changes():
         prior.model.model.embed_tokens.weight.mul_(1.5)
     remade = prior.start(2).cache.stepper
     assert remade is not first
+    twin = copy.deepcopy(prior).double()  # a copy (packed weights do not copy) makes its own
+    assert twin.start(2).cache.stepper is not remade
     a, _ = prior.prime(codes, prior.start(2))
     prior.fast_decoding = False  # the library path reads the weights as they are now
     b, _ = prior.prime(codes, prior.start(2))
