@@ -56,7 +56,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", type=Path, default=Path("separated"))
     p.add_argument("--sampler", choices=["beam", "greedy", "ancestral", "topk", "topp"],
                    default=None, help="default: the bundle's")
-    p.add_argument("--beams", type=int, default=None)
+    p.add_argument("--beams", type=int, default=None,
+                   help="beams of the beam sampler, per shifted copy of the input (see "
+                        "--shifts: the default bundle separates 5 copies; --shifts 1 --combine "
+                        "best for N beams in all and the best one out)")
     p.add_argument("--top-k", type=int, default=16)
     p.add_argument("--top-p", type=float, default=0.9)
     p.add_argument("--temperature", type=float, default=1.0)
