@@ -31,8 +31,9 @@ computation from the model's own weights with
   few integers per row, where tensor operations would cost several microseconds each,
 - a multi-token feed into an empty buffer (the first feed of each context window of a search),
   whose rows begin with the same tokens within every family, runs that common start once per
-  family, straight into the shared past, and then only each row's own positions; the last
-  layer's attention output and MLP run for the last position only (nothing reads the others).
+  family, straight into the shared past, and then only each row's own positions (the last
+  always among them); the last layer's attention output and MLP run for the last position
+  only (nothing reads the others).
 
 The weights are read from the model when a stepper is made; :class:`priors.TransformerPrior`
 keeps its last stepper until a weight changes, so a stepper always matches the model it
@@ -631,8 +632,9 @@ class LlamaStepper:
         if n == 1:
             return self._step(ids[:, 0], cache)
         cache.unshare()  # (several new positions per row: each row's whole past in place)
-        common = cache.common_start(ids) if start == 0 else 0
-        if SHARED_FEED_MIN <= common < n:
+        # (the last position runs per row even where the rows agree on all of them)
+        common = min(cache.common_start(ids), n - 1) if start == 0 else 0
+        if common >= SHARED_FEED_MIN:
             # The families' common start once per family, into the shared prefix; then each
             # row's own positions, attending to its family's prefix and to its own past.
             fam = cache.share

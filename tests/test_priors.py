@@ -225,13 +225,19 @@ def test_prime_of_families_with_a_common_start_equals_unshared(kv_heads):
     for other in runs[1:]:
         for a, b in zip(runs[0], other, strict=True):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
-    # A common start shorter than the threshold, or the whole feed: every row on its own.
+    # A common start shorter than the threshold: every row on its own.
     prior.fast_decoding = True
     short = window[:, common - fast_llama.SHARED_FEED_MIN + 2:]  # 1 + 14 common tokens
-    for ids in (short, window[::fam].repeat_interleave(fam, 0)):
-        state = prior.start(rows, classes, fam)
-        _, state = prior.prime(ids, state)
-        assert state.cache.buffer.shared == 0
+    _, state = prior.prime(short, prior.start(rows, classes, fam))
+    assert state.cache.buffer.shared == 0
+    # Rows equal within their family all along: all but the last position are shared.
+    same = window[::fam].repeat_interleave(fam, 0)
+    outs = []
+    for share in (fam, 0):
+        out, state = prior.prime(same, prior.start(rows, classes, share))
+        outs.append(out)
+        assert state.cache.buffer.shared == (n if share else 0)  # start token + n - 1
+    torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=0)
 
 
 def test_rows_with_equal_pasts_equal_the_library_path():

@@ -396,3 +396,37 @@ def test_beam_search_with_token_evidence_is_exact(seed, smoothed):
     torch.testing.assert_close(out.score[0, 0], obj[best], atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="token_evidence"):
         separate_tokens(mix, [p1, p2], lik, Greedy(), token_evidence=evidence[:, :, :1])
+
+
+def test_beam_windows_with_a_shared_first_feed_give_the_same_search(monkeypatch):
+    """Beam search over several context windows of a shared Transformer prior: each window's
+    first feed runs its families' common start once (the beams agree on their older tokens)
+    and gives the search of rows that each run their whole window."""
+    from priors import TransformerPrior, TransformerPriorConfig, fast_llama
+
+    k = 6
+    _, _, lik, _ = build(k, 2, 5)
+    torch.manual_seed(0)
+    prior = TransformerPrior(TransformerPriorConfig(vocab_size=k, context_length=32, width=16,
+                                                    layers=2, heads=2, kv_heads=1,
+                                                    class_names=("a", "b"))).eval()
+    mix = torch.from_numpy(np.random.default_rng(2).integers(0, k, (2, 90)))
+    cls = (torch.zeros(2, dtype=torch.long), torch.ones(2, dtype=torch.long))
+    shared_starts: list[int] = []
+    start_shared = fast_llama.KVBuffer.start_shared
+
+    def noted(self, shared):
+        shared_starts.append(shared)
+        start_shared(self, shared)
+
+    monkeypatch.setattr(fast_llama.KVBuffer, "start_shared", noted)
+    runs, least_shared = [], fast_llama.SHARED_FEED_MIN
+    for least in (least_shared, 10 ** 9):
+        monkeypatch.setattr(fast_llama, "SHARED_FEED_MIN", least)
+        runs.append(separate_tokens(mix, [prior, prior], lik, BeamSearch(4), classes=cls,
+                                    context_overlap=24))
+    assert shared_starts  # some windows shared their start
+    assert min(shared_starts) >= least_shared
+    assert torch.equal(runs[0].first, runs[1].first)
+    assert torch.equal(runs[0].second, runs[1].second)
+    torch.testing.assert_close(runs[0].score, runs[1].score, rtol=1e-5, atol=1e-4)
