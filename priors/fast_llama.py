@@ -430,10 +430,18 @@ class KVBuffer:
 
     def start_shared(self, shared: int) -> None:
         """Note that :attr:`prefix` holds positions ``[0, shared)`` of every family (written
-        by the caller) and the rows hold only the positions after them."""
+        by the caller) and the rows hold only the positions after them; no marks are
+        pending."""
         self.shared = shared
         self._marks = []
         self._origin = self._origin[:, :0]
+
+    def family_prefix(self) -> torch.Tensor:
+        """:attr:`prefix`, allocated on first use: ``(rows / share, layers, 2, kv_heads,
+        capacity, head_dim)``."""
+        if self.prefix is None:
+            self.prefix = self.data.new_empty((self.rows // self.share, *self.data.shape[1:]))
+        return self.prefix
 
     def _stop_sharing(self) -> None:
         """Every row holds its whole past again, and no families are kept from now on."""
@@ -450,10 +458,8 @@ class KVBuffer:
         if not done:
             return
         end = self._marks[done - 1]
-        if self.prefix is None:
-            self.prefix = self.data.new_empty((self.rows // self.share, *self.data.shape[1:]))
         first = self.data[:: self.share]  # any row of a family holds its common past
-        self.prefix[..., self.shared: end, :] = first[..., self.shared: end, :]
+        self.family_prefix()[..., self.shared: end, :] = first[..., self.shared: end, :]
         self.shared = end
         self._marks = self._marks[done:]
         self._origin = self._origin[:, done:]
@@ -623,7 +629,7 @@ class LlamaStepper:
     @torch.no_grad()
     def forward(self, ids: torch.Tensor, cache: KVBuffer) -> torch.Tensor:
         """Feed ``ids: (rows, n)`` after the cache's tokens; return ``(rows, K)`` logits."""
-        rows, n = ids.shape
+        n = ids.shape[1]
         start = cache.length
         end = start + n
         if end > self.capacity:
@@ -637,12 +643,10 @@ class LlamaStepper:
         if common >= SHARED_FEED_MIN:
             # The families' common start once per family, into the shared prefix; then each
             # row's own positions, attending to its family's prefix and to its own past.
-            fam = cache.share
-            if cache.prefix is None:
-                cache.prefix = cache.data.new_empty((rows // fam, *cache.data.shape[1:]))
-            self._feed(ids[::fam, :common], cache.prefix, 0)
+            fam, prefix = cache.share, cache.family_prefix()
+            self._feed(ids[::fam, :common], prefix, 0)
             last = self._feed(ids[:, common:], cache.data, common,
-                              before=cache.prefix[..., :common, :].repeat_interleave(fam, 0))
+                              before=prefix[..., :common, :].repeat_interleave(fam, 0))
             cache.start_shared(common)
         else:
             last = self._feed(ids, cache.data, start)
