@@ -240,6 +240,58 @@ def test_prime_of_families_with_a_common_start_equals_unshared(kv_heads):
     torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize(("dtype", "kv_heads"), [(torch.float32, 1), (torch.float32, 2),
+                                             (torch.float64, 0)])
+def test_scripted_step_equals_the_python_step(monkeypatch, dtype, kv_heads):
+    """The per-token step compiled by TorchScript gives the Python step's log-probs bit for
+    bit, through a prime, beams that coalesce (a shared past), rows with equal pasts
+    (computed once) and reorders; float32 with oneDNN's packed products, float64 with the
+    plain ones."""
+    from priors import fast_llama
+
+    assert fast_llama.scripted_step() is not None  # it compiles here
+    prior = TransformerPrior(TransformerPriorConfig(
+        vocab_size=K, context_length=40, class_names=("a", "b"), width=32, layers=2, heads=4,
+        kv_heads=kv_heads)).eval().to(dtype)
+    gen = torch.Generator().manual_seed(5)
+    fam, families = 4, 2
+    rows = fam * families
+    classes = torch.tensor([0, 1]).repeat_interleave(fam)
+    base = torch.arange(families).repeat_interleave(fam) * fam
+    codes = torch.randint(0, K, (rows, 3), generator=gen)
+    plan = [(base + torch.randint(0, 2, (rows,), generator=gen),  # parents: rows 0, 1 of each
+             torch.randint(0, K, (rows,), generator=gen)) for _ in range(30)]
+    calls = []
+    compiled = fast_llama.scripted_step()
+
+    def counted() -> object:
+        calls.append(1)
+        return compiled
+
+    monkeypatch.setattr(fast_llama, "scripted_step", counted)
+    runs, shared, unique = [], [], []
+    for flag in (True, False):
+        monkeypatch.setattr(fast_llama, "SCRIPTED_STEP", flag)
+        state = prior.start(rows, classes, share=fam)
+        out, state = prior.prime(codes, state)
+        outs = [out]
+        for t, (index, tokens) in enumerate(plan):
+            state = prior.reorder(state, index)
+            # a token per parent every third step (equal pasts), else a token per row
+            out, state = prior.step(tokens[index] if t % 3 == 0 else tokens, state)
+            outs.append(out)
+            buffer = state.cache.buffer
+            shared.append(buffer.shared)
+            unique.append(int((buffer.twin == np.arange(rows)).sum()))
+        runs.append(outs)
+    assert len(calls) == len(plan)  # the compiled step ran every step with the flag on
+    assert max(shared) > 0  # a shared past came
+    assert min(unique) <= 4  # and rows with equal pasts
+    for a, b in zip(*runs, strict=True):
+        assert a.dtype == dtype
+        assert torch.equal(a, b)
+
+
 def test_rows_with_equal_pasts_equal_the_library_path():
     """Beams whose pasts are equal (they differ only in the other source) are computed once by
     the stepper; every row's log-probs still equal those of the ``transformers`` path, which
