@@ -99,16 +99,27 @@ class TokenEvidence(nn.Module):
         ``log q_s(k | h) - log u_s(k)``."""
         return self(latents) - self.log_unigram[None, None]
 
-    def window(self, latents: torch.Tensor) -> Callable[[int, int], torch.Tensor]:
+    def window(self, latents: torch.Tensor, block: int = 512
+               ) -> Callable[[int, int], torch.Tensor]:
         """``evidence(a, b) -> (batch, b - a, 2, K)`` for steps ``a .. b - 1`` of ``latents:
-        (batch, D, tokens)``, each call computed from the steps within the receptive field:
-        the ``token_evidence`` of :func:`lass.sampling.separate_tokens`."""
+        (batch, D, tokens)``, each step computed from the steps within its receptive field:
+        the ``token_evidence`` of :func:`lass.sampling.separate_tokens`. Steps are computed
+        ``block`` at a time (at least ``b - a``) from ``a`` on, and the last block is kept
+        for the calls after it: a search asks for a few dozen steps at a time, and each
+        computation also reads the receptive field on both sides and pays every
+        convolution's fixed cost."""
         r, n = self.receptive_field, latents.shape[2]
+        held: list[Any] = [0, 0, None]  # the block kept: first step, end, its evidence
 
         @torch.no_grad()
         def at(a: int, b: int) -> torch.Tensor:
-            lo, hi = max(0, a - r), min(n, b + r)
-            return self.evidence(latents[:, :, lo:hi])[:, a - lo: b - lo]
+            first, end, kept = held
+            if kept is None or a < first or b > end:
+                first, end = a, min(n, max(b, a + block))
+                lo, hi = max(0, first - r), min(n, end + r)
+                kept = self.evidence(latents[:, :, lo:hi])[:, first - lo: end - lo]
+                held[:] = [first, end, kept]
+            return kept[:, a - first: b - first]
 
         return at
 

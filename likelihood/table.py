@@ -258,7 +258,9 @@ class CountLikelihood:
         # (pair 0, log-likelihood -inf) that :meth:`slice` reads for the rows' padding.
         pairs = torch.from_numpy(m.indices.astype(np.int64)).to(self.device)
         self._pad = int(pairs.numel())
-        self._pairs = torch.cat([pairs, pairs.new_zeros(1)])
+        padded = torch.cat([pairs, pairs.new_zeros(1)])
+        # Each pair's two tokens, split once here rather than at every slice.
+        self._first, self._second = padded // k, padded % k
         self._log_p = torch.cat([torch.from_numpy(np.log(probs).astype(np.float32)).to(
             self.device), torch.full((1,), float("-inf"), device=self.device)])
         self._keys = pairs + torch.from_numpy(rows.astype(np.int64)).to(self.device) * k * k
@@ -343,8 +345,8 @@ class CountLikelihood:
         offs = torch.arange(width, device=self.device)
         valid = offs[None, :] < count[:, None]
         idx = (start[:, None] + offs[None, :]).masked_fill_(~valid, self._pad)
-        pairs = self._pairs[idx]  # the padding reads pair 0 and log-likelihood -inf
-        return Candidates(first=pairs // self.k, second=pairs % self.k,
+        # (the padding reads pair 0 and log-likelihood -inf)
+        return Candidates(first=self._first[idx], second=self._second[idx],
                           log_lik=self._log_p[idx], valid=valid, count=count)
 
     def lookup(self, mix_tokens: torch.Tensor, first: torch.Tensor, second: torch.Tensor

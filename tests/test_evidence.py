@@ -22,6 +22,12 @@ def test_model_gives_distributions_windows_and_round_trips(tmp_path):
     assert model.receptive_field == 5
     for a, b in ((0, 7), (10, 30), (33, 40), (0, 40)):
         torch.testing.assert_close(window(a, b), full[:, a:b], atol=1e-6, rtol=0)
+    # Blocks of steps computed ahead and kept: spans in order, inside a kept block, across
+    # its end, going back, and longer than a block.
+    for block in (1, 8, 512):
+        window = model.window(z, block=block)
+        for a, b in ((0, 4), (4, 8), (5, 7), (6, 13), (2, 3), (13, 40), (0, 40)):
+            torch.testing.assert_close(window(a, b), full[:, a:b], atol=1e-6, rtol=0)
     model.save(tmp_path / "ev.npz")
     back = TokenEvidence.load(tmp_path / "ev.npz")
     assert torch.equal(back(z), lp.detach())
