@@ -788,8 +788,18 @@ def _shared_attention(q: torch.Tensor, k_own: torch.Tensor, v_own: torch.Tensor,
         ``(rows, kv_heads, group, head_dim)``: the softmax over all positions, shared and
         own, of the scores, applied to the values (one softmax, as unshared).
     """
-    group = q.shape[2]
+    rows, kv_heads, group, d = q.shape
     n = k_pre.shape[2]
+    if kv_heads == 1:  # the same products as 3-D batches, without matmul's reshapes and
+        # expansions (one key/value head: the head dimension is 1 everywhere)
+        q3, k3, v3 = q.view(rows, group, d), k_own.squeeze(1), v_own.squeeze(1)
+        pre = torch.bmm(q3.reshape(-1, fam * group, d), k_pre.squeeze(1).transpose(1, 2))
+        scores = torch.cat([pre.view(rows, group, n), torch.bmm(q3, k3.transpose(1, 2))],
+                           dim=-1).softmax(-1)
+        out = torch.bmm(scores[..., n:], v3)
+        out.add_(torch.bmm(scores[..., :n].reshape(-1, fam * group, n), v_pre.squeeze(1))
+                 .view(rows, group, d))
+        return out.view(rows, 1, group, d)
     scores = torch.cat([_by_row(torch.matmul(_by_family(q, fam), k_pre.transpose(-1, -2)), fam,
                                 group),
                         torch.matmul(q, k_own.transpose(-1, -2))], dim=-1).softmax(-1)
@@ -833,7 +843,8 @@ def token_step(x: torch.Tensor, weights: list[tuple[torch.Tensor, torch.Tensor, 
     for li, (w_qkv, w_o, w_gu, w_down) in enumerate(weights):
         qkv = _product(x, w_qkv, packed).div_(_rms_divisor(x, eps_root)).view(
             -1, heads + 2 * kv_heads, d)
-        qkv_rot = torch.matmul(qkv, rot)  # V rotated too (unused): one product for all
+        # V rotated too (unused): one product for all
+        qkv_rot = torch.mm(qkv.view(-1, d), rot).view(qkv.shape)
         if spread is not None:
             qkv, qkv_rot = qkv.index_select(0, spread), qkv_rot.index_select(0, spread)
         k_buf, v_buf = views[li]
