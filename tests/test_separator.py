@@ -1,4 +1,5 @@
 import json
+import shutil
 from dataclasses import replace
 
 import numpy as np
@@ -464,3 +465,29 @@ def test_cli_batches_inputs_and_isolates_a_failing_one(bundle, tmp_path, capsys,
     assert info["timings"]["batch"] == 2  # a and b together; c has another length
     assert separate_main([files[0], "--batch", "0", *common]) == 1
     assert "--batch must be at least 1" in capsys.readouterr().err
+
+
+def test_cli_says_how_many_beams_a_bundle_with_shifts_runs(bundle, tmp_path, capsys):
+    """Asking for beams from a bundle that separates shifted copies says how many beams that
+    makes in all, and how to run the beams asked for alone; asking for the copies says
+    nothing."""
+    from lass.bundle import read_bundle, write_bundle
+
+    spec = read_bundle(bundle)
+    shifted = tmp_path / "shifted"
+    shutil.copytree(bundle, shifted)
+    write_bundle(shifted, name="shifted", sample_rate=SR, stems=("drums", "bass"), mix=spec.mix,
+                 codec="codec", priors={"drums": "prior-drums", "bass": "prior-bass"},
+                 likelihood="likelihood.npz",
+                 sampler={"kind": "ancestral", "lam": 3.0, "output": "mask", "shifts": 2})
+    sf.write(tmp_path / "song.wav", mixture(0.2), SR, subtype="FLOAT")
+    code = separate_main([str(tmp_path / "song.wav"), "-m", str(shifted), "-o",
+                          str(tmp_path / "out"), "--beams", "3"])
+    err = capsys.readouterr().err
+    assert code == 0
+    assert "2 shifted copies of each input, with 3 beams each (6 in all)" in err
+    assert "--shifts 1 --combine best runs 3 beams in all" in err
+    code = separate_main([str(tmp_path / "song.wav"), "-m", str(shifted), "-o",
+                          str(tmp_path / "out2"), "--beams", "3", "--shifts", "2"])
+    assert code == 0
+    assert "shifted copies" not in capsys.readouterr().err

@@ -200,6 +200,12 @@ def _main(argv: Sequence[str] | None) -> int:
                                               verify=not args.no_verify)
         settings = _settings(args, separator.settings)
         settings_json = settings.to_json()
+        beams = getattr(settings.sampler, "num_beams", 0)
+        if beams and settings.shifts > 1 and args.shifts is None and (
+                args.sampler == "beam" or args.beams is not None):
+            print(f"{PROG}: the bundle separates {settings.shifts} shifted copies of each "
+                  f"input, with {beams} beams each ({settings.shifts * beams} in all); "
+                  f"--shifts 1 --combine best runs {beams} beams in all", file=sys.stderr)
     load_seconds = time.perf_counter() - t0
     bundle = separator.bundle
     bundle_name = bundle.name if bundle is not None else "bundle"
