@@ -26,7 +26,7 @@ computation from the model's own weights with
   ``hypot`` per row, divided out of the product's rows (the library's norm is seven
   operations),
 - for one new token per row (the search's step) the whole layer in 2-D tensors with the
-  residual sums inside the products (``addmm``),
+  residual sums inside the products (oneDNN's fused add),
 - the beams' bookkeeping (families, marks, rows with equal pasts) in NumPy on the host: a
   few integers per row, where tensor operations would cost several microseconds each,
 - a multi-token feed into an empty buffer (the first feed of each context window of a search),
@@ -562,7 +562,7 @@ class LlamaStepper:
                 att, mlp = layer.self_attn, layer.mlp
                 qkv = torch.cat([att.q_proj.weight * scale, att.k_proj.weight, att.v_proj.weight])
                 gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])
-                # (in, out) layouts: x @ w is the projection, and addmm adds the residual.
+                # (in, out) layouts: x @ w is the projection (:func:`_product`).
                 self.layers.append((fold(layer.input_layernorm.weight, qkv),
                                     att.o_proj.weight.detach().t(),
                                     fold(layer.post_attention_layernorm.weight, gate_up),
@@ -756,10 +756,9 @@ def _rms_divisor(x: torch.Tensor, eps_root: torch.Tensor) -> torch.Tensor:
 
 def _by_family(t: torch.Tensor, fam: int) -> torch.Tensor:
     """``(rows, kv_heads, group, m)``, families of ``fam`` consecutive rows ->
-    ``(families, kv_heads, fam * group, m)``."""
+    ``(families, kv_heads, fam * group, m)`` (several key/value heads; one takes
+    :func:`_shared_attention`'s 3-D path)."""
     _, kv_heads, group, m = t.shape
-    if kv_heads == 1:  # the family's rows are consecutive already
-        return t.reshape(-1, 1, fam * group, m)
     return t.reshape(-1, fam, kv_heads, group, m).transpose(1, 2).reshape(
         -1, kv_heads, fam * group, m)
 
@@ -767,8 +766,6 @@ def _by_family(t: torch.Tensor, fam: int) -> torch.Tensor:
 def _by_row(t: torch.Tensor, fam: int, group: int) -> torch.Tensor:
     """The inverse of :func:`_by_family`."""
     families, kv_heads, _, m = t.shape
-    if kv_heads == 1:
-        return t.reshape(families * fam, 1, group, m)
     return t.reshape(families, kv_heads, fam, group, m).transpose(1, 2).reshape(
         families * fam, kv_heads, group, m)
 
@@ -874,8 +871,8 @@ def token_step(x: torch.Tensor, weights: list[tuple[torch.Tensor, torch.Tensor, 
 @functools.cache
 def scripted_step() -> Any:
     """:func:`token_step` compiled by TorchScript (the same operations without Python's
-    cost per operation: about 15% of a 10-beam search step on the project's 2-core CPU, the
-    same results bit for bit), or None where it cannot be compiled (no TorchScript, or no
+    cost per operation: 0.85-0.9x the time of a replayed 10-beam search step on the
+    project's 2-core CPU, the same results bit for bit), or None where it cannot be compiled (no TorchScript, or no
     source files to compile from): then :func:`token_step` runs as it is."""
     try:
         with warnings.catch_warnings():  # TorchScript is deprecated, not gone: torch < 2.14

@@ -30,6 +30,23 @@ def stepwise(prior: TransformerPrior, codes: torch.Tensor, classes=None) -> torc
     return torch.cat(out, dim=1)
 
 
+def replay(prior: TransformerPrior, state, codes: torch.Tensor, plan, every: int,
+           watch=None) -> list[torch.Tensor]:
+    """Log-probs of a prime with ``codes``, then of each ``(index, tokens)`` of ``plan``: a
+    reorder to ``index`` and a step with ``tokens``, or, every ``every``-th step, with the
+    parents' tokens (rows of one parent then have equal pasts); ``watch(state)`` after each
+    step."""
+    out, state = prior.prime(codes, state)
+    outs = [out]
+    for t, (index, tokens) in enumerate(plan):
+        state = prior.reorder(state, index)
+        out, state = prior.step(tokens[index] if t % every == 0 else tokens, state)
+        outs.append(out)
+        if watch is not None:
+            watch(state)
+    return outs
+
+
 @pytest.mark.parametrize(("arch", "kv_heads"), [("llama", 0), ("llama", 1), ("gpt2", 0)])
 def test_cached_steps_equal_full_forward(arch, kv_heads):
     prior = tiny(arch, kv_heads=kv_heads)
@@ -126,14 +143,7 @@ def test_packed_products_equal_plain_products(monkeypatch, dtype):
         monkeypatch.setattr(fast_llama, "PACKED_PRODUCTS", flag)
         state = prior.start(rows, share=rows)
         packed.append(state.cache.stepper.packed is not None)
-        out, state = prior.prime(codes, state)
-        outs = [out]
-        for t, (index, tokens) in enumerate(plan):
-            state = prior.reorder(state, index)
-            # even steps: a token per parent (equal pasts); odd: a token per row
-            out, state = prior.step(tokens[index] if t % 2 == 0 else tokens, state)
-            outs.append(out)
-        runs.append(outs)
+        runs.append(replay(prior, state, codes, plan, every=2))
     assert packed == [dtype == torch.float32
                       and fast_llama.packed_products_work(torch.float32, "cpu"), False]
     for a, b in zip(*runs, strict=True):
@@ -272,18 +282,13 @@ def test_scripted_step_equals_the_python_step(monkeypatch, dtype, kv_heads):
     runs, shared, unique = [], [], []
     for flag in (True, False):
         monkeypatch.setattr(fast_llama, "SCRIPTED_STEP", flag)
-        state = prior.start(rows, classes, share=fam)
-        out, state = prior.prime(codes, state)
-        outs = [out]
-        for t, (index, tokens) in enumerate(plan):
-            state = prior.reorder(state, index)
-            # a token per parent every third step (equal pasts), else a token per row
-            out, state = prior.step(tokens[index] if t % 3 == 0 else tokens, state)
-            outs.append(out)
+        def watch(state) -> None:
             buffer = state.cache.buffer
             shared.append(buffer.shared)
             unique.append(int((buffer.twin == np.arange(rows)).sum()))
-        runs.append(outs)
+
+        runs.append(replay(prior, prior.start(rows, classes, share=fam), codes, plan, every=3,
+                           watch=watch))
     assert len(calls) == len(plan)  # the compiled step ran every step with the flag on
     assert max(shared) > 0  # a shared past came
     assert min(unique) <= 4  # and rows with equal pasts
