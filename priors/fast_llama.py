@@ -872,8 +872,9 @@ def token_step(x: torch.Tensor, weights: list[tuple[torch.Tensor, torch.Tensor, 
 def scripted_step() -> Any:
     """:func:`token_step` compiled by TorchScript (the same operations without Python's
     cost per operation: 0.85-0.9x the time of a replayed 10-beam search step on the
-    project's 2-core CPU, the same results bit for bit), or None where it cannot be compiled (no TorchScript, or no
-    source files to compile from): then :func:`token_step` runs as it is."""
+    project's 2-core CPU, the same results bit for bit), or None where it cannot be
+    compiled (no TorchScript, or no source files to compile from): then :func:`token_step`
+    runs as it is."""
     try:
         with warnings.catch_warnings():  # TorchScript is deprecated, not gone: torch < 2.14
             warnings.simplefilter("ignore")
