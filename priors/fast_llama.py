@@ -77,6 +77,9 @@ SHARED_FEED_MIN = 16
 # Whether a stepper's per-token step runs compiled by TorchScript (:func:`scripted_step`,
 # where it compiles); False: the same function in Python.
 SCRIPTED_STEP = True
+# Whether a stepper's per-token step runs as the C++ operator of :mod:`priors.native` where
+# that applies (float32 on a CPU, one key/value head) and builds; False: :data:`SCRIPTED_STEP`.
+NATIVE_STEP = True
 
 
 @functools.cache
@@ -541,6 +544,7 @@ class LlamaStepper:
         self.eps = float(cfg.rms_norm_eps)
         self.capacity = capacity
         self.inner_size = int(cfg.intermediate_size)
+        self._flat_weights: list[torch.Tensor] = []  # the step's weights, 4 per layer
         with torch.no_grad():
             self.embed = inner.embed_tokens.weight.detach()
             # The attention scale is folded into the query rows, so the scores need no
@@ -579,6 +583,7 @@ class LlamaStepper:
                 self.packed = [tuple(pack(w.t().contiguous()) for w in layer)
                                for layer in self.layers]
                 self.packed_head = pack(self.head.t().contiguous())
+            self._flat_weights = [w for layer in (self.packed or self.layers) for w in layer]
             rotary = inner.rotary_emb
             inv_freq = rotary.inv_freq.to(self.embed.device, torch.float32)
             freqs = torch.arange(capacity, device=self.embed.device,
@@ -692,6 +697,16 @@ class LlamaStepper:
             x = x + torch.matmul(F.silu(gate) * up, w_down)
         return x[:, -1]
 
+    def _native(self) -> Any:
+        """The C++ step (:func:`priors.native.native_step`) where it applies: float32 on a
+        CPU, one key/value head, :data:`NATIVE_STEP` on, and it builds here; else None."""
+        if not (NATIVE_STEP and self.kv_heads == 1 and self.embed.dtype == torch.float32
+                and self.embed.device.type == "cpu"):
+            return None
+        from priors.native import native_step
+
+        return native_step()
+
     def _step(self, ids: torch.Tensor, cache: KVBuffer) -> torch.Tensor:
         """One new token per row, ``ids: (rows,)``: the same computation in 2-D tensors and
         as few operations as it takes (the per-token path of beam search and sampling), in
@@ -712,6 +727,15 @@ class LlamaStepper:
         views = cache.layer_views(cache.data)
         prefix = cache.layer_views(cache.prefix) if lo and cache.prefix is not None else []
         packed = self.packed is not None
+        native = self._native()
+        if native is not None:
+            logits = native(
+                F.embedding(ids, self.embed), self._flat_weights, self._head(),
+                [t for kv in views for t in kv], [t for kv in prefix for t in kv],
+                self.rotation[pos], pos, lo, cache.share, self.heads, self.kv_heads,
+                self.inner_size, self._eps_root, packed, keep, spread)
+            cache.length = pos + 1
+            return logits
         step = scripted_step() if SCRIPTED_STEP else None
         logits = (step or token_step)(
             F.embedding(ids, self.embed), self.packed if packed else self.layers,  # type: ignore[arg-type]

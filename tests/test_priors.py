@@ -260,6 +260,7 @@ def test_scripted_step_equals_the_python_step(monkeypatch, dtype, kv_heads):
     from priors import fast_llama
 
     assert fast_llama.scripted_step() is not None  # it compiles here
+    monkeypatch.setattr(fast_llama, "NATIVE_STEP", False)  # (which would run instead)
     prior = TransformerPrior(TransformerPriorConfig(
         vocab_size=K, context_length=40, class_names=("a", "b"), width=32, layers=2, heads=4,
         kv_heads=kv_heads)).eval().to(dtype)
@@ -295,6 +296,62 @@ def test_scripted_step_equals_the_python_step(monkeypatch, dtype, kv_heads):
     for a, b in zip(*runs, strict=True):
         assert a.dtype == dtype
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(("packed", "share"), [(True, 4), (False, 4), (True, 0)])
+def test_native_step_equals_the_python_step(monkeypatch, packed, share):
+    """The C++ step (priors.native) gives the Python step's log-probs up to float rounding,
+    through a prime, beams that coalesce (a shared past), rows with equal pasts and
+    reorders (``share`` 4), or rows without families (``share`` 0, as sampling runs);
+    with oneDNN's packed products and with plain ones; it runs at every step."""
+    import shutil
+
+    from priors import fast_llama, native
+
+    if shutil.which("c++") is None and shutil.which("g++") is None:
+        pytest.skip("no C++ compiler here")
+    assert native.native_step() is not None, native.native_error()  # it builds here
+    monkeypatch.setattr(fast_llama, "PACKED_PRODUCTS", packed)
+    prior = TransformerPrior(TransformerPriorConfig(
+        vocab_size=K, context_length=40, class_names=("a", "b"), width=32, layers=2, heads=4,
+        kv_heads=1)).eval()
+    gen = torch.Generator().manual_seed(6)
+    fam, families = 4, 2
+    rows = fam * families
+    classes = torch.tensor([0, 1]).repeat_interleave(fam)
+    base = torch.arange(families).repeat_interleave(fam) * fam
+    codes = torch.randint(0, K, (rows, 3), generator=gen)
+    plan = [(base + torch.randint(0, 2, (rows,), generator=gen),  # parents: rows 0, 1 of each
+             torch.randint(0, K, (rows,), generator=gen)) for _ in range(30)]
+    calls = []
+    built = native.native_step()
+
+    def counted() -> object:
+        calls.append(1)
+        return built
+
+    monkeypatch.setattr(native, "native_step", counted)
+    runs, shared, unique = [], [], []
+    for flag in (True, False):
+        monkeypatch.setattr(fast_llama, "NATIVE_STEP", flag)
+        monkeypatch.setattr(fast_llama, "SCRIPTED_STEP", False)
+
+        def watch(state) -> None:
+            buffer = state.cache.buffer
+            shared.append(buffer.shared)
+            if buffer.twin is not None:
+                unique.append(int((buffer.twin == np.arange(rows)).sum()))
+
+        runs.append(replay(prior, prior.start(rows, classes, share=share), codes, plan,
+                           every=3, watch=watch))
+    assert len(calls) == len(plan)  # the native step ran every step with the flag on
+    if share:
+        assert max(shared) > 0  # a shared past came
+        assert min(unique) <= 4  # and rows with equal pasts
+    else:
+        assert max(shared) == 0
+    for a, b in zip(*runs, strict=True):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=0)
 
 
 def test_rows_with_equal_pasts_equal_the_library_path():

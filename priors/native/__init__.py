@@ -1,0 +1,69 @@
+"""The per-token step of a Llama prior in C++ (``token_step.cpp``), built on first use.
+
+:func:`native_step` compiles ``token_step.cpp`` once per machine with
+``torch.utils.cpp_extension`` (a C++ compiler and ``ninja``; about 30 s on the project's
+2-core CPU) into ``~/.cache/lass/native/<key>`` (``LASS_NATIVE_DIR`` overrides the root),
+keyed by the source, the torch version and the CPU (it is compiled for the CPU it runs on),
+and loads it as ``torch.ops.lass_native.token_step``. :class:`priors.fast_llama.LlamaStepper`
+uses it for float32 steps on a CPU with one key/value head, where it builds; otherwise the
+TorchScript step runs (:func:`native_error` says why it did not build).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+SOURCE = Path(__file__).with_name("token_step.cpp")
+FLAGS = ["-O3", "-march=native", "-fopenmp-simd"]
+_error: list[str] = []
+
+
+def _cpu_key() -> str:
+    """What the compiled code depends on besides the source: the CPU's flags and model."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return "\n".join(sorted({ln for ln in lines if ln.startswith(("flags", "model name"))}))
+    except OSError:
+        return platform.processor()
+
+
+def build_dir() -> Path:
+    """Where this machine's build of the step lives."""
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), torch.__version__, " ".join(FLAGS),
+                                    _cpu_key(), sys.version]).encode()).hexdigest()[:16]
+    root = Path(os.environ.get("LASS_NATIVE_DIR") or Path.home() / ".cache" / "lass" / "native")
+    return root / key
+
+
+@functools.cache
+def native_step() -> Any:
+    """``torch.ops.lass_native.token_step``, built if need be, or None where it cannot be
+    built or loaded (no compiler, no ``ninja``, not Linux/x86, a failed build): then
+    :func:`native_error` gives the reason."""
+    try:
+        from torch.utils.cpp_extension import load
+
+        where = build_dir()
+        where.mkdir(parents=True, exist_ok=True)
+        if not any(where.glob("*.so")):
+            print("lass: compiling the native prior step once for this machine (about 30 s)",
+                  file=sys.stderr)
+        load("lass_native_step", sources=[str(SOURCE)], extra_cflags=FLAGS,
+             build_directory=str(where), is_python_module=False, verbose=False)
+        return torch.ops.lass_native.token_step
+    except Exception as err:  # whatever the build raises: the TorchScript step runs instead
+        _error.append(str(err).strip().splitlines()[-1] if str(err).strip() else repr(err))
+        return None
+
+
+def native_error() -> str | None:
+    """Why :func:`native_step` gave None (None if it built or was not tried)."""
+    return _error[-1] if _error else None
