@@ -173,8 +173,26 @@ Tensor token_step(Tensor x, std::vector<Tensor> weights, Tensor head, std::vecto
   const auto opts = x.options();
   std::vector<float> divs(unique);
   Tensor q = at::empty({rows, heads, d}, opts);
-  Tensor out = at::empty({rows, heads, d}, opts);
-  Tensor out_kept = keep ? at::empty({unique, heads * d}, opts) : out.view({rows, heads * d});
+  Tensor out_kept = at::empty({unique, heads * d}, opts);
+  // the computed rows' places in their families' blocks of queries for the shared past:
+  // families x most (the most computed rows of a family), unused places zero
+  const int64_t families = lo > 0 ? rows / fam : 0;
+  int64_t most = 0;
+  std::vector<int64_t> place(unique);
+  if (lo > 0) {
+    TORCH_CHECK(fam > 0 && rows % fam == 0, "lass_native::token_step: bad families");
+    std::vector<int64_t> count(families, 0);
+    for (int64_t i = 0; i < unique; ++i) {
+      TORCH_CHECK(kept[i] >= 0 && kept[i] < rows, "lass_native::token_step: bad keep");
+      most = std::max(most, ++count[kept[i] / fam]);
+    }
+    std::fill(count.begin(), count.end(), 0);
+    for (int64_t i = 0; i < unique; ++i) {
+      const int64_t f = kept[i] / fam;
+      place[i] = f * most + count[f]++;
+    }
+  }
+  Tensor q_fam = at::zeros({families, most, heads, d}, opts);
   Tensor own_scores = at::empty({rows, heads, own}, opts);
   Tensor act = at::empty({unique, inner}, opts);
 
@@ -206,43 +224,53 @@ Tensor token_step(Tensor x, std::vector<Tensor> weights, Tensor head, std::vecto
       for (int64_t c = 0; c < d; ++c) v_dst[c] = v_src[c] / div;
     }
 
-    // scores: the family's shared past (one batched product), each row's own positions
+    // scores: each row's own positions (one batched product over the rows), and the
+    // family's shared past (one over the families, for the rows computed only: rows with
+    // equal pasts have equal attention)
     Tensor k_own = k_view.select(1, 0).narrow(1, lo, own);  // (rows, own, d)
     Tensor v_own = v_view.select(1, 0).narrow(1, lo, own);
-    Tensor pre_scores;
-    float* pre = nullptr;  // (rows * heads, lo)
-    if (lo > 0) {
-      TORCH_CHECK(fam > 0 && rows % fam == 0, "lass_native::token_step: bad families");
-      Tensor k_pre = prefix[2 * li].select(1, 0).narrow(1, 0, lo);  // (families, lo, d)
-      pre_scores = at::bmm(q.view({rows / fam, fam * heads, d}), k_pre.transpose(1, 2));
-      pre = pre_scores.data_ptr<float>();
-    }
     float* os = own_scores.data_ptr<float>();  // (rows * heads, own)
     at::bmm_out(own_scores, q, k_own.transpose(1, 2));
-    // one softmax over both parts of every query
-    for (int64_t i = 0; i < rows * heads; ++i) {
-      float* a = pre ? pre + i * lo : nullptr;
-      float* b = os + i * own;
-      float m = max_of(b, own, a ? max_of(a, lo, -INFINITY) : -INFINITY);
-      const float sum = (a ? exp_shifted(a, lo, m) : 0.f) + exp_shifted(b, own, m);
-      const float inv = 1.f / sum;
-      if (a) scale(a, lo, inv);
-      scale(b, own, inv);
+    Tensor pre_scores;
+    float* pre = nullptr;  // (families * most * heads, lo)
+    if (lo > 0) {
+      float* qf = q_fam.data_ptr<float>();
+      for (int64_t i = 0; i < unique; ++i)
+        std::memcpy(qf + place[i] * heads * d, qd + kept[i] * heads * d,
+                    heads * d * sizeof(float));
+      Tensor k_pre = prefix[2 * li].select(1, 0).narrow(1, 0, lo);  // (families, lo, d)
+      pre_scores = at::bmm(q_fam.view({families, most * heads, d}), k_pre.transpose(1, 2));
+      pre = pre_scores.data_ptr<float>();
     }
-    // values
-    float* od = out.data_ptr<float>();
+    // one softmax over both parts of every computed query
+    for (int64_t i = 0; i < unique; ++i)
+      for (int64_t h = 0; h < heads; ++h) {
+        float* a = pre ? pre + (place[i] * heads + h) * lo : nullptr;
+        float* b = os + (kept[i] * heads + h) * own;
+        float m = max_of(b, own, a ? max_of(a, lo, -INFINITY) : -INFINITY);
+        const float sum = (a ? exp_shifted(a, lo, m) : 0.f) + exp_shifted(b, own, m);
+        const float inv = 1.f / sum;
+        if (a) scale(a, lo, inv);
+        scale(b, own, inv);
+      }
+    // values (rows not computed get values of unnormalised scores: never read)
+    Tensor own_out = at::bmm(own_scores, v_own);  // (rows, heads, d)
+    const float* oo = own_out.data_ptr<float>();
+    float* ok = out_kept.data_ptr<float>();  // (unique, heads * d)
     if (lo > 0) {
       Tensor v_pre = prefix[2 * li + 1].select(1, 0).narrow(1, 0, lo);
-      Tensor out_fam = out.view({rows / fam, fam * heads, d});
-      at::bmm_out(out_fam, pre_scores.view({rows / fam, fam * heads, lo}), v_pre);
+      Tensor pre_out = at::bmm(pre_scores.view({families, most * heads, lo}), v_pre);
+      const float* po = pre_out.data_ptr<float>();
+      for (int64_t i = 0; i < unique; ++i) {
+        const float* x1 = po + place[i] * heads * d;
+        const float* x2 = oo + kept[i] * heads * d;
+        float* o = ok + i * heads * d;
+#pragma omp simd
+        for (int64_t c = 0; c < heads * d; ++c) o[c] = x1[c] + x2[c];
+      }
     } else {
-      out.zero_();
-    }
-    out.add_(at::bmm(own_scores, v_own));
-    if (keep) {
-      float* ok = out_kept.data_ptr<float>();
       for (int64_t i = 0; i < unique; ++i)
-        std::memcpy(ok + i * heads * d, od + kept[i] * heads * d, heads * d * sizeof(float));
+        std::memcpy(ok + i * heads * d, oo + kept[i] * heads * d, heads * d * sizeof(float));
     }
     x = product_add(x, out_kept, weights[4 * li + 1], packed).contiguous();
 
