@@ -56,7 +56,15 @@ def native_step() -> Any:
         if not any(where.glob("*.so")):
             print("lass: compiling the native prior step once for this machine (about 30 s)",
                   file=sys.stderr)
-        load("lass_native_step", sources=[str(SOURCE)], extra_cflags=FLAGS,
+        # compiled from a copy in the build folder: the same path from every checkout of the
+        # same source (ninja rebuilds when the path in its build file changes)
+        source = where / SOURCE.name
+        text = SOURCE.read_text()
+        if not source.exists() or source.read_text() != text:
+            part = source.with_suffix(f".{os.getpid()}.tmp")
+            part.write_text(text)
+            os.replace(part, source)
+        load("lass_native_step", sources=[str(source)], extra_cflags=FLAGS,
              build_directory=str(where), is_python_module=False, verbose=False)
         return torch.ops.lass_native.token_step
     except Exception as err:  # whatever the build raises: the TorchScript step runs instead
