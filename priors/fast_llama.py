@@ -37,6 +37,9 @@ computation from the model's own weights with
 - the per-token step's layers (:func:`token_step`) compiled by TorchScript
   (:func:`scripted_step`): the same operations and results, bit for bit, without Python's
   cost per operation; where it does not compile, the function runs in Python.
+- for float32 on a CPU with one key/value head, that step as one C++ operator
+  (:mod:`priors.native`, :data:`NATIVE_STEP`): the same products, and loops for the
+  operations between them; equal to :func:`token_step` up to float rounding.
 
 The weights are read from the model when a stepper is made; :class:`priors.TransformerPrior`
 keeps its last stepper until a weight changes, so a stepper always matches the model it
