@@ -250,6 +250,58 @@ def test_prime_of_families_with_a_common_start_equals_unshared(kv_heads):
     torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=0)
 
 
+def step_on_and_off(monkeypatch, module, getter: str, flag: str, prior: TransformerPrior,
+                    share: int, seed: int):
+    """Replay one plan on 2 families of 4 rows (classes 0 and 1): a prime, then 30 reorders
+    to parents among rows 0 and 1 of each family, with steps (every third with the parents'
+    tokens, so that rows with equal pasts come), once with ``fast_llama.<flag>`` on and once
+    off, counting the calls of ``module.<getter>()`` (the step the flag switches).
+
+    Returns the log-probs of both runs, the calls, the steps per run, and after each step
+    the buffer's shared positions and its computed rows (where equal pasts are followed).
+    """
+    from priors import fast_llama
+
+    gen = torch.Generator().manual_seed(seed)
+    fam, families = 4, 2
+    rows = fam * families
+    classes = torch.tensor([0, 1]).repeat_interleave(fam)
+    base = torch.arange(families).repeat_interleave(fam) * fam
+    codes = torch.randint(0, K, (rows, 3), generator=gen)
+    plan = [(base + torch.randint(0, 2, (rows,), generator=gen),
+             torch.randint(0, K, (rows,), generator=gen)) for _ in range(30)]
+    calls = []
+    step = getattr(module, getter)()
+
+    def counted() -> object:
+        calls.append(1)
+        return step
+
+    monkeypatch.setattr(module, getter, counted)
+    shared, unique = [], []
+
+    def watch(state) -> None:
+        buffer = state.cache.buffer
+        shared.append(buffer.shared)
+        if buffer.twin is not None:
+            unique.append(int((buffer.twin == np.arange(rows)).sum()))
+
+    runs = []
+    for on in (True, False):
+        monkeypatch.setattr(fast_llama, flag, on)
+        runs.append(replay(prior, prior.start(rows, classes, share=share), codes, plan,
+                           every=3, watch=watch))
+    return runs, len(calls), len(plan), shared, unique
+
+
+def step_prior(kv_heads: int, dtype: torch.dtype = torch.float32) -> TransformerPrior:
+    """The class-conditioned prior the step comparisons run (context 40, 2 layers of 4
+    heads)."""
+    return TransformerPrior(TransformerPriorConfig(
+        vocab_size=K, context_length=40, class_names=("a", "b"), width=32, layers=2, heads=4,
+        kv_heads=kv_heads)).eval().to(dtype)
+
+
 @pytest.mark.parametrize(("dtype", "kv_heads"), [(torch.float32, 1), (torch.float32, 2),
                                              (torch.float64, 0)])
 def test_scripted_step_equals_the_python_step(monkeypatch, dtype, kv_heads):
@@ -261,36 +313,10 @@ def test_scripted_step_equals_the_python_step(monkeypatch, dtype, kv_heads):
 
     assert fast_llama.scripted_step() is not None  # it compiles here
     monkeypatch.setattr(fast_llama, "NATIVE_STEP", False)  # (which would run instead)
-    prior = TransformerPrior(TransformerPriorConfig(
-        vocab_size=K, context_length=40, class_names=("a", "b"), width=32, layers=2, heads=4,
-        kv_heads=kv_heads)).eval().to(dtype)
-    gen = torch.Generator().manual_seed(5)
-    fam, families = 4, 2
-    rows = fam * families
-    classes = torch.tensor([0, 1]).repeat_interleave(fam)
-    base = torch.arange(families).repeat_interleave(fam) * fam
-    codes = torch.randint(0, K, (rows, 3), generator=gen)
-    plan = [(base + torch.randint(0, 2, (rows,), generator=gen),  # parents: rows 0, 1 of each
-             torch.randint(0, K, (rows,), generator=gen)) for _ in range(30)]
-    calls = []
-    compiled = fast_llama.scripted_step()
-
-    def counted() -> object:
-        calls.append(1)
-        return compiled
-
-    monkeypatch.setattr(fast_llama, "scripted_step", counted)
-    runs, shared, unique = [], [], []
-    for flag in (True, False):
-        monkeypatch.setattr(fast_llama, "SCRIPTED_STEP", flag)
-        def watch(state) -> None:
-            buffer = state.cache.buffer
-            shared.append(buffer.shared)
-            unique.append(int((buffer.twin == np.arange(rows)).sum()))
-
-        runs.append(replay(prior, prior.start(rows, classes, share=fam), codes, plan, every=3,
-                           watch=watch))
-    assert len(calls) == len(plan)  # the compiled step ran every step with the flag on
+    runs, calls, steps, shared, unique = step_on_and_off(
+        monkeypatch, fast_llama, "scripted_step", "SCRIPTED_STEP", step_prior(kv_heads, dtype),
+        share=4, seed=5)
+    assert calls == steps  # the compiled step ran every step with the flag on
     assert max(shared) > 0  # a shared past came
     assert min(unique) <= 4  # and rows with equal pasts
     for a, b in zip(*runs, strict=True):
@@ -312,39 +338,10 @@ def test_native_step_equals_the_python_step(monkeypatch, packed, share):
         pytest.skip("no C++ compiler here")
     assert native.native_step() is not None, native.native_error()  # it builds here
     monkeypatch.setattr(fast_llama, "PACKED_PRODUCTS", packed)
-    prior = TransformerPrior(TransformerPriorConfig(
-        vocab_size=K, context_length=40, class_names=("a", "b"), width=32, layers=2, heads=4,
-        kv_heads=1)).eval()
-    gen = torch.Generator().manual_seed(6)
-    fam, families = 4, 2
-    rows = fam * families
-    classes = torch.tensor([0, 1]).repeat_interleave(fam)
-    base = torch.arange(families).repeat_interleave(fam) * fam
-    codes = torch.randint(0, K, (rows, 3), generator=gen)
-    plan = [(base + torch.randint(0, 2, (rows,), generator=gen),  # parents: rows 0, 1 of each
-             torch.randint(0, K, (rows,), generator=gen)) for _ in range(30)]
-    calls = []
-    built = native.native_step()
-
-    def counted() -> object:
-        calls.append(1)
-        return built
-
-    monkeypatch.setattr(native, "native_step", counted)
-    runs, shared, unique = [], [], []
-    for flag in (True, False):
-        monkeypatch.setattr(fast_llama, "NATIVE_STEP", flag)
-        monkeypatch.setattr(fast_llama, "SCRIPTED_STEP", False)
-
-        def watch(state) -> None:
-            buffer = state.cache.buffer
-            shared.append(buffer.shared)
-            if buffer.twin is not None:
-                unique.append(int((buffer.twin == np.arange(rows)).sum()))
-
-        runs.append(replay(prior, prior.start(rows, classes, share=share), codes, plan,
-                           every=3, watch=watch))
-    assert len(calls) == len(plan)  # the native step ran every step with the flag on
+    monkeypatch.setattr(fast_llama, "SCRIPTED_STEP", False)
+    runs, calls, steps, shared, unique = step_on_and_off(
+        monkeypatch, native, "native_step", "NATIVE_STEP", step_prior(1), share=share, seed=6)
+    assert calls == steps  # the native step ran every step with the flag on
     if share:
         assert max(shared) > 0  # a shared past came
         assert min(unique) <= 4  # and rows with equal pasts

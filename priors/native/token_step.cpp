@@ -121,13 +121,6 @@ inline void rotate(const float* src, float div, const float* cos, const float* s
   }
 }
 
-inline float dot(const float* a, const float* b, int64_t n) {
-  float acc = 0.f;
-#pragma omp simd reduction(+ : acc)
-  for (int64_t c = 0; c < n; ++c) acc += a[c] * b[c];
-  return acc;
-}
-
 Tensor token_step(Tensor x, std::vector<Tensor> weights, Tensor head, std::vector<Tensor> views,
                   std::vector<Tensor> prefix, Tensor rot, int64_t pos, int64_t lo, int64_t fam,
                   int64_t heads, int64_t kv_heads, int64_t inner, Tensor eps_root, bool packed,
