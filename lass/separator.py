@@ -50,7 +50,7 @@ from lass.sampling import (
 from likelihood import CountLikelihood
 from likelihood.evidence import TokenEvidence
 from likelihood.latent import LatentLikelihood
-from priors import Prior, load_prior
+from priors import Prior, TransformerPrior, load_prior
 from vqvae import Codec, load_codec
 
 OUTPUTS = ("decode", "mask")
@@ -381,6 +381,8 @@ class Separator:
             if key not in loaded:
                 prior = load_prior(path, device=device)
                 prior.check_codebook(codec.codebook_size, identity)
+                if isinstance(prior, TransformerPrior):
+                    prior.prepare()  # its stepper now, not in the first search
                 loaded[key] = prior
             priors[stem] = loaded[key]
         likelihood: CountLikelihood | LatentLikelihood

@@ -604,6 +604,7 @@ class LlamaStepper:
             rot[:, diag + half, diag] = -self.sin
             rot[:, diag, diag + half] = self.sin
             self.rotation = rot
+        self._native()  # loaded (built if need be) with the prior, not in the first step
 
     def new_buffer(self, rows: int, share: int = 0) -> KVBuffer:
         """An empty key/value buffer for ``rows`` sequences (``share``: rows per family of
@@ -702,7 +703,9 @@ class LlamaStepper:
 
     def _native(self) -> Any:
         """The C++ step (:func:`priors.native.native_step`) where it applies: float32 on a
-        CPU, one key/value head, :data:`NATIVE_STEP` on, and it builds here; else None."""
+        CPU, one key/value head, :data:`NATIVE_STEP` on, and it builds here; else None.
+        The stepper's constructor asks for it once, so that loading (or building) it is
+        part of loading the prior, not of the first search."""
         if not (NATIVE_STEP and self.kv_heads == 1 and self.embed.dtype == torch.float32
                 and self.embed.device.type == "cpu"):
             return None

@@ -222,6 +222,15 @@ class TransformerPrior(Prior):
             self._stepper_of = (made_of, stepper)
         return self._stepper_of[1]
 
+    def prepare(self) -> None:
+        """Make the incremental stepper now, if the searches will use one (folding and
+        packing the weights, loading the C++ step): loading a model for inference calls this,
+        so the first search does not pay for it (about 40 ms here)."""
+        torch_only = isinstance(self.model, fast_llama.TorchLlama)
+        if torch_only or (self.fast_decoding and not self.training
+                          and fast_llama.supports(self.model)):
+            self._stepper()
+
     @torch.no_grad()
     def _advance(self, ids: torch.Tensor, state: PriorState) -> tuple[torch.Tensor, PriorState]:
         """Feed ``ids: (batch, n)``; return next-token log-probs ``(batch, K)``."""

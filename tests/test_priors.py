@@ -1,5 +1,7 @@
 import copy
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -255,7 +257,9 @@ def step_on_and_off(monkeypatch, module, getter: str, flag: str, prior: Transfor
     """Replay one plan on 2 families of 4 rows (classes 0 and 1): a prime, then 30 reorders
     to parents among rows 0 and 1 of each family, with steps (every third with the parents'
     tokens, so that rows with equal pasts come), once with ``fast_llama.<flag>`` on and once
-    off, counting the calls of ``module.<getter>()`` (the step the flag switches).
+    off, counting the calls of the step ``module.<getter>()`` gives (the step the flag
+    switches; asking for it without calling it, as a stepper's constructor does, is not
+    counted).
 
     Returns the log-probs of both runs, the calls, the steps per run, and after each step
     the buffer's shared positions and its computed rows (where equal pasts are followed).
@@ -273,9 +277,12 @@ def step_on_and_off(monkeypatch, module, getter: str, flag: str, prior: Transfor
     calls = []
     step = getattr(module, getter)()
 
-    def counted() -> object:
+    def run(*args: object) -> object:
         calls.append(1)
-        return step
+        return step(*args)
+
+    def counted() -> object:
+        return run
 
     monkeypatch.setattr(module, getter, counted)
     shared, unique = [], []
@@ -349,6 +356,41 @@ def test_native_step_equals_the_python_step(monkeypatch, packed, share):
         assert max(shared) == 0
     for a, b in zip(*runs, strict=True):
         torch.testing.assert_close(a, b, atol=2e-5, rtol=0)
+
+
+def test_a_built_native_step_loads_without_the_build_tools(tmp_path):
+    """Once built and loaded, the C++ step loads in a new process straight from its build
+    folder: neither ``torch.utils.cpp_extension`` is imported nor ``ninja`` run; a library
+    that does not load (damaged) is built again."""
+    import shutil
+    import subprocess
+    import sys
+
+    from priors import native
+
+    if shutil.which("c++") is None and shutil.which("g++") is None:
+        pytest.skip("no C++ compiler here")
+    assert native.native_step() is not None, native.native_error()
+    probe = ("import sys; from priors import native; op = native.native_step(); "
+             "print(op is not None, 'torch.utils.cpp_extension' in sys.modules)")
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", probe], cwd=root, capture_output=True,
+                          text=True, check=True)
+    assert done.stdout.split() == ["True", "False"]
+    # a damaged library (in a build folder of its own): not loaded but removed, with its
+    # stamp, and built again (here with a compiler that fails, so the build fails fast)
+    where = tmp_path / native.build_dir().name
+    where.mkdir()
+    (where / "lass_native_step.so").write_bytes(b"not a library")
+    (where / native.STAMP).write_text("")
+    env = {**os.environ, "LASS_NATIVE_DIR": str(tmp_path), "CXX": "false"}
+    probe = ("from priors import native; print(native.native_step() is None, "
+             "native.native_error() is not None)")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=root, capture_output=True,
+                          text=True, check=True, env=env)
+    assert done.stdout.split() == ["True", "True"]
+    assert not (where / "lass_native_step.so").exists()
+    assert not (where / native.STAMP).exists()
 
 
 def test_rows_with_equal_pasts_equal_the_library_path():
