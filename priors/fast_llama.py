@@ -739,7 +739,7 @@ class LlamaStepper:
                 F.embedding(ids, self.embed), self._flat_weights, self._head(),
                 [t for kv in views for t in kv], [t for kv in prefix for t in kv],
                 self.rotation[pos], pos, lo, cache.share, self.heads, self.kv_heads,
-                self.inner_size, self._eps_root, packed, keep, spread)
+                self.inner_size, self._eps_root, packed, keep, spread, None)
             cache.length = pos + 1
             return logits
         step = scripted_step() if SCRIPTED_STEP else None

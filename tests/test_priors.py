@@ -301,12 +301,12 @@ def step_on_and_off(monkeypatch, module, getter: str, flag: str, prior: Transfor
     return runs, len(calls), len(plan), shared, unique
 
 
-def step_prior(kv_heads: int, dtype: torch.dtype = torch.float32) -> TransformerPrior:
-    """The class-conditioned prior the step comparisons run (context 40, 2 layers of 4
-    heads)."""
+def step_prior(kv_heads: int, dtype: torch.dtype = torch.float32, width: int = 32,
+               heads: int = 4) -> TransformerPrior:
+    """The class-conditioned prior the step comparisons run (context 40, 2 layers)."""
     return TransformerPrior(TransformerPriorConfig(
-        vocab_size=K, context_length=40, class_names=("a", "b"), width=32, layers=2, heads=4,
-        kv_heads=kv_heads)).eval().to(dtype)
+        vocab_size=K, context_length=40, class_names=("a", "b"), width=width, layers=2,
+        heads=heads, kv_heads=kv_heads)).eval().to(dtype)
 
 
 @pytest.mark.parametrize(("dtype", "kv_heads"), [(torch.float32, 1), (torch.float32, 2),
@@ -331,12 +331,16 @@ def test_scripted_step_equals_the_python_step(monkeypatch, dtype, kv_heads):
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize(("packed", "share"), [(True, 4), (False, 4), (True, 0)])
-def test_native_step_equals_the_python_step(monkeypatch, packed, share):
+@pytest.mark.parametrize(("packed", "share", "width", "heads"),
+                         [(True, 4, 64, 4), (False, 4, 64, 4), (True, 0, 64, 4),
+                          (True, 4, 32, 4), (True, 4, 48, 3)])
+def test_native_step_equals_the_python_step(monkeypatch, packed, share, width, heads):
     """The C++ step (priors.native) gives the Python step's log-probs up to float rounding,
     through a prime, beams that coalesce (a shared past), rows with equal pasts and
     reorders (``share`` 4), or rows without families (``share`` 0, as sampling runs);
-    with oneDNN's packed products and with plain ones; it runs at every step."""
+    with oneDNN's packed products and with plain ones; with the attention in AVX-512
+    registers (4 heads of width 16, where the CPU has it) and in plain loops (width 8, or 3
+    heads); it runs at every step."""
     import shutil
 
     from priors import fast_llama, native
@@ -347,7 +351,8 @@ def test_native_step_equals_the_python_step(monkeypatch, packed, share):
     monkeypatch.setattr(fast_llama, "PACKED_PRODUCTS", packed)
     monkeypatch.setattr(fast_llama, "SCRIPTED_STEP", False)
     runs, calls, steps, shared, unique = step_on_and_off(
-        monkeypatch, native, "native_step", "NATIVE_STEP", step_prior(1), share=share, seed=6)
+        monkeypatch, native, "native_step", "NATIVE_STEP", step_prior(1, width=width, heads=heads),
+        share=share, seed=6)
     assert calls == steps  # the native step ran every step with the flag on
     if share:
         assert max(shared) > 0  # a shared past came

@@ -22,7 +22,10 @@ from typing import Any
 import torch
 
 SOURCE = Path(__file__).with_name("token_step.cpp")
-FLAGS = ["-O3", "-march=native", "-fopenmp-simd"]
+# -fopenmp: at::parallel_for runs on OpenMP; the library then needs libgomp.so.1, which
+# resolves to the copy torch has loaded already (one runtime, torch's threads)
+FLAGS = ["-O3", "-march=native", "-fopenmp"]
+LINK_FLAGS = ["-fopenmp"]
 _error: list[str] = []
 
 
@@ -37,8 +40,9 @@ def _cpu_key() -> str:
 
 def build_dir() -> Path:
     """Where this machine's build of the step lives."""
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), torch.__version__, " ".join(FLAGS),
-                                    _cpu_key(), sys.version]).encode()).hexdigest()[:16]
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), torch.__version__,
+                                    " ".join(FLAGS + LINK_FLAGS), _cpu_key(),
+                                    sys.version]).encode()).hexdigest()[:16]
     root = Path(os.environ.get("LASS_NATIVE_DIR") or Path.home() / ".cache" / "lass" / "native")
     return root / key
 
@@ -80,7 +84,8 @@ def native_step() -> Any:
             part.write_text(text)
             os.replace(part, source)
         load("lass_native_step", sources=[str(source)], extra_cflags=FLAGS,
-             build_directory=str(where), is_python_module=False, verbose=False)
+             extra_ldflags=LINK_FLAGS, build_directory=str(where), is_python_module=False,
+             verbose=False)
         op = torch.ops.lass_native.token_step
         stamp.write_text(f"{library.name} loaded\n")
         return op

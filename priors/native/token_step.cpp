@@ -3,14 +3,19 @@
 // priors.native (torch.utils.cpp_extension); priors.fast_llama falls back to the TorchScript
 // step where it does not build.
 //
-// The products by the weights stay oneDNN's packed linear (or torch.mm), and the attention
-// products stay batched products (the family's shared past, each row's own positions);
-// everything between them (RMS divisors, the rotary embedding, the key/value writes, one
-// softmax over both parts, SiLU times the up projection, the row copies for rows with equal
-// pasts) runs as loops over the rows here, where it took some 100 tensor operations per
-// step. The same computation as token_step up to float rounding: the exponential is a
-// polynomial (about 2 ulp), the norms and the rotation sum in another order.
+// The products by the weights stay oneDNN's packed linear (or torch.mm); everything else
+// runs as loops over the rows here (where it took some 100 tensor operations per step):
+// the RMS divisors, the rotary embedding, the key/value writes, SiLU times the up
+// projection, the row copies for rows with equal pasts, and the attention. The attention
+// runs for the computed rows only (rows with equal pasts attend alike), in parallel over
+// them (at::parallel_for, so torch's OpenMP threads), each row over its family's shared
+// past and then its own positions with one softmax per head; with AVX-512, a group of 4
+// query heads against one key row at a time in registers (a head width of 16, 32 or 64).
+// It was some 50-70 batched products of 4-row blocks per step before, which ran at a few
+// GFLOP/s. The same computation as token_step up to float rounding: the exponential is a
+// polynomial (about 2 ulp), the norms, the rotation and the attention sum in another order.
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
@@ -121,10 +126,125 @@ inline void rotate(const float* src, float div, const float* cos, const float* s
   }
 }
 
+// The attention of one computed row: its queries q: (heads, d) against positions [0, lo) of
+// its family's shared past (pk, pv; rows of stride ps) and positions [lo, lo + own) of its
+// own (ok_, ov; stride os_), one softmax per head over both; out: (heads, d). scratch holds
+// heads * (lo + own) floats.
+void attend(const float* __restrict q, int64_t heads, int64_t d, const float* pk,
+            const float* pv, int64_t ps, int64_t lo, const float* ok_, const float* ov,
+            int64_t os_, int64_t own, float* __restrict scratch, float* __restrict out) {
+  const int64_t n = lo + own;
+  for (int64_t p = 0; p < n; ++p) {
+    const float* __restrict k = p < lo ? pk + p * ps : ok_ + (p - lo) * os_;
+    for (int64_t h = 0; h < heads; ++h) {
+      const float* __restrict qh = q + h * d;
+      float acc = 0.f;
+#pragma omp simd reduction(+ : acc)
+      for (int64_t c = 0; c < d; ++c) acc += qh[c] * k[c];
+      scratch[h * n + p] = acc;
+    }
+  }
+  for (int64_t h = 0; h < heads; ++h) {
+    float* s = scratch + h * n;
+    const float m = max_of(s, n, -INFINITY);
+    const float inv = 1.f / exp_shifted(s, n, m);
+    scale(s, n, inv);
+  }
+  std::fill(out, out + heads * d, 0.f);
+  for (int64_t p = 0; p < n; ++p) {
+    const float* __restrict v = p < lo ? pv + p * ps : ov + (p - lo) * os_;
+    for (int64_t h = 0; h < heads; ++h) {
+      const float w = scratch[h * n + p];
+      float* __restrict o = out + h * d;
+#pragma omp simd
+      for (int64_t c = 0; c < d; ++c) o[c] += w * v[c];
+    }
+  }
+}
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+// The sums of four vectors, in lanes 0, 4, 8 and 12.
+inline __m512 sums4(__m512 a, __m512 b, __m512 c, __m512 e) {
+  // halves: [a lo + a hi | b lo + b hi] (8 lanes each)
+  const __m512 ab =
+      _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));
+  const __m512 ce =
+      _mm512_add_ps(_mm512_shuffle_f32x4(c, e, 0x44), _mm512_shuffle_f32x4(c, e, 0xEE));
+  // quarters: [a | b | c | e], 4 lanes each
+  __m512 s = _mm512_add_ps(_mm512_shuffle_f32x4(ab, ce, 0x88), _mm512_shuffle_f32x4(ab, ce, 0xDD));
+  s = _mm512_add_ps(s, _mm512_permute_ps(s, 0x4E));  // + the other pair of each quarter
+  return _mm512_add_ps(s, _mm512_permute_ps(s, 0xB1));  // + the neighbour
+}
+
+// attend() for heads H (a multiple of 4) and head width 16 J, in AVX-512 registers.
+template <int H, int J>
+void attend_fast(const float* __restrict q, const float* pk, const float* pv, int64_t ps,
+                 int64_t lo, const float* ok_, const float* ov, int64_t os_, int64_t own,
+                 float* __restrict scratch, float* __restrict out) {
+  const int64_t n = lo + own;
+  __m512 qv[H][J];
+  for (int h = 0; h < H; ++h)
+    for (int j = 0; j < J; ++j) qv[h][j] = _mm512_loadu_ps(q + (h * J + j) * 16);
+  alignas(64) float lanes[16];
+  for (int64_t p = 0; p < n; ++p) {
+    const float* k = p < lo ? pk + p * ps : ok_ + (p - lo) * os_;
+    __m512 kv[J];
+    for (int j = 0; j < J; ++j) kv[j] = _mm512_loadu_ps(k + j * 16);
+    for (int h0 = 0; h0 < H; h0 += 4) {
+      __m512 t[4];
+      for (int g = 0; g < 4; ++g) {
+        t[g] = _mm512_mul_ps(qv[h0 + g][0], kv[0]);
+        for (int j = 1; j < J; ++j) t[g] = _mm512_fmadd_ps(qv[h0 + g][j], kv[j], t[g]);
+      }
+      _mm512_store_ps(lanes, sums4(t[0], t[1], t[2], t[3]));
+      for (int g = 0; g < 4; ++g) scratch[(h0 + g) * n + p] = lanes[4 * g];
+    }
+  }
+  for (int h = 0; h < H; ++h) {
+    float* s = scratch + h * n;
+    const float m = max_of(s, n, -INFINITY);
+    scale(s, n, 1.f / exp_shifted(s, n, m));
+  }
+  __m512 acc[H][J];
+  for (int h = 0; h < H; ++h)
+    for (int j = 0; j < J; ++j) acc[h][j] = _mm512_setzero_ps();
+  for (int64_t p = 0; p < n; ++p) {
+    const float* v = p < lo ? pv + p * ps : ov + (p - lo) * os_;
+    __m512 vv[J];
+    for (int j = 0; j < J; ++j) vv[j] = _mm512_loadu_ps(v + j * 16);
+    for (int h = 0; h < H; ++h) {
+      const __m512 w = _mm512_set1_ps(scratch[h * n + p]);
+      for (int j = 0; j < J; ++j) acc[h][j] = _mm512_fmadd_ps(w, vv[j], acc[h][j]);
+    }
+  }
+  for (int h = 0; h < H; ++h)
+    for (int j = 0; j < J; ++j) _mm512_storeu_ps(out + (h * J + j) * 16, acc[h][j]);
+}
+#endif
+
+// attend() with AVX-512 registers where the shape allows.
+void attend_row(const float* q, int64_t heads, int64_t d, const float* pk, const float* pv,
+                int64_t ps, int64_t lo, const float* ok_, const float* ov, int64_t os_,
+                int64_t own, float* scratch, float* out) {
+#if defined(__AVX512F__)
+  if (heads == 4 && d == 64)
+    return attend_fast<4, 4>(q, pk, pv, ps, lo, ok_, ov, os_, own, scratch, out);
+  if (heads == 4 && d == 32)
+    return attend_fast<4, 2>(q, pk, pv, ps, lo, ok_, ov, os_, own, scratch, out);
+  if (heads == 4 && d == 16)
+    return attend_fast<4, 1>(q, pk, pv, ps, lo, ok_, ov, os_, own, scratch, out);
+  if (heads == 8 && d == 64)
+    return attend_fast<8, 4>(q, pk, pv, ps, lo, ok_, ov, os_, own, scratch, out);
+#endif
+  attend(q, heads, d, pk, pv, ps, lo, ok_, ov, os_, own, scratch, out);
+}
+
 Tensor token_step(Tensor x, std::vector<Tensor> weights, Tensor head, std::vector<Tensor> views,
                   std::vector<Tensor> prefix, Tensor rot, int64_t pos, int64_t lo, int64_t fam,
                   int64_t heads, int64_t kv_heads, int64_t inner, Tensor eps_root, bool packed,
-                  std::optional<Tensor> keep, std::optional<Tensor> spread) {
+                  std::optional<Tensor> keep, std::optional<Tensor> spread,
+                  std::optional<Tensor> family_shared) {
   TORCH_CHECK(kv_heads == 1, "lass_native::token_step: one key/value head only");
   TORCH_CHECK(x.scalar_type() == at::kFloat && x.device().is_cpu(),
               "lass_native::token_step: float32 on a CPU only");
@@ -135,7 +255,6 @@ Tensor token_step(Tensor x, std::vector<Tensor> weights, Tensor head, std::vecto
   const int64_t d = rot.size(0), half = d / 2;
   const int64_t width = x.size(1);
   const int64_t qkv_width = (heads + 2) * d;
-  const int64_t own = pos + 1 - lo;
   const float eps = eps_root.item<float>();
   x = x.contiguous();
   int64_t unique = x.size(0);
@@ -165,28 +284,30 @@ Tensor token_step(Tensor x, std::vector<Tensor> weights, Tensor head, std::vecto
               "lass_native::token_step: keep does not match x");
   const auto opts = x.options();
   std::vector<float> divs(unique);
-  Tensor q = at::empty({rows, heads, d}, opts);
+  Tensor q = at::empty({unique, heads, d}, opts);
   Tensor out_kept = at::empty({unique, heads * d}, opts);
-  // the computed rows' places in their families' blocks of queries for the shared past:
-  // families x most (the most computed rows of a family), unused places zero
-  const int64_t families = lo > 0 ? rows / fam : 0;
-  int64_t most = 0;
-  std::vector<int64_t> place(unique);
-  if (lo > 0) {
-    TORCH_CHECK(fam > 0 && rows % fam == 0, "lass_native::token_step: bad families");
-    std::vector<int64_t> count(families, 0);
-    for (int64_t i = 0; i < unique; ++i) {
-      TORCH_CHECK(kept[i] >= 0 && kept[i] < rows, "lass_native::token_step: bad keep");
-      most = std::max(most, ++count[kept[i] / fam]);
-    }
-    std::fill(count.begin(), count.end(), 0);
-    for (int64_t i = 0; i < unique; ++i) {
-      const int64_t f = kept[i] / fam;
-      place[i] = f * most + count[f]++;
-    }
+  // each family's shared past: lo for all, or family_shared: (rows / fam,) one per family
+  std::vector<int64_t> family_lo;
+  if (family_shared) {
+    Tensor s = family_shared->to(at::kLong).contiguous();
+    family_lo.assign(s.data_ptr<int64_t>(), s.data_ptr<int64_t>() + s.numel());
   }
-  Tensor q_fam = at::zeros({families, most, heads, d}, opts);
-  Tensor own_scores = at::empty({rows, heads, own}, opts);
+  int64_t longest = lo;
+  for (const int64_t v : family_lo) {
+    TORCH_CHECK(v >= 0 && v <= pos, "lass_native::token_step: bad family_shared");
+    longest = std::max(longest, v);
+  }
+  TORCH_CHECK(lo >= 0 && lo <= pos, "lass_native::token_step: bad lo");
+  if (longest > 0 || !family_lo.empty()) {
+    TORCH_CHECK(fam > 0 && rows % fam == 0, "lass_native::token_step: bad families");
+    TORCH_CHECK(family_lo.empty() || static_cast<int64_t>(family_lo.size()) == rows / fam,
+                "lass_native::token_step: family_shared does not match the families");
+  }
+  if (longest > 0)
+    TORCH_CHECK(static_cast<int64_t>(prefix.size()) == 2 * layers,
+                "lass_native::token_step: a shared past needs its prefix views");
+  for (int64_t i = 0; i < unique; ++i)
+    TORCH_CHECK(kept[i] >= 0 && kept[i] < rows, "lass_native::token_step: bad keep");
   Tensor act = at::empty({unique, inner}, opts);
 
   for (int64_t li = 0; li < layers; ++li) {
@@ -204,12 +325,14 @@ Tensor token_step(Tensor x, std::vector<Tensor> weights, Tensor head, std::vecto
     Tensor qkv = product(x, weights[4 * li], packed).contiguous();
     const float* qp = qkv.data_ptr<float>();
     float* qd = q.data_ptr<float>();
+    for (int64_t i = 0; i < unique; ++i)
+      for (int64_t h = 0; h < heads; ++h)
+        rotate(qp + i * qkv_width + h * d, divs[i], cos.data(), sin.data(), d,
+               qd + (i * heads + h) * d);
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t s = src_row[r];
       const float* src = qp + s * qkv_width;
       const float div = divs[s];
-      for (int64_t h = 0; h < heads; ++h)
-        rotate(src + h * d, div, cos.data(), sin.data(), d, qd + (r * heads + h) * d);
       rotate(src + heads * d, div, cos.data(), sin.data(), d, kb + r * ks0 + pos * ks2);
       const float* v_src = src + (heads + 1) * d;
       float* v_dst = vb + r * vs0 + pos * vs2;
@@ -217,54 +340,36 @@ Tensor token_step(Tensor x, std::vector<Tensor> weights, Tensor head, std::vecto
       for (int64_t c = 0; c < d; ++c) v_dst[c] = v_src[c] / div;
     }
 
-    // scores: each row's own positions (one batched product over the rows), and the
-    // family's shared past (one over the families, for the rows computed only: rows with
-    // equal pasts have equal attention)
-    Tensor k_own = k_view.select(1, 0).narrow(1, lo, own);  // (rows, own, d)
-    Tensor v_own = v_view.select(1, 0).narrow(1, lo, own);
-    float* os = own_scores.data_ptr<float>();  // (rows * heads, own)
-    at::bmm_out(own_scores, q, k_own.transpose(1, 2));
-    Tensor pre_scores;
-    float* pre = nullptr;  // (families * most * heads, lo)
-    if (lo > 0) {
-      float* qf = q_fam.data_ptr<float>();
-      for (int64_t i = 0; i < unique; ++i)
-        std::memcpy(qf + place[i] * heads * d, qd + kept[i] * heads * d,
-                    heads * d * sizeof(float));
-      Tensor k_pre = prefix[2 * li].select(1, 0).narrow(1, 0, lo);  // (families, lo, d)
-      pre_scores = at::bmm(q_fam.view({families, most * heads, d}), k_pre.transpose(1, 2));
-      pre = pre_scores.data_ptr<float>();
+    // attention, for the computed rows only: rows with equal pasts attend alike
+    const float* pk = nullptr;
+    const float* pv = nullptr;
+    int64_t ps0 = 0, ps = 0;
+    if (longest > 0) {
+      const Tensor& pkt = prefix[2 * li];
+      const Tensor& pvt = prefix[2 * li + 1];
+      TORCH_CHECK(pkt.stride(3) == 1 && pvt.stride(3) == 1 && pkt.stride(0) == pvt.stride(0)
+                  && pkt.stride(2) == pvt.stride(2),
+                  "lass_native::token_step: bad shared past");
+      pk = pkt.data_ptr<float>();
+      pv = pvt.data_ptr<float>();
+      ps0 = pkt.stride(0);
+      ps = pkt.stride(2);
     }
-    // one softmax over both parts of every computed query
-    for (int64_t i = 0; i < unique; ++i)
-      for (int64_t h = 0; h < heads; ++h) {
-        float* a = pre ? pre + (place[i] * heads + h) * lo : nullptr;
-        float* b = os + (kept[i] * heads + h) * own;
-        float m = max_of(b, own, a ? max_of(a, lo, -INFINITY) : -INFINITY);
-        const float sum = (a ? exp_shifted(a, lo, m) : 0.f) + exp_shifted(b, own, m);
-        const float inv = 1.f / sum;
-        if (a) scale(a, lo, inv);
-        scale(b, own, inv);
-      }
-    // values (rows not computed get values of unnormalised scores: never read)
-    Tensor own_out = at::bmm(own_scores, v_own);  // (rows, heads, d)
-    const float* oo = own_out.data_ptr<float>();
+    TORCH_CHECK(ks2 == vs2, "lass_native::token_step: keys and values differ in layout");
     float* ok = out_kept.data_ptr<float>();  // (unique, heads * d)
-    if (lo > 0) {
-      Tensor v_pre = prefix[2 * li + 1].select(1, 0).narrow(1, 0, lo);
-      Tensor pre_out = at::bmm(pre_scores.view({families, most * heads, lo}), v_pre);
-      const float* po = pre_out.data_ptr<float>();
-      for (int64_t i = 0; i < unique; ++i) {
-        const float* x1 = po + place[i] * heads * d;
-        const float* x2 = oo + kept[i] * heads * d;
-        float* o = ok + i * heads * d;
-#pragma omp simd
-        for (int64_t c = 0; c < heads * d; ++c) o[c] = x1[c] + x2[c];
+    at::parallel_for(0, unique, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> scratch(heads * (pos + 1));
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t r = kept[i];
+        const int64_t f = fam > 0 ? r / fam : 0;
+        const int64_t row_lo = family_lo.empty() ? lo : family_lo[f];
+        const float* a_pk = pk ? pk + f * ps0 : nullptr;
+        const float* a_pv = pv ? pv + f * ps0 : nullptr;
+        attend_row(qd + i * heads * d, heads, d, a_pk, a_pv, ps, row_lo,
+                   kb + r * ks0 + row_lo * ks2, vb + r * vs0 + row_lo * vs2, ks2,
+                   pos + 1 - row_lo, scratch.data(), ok + i * heads * d);
       }
-    } else {
-      for (int64_t i = 0; i < unique; ++i)
-        std::memcpy(ok + i * heads * d, oo + kept[i] * heads * d, heads * d * sizeof(float));
-    }
+    });
     x = product_add(x, out_kept, weights[4 * li + 1], packed).contiguous();
 
     // MLP
@@ -272,10 +377,12 @@ Tensor token_step(Tensor x, std::vector<Tensor> weights, Tensor head, std::vecto
     Tensor gu = product(x, weights[4 * li + 2], packed).contiguous();
     const float* g = gu.data_ptr<float>();
     float* ad = act.data_ptr<float>();
-    for (int64_t r = 0; r < unique; ++r) {
-      const float* gr = g + r * 2 * inner;
-      silu_mul(gr, gr + inner, divs[r], inner, ad + r * inner);
-    }
+    at::parallel_for(0, unique, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const float* gr = g + r * 2 * inner;
+        silu_mul(gr, gr + inner, divs[r], inner, ad + r * inner);
+      }
+    });
     x = product_add(x, act, weights[4 * li + 3], packed).contiguous();
   }
   rms_divisors(x.data_ptr<float>(), unique, width, eps, divs.data());
@@ -299,6 +406,7 @@ TORCH_LIBRARY(lass_native, m) {
   m.def(
       "token_step(Tensor x, Tensor[] weights, Tensor head, Tensor[] views, Tensor[] prefix, "
       "Tensor rot, int pos, int lo, int fam, int heads, int kv_heads, int inner, "
-      "Tensor eps_root, bool packed, Tensor? keep, Tensor? spread) -> Tensor",
+      "Tensor eps_root, bool packed, Tensor? keep, Tensor? spread, Tensor? family_shared) "
+      "-> Tensor",
       token_step);
 }
