@@ -365,7 +365,12 @@ class KVBuffer:
     so the attention reads it once for all of the family's rows (one product with all their
     queries) and :meth:`reorder` copies only the positions after it. Which past is common is
     found from the reorders alone: every ``stride`` positions a mark records each row's
-    ancestor, and a mark whose ancestors agree within every family moves ``shared`` up to it.
+    ancestor, and a mark whose ancestors agree within a family moves that family's
+    :attr:`family_shared` up to it. :attr:`shared`, the least of them, is what every row
+    need not hold: the rows hold positions from there on, and each family's prefix holds its
+    own longer common past too, which the C++ step (:mod:`priors.native`) reads from the
+    prefix (where each family's own positions then start at its own shared length; with
+    many families the slowest would otherwise set the length of all of them).
 
     The bookkeeping (families, marks, twins) is a few integers per row, kept in NumPy on the
     host: a search step then costs a handful of NumPy operations of about a microsecond each
@@ -378,7 +383,10 @@ class KVBuffer:
         spare: a second buffer of the same shape that :meth:`reorder` writes into.
         length: filled positions.
         share: rows per family (0: nothing is shared).
-        shared: positions held in :attr:`prefix` for every family.
+        shared: positions held in :attr:`prefix` for every family (the least of
+            :attr:`family_shared`).
+        family_shared: ``(rows / share,)`` NumPy int64, the positions held in :attr:`prefix`
+            for each family (each >= :attr:`shared`), or ``None`` without families.
         prefix: ``(rows / share, layers, 2, kv_heads, capacity, head_dim)`` or ``None``.
         twin: ``(rows,)`` NumPy int64, for each row the first row whose past equals its own,
             or ``None`` (followed only when made with ``share`` > 1).
@@ -395,8 +403,12 @@ class KVBuffer:
         self._family = np.arange(rows) // self.share if self.share else None
         self.stride = max(1, stride)
         self.shared = 0
+        self.family_shared: np.ndarray | None = (np.zeros(rows // self.share, dtype=np.int64)
+                                                 if self.share else None)
         self.prefix: torch.Tensor | None = None
         self._marks: list[int] = []  # lengths at which each mark was taken
+        # per family, how many of the marks its family_shared has passed already
+        self._passed = np.zeros(rows // self.share if self.share else 0, dtype=np.int64)
         self._origin = np.empty((rows, 0), dtype=np.int64)
         # twin[i]: the first row whose past equals row i's (at the start all are empty).
         # Followed only for beams (share > 1): independent samples seldom have equal pasts.
@@ -428,9 +440,7 @@ class KVBuffer:
         if self.shared and self.prefix is not None:
             n = self.shared
             self.data[..., :n, :] = self.prefix[..., :n, :].repeat_interleave(self.share, 0)
-        self.shared = 0
-        self._marks = []
-        self._origin = self._origin[:, :0]
+        self._restart_sharing(0)
 
     def common_start(self, ids: torch.Tensor) -> int:
         """How many leading tokens of ``ids: (rows, n)`` agree within every family (0
@@ -445,8 +455,15 @@ class KVBuffer:
         """Note that :attr:`prefix` holds positions ``[0, shared)`` of every family (written
         by the caller) and the rows hold only the positions after them; no marks are
         pending."""
+        self._restart_sharing(shared)
+
+    def _restart_sharing(self, shared: int) -> None:
+        """Every family shares positions ``[0, shared)``; no marks are pending."""
         self.shared = shared
+        if self.family_shared is not None:
+            self.family_shared[:] = shared
         self._marks = []
+        self._passed[:] = 0
         self._origin = self._origin[:, :0]
 
     def family_prefix(self) -> torch.Tensor:
@@ -459,23 +476,44 @@ class KVBuffer:
     def _stop_sharing(self) -> None:
         """Every row holds its whole past again, and no families are kept from now on."""
         self.unshare()
-        self.share, self._family = 0, None
+        self.share, self._family, self.family_shared = 0, None, None
+        self._passed = self._passed[:0]
 
     def _commit(self) -> None:
-        """Move :attr:`shared` up to the latest mark whose ancestors agree in every family."""
-        if not self._marks:
+        """Move each family's :attr:`family_shared` up to its latest mark whose ancestors
+        agree within the family (copying those positions of any of its rows into the
+        prefix), and :attr:`shared` up to the least of them; drop the marks every family
+        has passed."""
+        if not self._marks or self.family_shared is None:
             return
         fam = self._origin.reshape(-1, self.share, len(self._marks))
-        agree = (fam == fam[:, :1]).all(axis=1).all(axis=0)  # (marks,): True, then False
-        done = int(agree.sum())
-        if not done:
-            return
-        end = self._marks[done - 1]
-        first = self.data[:: self.share]  # any row of a family holds its common past
-        self.family_prefix()[..., self.shared: end, :] = first[..., self.shared: end, :]
-        self.shared = end
-        self._marks = self._marks[done:]
-        self._origin = self._origin[:, done:]
+        agree = (fam == fam[:, :1]).all(axis=1)  # (families, marks): True, then False
+        done = agree.cumprod(axis=1).sum(axis=1)
+        moved = np.flatnonzero(done > self._passed)
+        if moved.size:
+            prefix = self.family_prefix()
+            ends = np.asarray(self._marks)[done[moved] - 1]
+            starts = self.family_shared[moved]
+            # (the families that move the same span, in one copy)
+            spans: dict[tuple[int, int], list[int]] = {}
+            for f, a, b in zip(moved.tolist(), starts.tolist(), ends.tolist(), strict=True):
+                spans.setdefault((a, b), []).append(f)
+            for (a, b), fams in spans.items():
+                if len(fams) == 1:
+                    f = fams[0]
+                    prefix[f, ..., a:b, :] = self.data[f * self.share, ..., a:b, :]
+                else:
+                    which = torch.tensor(fams, device=self.data.device)
+                    prefix[..., a:b, :].index_copy_(
+                        0, which, self.data[..., a:b, :].index_select(0, which * self.share))
+            self.family_shared[moved] = ends
+            self._passed[moved] = done[moved]
+        drop = int(self._passed.min())
+        if drop:
+            self._marks = self._marks[drop:]
+            self._origin = self._origin[:, drop:]
+            self._passed -= drop
+        self.shared = int(self.family_shared.min())
 
     def extend(self, ids: torch.Tensor) -> None:
         """Note that ``ids: (rows, n)`` are appended to the rows' pasts (for :attr:`twin`)."""
@@ -731,17 +769,23 @@ class LlamaStepper:
                 ids = ids.index_select(0, keep)
         lo = cache.shared
         views = cache.layer_views(cache.data)
-        prefix = cache.layer_views(cache.prefix) if lo and cache.prefix is not None else []
         packed = self.packed is not None
         native = self._native()
         if native is not None:
+            # each family's own shared length (the rows hold positions from lo on)
+            fams = cache.family_shared
+            longer = fams is not None and int(fams.max()) > lo
+            prefix = (cache.layer_views(cache.prefix) if (lo or longer) and cache.prefix
+                      is not None else [])
             logits = native(
                 F.embedding(ids, self.embed), self._flat_weights, self._head(),
                 [t for kv in views for t in kv], [t for kv in prefix for t in kv],
                 self.rotation[pos], pos, lo, cache.share, self.heads, self.kv_heads,
-                self.inner_size, self._eps_root, packed, keep, spread, None)
+                self.inner_size, self._eps_root, packed, keep, spread,
+                torch.from_numpy(fams) if longer else None)
             cache.length = pos + 1
             return logits
+        prefix = cache.layer_views(cache.prefix) if lo and cache.prefix is not None else []
         step = scripted_step() if SCRIPTED_STEP else None
         logits = (step or token_step)(
             F.embedding(ids, self.embed), self.packed if packed else self.layers,  # type: ignore[arg-type]

@@ -262,7 +262,8 @@ def step_on_and_off(monkeypatch, module, getter: str, flag: str, prior: Transfor
     counted).
 
     Returns the log-probs of both runs, the calls, the steps per run, and after each step
-    the buffer's shared positions and its computed rows (where equal pasts are followed).
+    the buffer's shared positions (of its slowest family, and of its fastest) and its
+    computed rows (where equal pasts are followed).
     """
     from priors import fast_llama
 
@@ -289,7 +290,8 @@ def step_on_and_off(monkeypatch, module, getter: str, flag: str, prior: Transfor
 
     def watch(state) -> None:
         buffer = state.cache.buffer
-        shared.append(buffer.shared)
+        fams = buffer.family_shared
+        shared.append((buffer.shared, buffer.shared if fams is None else int(fams.max())))
         if buffer.twin is not None:
             unique.append(int((buffer.twin == np.arange(rows)).sum()))
 
@@ -324,7 +326,7 @@ def test_scripted_step_equals_the_python_step(monkeypatch, dtype, kv_heads):
         monkeypatch, fast_llama, "scripted_step", "SCRIPTED_STEP", step_prior(kv_heads, dtype),
         share=4, seed=5)
     assert calls == steps  # the compiled step ran every step with the flag on
-    assert max(shared) > 0  # a shared past came
+    assert max(least for least, _ in shared) > 0  # a shared past came
     assert min(unique) <= 4  # and rows with equal pasts
     for a, b in zip(*runs, strict=True):
         assert a.dtype == dtype
@@ -351,14 +353,16 @@ def test_native_step_equals_the_python_step(monkeypatch, packed, share, width, h
     monkeypatch.setattr(fast_llama, "PACKED_PRODUCTS", packed)
     monkeypatch.setattr(fast_llama, "SCRIPTED_STEP", False)
     runs, calls, steps, shared, unique = step_on_and_off(
-        monkeypatch, native, "native_step", "NATIVE_STEP", step_prior(1, width=width, heads=heads),
-        share=share, seed=6)
+        monkeypatch, native, "native_step", "NATIVE_STEP",
+        step_prior(1, width=width, heads=heads), share=share, seed=6)
     assert calls == steps  # the native step ran every step with the flag on
     if share:
-        assert max(shared) > 0  # a shared past came
+        assert max(least for least, _ in shared) > 0  # a shared past came
+        # and one family's shared past longer than the other's (read from its prefix)
+        assert any(most > least for least, most in shared)
         assert min(unique) <= 4  # and rows with equal pasts
     else:
-        assert max(shared) == 0
+        assert max(most for _, most in shared) == 0
     for a, b in zip(*runs, strict=True):
         torch.testing.assert_close(a, b, atol=2e-5, rtol=0)
 
