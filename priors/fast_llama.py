@@ -350,6 +350,13 @@ def _first_equal(same: np.ndarray) -> np.ndarray:
     return same.argmax(axis=1)
 
 
+def _native_ops() -> Any:
+    """``torch.ops.lass_native`` where :mod:`priors.native` has loaded it, else None."""
+    from priors import native
+
+    return native.loaded()
+
+
 def host_index(index: torch.Tensor) -> np.ndarray:
     """``index`` as an int64 NumPy array on the host (no copy for a CPU tensor)."""
     return index.detach().to("cpu", torch.long).numpy()
@@ -559,14 +566,19 @@ class KVBuffer:
         dst = np.flatnonzero(moved)
         if dst.size == 0:  # every row continues its own past
             return
-        if dst.size * 2 < self.rows:
-            src = idx[dst]
-            if not moved[src].any():  # no source is overwritten: move rows in place
-                filled = self.data[..., lo:n, :]
-                device = self.data.device
-                filled.index_copy_(0, torch.from_numpy(dst).to(device),
-                                   filled.index_select(0, torch.from_numpy(src).to(device)))
-                return
+        src = idx[dst]
+        ops = _native_ops() if self.data.device.type == "cpu" else None
+        if ops is not None and not moved[src].any():
+            # no source is overwritten: the moved rows in place, one copy each (C++)
+            ops.copy_rows(self.data, dst.tolist(), src.tolist(), lo, n, self.data.shape[-2])
+            return
+        if dst.size * 2 < self.rows and not moved[src].any():
+            # no source is overwritten: move rows in place
+            filled = self.data[..., lo:n, :]
+            device = self.data.device
+            filled.index_copy_(0, torch.from_numpy(dst).to(device),
+                               filled.index_select(0, torch.from_numpy(src).to(device)))
+            return
         if self.spare is None:
             self.spare = torch.empty_like(self.data)
         torch.index_select(self.data[..., lo:n, :], 0, index, out=self.spare[..., lo:n, :])

@@ -402,6 +402,29 @@ def test_a_built_native_step_loads_without_the_build_tools(tmp_path):
     assert not (where / native.STAMP).exists()
 
 
+@pytest.mark.parametrize("index", [[0, 0, 2, 3, 2, 5], [1, 1, 1, 1, 1, 1], [1, 0, 2, 3, 4, 5]])
+def test_reorders_copy_the_rows_they_move(monkeypatch, index):
+    """A key/value buffer's reorder gives every row the past of the row it continues, with
+    the C++ row copy (a few rows moved in place, or most) and without it (the library's
+    copies; rows that swap, whose sources are overwritten, always take that way)."""
+    import shutil
+
+    from priors import fast_llama, native
+
+    if shutil.which("c++") is None and shutil.which("g++") is None:
+        pytest.skip("no C++ compiler here")
+    assert native.native_step() is not None, native.native_error()
+    gen = torch.Generator().manual_seed(3)
+    for ops in (native.loaded(), None):
+        monkeypatch.setattr(fast_llama, "_native_ops", lambda ops=ops: ops)
+        buffer = fast_llama.KVBuffer(6, 2, 1, 12, 8, torch.float32, torch.device("cpu"))
+        buffer.data.copy_(torch.randn(buffer.data.shape, generator=gen))
+        buffer.length = 9
+        before = buffer.data[..., :9, :].clone()
+        buffer.reorder(torch.tensor(index))
+        assert torch.equal(buffer.data[..., :9, :], before[index])
+
+
 def test_rows_with_equal_pasts_equal_the_library_path():
     """Beams whose pasts are equal (they differ only in the other source) are computed once by
     the stepper; every row's log-probs still equal those of the ``transformers`` path, which

@@ -27,6 +27,7 @@ SOURCE = Path(__file__).with_name("token_step.cpp")
 FLAGS = ["-O3", "-march=native", "-fopenmp"]
 LINK_FLAGS = ["-fopenmp"]
 _error: list[str] = []
+_loaded: list[Any] = []  # torch.ops.lass_native, once loaded
 
 
 def _cpu_key() -> str:
@@ -64,6 +65,7 @@ def native_step() -> Any:
     if library.exists() and stamp.exists():
         try:
             torch.ops.load_library(str(library))
+            _loaded.append(torch.ops.lass_native)
             return torch.ops.lass_native.token_step
         except (OSError, RuntimeError):  # a damaged library: build it again
             stamp.unlink(missing_ok=True)
@@ -87,11 +89,18 @@ def native_step() -> Any:
              extra_ldflags=LINK_FLAGS, build_directory=str(where), is_python_module=False,
              verbose=False)
         op = torch.ops.lass_native.token_step
+        _loaded.append(torch.ops.lass_native)
         stamp.write_text(f"{library.name} loaded\n")
         return op
     except Exception as err:  # whatever the build raises: the TorchScript step runs instead
         _error.append(str(err).strip().splitlines()[-1] if str(err).strip() else repr(err))
         return None
+
+
+def loaded() -> Any:
+    """``torch.ops.lass_native`` (``token_step`` and ``copy_rows``) if :func:`native_step`
+    has built and loaded it in this process, else None; never builds."""
+    return _loaded[0] if _loaded else None
 
 
 def native_error() -> str | None:

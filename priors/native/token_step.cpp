@@ -400,9 +400,40 @@ Tensor token_step(Tensor x, std::vector<Tensor> weights, Tensor head, std::vecto
   return result;
 }
 
+// Positions [lo, n) of row src[i] copied over those of row dst[i], in place, for data:
+// (rows, blocks..., capacity, width) contiguous on a CPU (a key/value buffer); no dst may be
+// a src (the caller checks). One memcpy per row and block: no temporary, no other rows.
+void copy_rows(Tensor data, std::vector<int64_t> dst, std::vector<int64_t> src, int64_t lo,
+               int64_t n, int64_t capacity) {
+  TORCH_CHECK(data.device().is_cpu() && data.is_contiguous(),
+              "lass_native::copy_rows: a contiguous CPU buffer only");
+  TORCH_CHECK(dst.size() == src.size(), "lass_native::copy_rows: dst and src differ in size");
+  const int64_t rows = data.size(0);
+  TORCH_CHECK(data.dim() >= 3 && data.size(-2) == capacity && 0 <= lo && lo <= n &&
+                  n <= capacity,
+              "lass_native::copy_rows: bad positions");
+  if (n == lo || dst.empty()) return;
+  const int64_t width = data.size(-1);
+  const int64_t blocks = data.numel() / (rows * capacity * width);
+  const int64_t item = data.element_size();
+  const int64_t row_bytes = blocks * capacity * width * item;
+  const int64_t block_bytes = capacity * width * item;
+  char* base = static_cast<char*>(data.data_ptr());
+  for (size_t i = 0; i < dst.size(); ++i) {
+    TORCH_CHECK(0 <= dst[i] && dst[i] < rows && 0 <= src[i] && src[i] < rows,
+                "lass_native::copy_rows: bad row");
+    char* to = base + dst[i] * row_bytes + lo * width * item;
+    const char* from = base + src[i] * row_bytes + lo * width * item;
+    for (int64_t b = 0; b < blocks; ++b)
+      std::memcpy(to + b * block_bytes, from + b * block_bytes, (n - lo) * width * item);
+  }
+}
+
 }  // namespace
 
 TORCH_LIBRARY(lass_native, m) {
+  m.def("copy_rows(Tensor(a!) data, int[] dst, int[] src, int lo, int n, int capacity) -> ()",
+        copy_rows);
   m.def(
       "token_step(Tensor x, Tensor[] weights, Tensor head, Tensor[] views, Tensor[] prefix, "
       "Tensor rot, int pos, int lo, int fam, int heads, int kv_heads, int inner, "
