@@ -227,6 +227,24 @@ class _PriorStream:
         self.state = self.prior.reorder(self.state, index)
 
 
+# Whether beam search over candidates that a mixture's beams share takes one C++ step
+# (lass_native::beam_select, where priors.native has loaded) for the scores, the choice of
+# beams and their slots; False: the tensor code.
+NATIVE_BEAM_SELECT = True
+
+
+def _native_beam_select() -> Callable[..., list[torch.Tensor]] | None:
+    """``torch.ops.lass_native.beam_select`` where it applies (:data:`NATIVE_BEAM_SELECT`,
+    the C++ library builds and loads: :func:`priors.native.native_step`), else None."""
+    if not NATIVE_BEAM_SELECT:
+        return None
+    from priors import native
+
+    native.native_step()
+    ops = native.loaded()
+    return None if ops is None else ops.beam_select
+
+
 def _keep_slots(parent: np.ndarray) -> np.ndarray:
     """Which new beam goes to which row, so that as few key/value rows as possible move.
 
@@ -541,6 +559,7 @@ def separate_tokens(mix_codes: torch.Tensor, priors: Sequence[Prior],
     resample_below = (sampler.resample * width) if isinstance(sampler, Ancestral) else 0.0
     log_weight = torch.zeros(batch, width, device=device)
     resamplings = torch.zeros(batch, dtype=torch.long, device=device)
+    beam_select = _native_beam_select() if beam and device.type == "cpu" else None
     for t in range(length):
         if shared:
             lp1, lp2 = streams[0].next(history, t).chunk(2)
@@ -562,6 +581,20 @@ def separate_tokens(mix_codes: torch.Tensor, priors: Sequence[Prior],
             assert steps is not None
             first, second, log_lik = _count_candidates(steps, t, mix_of_row, width, lp1, lp2,
                                                        fallback_top, prior_top)
+        fused = beam_select if (beam and (first.stride(1) == 0 or width == 1)
+                                and lp1.dtype == torch.float32
+                                and lp1.device.type == "cpu") else None
+        if fused is not None:
+            # the candidates every beam of a mixture shares: scores, the best beams, their
+            # slots and tokens in one C++ step (the same as the tensor code below)
+            total, parent, tok1, tok2 = fused(lp1, lp2, first[:, 0], second[:, 0],
+                                              log_lik[:, 0], total)
+            history = _move_rows(parent.numpy(), streams, history, shared)
+            history[0][:, t] = tok1
+            history[1][:, t] = tok2
+            if progress is not None:
+                progress(t + 1, length)
+            continue
         # (batch, width, C): log p1(i) + log p2(j) + lam log p(m | i, j) for each row's pairs
         score = (lp1.view(batch, width, k).gather(2, first)
                  + lp2.view(batch, width, k).gather(2, second) + log_lik)

@@ -141,6 +141,43 @@ def test_beam_search_is_batched_exactly():
         torch.testing.assert_close(together.score[b], alone.score[0])
 
 
+@pytest.mark.parametrize(("k", "beams", "density"), [(5, 6, 0.6), (4, 20, 0.3), (6, 1, 0.9)])
+def test_native_beam_select_equals_the_tensor_code(monkeypatch, k, beams, density):
+    """The C++ beam step (the scores of the candidates a mixture's beams share, the best
+    beams, their slots and tokens) gives the tensor code's search exactly: 3 mixtures
+    batched, with steps of fewer candidates than beams, padded candidates (mixtures with
+    fewer than the step's most), and one beam."""
+    import shutil
+
+    from lass import sampling
+    from priors import native
+
+    if shutil.which("c++") is None and shutil.which("g++") is None:
+        pytest.skip("no C++ compiler here")
+    problems = [build(k, 7, seed, density=density) for seed in (4, 5, 6)]
+    p1, p2, lik, _ = problems[0]
+    mix = torch.cat([pr[3] for pr in problems])
+    calls = []
+    assert sampling._native_beam_select() is not None, native.native_error()
+    op = native.loaded().beam_select
+
+    def counted(*args):
+        calls.append(1)
+        return op(*args)
+
+    runs = []
+    for on in (True, False):
+        monkeypatch.setattr(sampling, "NATIVE_BEAM_SELECT", on)
+        monkeypatch.setattr(sampling, "_native_beam_select",
+                            lambda on=on: counted if on else None)
+        runs.append(separate_tokens(mix, [p1, p2], lik, BeamSearch(beams), lam=2.0))
+    assert len(calls) == mix.shape[1]  # every step took the C++ way with it on
+    fused, tensors = runs
+    assert torch.equal(fused.first, tensors.first)
+    assert torch.equal(fused.second, tensors.second)
+    assert torch.equal(fused.score, tensors.score)
+
+
 def test_fewer_candidates_than_beams():
     k = 2
     counter = TripleCounter(k)
