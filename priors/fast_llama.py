@@ -83,6 +83,10 @@ SCRIPTED_STEP = True
 # Whether a stepper's per-token step runs as the C++ operator of :mod:`priors.native` where
 # that applies (float32 on a CPU, one key/value head) and builds; False: :data:`SCRIPTED_STEP`.
 NATIVE_STEP = True
+# Whether the C++ step's products by the weights run on oneDNN's batch-reduce GEMM kernel
+# (at::native::cpublas::brgemm, where it works here) on plain weights; False: as
+# :data:`PACKED_PRODUCTS` says.
+BRGEMM_PRODUCTS = True
 
 
 @functools.cache
@@ -348,6 +352,13 @@ def _first_equal(same: np.ndarray) -> np.ndarray:
     """``same: (rows, rows)`` an equivalence of rows -> ``(rows,)`` the first row equal to
     each."""
     return same.argmax(axis=1)
+
+
+@functools.cache
+def _brgemm_works() -> bool:
+    """Whether the C++ library's batch-reduce GEMM products run here (and give torch.mm's)."""
+    ops = _native_ops()
+    return ops is not None and bool(ops.brgemm_works())
 
 
 def _native_ops() -> Any:
@@ -654,7 +665,14 @@ class LlamaStepper:
             rot[:, diag + half, diag] = -self.sin
             rot[:, diag, diag + half] = self.sin
             self.rotation = rot
-        self._native()  # loaded (built if need be) with the prior, not in the first step
+        # the C++ step, loaded (built if need be) with the prior, not in the first step; its
+        # products: 0 torch.mm, 1 oneDNN's packed linear, 2 its batch-reduce GEMM kernel
+        self._products = 0 if self.packed is None else 1
+        self._native_head = self._head()
+        if self._native() is not None and BRGEMM_PRODUCTS and _brgemm_works():
+            self._products = 2
+            self._flat_weights = [w.contiguous() for layer in self.layers for w in layer]
+            self._native_head = self.head.contiguous()
 
     def new_buffer(self, rows: int, share: int = 0) -> KVBuffer:
         """An empty key/value buffer for ``rows`` sequences (``share``: rows per family of
@@ -790,10 +808,10 @@ class LlamaStepper:
             prefix = (cache.layer_views(cache.prefix) if (lo or longer) and cache.prefix
                       is not None else [])
             logits = native(
-                F.embedding(ids, self.embed), self._flat_weights, self._head(),
+                F.embedding(ids, self.embed), self._flat_weights, self._native_head,
                 [t for kv in views for t in kv], [t for kv in prefix for t in kv],
                 self.rotation[pos], pos, lo, cache.share, self.heads, self.kv_heads,
-                self.inner_size, self._eps_root, packed, keep, spread,
+                self.inner_size, self._eps_root, self._products, keep, spread,
                 torch.from_numpy(fams) if longer else None)
             cache.length = pos + 1
             return logits

@@ -211,9 +211,11 @@ class TransformerPrior(Prior):
     def _stepper(self) -> fast_llama.LlamaStepper:
         """The stepper of the model's weights as they are now: made again only when a weight
         changed (another tensor, or one written in place) or
-        :data:`priors.fast_llama.PACKED_PRODUCTS` did, not at every :meth:`start` (each
-        context window of a search starts one; making it folds and packs the weights)."""
-        made_of = (fast_llama.PACKED_PRODUCTS, self.vocab_size, self.context_length,
+        :data:`priors.fast_llama.PACKED_PRODUCTS` or ``BRGEMM_PRODUCTS`` did, not at every
+        :meth:`start` (each context window of a search starts one; making it folds and packs
+        the weights)."""
+        made_of = (fast_llama.PACKED_PRODUCTS, fast_llama.BRGEMM_PRODUCTS, self.vocab_size,
+                   self.context_length,
                    *((p.data_ptr(), p._version, p.dtype, p.device)
                      for p in self.model.parameters()))
         if self._stepper_of is None or self._stepper_of[0] != made_of:

@@ -333,16 +333,16 @@ def test_scripted_step_equals_the_python_step(monkeypatch, dtype, kv_heads):
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize(("packed", "share", "width", "heads"),
-                         [(True, 4, 64, 4), (False, 4, 64, 4), (True, 0, 64, 4),
-                          (True, 4, 32, 4), (True, 4, 48, 3)])
-def test_native_step_equals_the_python_step(monkeypatch, packed, share, width, heads):
+@pytest.mark.parametrize(("products", "share", "width", "heads"),
+                         [("brgemm", 4, 64, 4), ("packed", 4, 64, 4), ("mm", 4, 64, 4),
+                          ("brgemm", 0, 64, 4), ("brgemm", 4, 32, 4), ("brgemm", 4, 48, 3)])
+def test_native_step_equals_the_python_step(monkeypatch, products, share, width, heads):
     """The C++ step (priors.native) gives the Python step's log-probs up to float rounding,
     through a prime, beams that coalesce (a shared past), rows with equal pasts and
     reorders (``share`` 4), or rows without families (``share`` 0, as sampling runs);
-    with oneDNN's packed products and with plain ones; with the attention in AVX-512
-    registers (4 heads of width 16, where the CPU has it) and in plain loops (width 8, or 3
-    heads); it runs at every step."""
+    with its products on oneDNN's batch-reduce GEMM kernel, on its packed linear and on
+    torch.mm; with the attention in AVX-512 registers (4 heads of width 16, where the CPU
+    has it) and in plain loops (width 8, or 3 heads); it runs at every step."""
     import shutil
 
     from priors import fast_llama, native
@@ -350,12 +350,16 @@ def test_native_step_equals_the_python_step(monkeypatch, packed, share, width, h
     if shutil.which("c++") is None and shutil.which("g++") is None:
         pytest.skip("no C++ compiler here")
     assert native.native_step() is not None, native.native_error()  # it builds here
-    monkeypatch.setattr(fast_llama, "PACKED_PRODUCTS", packed)
+    if products == "brgemm" and not fast_llama._brgemm_works():
+        pytest.skip("no batch-reduce GEMM kernel here")
+    monkeypatch.setattr(fast_llama, "PACKED_PRODUCTS", products == "packed")
+    monkeypatch.setattr(fast_llama, "BRGEMM_PRODUCTS", products == "brgemm")
     monkeypatch.setattr(fast_llama, "SCRIPTED_STEP", False)
+    prior = step_prior(1, width=width, heads=heads)
     runs, calls, steps, shared, unique = step_on_and_off(
-        monkeypatch, native, "native_step", "NATIVE_STEP",
-        step_prior(1, width=width, heads=heads), share=share, seed=6)
+        monkeypatch, native, "native_step", "NATIVE_STEP", prior, share=share, seed=6)
     assert calls == steps  # the native step ran every step with the flag on
+    assert prior._stepper()._products == {"mm": 0, "packed": 1, "brgemm": 2}[products]
     if share:
         assert max(least for least, _ in shared) > 0  # a shared past came
         # and one family's shared past longer than the other's (read from its prefix)
