@@ -38,8 +38,11 @@ computation from the model's own weights with
   (:func:`scripted_step`): the same operations and results, bit for bit, without Python's
   cost per operation; where it does not compile, the function runs in Python.
 - for float32 on a CPU with one key/value head, that step as one C++ operator
-  (:mod:`priors.native`, :data:`NATIVE_STEP`): the same products, and loops for the
-  operations between them; equal to :func:`token_step` up to float rounding.
+  (:mod:`priors.native`, :data:`NATIVE_STEP`): the products on oneDNN's batch-reduce GEMM
+  kernel where it runs (:data:`BRGEMM_PRODUCTS`), the attention and everything else in
+  loops, each family's longer shared past (:attr:`KVBuffer.family_shared`) read from its
+  prefix; equal to :func:`token_step` up to float rounding. The same library copies the
+  rows a reorder moves (``copy_rows``).
 
 The weights are read from the model when a stepper is made; :class:`priors.TransformerPrior`
 keeps its last stepper until a weight changes, so a stepper always matches the model it
