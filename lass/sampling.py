@@ -581,14 +581,12 @@ def separate_tokens(mix_codes: torch.Tensor, priors: Sequence[Prior],
             assert steps is not None
             first, second, log_lik = _count_candidates(steps, t, mix_of_row, width, lp1, lp2,
                                                        fallback_top, prior_top)
-        fused = beam_select if (beam and (first.stride(1) == 0 or width == 1)
-                                and lp1.dtype == torch.float32
-                                and lp1.device.type == "cpu") else None
-        if fused is not None:
+        if beam_select is not None and (first.stride(1) == 0 or width == 1) \
+                and lp1.dtype == torch.float32 and lp1.device.type == "cpu":
             # the candidates every beam of a mixture shares: scores, the best beams, their
             # slots and tokens in one C++ step (the same as the tensor code below)
-            total, parent, tok1, tok2 = fused(lp1, lp2, first[:, 0], second[:, 0],
-                                              log_lik[:, 0], total)
+            total, parent, tok1, tok2 = beam_select(lp1, lp2, first[:, 0], second[:, 0],
+                                                    log_lik[:, 0], total)
             history = _move_rows(parent.numpy(), streams, history, shared)
             history[0][:, t] = tok1
             history[1][:, t] = tok2

@@ -520,13 +520,10 @@ class KVBuffer:
             for f, a, b in zip(moved.tolist(), starts.tolist(), ends.tolist(), strict=True):
                 spans.setdefault((a, b), []).append(f)
             for (a, b), fams in spans.items():
-                if len(fams) == 1:
-                    f = fams[0]
-                    prefix[f, ..., a:b, :] = self.data[f * self.share, ..., a:b, :]
-                else:
-                    which = torch.tensor(fams, device=self.data.device)
-                    prefix[..., a:b, :].index_copy_(
-                        0, which, self.data[..., a:b, :].index_select(0, which * self.share))
+                which = torch.tensor(fams, device=self.data.device)
+                # any row of a family holds its common past: the family's first
+                prefix[..., a:b, :].index_copy_(
+                    0, which, self.data[..., a:b, :].index_select(0, which * self.share))
             self.family_shared[moved] = ends
             self._passed[moved] = done[moved]
         drop = int(self._passed.min())
@@ -581,13 +578,12 @@ class KVBuffer:
         if dst.size == 0:  # every row continues its own past
             return
         src = idx[dst]
-        ops = _native_ops() if self.data.device.type == "cpu" else None
-        if ops is not None and not moved[src].any():
-            # no source is overwritten: the moved rows in place, one copy each (C++)
+        in_place = not moved[src].any()  # no source is overwritten: move rows in place
+        ops = _native_ops() if in_place and self.data.device.type == "cpu" else None
+        if ops is not None:  # the moved rows only, one copy each (C++)
             ops.copy_rows(self.data, dst.tolist(), src.tolist(), lo, n, self.data.shape[-2])
             return
-        if dst.size * 2 < self.rows and not moved[src].any():
-            # no source is overwritten: move rows in place
+        if in_place and dst.size * 2 < self.rows:
             filled = self.data[..., lo:n, :]
             device = self.data.device
             filled.index_copy_(0, torch.from_numpy(dst).to(device),
@@ -802,14 +798,14 @@ class LlamaStepper:
                 ids = ids.index_select(0, keep)
         lo = cache.shared
         views = cache.layer_views(cache.data)
-        packed = self.packed is not None
         native = self._native()
+        # The C++ step reads each family's own (longer) shared past from the prefix; the
+        # others read positions [0, lo) from it and the rest from the rows.
+        fams = cache.family_shared if native is not None else None
+        longer = fams is not None and int(fams.max()) > lo
+        prefix = (cache.layer_views(cache.prefix) if (lo or longer) and cache.prefix is not None
+                  else [])
         if native is not None:
-            # each family's own shared length (the rows hold positions from lo on)
-            fams = cache.family_shared
-            longer = fams is not None and int(fams.max()) > lo
-            prefix = (cache.layer_views(cache.prefix) if (lo or longer) and cache.prefix
-                      is not None else [])
             logits = native(
                 F.embedding(ids, self.embed), self._flat_weights, self._native_head,
                 [t for kv in views for t in kv], [t for kv in prefix for t in kv],
@@ -818,7 +814,7 @@ class LlamaStepper:
                 torch.from_numpy(fams) if longer else None)
             cache.length = pos + 1
             return logits
-        prefix = cache.layer_views(cache.prefix) if lo and cache.prefix is not None else []
+        packed = self.packed is not None
         step = scripted_step() if SCRIPTED_STEP else None
         logits = (step or token_step)(
             F.embedding(ids, self.embed), self.packed if packed else self.layers,  # type: ignore[arg-type]

@@ -190,8 +190,7 @@ class TransformerPrior(Prior):
         if torch_only and not self.fast_decoding:
             raise PriorError("this prior was loaded without transformers; its library path "
                              "needs with_transformers()")
-        if torch_only or (self.fast_decoding and not self.training
-                          and fast_llama.supports(self.model)):
+        if self._uses_stepper():
             stepper = self._stepper()
             cache = _FastCache(stepper, stepper.new_buffer(batch, share))
         else:
@@ -224,13 +223,16 @@ class TransformerPrior(Prior):
             self._stepper_of = (made_of, stepper)
         return self._stepper_of[1]
 
+    def _uses_stepper(self) -> bool:
+        """Whether :meth:`start` decodes with the lean stepper (else the library's cache)."""
+        return isinstance(self.model, fast_llama.TorchLlama) or (
+            self.fast_decoding and not self.training and fast_llama.supports(self.model))
+
     def prepare(self) -> None:
         """Make the incremental stepper now, if the searches will use one (folding and
         packing the weights, loading the C++ step): loading a model for inference calls this,
         so the first search does not pay for it (about 40 ms here)."""
-        torch_only = isinstance(self.model, fast_llama.TorchLlama)
-        if torch_only or (self.fast_decoding and not self.training
-                          and fast_llama.supports(self.model)):
+        if self._uses_stepper():
             self._stepper()
 
     @torch.no_grad()

@@ -98,8 +98,9 @@ def native_step() -> Any:
 
 
 def loaded() -> Any:
-    """``torch.ops.lass_native`` (``token_step`` and ``copy_rows``) if :func:`native_step`
-    has built and loaded it in this process, else None; never builds."""
+    """``torch.ops.lass_native`` (``token_step``, ``copy_rows``, ``beam_select``,
+    ``brgemm_works``) if :func:`native_step` has built and loaded it in this process, else
+    None; never builds."""
     return _loaded[0] if _loaded else None
 
 

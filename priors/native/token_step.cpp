@@ -4,9 +4,10 @@
 // step where it does not build.
 //
 // The products by the weights are oneDNN's batch-reduce GEMM kernel where it runs (else its
-// packed linear, or torch.mm; see Products); everything else runs as loops over the rows here (where it took some 100 tensor operations per step):
-// the RMS divisors, the rotary embedding, the key/value writes, SiLU times the up
-// projection, the row copies for rows with equal pasts, and the attention. The attention
+// packed linear, or torch.mm; see Products); everything else runs as loops over the rows
+// here (where it took some 100 tensor operations per step): the RMS divisors, the rotary
+// embedding, the key/value writes, SiLU times the up projection, the row copies for rows
+// with equal pasts, and the attention. The attention
 // runs for the computed rows only (rows with equal pasts attend alike), in parallel over
 // them (at::parallel_for, so torch's OpenMP threads), each row over its family's shared
 // past and then its own positions with one softmax per head; with AVX-512, a group of 4
