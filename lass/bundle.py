@@ -1,5 +1,9 @@
 """Separator bundles: a directory with ``bundle.json`` naming a codec, priors and a likelihood.
 
+A bundle names N >= 2 stems, one prior entry each; its likelihood (and token evidence model)
+must be for N sources. ``-m NAME`` finds a bundle folder, a name under ``$LASS_BUNDLES``, or a
+bundle shipped inside the package (``default``, ``toy``).
+
 ``bundle.json``::
 
     {"format_version": 1, "name": "...", "sample_rate": 22050, "stems": ["drums", "bass"],
@@ -27,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,7 +68,12 @@ def sha256_path(path: str | os.PathLike[str]) -> str:
 
 def default_bundle_path() -> Path:
     """Directory of the embedded default bundle (inside the installed package)."""
-    return Path(__file__).resolve().parent / "bundles" / "default"
+    return shipped_bundles() / "default"
+
+
+def shipped_bundles() -> Path:
+    """The folder of the bundles shipped inside the package (``default``, ``toy``, ...)."""
+    return Path(__file__).resolve().parent / "bundles"
 
 
 @dataclass(frozen=True)
@@ -103,6 +113,10 @@ def resolve_bundle(name_or_path: str | os.PathLike[str] | None) -> Path:
     folder = os.environ.get(BUNDLES_ENV)
     if folder and (Path(folder) / str(name_or_path) / BUNDLE_FILE).is_file():
         return Path(folder) / str(name_or_path)
+    name = str(name_or_path)
+    if name and "/" not in name and "\\" not in name and not name.startswith(".") \
+            and (shipped_bundles() / name / BUNDLE_FILE).is_file():
+        return shipped_bundles() / name
     raise BundleError(f"bundle not found: {name_or_path} (no {BUNDLE_FILE} there"
                       f"{' or under $' + BUNDLES_ENV if folder else ''})")
 
@@ -126,8 +140,9 @@ def read_bundle(name_or_path: str | os.PathLike[str] | None, verify: bool = True
                       **({"token evidence": raw["evidence"]} if "evidence" in raw else {})}
     except (KeyError, TypeError) as err:
         raise BundleError(f"{path}: missing entry {err}") from None
-    if len(stems) != 2:
-        raise BundleError(f"{path}: LASS bundles separate two stems, got {len(stems)}")
+    if len(stems) < 2 or len(set(stems)) != len(stems):
+        raise BundleError(f"{path}: a LASS bundle separates two or more distinct stems, got "
+                          f"{list(stems)}")
     if raw["likelihood"].get("kind", "counts") not in LIKELIHOOD_KINDS:
         raise BundleError(f"{path}: unknown likelihood kind {raw['likelihood'].get('kind')!r}; "
                           f"expected one of {', '.join(LIKELIHOOD_KINDS)}")
@@ -155,7 +170,7 @@ def read_bundle(name_or_path: str | os.PathLike[str] | None, verify: bool = True
 
 
 def write_bundle(root: str | os.PathLike[str], *, name: str, sample_rate: int,
-                 stems: tuple[str, str], mix: str, codec: str, priors: dict[str, str],
+                 stems: Sequence[str], mix: str, codec: str, priors: dict[str, str],
                  likelihood: str, smoothing: str = "none", sampler: dict[str, Any] | None = None,
                  prior_classes: dict[str, int] | None = None, alpha: float = 1.0,
                  min_count: int = 1, likelihood_base: str | None = None,

@@ -116,7 +116,7 @@ def hpss_separate(mixture: np.ndarray, stems: tuple[str, ...] | list[str]) -> np
                                hop_length=BLIND_HOP))
     harmonic, percussive = librosa.decompose.hpss(spec)
     d = _drum_index(stems)
-    models = [harmonic, harmonic]
+    models = [harmonic] * len(stems)
     models[d] = percussive
     return _masked(mixture, models)
 
@@ -137,7 +137,7 @@ def nmf_separate(mixture: np.ndarray, stems: tuple[str, ...] | list[str], sample
     median = freqs[np.argmax(energy >= 0.5 * energy[-1:], axis=0)]  # (components,)
     low = median < NMF_BASS_MEDIAN_HZ
     d = _drum_index(stems)
-    models = [w[:, low] @ h[low], w[:, low] @ h[low]]
+    models = [w[:, low] @ h[low]] * len(stems)
     models[d] = w[:, ~low] @ h[~low]
     return _masked(mixture, models)
 
@@ -213,7 +213,7 @@ class LassSearches:
                 self._cache[kind, m.tobytes()] = r.candidates
 
     def __call__(self, kind: str, mixture: np.ndarray) -> np.ndarray:
-        """``(C, 2, time)`` decoded candidates of ``mixture`` under sampler ``kind``."""
+        """``(C, N, time)`` decoded candidates of ``mixture`` under sampler ``kind``."""
         key = (kind, mixture.tobytes())
         if key not in self._cache:
             self.prefetch([kind], [mixture])
@@ -230,13 +230,14 @@ def make_methods(separator: Separator, names: list[str], beams: int = 10, top_k:
                  searches: LassSearches | None = None) -> dict[str, Method]:
     """Separation methods by name: ``lass-<sampler>-<decode|mask>[-<best|rerank|mean>]``,
     ``average``, ``oracle-decode``, ``oracle-mask``, ``hpss`` and ``nmf``. Each maps
-    ``(mixture (time,), sources (2, time))`` to ``(2, time)`` contributions (only the oracles
+    ``(mixture (time,), sources (N, time))`` to ``(N, time)`` contributions (only the oracles
     look at the sources). LASS methods with the same sampler share one search per mixture
     (``searches``; made here when not given, else its settings are used): its decoded
     candidates are combined and output as each method says (see
     :func:`lass.separator.combine_candidates`); the sampling samplers draw ``candidates``
     samples at ``temperature``."""
-    gain = mix_gain(2, separator.mix_rule)
+    n = len(separator.stems)
+    gain = mix_gain(n, separator.mix_rule)
     rate = separator.codec.sample_rate
     lass = {name: parse_lass_method(name) for name in names if name.startswith("lass-")}
     if searches is None:
@@ -253,7 +254,7 @@ def make_methods(separator: Separator, names: list[str], beams: int = 10, top_k:
     for name in names:
         if name == "average":
             # Each source estimated as the mixture itself, as the paper's baseline.
-            methods[name] = lambda m, s: np.stack([gain * m, gain * m])
+            methods[name] = lambda m, s: np.stack([gain * m] * n)
         elif name == "oracle-decode":
             methods[name] = lambda m, s: oracle_decoded(s)
         elif name == "oracle-mask":
@@ -282,5 +283,5 @@ def score(est: np.ndarray, ref: np.ndarray, sample_rate: int) -> dict[str, list[
 
 
 def mixture_of(sources: np.ndarray, rule: str) -> np.ndarray:
-    """``(2, time)`` -> ``(time,)`` by the mixing rule."""
+    """``(N, time)`` -> ``(time,)`` by the mixing rule."""
     return np.asarray(mix(sources, rule, dim=0), dtype=np.float32)

@@ -101,10 +101,10 @@ class TokenSeparation:
     """Separated token sequences.
 
     Attributes:
-        first, second: ``(batch, n, tokens)`` int64: ``n`` candidate separations per mixture
-            (final beams or samples), best score first.
-        score: ``(batch, n)``: ``sum_t log p1 + log p2 + lambda * log p(m | i, j)`` of each.
-        fallback_steps: (mixture, step) pairs whose mixture token had no candidate pair.
+        sources: N tensors ``(batch, n, tokens)`` int64, one per source: ``n`` candidate
+            separations per mixture (final beams or samples), best score first.
+        score: ``(batch, n)``: ``sum_t sum_s log p_s + lambda * log p(m | tuple)`` of each.
+        fallback_steps: (mixture, step) pairs whose mixture token had no counted tuple.
         fallbacks: ``(batch,)`` int64: those steps per mixture (``fallback_steps`` is their
             sum).
         resamplings: ``(batch,)`` int64: how often each mixture's particles were resampled
@@ -112,15 +112,28 @@ class TokenSeparation:
         log_weight: ``(batch, n)``: the particles' log importance weights since their last
             resampling (same order as ``first``; zeros without ``resample``): with them the
             particles estimate the whole-sequence posterior.
+        unseen: ``(batch,)`` int64: choices (over the mixture's rows and steps) of a tuple
+            that counting never saw with its mixture token (the fallback's or the
+            ``prior_top`` grid's): with ``fallbacks``, how often each path fired.
     """
 
-    first: torch.Tensor
-    second: torch.Tensor
+    sources: tuple[torch.Tensor, ...]
     score: torch.Tensor
     fallback_steps: int
     fallbacks: torch.Tensor
     resamplings: torch.Tensor
     log_weight: torch.Tensor
+    unseen: torch.Tensor
+
+    @property
+    def first(self) -> torch.Tensor:
+        """``(batch, n, tokens)`` the first source's candidates."""
+        return self.sources[0]
+
+    @property
+    def second(self) -> torch.Tensor:
+        """``(batch, n, tokens)`` the second source's candidates."""
+        return self.sources[1]
 
 
 def _rows_of(sampler: Sampler, num_samples: int) -> int:
@@ -281,14 +294,15 @@ def _keep_slots(parent: np.ndarray) -> np.ndarray:
 def _move_rows(local: np.ndarray, streams: Sequence[_PriorStream],
                history: list[torch.Tensor], shared: bool) -> list[torch.Tensor]:
     """Make row ``s`` of every mixture continue row ``local[b, s]`` of the same mixture
-    (``local: (batch, width)`` on the host): both priors' states follow (a shared prior's
-    stream holds the second source's rows after the first's), and the token histories are
-    returned reordered."""
+    (``local: (batch, width)`` on the host): every prior's state follows (a shared prior's
+    stream holds the N sources' rows one source after the other), and the N token histories
+    are returned reordered."""
     batch, width = local.shape
     parent = (np.arange(batch)[:, None] * width + local).reshape(-1)
     device = history[0].device
     for s in streams:
-        index = np.concatenate([parent, parent + batch * width]) if shared else parent
+        index = (np.concatenate([parent + k * batch * width for k in range(len(history))])
+                 if shared else parent)
         s.reorder(torch.from_numpy(index).to(device))
     rows = torch.from_numpy(parent).to(device)
     return [h.index_select(0, rows) for h in history]
@@ -296,20 +310,31 @@ def _move_rows(local: np.ndarray, streams: Sequence[_PriorStream],
 
 def _stack_classes(row_classes: list[torch.Tensor | None], rows: int, device: torch.device
                    ) -> torch.Tensor | None:
-    """Class labels of a shared prior's stacked rows (first source's rows, then second's)."""
+    """Class labels of a shared prior's stacked rows (source 1's rows, then source 2's, ...)."""
     if all(c is None for c in row_classes):
         return None
     if any(c is None for c in row_classes):
-        raise ValueError("a shared prior needs class labels for both sources or for neither")
+        raise ValueError("a shared prior needs class labels for every source or for none")
     return torch.cat([c for c in row_classes if c is not None]).to(device)
 
 
-def _grid(top1: torch.Tensor, top2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """All pairs of ``top1: (rows, f)`` and ``top2: (rows, g)`` -> two ``(rows, f * g)``."""
-    rows, f = top1.shape
-    g = top2.shape[1]
-    return (top1[:, :, None].expand(rows, f, g).reshape(rows, f * g),
-            top2[:, None, :].expand(rows, f, g).reshape(rows, f * g))
+def _grid(*tops: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """All tuples of the rows' tokens ``tops[s]: (rows, f_s)`` -> N tensors ``(rows, prod f)``,
+    the first source's token varying slowest."""
+    rows = tops[0].shape[0]
+    sizes = [t.shape[1] for t in tops]
+    out = []
+    for s, top in enumerate(tops):
+        shape = [rows] + [1] * len(tops)
+        shape[s + 1] = sizes[s]
+        out.append(top.view(shape).expand(rows, *sizes).reshape(rows, -1))
+    return tuple(out)
+
+
+def grid_width(tokens: int, sources: int) -> int:
+    """Tokens per source whose tuples make a grid of about ``tokens ** 2`` tuples: ``tokens``
+    for two sources, fewer for more (16 -> 6 for three, 4 for four)."""
+    return max(1, int((tokens ** 2) ** (1.0 / sources) + 1e-9))
 
 
 def _chosen(cand: torch.Tensor, source: torch.Tensor, pick: torch.Tensor) -> torch.Tensor:
@@ -324,10 +349,21 @@ def _chosen(cand: torch.Tensor, source: torch.Tensor, pick: torch.Tensor) -> tor
 
 
 def _weighted(log_lik: torch.Tensor, lam: float) -> torch.Tensor:
-    """``lam * log_lik`` with impossible pairs (``-inf``) kept impossible, also at lam 0."""
+    """``lam * log_lik`` with impossible tuples (``-inf``) kept impossible, also at lam 0."""
     if lam > 0:  # -inf stays -inf: one product
         return log_lik * lam
     return torch.where(log_lik > float("-inf"), log_lik * lam, log_lik)
+
+
+def _add_evidence(ll: torch.Tensor, ev: torch.Tensor | None, tokens: Sequence[torch.Tensor],
+                  dim: int) -> torch.Tensor:
+    """``ll + sum_s ev[s].gather(dim, tokens[s])``: each source's token evidence added to the
+    candidates' scores (source by source, in order); ``ev``: ``(N, ..., K)`` or None."""
+    if ev is None:
+        return ll
+    for s, tok in enumerate(tokens):
+        ll = ll + ev[s].gather(dim, tok)
+    return ll
 
 
 class _CountSteps:
@@ -351,97 +387,161 @@ class _CountSteps:
         self.any_empty: list[bool] = empty.any(0).tolist()
         self._width: list[int] = counts.max(0).values.tolist() if counts.numel() else []
         self._start = -1
-        self._chunk: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-        self._evidence: torch.Tensor | None = None  # (2, n, batch, K) of the chunk
+        self._chunk: tuple[tuple[torch.Tensor, ...], torch.Tensor, torch.Tensor] | None = None
+        self._evidence: torch.Tensor | None = None  # (N, n, batch, K) of the chunk
 
     def evidence_at(self, t: int) -> torch.Tensor | None:
-        """``(2, batch, K)`` the token evidence of step ``t`` (after :meth:`at`), or None."""
+        """``(N, batch, K)`` the token evidence of step ``t`` (after :meth:`at`), or None."""
         if self._evidence is None:
             return None
         return self._evidence[:, t - self._start]
 
-    def at(self, t: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Step ``t``: first, second ``(batch, C)`` pairs, ``lam * log p(m | i, j)``
-        ``(batch, C)`` (``-inf`` on padding) and ``(batch,)`` whether the token has none."""
+    def at(self, t: int) -> tuple[tuple[torch.Tensor, ...], torch.Tensor, torch.Tensor]:
+        """Step ``t``: N token tensors ``(batch, C)``, ``lam * log p(m | tuple)`` plus the
+        evidence ``(batch, C)`` (``-inf`` on padding) and ``(batch,)`` whether the token has
+        none."""
         start = t - t % self.chunk
         if start != self._start or self._chunk is None:
             part = self.mix[:, start: start + self.chunk]
             n, batch = part.shape[1], part.shape[0]
             cand = self.likelihood.slice(part.t().reshape(-1))  # rows: step-major
-            w = cand.first.shape[1]
-            first, second = cand.first.view(n, batch, w), cand.second.view(n, batch, w)
+            w = cand.log_lik.shape[1]
+            tokens = tuple(x.view(n, batch, w) for x in cand.tokens)
             ll = _weighted(cand.log_lik, self.lam).view(n, batch, w)
-            if self.evidence is not None:  # (batch, n, 2, K) per-token log-scores
+            if self.evidence is not None:  # (batch, n, N, K) per-token log-scores
                 ev = self.evidence(start, start + n).to(ll.device, torch.float32)
-                ev = ev.permute(2, 1, 0, 3)  # (2, n, batch, K)
-                ll = ll + ev[0].gather(2, first) + ev[1].gather(2, second)
+                ev = ev.permute(2, 1, 0, 3)  # (N, n, batch, K)
+                ll = _add_evidence(ll, ev, tokens, 2)
                 self._evidence = ev
-            self._chunk = (first, second, ll, (cand.count == 0).view(n, batch))
+            self._chunk = (tokens, ll, (cand.count == 0).view(n, batch))
             self._start = start
-        first, second, ll, empty = self._chunk
+        tokens, ll, empty = self._chunk
         i, w = t - start, self._width[t]
-        return first[i, :, :w], second[i, :, :w], ll[i, :, :w], empty[i]
+        return tuple(x[i, :, :w] for x in tokens), ll[i, :, :w], empty[i]
+
+
+@dataclass(frozen=True)
+class _Candidates:
+    """One step's candidate tuples for every row.
+
+    Attributes:
+        tokens: N tensors ``(batch, width, C)``: source ``s``'s token of each candidate
+            (expanded views where a mixture's rows share their candidates).
+        log_lik: ``(batch, width, C)`` ``lam * log p(m | tuple)`` plus the evidence;
+            ``-inf`` on padding.
+        counted: the first ``counted`` candidates of a row whose token has counted tuples
+            are counted tuples; the others (and all of a row on the fallback) are not.
+        empty: ``(rows,)`` whether a row's mixture token has no counted tuple, or None when
+            none has.
+    """
+
+    tokens: tuple[torch.Tensor, ...]
+    log_lik: torch.Tensor
+    counted: int
+    empty: torch.Tensor | None
 
 
 def _count_candidates(steps: _CountSteps, t: int, mix_of_row: torch.Tensor, width: int,
-                      lp1: torch.Tensor, lp2: torch.Tensor, fallback_top: int, prior_top: int
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The counted candidates of step ``t`` for every row.
+                      lps: Sequence[torch.Tensor], fallback_top: int, prior_top: int
+                      ) -> _Candidates:
+    """The candidates of step ``t`` for every row: the counted tuples of its mixture token;
+    where there are none, the grid of each source's ``fallback_top`` best tokens (fewer per
+    source for N > 2, :func:`grid_width`); with ``prior_top``, also the grid of each source's
+    best tokens that counting never saw with the token. Tokens are ranked by prior plus
+    evidence (plus lambda times the likelihood's per-token votes, where it has them) and the
+    grid's tuples scored at the smoothed likelihood (none: the fallback's at 0, the extra
+    grid not at all).
 
     Args:
         mix_of_row: ``(rows,)`` the mixture of each row; ``width``: rows per mixture.
-        lp1, lp2: ``(rows, K)`` the priors' log-probs.
-
-    Returns:
-        first, second: ``(batch, width, C)`` candidate pairs; ``lam * log_lik``
-        ``(batch, width, C)`` (``-inf``: none). Where every row of a mixture has the same
-        candidates (no fallback, no ``prior_top``) these are expanded views, not copies.
+        lps: N ``(rows, K)`` the priors' log-probs.
     """
     likelihood, lam = steps.likelihood, steps.lam
-    first, second, log_lik, empty = steps.at(t)
-    batch, c = first.shape
+    tokens, log_lik, empty = steps.at(t)
+    batch, c = log_lik.shape
     if not steps.any_empty[t] and prior_top <= 0:
         shape = (batch, width, c)
-        return (first[:, None].expand(shape), second[:, None].expand(shape),
-                log_lik[:, None].expand(shape))
-    k = likelihood.k
+        return _Candidates(tuple(x[:, None].expand(shape) for x in tokens),
+                           log_lik[:, None].expand(shape), c, None)
+    n = len(lps)
     mix_t = steps.mix[:, t]
-    first, second, log_lik = first[mix_of_row], second[mix_of_row], log_lik[mix_of_row]
-    step_ev = steps.evidence_at(t)  # (2, batch, K): the rows' own evidence
+    tokens = tuple(x[mix_of_row] for x in tokens)
+    log_lik = log_lik[mix_of_row]
+    step_ev = steps.evidence_at(t)  # (N, batch, K): the rows' own evidence
     ev = None if step_ev is None else step_ev[:, mix_of_row]
+    rank = list(lps) if ev is None else [lp + ev[s] for s, lp in enumerate(lps)]
+    row_empty = empty[mix_of_row]
     if steps.any_empty[t]:
-        f = min(fallback_top, k)
-        fb_first, fb_second = _grid(lp1.topk(f, dim=1).indices, lp2.topk(f, dim=1).indices)
-        fb_ll = likelihood.log_likelihood(mix_t[mix_of_row], fb_first, fb_second)
+        f = min(grid_width(fallback_top, n), likelihood.k)
+        fb = _grid(*(r.topk(f, dim=1).indices for r in rank))
+        fb_ll = likelihood.log_likelihood(mix_t[mix_of_row], *fb)
         fb_ll = torch.where(torch.isfinite(fb_ll), fb_ll * lam, torch.zeros_like(fb_ll))
-        if ev is not None:
-            fb_ll = fb_ll + ev[0].gather(1, fb_first) + ev[1].gather(1, fb_second)
-        use = empty[mix_of_row][:, None]
-        c = max(first.shape[1], f * f)
-        first = torch.where(use, _pad(fb_first, c, 0), _pad(first, c, 0))
-        second = torch.where(use, _pad(fb_second, c, 0), _pad(second, c, 0))
+        fb_ll = _add_evidence(fb_ll, ev, fb, 1)
+        use = row_empty[:, None]
+        c = max(log_lik.shape[1], fb[0].shape[1])
+        tokens = tuple(torch.where(use, _pad(a, c, 0), _pad(b, c, 0))
+                       for a, b in zip(fb, tokens, strict=True))
         log_lik = torch.where(use, _pad(fb_ll, c, float("-inf")),
                               _pad(log_lik, c, float("-inf")))
-    if prior_top > 0:  # pairs the priors favour that counting never saw with z_mix[t]
-        f = min(prior_top, k)
-        rank1, rank2 = lp1, lp2
+    counted = log_lik.shape[1]
+    if prior_top > 0:  # tuples the priors favour that counting never saw with z_mix[t]
+        f = min(grid_width(prior_top, n), likelihood.k)
         factors = likelihood.token_factors(mix_t)
         if factors is not None:  # the likelihood's per-token votes for z_mix[t] too
-            rank1 = lp1 + lam * factors[0][mix_of_row]
-            rank2 = lp2 + lam * factors[1][mix_of_row]
-        add_first, add_second = _grid(rank1.topk(f, dim=1).indices,
-                                      rank2.topk(f, dim=1).indices)
-        seen, add_ll = likelihood.lookup(mix_t[mix_of_row], add_first, add_second)
-        # Seen pairs are candidates already; a row on the fallback has these pairs too.
-        drop = seen | empty[mix_of_row][:, None]
-        first = torch.cat([first, add_first], dim=1)
-        second = torch.cat([second, add_second], dim=1)
-        add_ll = _weighted(add_ll, lam)
-        if ev is not None:
-            add_ll = add_ll + ev[0].gather(1, add_first) + ev[1].gather(1, add_second)
+            rank = [r + lam * factors[s][mix_of_row] for s, r in enumerate(rank)]
+        add = _grid(*(r.topk(f, dim=1).indices for r in rank))
+        seen, add_ll = likelihood.lookup(mix_t[mix_of_row], *add)
+        # Seen tuples are candidates already; a row on the fallback has these tuples too.
+        drop = seen | row_empty[:, None]
+        tokens = tuple(torch.cat([a, b], dim=1) for a, b in zip(tokens, add, strict=True))
+        add_ll = _add_evidence(_weighted(add_ll, lam), ev, add, 1)
         log_lik = torch.cat([log_lik, add_ll.masked_fill(drop, float("-inf"))], dim=1)
-    return (first.view(batch, width, -1), second.view(batch, width, -1),
-            log_lik.view(batch, width, -1))
+    return _Candidates(tuple(x.view(batch, width, -1) for x in tokens),
+                       log_lik.view(batch, width, -1), counted,
+                       row_empty if steps.any_empty[t] else None)
+
+
+def _latent_candidates(likelihood: LatentLikelihood, mix_latents: torch.Tensor,
+                       history: Sequence[torch.Tensor], t: int, mix_of_row: torch.Tensor,
+                       width: int, lps: Sequence[torch.Tensor], lam: float, prior_top: int
+                       ) -> _Candidates:
+    """Step ``t``'s candidates under a latent likelihood (two sources): the pairs of each
+    source's ``prior_top`` (0: 16) best tokens by prior plus lambda times vote, scored
+    exactly."""
+    batch = mix_latents.shape[0]
+    f = min(prior_top or 16, likelihood.k)
+    past = max(0, t - likelihood.context + 1)
+    resid = likelihood.residual(mix_latents[mix_of_row, t], history[0][:, past:t],
+                                history[1][:, past:t])
+    votes = likelihood.votes(resid)
+    top1 = (lps[0] + lam * votes[0]).topk(f, dim=1).indices
+    top2 = (lps[1] + lam * votes[1]).topk(f, dim=1).indices
+    pairs = tuple(x.view(batch, width, f * f) for x in _grid(top1, top2))
+    log_lik = _weighted(likelihood.grid_log_lik(resid, top1, top2, votes), lam)
+    return _Candidates(pairs, log_lik.reshape(batch, width, f * f), f * f, None)
+
+
+def _unseen_choices(steps: _CountSteps, t: int, history: Sequence[torch.Tensor],
+                    mix_of_row: torch.Tensor, batch: int) -> torch.Tensor:
+    """``(batch,)``: how many rows of each mixture chose at step ``t`` a tuple that the
+    likelihood holds no count of with the mixture token (only asked on steps with a
+    fallback or a ``prior_top`` grid)."""
+    seen, _ = steps.likelihood.lookup(steps.mix[mix_of_row, t],
+                                      *(h[:, t, None] for h in history))
+    off = (~seen[:, 0]).long()
+    return torch.zeros(batch, dtype=torch.long, device=off.device).index_add_(0, mix_of_row,
+                                                                              off)
+
+
+def _score(lps: Sequence[torch.Tensor], cand: _Candidates) -> torch.Tensor:
+    """``(batch, width, C)``: ``sum_s log p_s(i_s) + lam log p(m | tuple) (+ evidence)`` of
+    each row's candidates (``lps[s]: (rows, K)``)."""
+    batch, width, _ = cand.log_lik.shape
+    k = lps[0].shape[1]
+    score = lps[0].view(batch, width, k).gather(2, cand.tokens[0])
+    for lp, tok in zip(lps[1:], cand.tokens[1:], strict=True):
+        score = score + lp.view(batch, width, k).gather(2, tok)
+    return score + cand.log_lik
 
 
 @torch.no_grad()
@@ -450,64 +550,84 @@ def separate_tokens(mix_codes: torch.Tensor, priors: Sequence[Prior],
                     lam: float = 3.0, mix_latents: torch.Tensor | None = None,
                     token_evidence: torch.Tensor | Callable[[int, int], torch.Tensor] | None
                     = None,
-                    num_samples: int = 1, classes: Sequence[torch.Tensor | None] = (None, None),
+                    num_samples: int = 1, classes: Sequence[torch.Tensor | None] | None = None,
                     generator: torch.Generator | Sequence[torch.Generator] | None = None,
                     fallback_top: int = 16,
                     context_overlap: int | None = None, prior_top: int = 0,
                     progress: Callable[[int, int], None] | None = None) -> TokenSeparation:
-    """Separate the token sequences of a batch of mixtures into two sources.
+    """Separate the token sequences of a batch of mixtures into N sources.
+
+    One step, for every row (mixture x beam or sample)::
+
+        priors:     lps[s] = log p_s(. | z_s<t)                     N x (rows, K)
+        candidates: the tuples counted with z_mix[t] (+ grids)     N x (batch, width, C)
+        score:      sum_s lps[s][i_s] + lam log p(z_mix[t] | tuple) + evidence
+        choice:     the sampler's (beams: the best width of a mixture's width x C)
 
     Args:
         mix_codes: ``(batch, tokens)`` mixture tokens.
-        priors: the two sources' priors (the same object twice for a shared prior).
-        likelihood: ``p(m | i, j)`` (counted) or ``p(h_mix[t] | tokens <= t)`` (latent); its
-            device is where the search runs.
+        priors: the N sources' priors (one object for several sources: a shared prior, which
+            scores all of their rows in one call per step).
+        likelihood: ``p(m | i_1, ..., i_N)`` (counted, N sources) or ``p(h_mix[t] | tokens <=
+            t)`` (latent, two sources); its device is where the search runs.
         sampler: :class:`Greedy`, :class:`Ancestral`, :class:`TopK`, :class:`TopP` or
             :class:`BeamSearch`.
         lam: weight of the log-likelihood (the paper used 3.0 on audio).
         mix_latents: ``(batch, tokens, D)`` the mixtures' encoder outputs; needed by (and
             only used with) a latent likelihood.
-        token_evidence: ``(batch, tokens, 2, K)`` log-scores of each source's token at each
-            step (weighted already), added to the counted candidates' scores: ``score +=
-            e[b, t, 0, i] + e[b, t, 1, j]``; or a function ``(a, b) -> (batch, b - a, 2, K)``
-            giving steps ``a .. b - 1`` of them, called once per chunk of steps (a long input
-            never holds them all; :meth:`likelihood.evidence.TokenEvidence.window`). Only
-            with a counted likelihood. None: none.
+        token_evidence: ``(batch, tokens, N, K)`` log-scores of each source's token at each
+            step (weighted already), added to the candidates' scores: ``score += sum_s
+            e[b, t, s, i_s]``; or a function ``(a, b) -> (batch, b - a, N, K)`` giving steps
+            ``a .. b - 1`` of them, called once per chunk of steps (a long input never holds
+            them all; :meth:`likelihood.evidence.TokenEvidence.window`). Only with a counted
+            likelihood. None: none.
         num_samples: independent samples per mixture for the sampling samplers.
-        classes: class labels ``(batch,)`` for class-conditioned priors, per prior.
+        classes: class labels ``(batch,)`` for class-conditioned priors, per prior (None:
+            none).
         generator: random generator of the sampling samplers (on the likelihood's device),
             or one per mixture: then each mixture's samples are drawn from its own generator
             only, so a mixture gets the same samples whichever batch it is separated in.
-        fallback_top: tokens per prior whose pairs stand in for a token without candidates.
+        fallback_top: tokens per prior whose tuples stand in for a mixture token without
+            counted tuples (two sources; fewer per source for more, :func:`grid_width`).
         context_overlap: tokens carried into a new window when a prior's context is full
             (default: half the context).
-        prior_top: also score, at every step, the pairs of each row's ``prior_top`` most
-            likely tokens under the two priors that counting never saw with the mixture
-            token, at the likelihood's smoothed value (useful only with smoothing: without,
-            their likelihood is 0; with the ``factorised`` smoothing ranked by prior plus
-            lambda times the likelihood's per-token votes). 0: the counted candidates only.
-            With a latent likelihood: the tokens per source whose pairs are scored (0: 16).
+        prior_top: also score, at every step, the tuples of each row's ``prior_top`` (fewer
+            per source for N > 2, :func:`grid_width`) best tokens by prior plus evidence that
+            counting never saw with the mixture token, at the likelihood's smoothed value
+            (useful only with smoothing: without, their likelihood is 0; with the
+            ``factorised`` smoothing also ranked by lambda times the likelihood's per-token
+            votes). 0: the counted candidates only. With a latent likelihood: the tokens per
+            source whose pairs are scored (0: 16).
         progress: called as ``progress(step, tokens)``.
     """
-    if len(priors) != 2:
-        raise ValueError("LASS separates two sources: give two priors")
+    n_src = len(priors)
+    if n_src < 2:
+        raise ValueError("LASS separates at least two sources: give one prior per source")
     device = likelihood.device
     mix_codes = mix_codes.to(device).long()
     batch, length = mix_codes.shape
     width = _rows_of(sampler, num_samples)
     rows = batch * width
     k = likelihood.k
+    if isinstance(likelihood, LatentLikelihood):
+        if n_src != 2:
+            raise ValueError("the latent likelihood separates two sources")
+    elif likelihood.n != n_src:
+        raise ValueError(f"the likelihood counts {likelihood.n} sources; {n_src} priors given")
     for p in priors:
         if p.vocab_size != k:
             raise ValueError(f"a prior models {p.vocab_size} tokens, the likelihood {k}")
     mix_of_row = torch.arange(batch, device=device).repeat_interleave(width)
+    classes = [None] * n_src if classes is None else list(classes)
+    if len(classes) != n_src:
+        raise ValueError("give one class entry per prior")
     row_classes = [None if cls is None else torch.as_tensor(cls, device=device)[mix_of_row]
                    for cls in classes]
-    if len(row_classes) != 2:
-        raise ValueError("give one class entry per prior")
-    # One prior object for both sources (a shared prior): one stream over 2 x rows, so each
-    # step is one network call for both sources.
-    shared = priors[0] is priors[1]
+    # One prior object for every source (a shared prior): one stream over N x rows, so each
+    # step is one network call for all sources.
+    shared = all(p is priors[0] for p in priors)
+    if not shared and len({id(p) for p in priors}) != n_src:
+        raise ValueError("give one prior per source, or one shared prior for all of them")
     beam = isinstance(sampler, BeamSearch)
     particles = isinstance(sampler, Ancestral) and sampler.resample > 0 and width > 1
     # The beams (or particles) of a mixture move only among themselves: families for the
@@ -517,8 +637,9 @@ def separate_tokens(mix_codes: torch.Tensor, priors: Sequence[Prior],
     for p, cls in ([(priors[0], _stack_classes(row_classes, rows, device))] if shared
                    else list(zip(priors, row_classes, strict=True))):
         overlap = context_overlap if context_overlap is not None else p.context_length // 2
-        streams.append(_PriorStream(p, rows * (2 if shared else 1), cls, overlap, share))
-    history = [torch.zeros(rows, length, dtype=torch.long, device=device) for _ in range(2)]
+        streams.append(_PriorStream(p, rows * (n_src if shared else 1), cls, overlap, share))
+    history = [torch.zeros(rows, length, dtype=torch.long, device=device)
+               for _ in range(n_src)]
     total = torch.zeros(batch, width, device=device)
     if beam:
         total[:, 1:] = float("-inf")  # all beams start as one: no duplicate hypotheses
@@ -538,8 +659,8 @@ def separate_tokens(mix_codes: torch.Tensor, priors: Sequence[Prior],
         mix_latents = mix_latents.to(device, torch.float32)
     evidence: Callable[[int, int], torch.Tensor] | None = None
     if isinstance(token_evidence, torch.Tensor):
-        if token_evidence.shape != (batch, length, 2, k):
-            raise ValueError(f"token_evidence must be ({batch}, {length}, 2, {k})")
+        if token_evidence.shape != (batch, length, n_src, k):
+            raise ValueError(f"token_evidence must be ({batch}, {length}, {n_src}, {k})")
         table = token_evidence
 
         def evidence(a: int, b: int) -> torch.Tensor:
@@ -552,6 +673,7 @@ def separate_tokens(mix_codes: torch.Tensor, priors: Sequence[Prior],
         likelihood, mix_codes, lam, evidence=evidence)
     fallbacks = (steps.fallbacks if steps is not None  # the latent likelihood has no fallback
                  else torch.zeros(batch, dtype=torch.long, device=device))
+    unseen = torch.zeros(batch, dtype=torch.long, device=device)
     within = torch.arange(width, device=device).repeat(batch)  # row index within its mixture
     batch_rows = np.arange(batch)[:, None]  # (batch, 1): fancy indexing of host arrays
     if isinstance(sampler, Ancestral) and not 0 <= sampler.resample <= 1:
@@ -559,44 +681,43 @@ def separate_tokens(mix_codes: torch.Tensor, priors: Sequence[Prior],
     resample_below = (sampler.resample * width) if isinstance(sampler, Ancestral) else 0.0
     log_weight = torch.zeros(batch, width, device=device)
     resamplings = torch.zeros(batch, dtype=torch.long, device=device)
-    beam_select = _native_beam_select() if beam and device.type == "cpu" else None
+    beam_select = (_native_beam_select() if beam and device.type == "cpu" and n_src == 2
+                   else None)
     for t in range(length):
+        # priors: N x (rows, K)
         if shared:
-            lp1, lp2 = streams[0].next(history, t).chunk(2)
+            lps = list(streams[0].next(history, t).chunk(n_src))
         else:
-            lp1, lp2 = (s.next([h], t) for s, h in zip(streams, history, strict=True))
+            lps = [s.next([h], t) for s, h in zip(streams, history, strict=True)]
+        # candidates: N x (batch, width, C)
         if isinstance(likelihood, LatentLikelihood):
             assert mix_latents is not None
-            f = min(prior_top or 16, k)
-            past = max(0, t - likelihood.context + 1)
-            resid = likelihood.residual(mix_latents[mix_of_row, t], history[0][:, past:t],
-                                        history[1][:, past:t])
-            votes = likelihood.votes(resid)
-            top1 = (lp1 + lam * votes[0]).topk(f, dim=1).indices
-            top2 = (lp2 + lam * votes[1]).topk(f, dim=1).indices
-            first, second = (x.view(batch, width, f * f) for x in _grid(top1, top2))
-            log_lik = _weighted(likelihood.grid_log_lik(resid, top1, top2, votes), lam)
-            log_lik = log_lik.reshape(batch, width, f * f)
+            cand = _latent_candidates(likelihood, mix_latents, history, t, mix_of_row, width,
+                                      lps, lam, prior_top)
         else:
             assert steps is not None
-            first, second, log_lik = _count_candidates(steps, t, mix_of_row, width, lp1, lp2,
-                                                       fallback_top, prior_top)
-        if beam_select is not None and (first.stride(1) == 0 or width == 1) \
-                and lp1.dtype == torch.float32 and lp1.device.type == "cpu":
-            # the candidates every beam of a mixture shares: scores, the best beams, their
+            cand = _count_candidates(steps, t, mix_of_row, width, lps, fallback_top,
+                                     prior_top)
+        if beam_select is not None and (cand.tokens[0].stride(1) == 0 or width == 1) \
+                and lps[0].dtype == torch.float32 and lps[0].device.type == "cpu":
+            # two sources whose beams share the candidates: the score, the best beams, their
             # slots and tokens in one C++ step (the same as the tensor code below)
-            total, parent, tok1, tok2 = beam_select(lp1, lp2, first[:, 0], second[:, 0],
-                                                    log_lik[:, 0], total)
+            total, parent, tok1, tok2 = beam_select(
+                lps[0], lps[1], cand.tokens[0][:, 0], cand.tokens[1][:, 0],
+                cand.log_lik[:, 0], total)
             history = _move_rows(parent.numpy(), streams, history, shared)
             history[0][:, t] = tok1
             history[1][:, t] = tok2
+            if steps is not None and (cand.counted < cand.log_lik.shape[2]
+                                      or cand.empty is not None):
+                unseen += _unseen_choices(steps, t, history, mix_of_row, batch)
             if progress is not None:
                 progress(t + 1, length)
             continue
-        # (batch, width, C): log p1(i) + log p2(j) + lam log p(m | i, j) for each row's pairs
-        score = (lp1.view(batch, width, k).gather(2, first)
-                 + lp2.view(batch, width, k).gather(2, second) + log_lik)
+        # score: (batch, width, C)
+        score = _score(lps, cand)
         n_cand = score.shape[2]
+        # the sampler's choice: for each row, the row it continues (source) and the pick
         if beam:
             flat = (total[:, :, None] + score).view(batch, -1)
             best = flat.topk(min(width, flat.shape[1]), dim=1)
@@ -628,8 +749,10 @@ def separate_tokens(mix_codes: torch.Tensor, priors: Sequence[Prior],
                     log_weight = log_weight + logits.logsumexp(dim=1).view(batch, width)
             source = within
             total = total + flat_score.gather(1, pick[:, None]).view(batch, width)
-        history[0][:, t] = _chosen(first, source, pick)
-        history[1][:, t] = _chosen(second, source, pick)
+        for h, tok in zip(history, cand.tokens, strict=True):
+            h[:, t] = _chosen(tok, source, pick)
+        if steps is not None and (cand.counted < n_cand or cand.empty is not None):
+            unseen += _unseen_choices(steps, t, history, mix_of_row, batch)
         if particles and t + 1 < length:
             w = log_weight.softmax(dim=1)
             low = (1.0 / (w * w).sum(dim=1)) < resample_below  # effective sample size
@@ -648,8 +771,8 @@ def separate_tokens(mix_codes: torch.Tensor, priors: Sequence[Prior],
             progress(t + 1, length)
     order = total.argsort(dim=1, descending=True)
     rows_sorted = (torch.arange(batch, device=device)[:, None] * width + order).reshape(-1)
-    return TokenSeparation(first=history[0][rows_sorted].view(batch, width, length),
-                           second=history[1][rows_sorted].view(batch, width, length),
+    return TokenSeparation(sources=tuple(h[rows_sorted].view(batch, width, length)
+                                         for h in history),
                            score=total.gather(1, order), fallback_steps=int(fallbacks.sum()),
                            fallbacks=fallbacks, resamplings=resamplings,
-                           log_weight=log_weight.gather(1, order))
+                           log_weight=log_weight.gather(1, order), unseen=unseen)

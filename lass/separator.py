@@ -96,7 +96,7 @@ class SeparationSettings:
             differ and their mean averages them out (cycle spinning). 1: the input alone.
         evidence_weight: ``mu``, the weight of the bundle's token evidence model (the
             learned likelihood of :mod:`likelihood.evidence`) added to each candidate pair's
-            score: ``mu * (e[t, 0, i] + e[t, 1, j])``. 0: the counts alone.
+            score: ``mu * sum_s e[t, s, i_s]``. 0: the counts alone.
     """
 
     sampler: Sampler = field(default_factory=lambda: BeamSearch(10))
@@ -178,7 +178,7 @@ class SeparationResult:
         sample_rate: rate of the stems (the input's).
         tokens: the chosen token sequences per stem, ``(tokens,)`` int64 (with
             ``combine="mean"``: the highest-scoring candidate's).
-        candidates: ``(C, 2, time)`` the decoded candidates' contributions at
+        candidates: ``(C, N, time)`` the decoded candidates' contributions at
             ``sample_rate``, best score first, before any refinement.
         score: the log posterior score of the candidate ``tokens`` holds.
         fallback_steps: steps whose mixture token had no candidate pair (summed over the
@@ -296,7 +296,7 @@ def choose_candidates(mixture: np.ndarray, candidates: np.ndarray, combine: str,
 
     Args:
         mixture: ``(time,)`` the input.
-        candidates: ``(C, 2, time)`` contributions (they should sum to ``mixture``), best
+        candidates: ``(C, N, time)`` contributions (they should sum to ``mixture``), best
             score first.
         combine: ``best`` (index 0), ``rerank`` (among the first ``rerank_top``, the one
             whose contributions sum closest to ``mixture``) or ``mean`` (all, best first).
@@ -314,7 +314,7 @@ def choose_candidates(mixture: np.ndarray, candidates: np.ndarray, combine: str,
 
 def output_stems(mixture: np.ndarray, used: np.ndarray, output: str, mask_fft: int = MASK_FFT,
                  mask_iterations: int = 0) -> np.ndarray:
-    """``(C, 2, time)`` chosen candidates -> ``(2, time)`` stems: their mean (``decode``) or
+    """``(C, N, time)`` chosen candidates -> ``(N, time)`` stems: their mean (``decode``) or
     the mixture under the Wiener masks of their mean magnitude (``mask``, see
     :func:`soft_masks`)."""
     if output == "mask":
@@ -327,24 +327,30 @@ def output_stems(mixture: np.ndarray, used: np.ndarray, output: str, mask_fft: i
 def combine_candidates(mixture: np.ndarray, candidates: np.ndarray, combine: str, output: str,
                        rerank_top: int = 4, mask_fft: int = MASK_FFT, mask_iterations: int = 0
                        ) -> np.ndarray:
-    """``(C, 2, time)`` candidates -> ``(2, time)`` stems: the ones
+    """``(C, N, time)`` candidates -> ``(N, time)`` stems: the ones
     :func:`choose_candidates` picks, through :func:`output_stems`."""
     used = candidates[choose_candidates(mixture, candidates, combine, rerank_top)]
     return output_stems(mixture, used, output, mask_fft, mask_iterations)
 
 
 class Separator:
-    """Codec, two priors and a likelihood, with default settings (see the module docstring)."""
+    """Codec, one prior per stem (N >= 2 stems) and a likelihood, with default settings (see
+    the module docstring)."""
 
     def __init__(self, codec: Codec, priors: dict[str, Prior],
                  likelihood: CountLikelihood | LatentLikelihood,
-                 stems: tuple[str, str], mix_rule: str = "mean",
+                 stems: Sequence[str], mix_rule: str = "mean",
                  settings: SeparationSettings | None = None,
                  prior_classes: dict[str, int | None] | None = None,
                  bundle: BundleSpec | None = None, evidence: TokenEvidence | None = None
                  ) -> None:
-        if len(stems) != 2:
-            raise LassError("LASS separates two stems")
+        stems = tuple(stems)
+        if len(stems) < 2 or len(set(stems)) != len(stems):
+            raise LassError(f"LASS separates two or more distinct stems, got {list(stems)}")
+        n_lik = 2 if isinstance(likelihood, LatentLikelihood) else likelihood.n
+        if n_lik != len(stems):
+            raise LassError(f"the likelihood is for {n_lik} sources but {len(stems)} stems "
+                            "are named")
         for s in stems:
             if s not in priors:
                 raise LassError(f"no prior for stem {s!r}")
@@ -362,6 +368,9 @@ class Separator:
         self.bundle = bundle
         if evidence is not None:  # sizes here; the codec identity in from_pretrained
             evidence.check_codec(codec.codebook_size, codec.embedding_dim, None)
+            if evidence.n_sources != len(stems):
+                raise LassError(f"the token evidence model predicts {evidence.n_sources} "
+                                f"sources but {len(stems)} stems are named")
         self.evidence = evidence
 
     @classmethod
@@ -394,11 +403,14 @@ class Separator:
                 spec.likelihood, spec.smoothing, spec.smoothing_alpha,
                 codebook_size=codec.codebook_size, codec_identity=identity,
                 device=device, min_count=spec.min_count, base=spec.likelihood_base)
+            if likelihood.n != len(spec.stems):
+                raise LassError(f"bundle {spec.name}: the likelihood counts {likelihood.n} "
+                                f"sources but the bundle names {len(spec.stems)} stems")
         evidence = None
         if spec.evidence is not None:
             evidence = TokenEvidence.load(spec.evidence, device=device)
             evidence.check_codec(codec.codebook_size, codec.embedding_dim, identity)
-        return cls(codec, priors, likelihood, (spec.stems[0], spec.stems[1]), spec.mix,
+        return cls(codec, priors, likelihood, spec.stems, spec.mix,
                    settings_from_bundle(spec.sampler), spec.prior_classes, spec, evidence)
 
     @property
@@ -421,10 +433,11 @@ class Separator:
     def _decode(self, codes: torch.Tensor, length: int) -> torch.Tensor:
         return self.codec.decode(codes.to(self.device))[:, :length]
 
-    def _refine(self, first: torch.Tensor, second: torch.Tensor, target: torch.Tensor,
-                s: SeparationSettings) -> tuple[torch.Tensor, torch.Tensor]:
-        """Eqs. 12-13: move the dense latents so their decodings mix back to ``target``."""
-        z0 = [self.codec.embed(c[None].to(self.device)).detach() for c in (first, second)]
+    def _refine(self, codes: Sequence[torch.Tensor], target: torch.Tensor,
+                s: SeparationSettings) -> list[torch.Tensor]:
+        """Eqs. 12-13: move the dense latents of the N sources' ``codes`` (each ``(tokens,)``)
+        so their decodings mix back to ``target``; returns N ``(time,)`` decodings."""
+        z0 = [self.codec.embed(c[None].to(self.device)).detach() for c in codes]
         z = [x.clone().requires_grad_(True) for x in z0]
         opt = torch.optim.Adam(z, lr=s.refine_lr)
         n = target.shape[-1]
@@ -437,7 +450,7 @@ class Separator:
             loss.backward()
             opt.step()
         with torch.no_grad():
-            return (self.codec.decode_latents(z[0])[0, :n], self.codec.decode_latents(z[1])[0, :n])
+            return [self.codec.decode_latents(x)[0, :n] for x in z]
 
     def separate_detailed(self, wave: np.ndarray | torch.Tensor, sample_rate: int,
                           settings: SeparationSettings | None = None) -> SeparationResult:
@@ -568,32 +581,29 @@ class Separator:
         order = order[scores[order].argsort(descending=True, stable=True)]
         order = order[:{"best": 1, "rerank": max(1, s.rerank_top),
                         "mean": int(order.numel())}[s.combine]]
-        first = out.first[rows].flatten(0, 1)[order]
-        second = out.second[rows].flatten(0, 1)[order]
+        codes = [x[rows].flatten(0, 1)[order] for x in out.sources]  # N x (C, tokens)
         delay = np.repeat(offsets, out.score.shape[1])[order.cpu().numpy()]
         scores = scores[order]
-        gain = mix_gain(2, self.mix_rule)
+        gain = mix_gain(len(self.stems), self.mix_rule)
 
-        def contributions(e1: torch.Tensor, e2: torch.Tensor, delays: np.ndarray
-                          ) -> np.ndarray:
-            """``(C, length)`` decodings of the copies at the codec's rate, delayed by
-            ``delays: (C,)`` -> ``(C, 2, time)`` at the input's rate."""
-            dec = gain * torch.stack([e1, e2], 1).detach().cpu().numpy()
+        def contributions(decoded: Sequence[torch.Tensor], delays: np.ndarray) -> np.ndarray:
+            """N ``(C, length)`` decodings of the copies at the codec's rate, delayed by
+            ``delays: (C,)`` -> ``(C, N, time)`` at the input's rate."""
+            dec = gain * torch.stack(list(decoded), 1).detach().cpu().numpy()
             return np.stack([[_resample(c[d: d + n], codec_rate, sample_rate, x.shape[0])
-                              for c in pair] for pair, d in zip(dec, delays, strict=True)])
+                              for c in one] for one, d in zip(dec, delays, strict=True)])
 
         length = n + offsets[-1]
-        candidates = contributions(self._decode(first, length), self._decode(second, length),
-                                   delay)
+        candidates = contributions([self._decode(c, length) for c in codes], delay)
         chosen = choose_candidates(x, candidates, s.combine, s.rerank_top)
         timings["decode"] = time.perf_counter() - t0
         best = int(chosen[0])
         used = candidates[chosen]
         if s.refine_steps > 0:
             t0 = time.perf_counter()
-            e1, e2 = self._refine(first[best], second[best], torch.from_numpy(xc).to(
-                self.device), s)
-            used = contributions(e1[None], e2[None], np.zeros(1, dtype=np.int64))
+            refined = self._refine([c[best] for c in codes],
+                                   torch.from_numpy(xc).to(self.device), s)
+            used = contributions([e[None] for e in refined], np.zeros(1, dtype=np.int64))
             timings["refine"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         stems = output_stems(x, used, s.output, mask_fft_at(s.mask_fft, sample_rate, codec_rate),
@@ -601,8 +611,7 @@ class Separator:
         timings["output"] = time.perf_counter() - t0
         return SeparationResult(
             stems={st: stems[i] for i, st in enumerate(self.stems)}, sample_rate=sample_rate,
-            tokens={self.stems[0]: first[best].cpu().numpy(),
-                    self.stems[1]: second[best].cpu().numpy()},
+            tokens={st: codes[i][best].cpu().numpy() for i, st in enumerate(self.stems)},
             candidates=candidates, score=float(scores[best]),
             fallback_steps=int(out.fallbacks[rows].sum()),
             timings=timings, shift=int(delay[best]))

@@ -1,13 +1,15 @@
-"""Counting (mixture token, source-1 token, source-2 token) triples, sparse and bounded.
+"""Counting (mixture token, source-1 token, ..., source-N token) tuples, sparse and bounded.
 
-Each triple is one int64 key ``(m * K + i) * K + j``. Keys are appended to a fixed buffer;
-a full buffer is sorted, run-length counted and merged into the sorted table of distinct
-keys seen so far. Memory is the buffer plus the distinct triples, however many tokens are
-counted; nothing of size K^3 is ever built.
+Each tuple is one int64 key ``((m * K + i_1) * K + i_2) ... * K + i_N`` (for two sources
+``(m * K + i) * K + j``). Keys are appended to a fixed buffer; a full buffer is sorted,
+run-length counted and merged into the sorted table of distinct keys seen so far. Memory is
+the buffer plus the distinct tuples, however many tokens are counted; nothing of size
+K^(N+1) is ever built.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +18,19 @@ import scipy.sparse as sp
 from likelihood.errors import LikelihoodError
 
 DEFAULT_BUFFER = 1 << 22
+MAX_KEY = 2**63 - 1
+
+
+def check_key_space(k: int, n: int) -> None:
+    """Raise :class:`LikelihoodError` unless (K, N) fit: K in [2, 2**20], N >= 2 sources and
+    K^(N+1) keys within int64."""
+    if k < 2 or k > 2**20:
+        raise LikelihoodError(f"codebook size must be in [2, 2**20], got {k}")
+    if n < 2:
+        raise LikelihoodError(f"counting needs at least two sources, got {n}")
+    if k ** (n + 1) > MAX_KEY:
+        raise LikelihoodError(f"K = {k} with {n} sources needs K^{n + 1} keys, more than int64 "
+                              "holds")
 
 
 def count_sorted(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -44,53 +59,62 @@ def merge_sorted(keys_a: np.ndarray, counts_a: np.ndarray, keys_b: np.ndarray,
 
 @dataclass(frozen=True)
 class CounterState:
-    """Everything a :class:`TripleCounter` holds (for checkpoints): sorted keys and counts."""
+    """Everything a :class:`TupleCounter` holds (for checkpoints): sorted keys and counts
+    (``triples``: how many tuples were counted; ``n``: sources per tuple)."""
 
     k: int
     symmetric: bool
     keys: np.ndarray
     counts: np.ndarray
     triples: int
+    n: int = 2
 
 
-class TripleCounter:
-    """Counts (m, i, j) token triples.
+class TupleCounter:
+    """Counts (m, i_1, ..., i_N) token tuples.
 
     Args:
         k: codebook size K (tokens are ``0..K-1``).
-        symmetric: also count ``(m, j, i)`` for every ``(m, i, j)`` (both sources from one
-            set, as for a shared prior), so the table is symmetric in the two sources.
+        symmetric: also count every reordering of the sources' tokens (all sources from one
+            set, as for a shared prior), so the table is symmetric in the sources. For two
+            sources ``(m, i, j)`` then ``(m, j, i)``.
         buffer: keys held before a merge (memory: 8 bytes each).
+        n: sources per tuple, N >= 2.
     """
 
-    def __init__(self, k: int, symmetric: bool = False, buffer: int = DEFAULT_BUFFER) -> None:
-        if k < 2 or k > 2**20:
-            raise LikelihoodError(f"codebook size must be in [2, 2**20], got {k}")
-        self.k, self.symmetric = k, symmetric
+    def __init__(self, k: int, symmetric: bool = False, buffer: int = DEFAULT_BUFFER,
+                 n: int = 2) -> None:
+        check_key_space(k, n)
+        self.k, self.symmetric, self.n = k, symmetric, int(n)
         self._buffer = np.empty(max(int(buffer), 2), dtype=np.int64)
         self._fill = 0
         self._keys = np.zeros(0, dtype=np.int64)
         self._counts = np.zeros(0, dtype=np.int64)
         self.triples = 0
 
-    def add(self, mix: np.ndarray, first: np.ndarray, second: np.ndarray) -> None:
-        """Count the aligned token arrays ``mix``, ``first``, ``second`` (same shape)."""
+    def add(self, mix: np.ndarray, *sources: np.ndarray) -> None:
+        """Count the aligned token arrays ``mix`` and one per source (all the same shape)."""
+        if len(sources) != self.n:
+            raise LikelihoodError(f"this counter counts {self.n} sources, got {len(sources)}")
         m = np.asarray(mix, dtype=np.int64).ravel()
-        i = np.asarray(first, dtype=np.int64).ravel()
-        j = np.asarray(second, dtype=np.int64).ravel()
-        if not m.size == i.size == j.size:
-            raise LikelihoodError(f"token arrays differ in size: {m.size}, {i.size}, {j.size}")
+        src = [np.asarray(x, dtype=np.int64).ravel() for x in sources]
+        if any(x.size != m.size for x in src):
+            raise LikelihoodError("token arrays differ in size: "
+                                  + ", ".join(str(x.size) for x in [m, *src]))
         if m.size == 0:
             return
-        lo = min(int(m.min()), int(i.min()), int(j.min()))
-        hi = max(int(m.max()), int(i.max()), int(j.max()))
+        lo = min(int(x.min()) for x in [m, *src])
+        hi = max(int(x.max()) for x in [m, *src])
         if lo < 0 or hi >= self.k:
             raise LikelihoodError(f"tokens must lie in [0, {self.k}), got [{lo}, {hi}]")
-        k = self.k
-        self._push((m * k + i) * k + j)
-        if self.symmetric:
-            self._push((m * k + j) * k + i)
-        self.triples += m.size * (2 if self.symmetric else 1)
+        orders = (list(itertools.permutations(range(self.n))) if self.symmetric
+                  else [tuple(range(self.n))])
+        for order in orders:
+            key = m
+            for s in order:
+                key = key * self.k + src[s]
+            self._push(key)
+        self.triples += m.size * len(orders)
 
     def _push(self, keys: np.ndarray) -> None:
         pos = 0
@@ -114,34 +138,41 @@ class TripleCounter:
         """A snapshot of the counts (flushes the buffer)."""
         self.flush()
         return CounterState(self.k, self.symmetric, self._keys.copy(), self._counts.copy(),
-                            self.triples)
+                            self.triples, self.n)
 
     @classmethod
-    def from_state(cls, state: CounterState, buffer: int = DEFAULT_BUFFER) -> TripleCounter:
+    def from_state(cls, state: CounterState, buffer: int = DEFAULT_BUFFER) -> TupleCounter:
         """A counter that continues from ``state``."""
-        counter = cls(state.k, state.symmetric, buffer)
+        counter = cls(state.k, state.symmetric, buffer, state.n)
         counter._keys, counter._counts = state.keys.copy(), state.counts.copy()
         counter.triples = state.triples
         return counter
 
     def matrix(self) -> sp.csr_matrix:
-        """``(K, K*K)`` int64 CSR counts: row m, column ``i * K + j``."""
+        """``(K, K^N)`` int64 CSR counts: row m, column the tuple's index ``(i_1 * K + i_2)
+        ... * K + i_N`` (two sources: ``i * K + j``)."""
         self.flush()
-        return keys_to_matrix(self._keys, self._counts, self.k)
+        return keys_to_matrix(self._keys, self._counts, self.k, self.n)
 
 
-def keys_to_matrix(keys: np.ndarray, counts: np.ndarray, k: int) -> sp.csr_matrix:
-    """Sorted triple keys and counts -> ``(K, K*K)`` CSR (rows m, columns i*K+j)."""
-    rows, cols = np.divmod(keys, k * k)
+#: The two-source counter under its first name.
+TripleCounter = TupleCounter
+
+
+def keys_to_matrix(keys: np.ndarray, counts: np.ndarray, k: int, n: int = 2
+                   ) -> sp.csr_matrix:
+    """Sorted tuple keys and counts -> ``(K, K^n)`` CSR (rows m, columns the tuple index)."""
+    width = k ** n
+    rows, cols = np.divmod(keys, width)
     indptr = np.searchsorted(rows, np.arange(k + 1)).astype(np.int64)
     return sp.csr_matrix((counts.astype(np.int64), cols.astype(np.int64), indptr),
-                         shape=(k, k * k))
+                         shape=(k, width))
 
 
 def matrix_to_keys(matrix: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
     """Inverse of :func:`keys_to_matrix`: sorted keys and their counts."""
     m = sp.csr_matrix(matrix)
     m.sort_indices()
-    k = m.shape[0]
+    k, width = m.shape
     rows = np.repeat(np.arange(k, dtype=np.int64), np.diff(m.indptr))
-    return rows * k * k + m.indices.astype(np.int64), m.data.astype(np.int64)
+    return rows * width + m.indices.astype(np.int64), m.data.astype(np.int64)

@@ -4,29 +4,29 @@ The counted table scores the mixture's *token* (ten bits of the encoder's output
 hours of counts, rules the true pair out or ranks it below thousands of others (README,
 "Where the loss is"). This model reads the mixture's continuous encoder output around each
 step instead: a small non-causal convolutional network over the latents ``h_mix`` gives,
-for each step ``t`` and source ``s``, a distribution ``q_s(token | h_mix)`` over the K
-codes, trained by cross-entropy on mixtures made from the training stems (as the counts
+for each step ``t`` and each of the N sources ``s``, a distribution ``q_s(token | h_mix)``
+over the K codes, trained by cross-entropy on mixtures made from the training stems (as the counts
 are) against the codec's tokens of the stems. The separation uses it as a likelihood
 ratio, the discriminative stand-in for ``p(h_mix | token)``::
 
     e[t, s, k] = log q_s(k | h_mix) - log u_s(k)
 
-with ``u_s`` the training tokens' unigram frequencies: a search adds ``mu * (e[t, 0, i] +
-e[t, 1, j])`` to each candidate pair's score (:func:`lass.sampling.separate_tokens`,
+with ``u_s`` the training tokens' unigram frequencies: a search adds ``mu * sum_s e[t, s,
+i_s]`` to each candidate tuple's score (:func:`lass.sampling.separate_tokens`,
 ``token_evidence``). The network sees ``receptive_field`` steps each side, so evidence for
 steps ``a .. b`` is computed from the latents of ``a - R .. b + R`` alone
-(:meth:`TokenEvidence.window`): a long input never holds ``(tokens, 2, K)`` at once.
+(:meth:`TokenEvidence.window`): a long input never holds ``(tokens, N, K)`` at once.
 
 Files are ``.npz`` (:func:`likelihood.table.save_model_file`): the network's weights, the
-log-unigrams and a JSON record (``k``, ``dim``, ``width``, ``dilations``, the codec's
-identity, what it was trained on).
+log-unigrams and a JSON record (``k``, ``dim``, ``width``, ``dilations``, ``n_sources``
+(absent in two-source files), the codec's identity, what it was trained on).
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,7 @@ DEFAULT_DILATIONS = (1, 2, 4, 8)
 
 
 class TokenEvidence(nn.Module):
-    """``q_s(token | h_mix)`` for two sources, from the mixture's encoder outputs.
+    """``q_s(token | h_mix)`` for N sources, from the mixture's encoder outputs.
 
     Args:
         k: codebook size K.
@@ -51,17 +51,20 @@ class TokenEvidence(nn.Module):
         width: channels of the network.
         dilations: dilation of each residual convolution (kernel 3).
         meta: ``codec_identity`` and what the model was trained on.
+        n_sources: N, the sources it predicts a token for.
     """
 
     log_unigram: torch.Tensor
 
     def __init__(self, k: int, dim: int, width: int = 256,
                  dilations: tuple[int, ...] = DEFAULT_DILATIONS,
-                 meta: dict[str, Any] | None = None) -> None:
+                 meta: dict[str, Any] | None = None, n_sources: int = 2) -> None:
         super().__init__()
-        if k < 2 or dim < 1 or width < 1 or not dilations or min(dilations) < 1:
-            raise LikelihoodError("a token evidence model needs K >= 2, D, width and "
+        if k < 2 or dim < 1 or width < 1 or not dilations or min(dilations) < 1 \
+                or n_sources < 1:
+            raise LikelihoodError("a token evidence model needs K >= 2, D, width, sources and "
                                   "dilations >= 1")
+        self.n_sources = int(n_sources)
         self.k, self.dim, self.width = int(k), int(dim), int(width)
         self.dilations = tuple(int(d) for d in dilations)
         self.meta = dict(meta or {})
@@ -69,8 +72,8 @@ class TokenEvidence(nn.Module):
         self.blocks = nn.ModuleList([nn.Conv1d(width, width, 3, padding=d, dilation=d)
                                      for d in self.dilations])
         self.norms = nn.ModuleList([nn.LayerNorm(width) for _ in self.dilations])
-        self.out = nn.Conv1d(width, 2 * k, 1)
-        self.register_buffer("log_unigram", torch.full((2, k), -math.log(k)))
+        self.out = nn.Conv1d(width, self.n_sources * k, 1)
+        self.register_buffer("log_unigram", torch.full((self.n_sources, k), -math.log(k)))
 
     @property
     def receptive_field(self) -> int:
@@ -83,25 +86,25 @@ class TokenEvidence(nn.Module):
         return self.out.weight.device
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
-        """``latents: (batch, D, tokens)`` -> ``(batch, tokens, 2, K)`` ``log q_s(k | h)``."""
+        """``latents: (batch, D, tokens)`` -> ``(batch, tokens, N, K)`` ``log q_s(k | h)``."""
         if latents.dim() != 3 or latents.shape[1] != self.dim:
             raise LikelihoodError(f"latents must be (batch, {self.dim}, tokens), got "
                                   f"{tuple(latents.shape)}")
         h = F.gelu(self.inp(latents.to(self.device, torch.float32)))
         for conv, norm in zip(self.blocks, self.norms, strict=True):
             h = h + F.gelu(conv(norm(h.transpose(1, 2)).transpose(1, 2)))
-        logits = self.out(h)  # (batch, 2K, tokens)
+        logits = self.out(h)  # (batch, N K, tokens)
         b, _, t = logits.shape
-        return logits.view(b, 2, self.k, t).permute(0, 3, 1, 2).log_softmax(-1)
+        return logits.view(b, self.n_sources, self.k, t).permute(0, 3, 1, 2).log_softmax(-1)
 
     def evidence(self, latents: torch.Tensor) -> torch.Tensor:
-        """``latents: (batch, D, tokens)`` -> ``(batch, tokens, 2, K)`` log-ratios
+        """``latents: (batch, D, tokens)`` -> ``(batch, tokens, N, K)`` log-ratios
         ``log q_s(k | h) - log u_s(k)``."""
         return self(latents) - self.log_unigram[None, None]
 
     def window(self, latents: torch.Tensor, block: int = 512
                ) -> Callable[[int, int], torch.Tensor]:
-        """``evidence(a, b) -> (batch, b - a, 2, K)`` for steps ``a .. b - 1`` of ``latents:
+        """``evidence(a, b) -> (batch, b - a, N, K)`` for steps ``a .. b - 1`` of ``latents:
         (batch, D, tokens)``, each step computed from the steps within its receptive field:
         the ``token_evidence`` of :func:`lass.sampling.separate_tokens`. Steps are computed
         ``block`` at a time (at least ``b - a``) from ``a`` on, and the last block is kept
@@ -140,6 +143,8 @@ class TokenEvidence(nn.Module):
                   for name, value in self.state_dict().items()}
         meta = {**self.meta, "format_version": FORMAT_VERSION, "kind": KIND, "k": self.k,
                 "dim": self.dim, "width": self.width, "dilations": list(self.dilations)}
+        if self.n_sources != 2:
+            meta["n_sources"] = self.n_sources
         return save_model_file(path, arrays, meta)
 
     @classmethod
@@ -152,7 +157,8 @@ class TokenEvidence(nn.Module):
                                           names)
         model = cls(int(meta["k"]), int(meta["dim"]), int(meta["width"]),
                     tuple(meta["dilations"]), {k: v for k, v in meta.items() if k not in (
-                        "format_version", "kind", "k", "dim", "width", "dilations")})
+                        "format_version", "kind", "k", "dim", "width", "dilations",
+                        "n_sources")}, int(meta.get("n_sources", 2)))
         try:
             model.load_state_dict(arrays, strict=True)
         except RuntimeError as err:
@@ -165,38 +171,40 @@ def _read_meta(path: str | os.PathLike[str]) -> TokenEvidence:
     _p, _arrays, meta = load_model_file(path, "token evidence model", KIND, FORMAT_VERSION, ())
     try:
         return TokenEvidence(int(meta["k"]), int(meta["dim"]), int(meta["width"]),
-                             tuple(int(d) for d in meta["dilations"]))
+                             tuple(int(d) for d in meta["dilations"]),
+                             n_sources=int(meta.get("n_sources", 2)))
     except (KeyError, TypeError, ValueError) as err:
         raise LikelihoodError(f"{path}: bad token evidence metadata ({err})") from None
 
 
-def log_unigrams(first: torch.Tensor, second: torch.Tensor, k: int) -> torch.Tensor:
-    """``(2, K)`` add-one log frequencies of the two sources' tokens ``(n, tokens)``."""
+def log_unigrams(sources: Sequence[torch.Tensor], k: int) -> torch.Tensor:
+    """``(N, K)`` add-one log frequencies of the N sources' tokens, each ``(n, tokens)``."""
     counts = torch.stack([torch.bincount(x.reshape(-1), minlength=k).double() + 1.0
-                          for x in (first, second)])
+                          for x in sources])
     return (counts / counts.sum(1, keepdim=True)).log().float()
 
 
-def evidence_bits(model: TokenEvidence, first: torch.Tensor, second: torch.Tensor,
+def evidence_bits(model: TokenEvidence, sources: Sequence[torch.Tensor],
                   latents: torch.Tensor, batch: int = 32) -> dict[str, list[float]]:
     """Held-out cross-entropy (bits per token) and top-1 / top-10 accuracy per source.
 
-    ``first, second: (n, tokens)``; ``latents: (n, tokens, D)``.
+    ``sources``: N tensors ``(n, tokens)``; ``latents: (n, tokens, D)``.
     """
     model.eval()
-    ce = torch.zeros(2, dtype=torch.float64)
-    top1 = torch.zeros(2, dtype=torch.float64)
-    top10 = torch.zeros(2, dtype=torch.float64)
+    count = len(sources)
+    ce = torch.zeros(count, dtype=torch.float64)
+    top1 = torch.zeros(count, dtype=torch.float64)
+    top10 = torch.zeros(count, dtype=torch.float64)
     with torch.no_grad():
-        for lo in range(0, first.shape[0], batch):
-            lp = model(latents[lo: lo + batch].transpose(1, 2))  # (b, T, 2, K)
-            target = torch.stack([first[lo: lo + batch], second[lo: lo + batch]], 2)
+        for lo in range(0, sources[0].shape[0], batch):
+            lp = model(latents[lo: lo + batch].transpose(1, 2))  # (b, T, N, K)
+            target = torch.stack([x[lo: lo + batch] for x in sources], 2)
             true = lp.gather(-1, target.to(lp.device)[..., None])
-            rank = (lp > true).sum(-1)  # (b, T, 2)
+            rank = (lp > true).sum(-1)  # (b, T, N)
             ce -= true.squeeze(-1).double().sum((0, 1)).cpu()
             top1 += (rank == 0).double().sum((0, 1)).cpu()
             top10 += (rank < 10).double().sum((0, 1)).cpu()
-    n = max(1, first.numel())
+    n = max(1, sources[0].numel())
     return {"bits": (ce / n / math.log(2)).tolist(), "top1": (top1 / n).tolist(),
             "top10": (top10 / n).tolist()}
 
@@ -207,21 +215,25 @@ class EvidenceTrainer:
 
     Args:
         model: the network (its ``log_unigram`` is set from the training tokens).
-        first, second: ``(n, tokens)`` the sources' tokens; latents ``(n, tokens, D)``.
+        sources: N tensors ``(n, tokens)``, the sources' tokens; latents ``(n, tokens, D)``.
         epochs: passes over the mixtures; batch: mixtures per step; lr: peak learning rate.
         seed: seed of each epoch's shuffling (epoch ``e`` uses ``seed + e``).
     """
 
-    def __init__(self, model: TokenEvidence, first: torch.Tensor, second: torch.Tensor,
+    def __init__(self, model: TokenEvidence, sources: Sequence[torch.Tensor],
                  latents: torch.Tensor, epochs: int, batch: int = 16, lr: float = 2e-3,
                  seed: int = 0) -> None:
         if epochs < 1 or batch < 1 or not lr > 0:
             raise LikelihoodError("epochs, batch and lr must be positive")
-        if first.shape != second.shape or latents.shape[:2] != first.shape:
+        if len(sources) != model.n_sources:
+            raise LikelihoodError(f"the model predicts {model.n_sources} sources, the data has "
+                                  f"{len(sources)}")
+        first = sources[0]
+        if any(x.shape != first.shape for x in sources) or latents.shape[:2] != first.shape:
             raise LikelihoodError("tokens must be (n, tokens) and latents (n, tokens, D)")
-        self.model, self.first, self.second, self.latents = model, first, second, latents
+        self.model, self.sources, self.latents = model, list(sources), latents
         self.epochs, self.batch, self.seed = epochs, min(batch, first.shape[0]), seed
-        model.log_unigram.copy_(log_unigrams(first, second, model.k))
+        model.log_unigram.copy_(log_unigrams(sources, model.k))
         self.steps_per_epoch = first.shape[0] // self.batch
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-2)
         self.schedule = torch.optim.lr_scheduler.OneCycleLR(
@@ -232,12 +244,12 @@ class EvidenceTrainer:
         """One pass; returns its mean training loss (bits per token)."""
         self.model.train()
         gen = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(self.first.shape[0], generator=gen)
+        order = torch.randperm(self.sources[0].shape[0], generator=gen)
         total = 0.0
         for step in range(self.steps_per_epoch):
             idx = order[step * self.batch: (step + 1) * self.batch]
             lp = self.model(self.latents[idx].transpose(1, 2))
-            target = torch.stack([self.first[idx], self.second[idx]], 2).to(lp.device)
+            target = torch.stack([x[idx] for x in self.sources], 2).to(lp.device)
             loss = -lp.gather(-1, target[..., None]).mean()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -1,25 +1,28 @@
-"""Counts files and the likelihood p(z_mix | z_1, z_2) made from them.
+"""Counts files and the likelihood p(z_mix | z_1, ..., z_N) made from them.
 
-A counts file (``.npz``) holds the int64 counts as a CSR matrix of shape ``(K, K*K)`` (row:
-mixture token m; column: pair index ``i * K + j``) and a JSON metadata record: ``k``, the
-codec's identity, the data description, the mixing rule, whether the table is symmetric,
-and how many triples and mixtures were counted. Counts, not probabilities, are stored, so
-shards merge by addition; normalisation and smoothing happen at load:
+A counts file (``.npz``) holds the int64 counts as a CSR matrix of shape ``(K, K^N)`` (row:
+mixture token m; column: the sources' tuple index ``(i_1 * K + i_2) ... * K + i_N``, for two
+sources ``i * K + j``) and a JSON metadata record: ``k``, ``n_sources`` (absent in two-source
+files, which keep loading), the codec's identity, the data description, the mixing rule,
+whether the table is symmetric, and how many tuples and mixtures were counted. Counts, not
+probabilities, are stored, so shards merge by addition; normalisation and smoothing happen
+at load (``c(t)`` below is the total count of source tuple ``t``):
 
-* ``none``: ``p(m | i, j) = c(m, i, j) / c(i, j)`` (as the paper and the official code);
+* ``none``: ``p(m | t) = c(m, t) / c(t)`` (as the paper and the official code);
   unseen combinations are not candidates.
-* ``additive``: ``(c + alpha) / (c(i, j) + alpha * K)``: every mixture token keeps some
-  probability for every pair.
-* ``backoff``: ``(c + beta * q(m)) / (c(i, j) + beta)`` with ``q`` the smoothed marginal of
+* ``additive``: ``(c + alpha) / (c(t) + alpha * K)``: every mixture token keeps some
+  probability for every tuple.
+* ``backoff``: ``(c + beta * q(m)) / (c(t) + beta)`` with ``q`` the smoothed marginal of
   mixture tokens: unseen combinations keep a probability proportional to how common m is.
 
-* ``factorised``: ``(c + alpha * q(m | i, j)) / (c(i, j) + alpha)`` with ``q`` a
+* ``factorised`` (two sources): ``(c + alpha * q(m | i, j)) / (c(i, j) + alpha)`` with ``q`` a
   :class:`~likelihood.factorised.FactorisedLikelihood` fitted to the counts: unseen
   combinations keep the probability a model of each source token's votes gives them.
 
-``min_count`` drops the triples counted fewer times before normalising: a triple seen once
-in hours of mixtures is mostly chance, yet without smoothing it gets ``p = 1`` when its pair
-was seen once, and every such triple is one more candidate for the search.
+``min_count`` drops the tuples counted fewer times before normalising: a tuple seen once
+in hours of mixtures is mostly chance, yet without smoothing it gets ``p = 1`` when its
+sources' tuple was seen once, and every such entry is one more candidate for the search.
+Nothing of size K^N is built for N > 2: the tuples' totals are kept for the tuples seen.
 """
 
 from __future__ import annotations
@@ -58,15 +61,21 @@ class Counts:
         """Codebook size K."""
         return int(self.matrix.shape[0])
 
+    @property
+    def n_sources(self) -> int:
+        """Sources per counted tuple, N (2 for files that do not say)."""
+        return int(self.meta.get("n_sources", 2))
+
     def stats(self) -> dict[str, Any]:
-        """Size and density figures of the table."""
-        k = self.k
+        """Size and density figures of the table (``pairs_seen``: source tuples seen)."""
+        k, n = self.k, self.n_sources
         nnz = int(self.matrix.nnz)
         sparse_bytes = int(self.matrix.data.nbytes + self.matrix.indices.nbytes
                            + self.matrix.indptr.nbytes)
-        return {"k": k, "nonzeros": nnz, "density": nnz / float(k) ** 3,
-                "bytes_in_memory": sparse_bytes, "bytes_dense_int64": 8 * k ** 3,
-                "pairs_seen": int(np.count_nonzero(np.asarray(self.matrix.sum(axis=0)))),
+        seen = int(np.unique(self.matrix.indices[self.matrix.data > 0]).size)
+        return {"k": k, "n_sources": n, "nonzeros": nnz, "density": nnz / float(k) ** (n + 1),
+                "bytes_in_memory": sparse_bytes, "bytes_dense_int64": 8 * k ** (n + 1),
+                "pairs_seen": seen, "tuples_possible": k ** n,
                 "triples": int(self.meta.get("triples", int(self.matrix.sum()))),
                 "mixtures": self.meta.get("mixtures")}
 
@@ -79,6 +88,8 @@ def save_counts(path: str | os.PathLike[str], counts: Counts) -> Path:
     m.sort_indices()
     small = m.shape[1] < 2**31
     meta = {**counts.meta, "format_version": FORMAT_VERSION, "k": counts.k}
+    if counts.n_sources != 2:
+        meta["n_sources"] = counts.n_sources
     buf = io.BytesIO()
     np.savez_compressed(buf, data=m.data.astype(np.int64),
                         indices=m.indices.astype(np.int32 if small else np.int64),
@@ -152,9 +163,10 @@ def load_counts(path: str | os.PathLike[str]) -> Counts:
                               ) from None
     if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
         raise LikelihoodError(f"{p}: unsupported counts format")
-    k = int(meta.get("k", -1))
-    if shape != (k, k * k):
-        raise LikelihoodError(f"{p}: matrix shape {shape} does not fit K = {k}")
+    k, n = int(meta.get("k", -1)), int(meta.get("n_sources", 2))
+    if n < 2 or k < 2 or shape != (k, k ** n):
+        raise LikelihoodError(f"{p}: matrix shape {shape} does not fit K = {k} and {n} "
+                              "sources")
     return Counts(matrix, meta)
 
 
@@ -164,6 +176,9 @@ def merge_counts(tables: list[Counts]) -> Counts:
         raise LikelihoodError("nothing to merge")
     first = tables[0].meta
     for t in tables[1:]:
+        if t.n_sources != tables[0].n_sources:
+            raise LikelihoodError(f"cannot merge counts of {tables[0].n_sources} and "
+                                  f"{t.n_sources} sources")
         for key in ("k", "codec_identity", "mix", "symmetric", "sources"):
             if t.meta.get(key) != first.get(key):
                 raise LikelihoodError(f"cannot merge counts with different {key}: "
@@ -181,32 +196,42 @@ def merge_counts(tables: list[Counts]) -> Counts:
 
 @dataclass(frozen=True)
 class Candidates:
-    """Per batch row, the source-token pairs seen with its mixture token (padded).
+    """Per batch row, the source-token tuples seen with its mixture token (padded).
 
     Attributes:
-        first, second: ``(batch, C)`` int64 tokens i and j.
-        log_lik: ``(batch, C)`` float32 ``log p(m | i, j)``; ``-inf`` where padded.
+        tokens: N tensors ``(batch, C)`` int64: source ``s``'s token of each candidate.
+        log_lik: ``(batch, C)`` float32 ``log p(m | i_1, ..., i_N)``; ``-inf`` where padded.
         valid: ``(batch, C)`` bool, False on padding.
         count: ``(batch,)`` int64 number of candidates of each row (0: token never seen).
     """
 
-    first: torch.Tensor
-    second: torch.Tensor
+    tokens: tuple[torch.Tensor, ...]
     log_lik: torch.Tensor
     valid: torch.Tensor
     count: torch.Tensor
 
+    @property
+    def first(self) -> torch.Tensor:
+        """``(batch, C)`` the first source's tokens."""
+        return self.tokens[0]
+
+    @property
+    def second(self) -> torch.Tensor:
+        """``(batch, C)`` the second source's tokens."""
+        return self.tokens[1]
+
 
 class CountLikelihood:
-    """``p(m | i, j)`` from counted triples, sliced by mixture token on any device.
+    """``p(m | i_1, ..., i_N)`` from counted tuples, sliced by mixture token on any device.
 
     Args:
-        counts: the counts table.
-        smoothing: ``none``, ``additive`` or ``backoff`` (see the module docstring).
+        counts: the counts table (N sources: :attr:`Counts.n_sources`).
+        smoothing: ``none``, ``additive``, ``backoff`` or ``factorised`` (two sources; see the
+            module docstring).
         alpha: strength of the smoothing (pseudo-count per mixture token for ``additive``;
             total pseudo-count for ``backoff``).
         device: where :meth:`slice` returns its tensors.
-        min_count: triples counted fewer times are dropped before normalising (1: keep all).
+        min_count: tuples counted fewer times are dropped before normalising (1: keep all).
         base: the fitted model ``q`` of the ``factorised`` smoothing.
     """
 
@@ -219,6 +244,7 @@ class CountLikelihood:
         if smoothing != "none" and not alpha > 0:
             raise LikelihoodError(f"smoothing strength must be positive, got {alpha}")
         self.k = counts.k
+        self.n = counts.n_sources
         self.meta = counts.meta
         self.smoothing, self.alpha = smoothing, float(alpha)
         self.device = torch.device(device)
@@ -228,6 +254,9 @@ class CountLikelihood:
         if (smoothing == "factorised") != (base is not None):
             raise LikelihoodError("the factorised smoothing needs its fitted model (and only "
                                   "it takes one)")
+        if base is not None and self.n != 2:
+            raise LikelihoodError(f"the factorised smoothing is for two sources; these counts "
+                                  f"have {self.n}")
         if base is not None:
             base.check_fits(counts)
         self.base = base.to(self.device) if base is not None else None
@@ -237,12 +266,23 @@ class CountLikelihood:
             m.data[m.data < min_count] = 0
             m.eliminate_zeros()
         m.sort_indices()
-        k = self.k
-        self.pair_totals = np.asarray(m.sum(axis=0)).ravel()  # (K*K,) c(i, j)
+        k, n = self.k, self.n
+        indices = m.indices.astype(np.int64)
+        if n == 2:  # K^2 totals: a dense table, c(i, j) of every pair
+            self.pair_totals: np.ndarray | None = np.asarray(m.sum(axis=0)).ravel()
+            totals = self.pair_totals[indices]
+            self._tuples = torch.zeros(0, dtype=torch.long, device=self.device)
+            self._tuple_totals = torch.zeros(0, dtype=torch.float64, device=self.device)
+        else:  # the totals of the tuples seen only, sorted by tuple index
+            self.pair_totals = None
+            tuples, inverse = np.unique(indices, return_inverse=True)
+            sums = np.bincount(inverse.ravel(), weights=m.data, minlength=tuples.size)
+            totals = sums[inverse.ravel()]
+            self._tuples = torch.from_numpy(tuples).to(self.device)
+            self._tuple_totals = torch.from_numpy(sums).to(self.device)
         mix_totals = np.asarray(m.sum(axis=1)).ravel()  # (K,) c(m)
         self.mix_marginal = (mix_totals + 1.0) / (mix_totals.sum() + k)  # q(m), add-one
         rows = np.repeat(np.arange(k), np.diff(m.indptr))
-        totals = self.pair_totals[m.indices]
         if smoothing == "none":
             probs = m.data / totals
         elif smoothing == "additive":
@@ -251,20 +291,22 @@ class CountLikelihood:
             probs = (m.data + self.alpha * self.mix_marginal[rows]) / (totals + self.alpha)
         else:
             assert self.base is not None
-            q = self._base_prob(rows, m.indices.astype(np.int64))
+            q = self._base_prob(rows, indices)
             probs = (m.data + self.alpha * q) / (totals + self.alpha)
         self._indptr = torch.from_numpy(m.indptr.astype(np.int64)).to(self.device)
-        # The pairs and log-likelihoods in CSR order, each with one padding entry at the end
-        # (pair 0, log-likelihood -inf) that :meth:`slice` reads for the rows' padding.
-        pairs = torch.from_numpy(m.indices.astype(np.int64)).to(self.device)
-        self._pad = int(pairs.numel())
-        padded = torch.cat([pairs, pairs.new_zeros(1)])
-        # Each pair's two tokens, split once here rather than at every slice.
-        self._first, self._second = padded // k, padded % k
+        # The tuples and log-likelihoods in CSR order, each with one padding entry at the
+        # end (tuple 0, log-likelihood -inf) that :meth:`slice` reads for the rows' padding.
+        tuples_t = torch.from_numpy(indices).to(self.device)
+        self._pad = int(tuples_t.numel())
+        padded = torch.cat([tuples_t, tuples_t.new_zeros(1)])
+        # Each tuple's N tokens, split once here rather than at every slice.
+        self._tokens = tuple((padded // k ** (n - 1 - s)) % k if s else padded // k ** (n - 1)
+                             for s in range(n))
         self._log_p = torch.cat([torch.from_numpy(np.log(probs).astype(np.float32)).to(
             self.device), torch.full((1,), float("-inf"), device=self.device)])
-        self._keys = pairs + torch.from_numpy(rows.astype(np.int64)).to(self.device) * k * k
-        self._pair_totals = torch.from_numpy(self.pair_totals).to(self.device)
+        self._keys = tuples_t + torch.from_numpy(rows.astype(np.int64)).to(self.device) * k ** n
+        self._pair_totals = (torch.from_numpy(self.pair_totals).to(self.device)
+                             if self.pair_totals is not None else None)
         self._log_marginal = torch.from_numpy(np.log(self.mix_marginal)).to(self.device)
 
     def _base_prob(self, rows: np.ndarray, pairs: np.ndarray, chunk: int = 1 << 20
@@ -280,14 +322,21 @@ class CountLikelihood:
             out[lo: lo + chunk] = logq.double().exp().numpy()
         return out
 
+    def split_tuples(self, index: torch.Tensor) -> list[torch.Tensor]:
+        """Tuple indices ``(...)`` -> N token tensors ``(...)`` (source 1 first)."""
+        return [(index // self.k ** (self.n - 1 - s)) % self.k for s in range(self.n)]
+
     def held_out_bits(self, valid: Counts) -> float:
-        """Count-weighted cross-entropy of this likelihood on the triples of other counts,
-        bits per mixture token (``inf`` when it rules out a triple they hold)."""
+        """Count-weighted cross-entropy of this likelihood on the tuples of other counts,
+        bits per mixture token (``inf`` when it rules out a tuple they hold)."""
+        if valid.n_sources != self.n:
+            raise LikelihoodError(f"held-out counts of {valid.n_sources} sources for a "
+                                  f"likelihood of {self.n}")
         coo = valid.matrix.tocoo()
-        pairs = torch.from_numpy(coo.col.astype(np.int64))
+        tuples = torch.from_numpy(coo.col.astype(np.int64))
         log_p = self.log_likelihood(torch.from_numpy(coo.row.astype(np.int64)),
-                                    (pairs // self.k)[:, None],
-                                    (pairs % self.k)[:, None])[:, 0].double().cpu()
+                                    *(t[:, None] for t in self.split_tuples(tuples))
+                                    )[:, 0].double().cpu()
         w = torch.from_numpy(coo.data.astype(np.float64))
         return float(-(w * log_p).sum() / w.sum().clamp_min(1.0) / np.log(2))
 
@@ -303,16 +352,20 @@ class CountLikelihood:
     def load(cls, path: str | os.PathLike[str], smoothing: str = "none", alpha: float = 1.0,
              *, codebook_size: int | None = None, codec_identity: str | None = None,
              device: str | torch.device = "cpu", min_count: int = 1,
-             base: str | os.PathLike[str] | FactorisedLikelihood | None = None
-             ) -> CountLikelihood:
+             base: str | os.PathLike[str] | FactorisedLikelihood | None = None,
+             n_sources: int | None = None) -> CountLikelihood:
         """Load a counts file, checking that it was counted for this codec (``base``: the
-        factorised model, or its file, for the ``factorised`` smoothing)."""
+        factorised model, or its file, for the ``factorised`` smoothing; ``n_sources``: the
+        number of sources it must hold, if given)."""
         from likelihood.factorised import FactorisedLikelihood
 
         counts = load_counts(path)
         if codebook_size is not None and counts.k != codebook_size:
             raise LikelihoodError(f"{path} was counted for K = {counts.k} tokens but the codec "
                                   f"has {codebook_size} codes")
+        if n_sources is not None and counts.n_sources != n_sources:
+            raise LikelihoodError(f"{path} holds counts of {counts.n_sources} sources, not "
+                                  f"{n_sources}")
         stored = counts.meta.get("codec_identity")
         if codec_identity is not None and stored and stored != codec_identity:
             raise LikelihoodError(f"{path} was counted with another codec (identity "
@@ -327,14 +380,14 @@ class CountLikelihood:
         return m
 
     def candidate_counts(self, mix_tokens: torch.Tensor) -> torch.Tensor:
-        """How many seen pairs each mixture token has: ``(...) -> (...)`` int64 (the width
+        """How many seen tuples each mixture token has: ``(...) -> (...)`` int64 (the width
         of its :meth:`slice` row without padding; 0: the token was never counted)."""
         m = torch.as_tensor(mix_tokens, device=self.device).long()
         flat = self._rows(m)
         return (self._indptr[flat + 1] - self._indptr[flat]).view(m.shape)
 
     def slice(self, mix_tokens: torch.Tensor) -> Candidates:
-        """The seen pairs of each row's mixture token, padded to the longest row.
+        """The seen tuples of each row's mixture token, padded to the longest row.
 
         ``mix_tokens: (batch,)``. No Python loop over rows: gathers on :attr:`device`.
         """
@@ -345,56 +398,75 @@ class CountLikelihood:
         offs = torch.arange(width, device=self.device)
         valid = offs[None, :] < count[:, None]
         idx = (start[:, None] + offs[None, :]).masked_fill_(~valid, self._pad)
-        # (the padding reads pair 0 and log-likelihood -inf)
-        return Candidates(first=self._first[idx], second=self._second[idx],
-                          log_lik=self._log_p[idx], valid=valid, count=count)
+        # (the padding reads tuple 0 and log-likelihood -inf)
+        return Candidates(tokens=tuple(t[idx] for t in self._tokens), log_lik=self._log_p[idx],
+                          valid=valid, count=count)
 
-    def lookup(self, mix_tokens: torch.Tensor, first: torch.Tensor, second: torch.Tensor
+    def _tuple_totals_of(self, index: torch.Tensor) -> torch.Tensor:
+        """``c(t)`` (float64) of tuple indices ``index`` (0 for tuples never counted)."""
+        if self._pair_totals is not None:
+            return self._pair_totals[index]
+        if self._tuples.numel() == 0:
+            return torch.zeros(index.shape, dtype=torch.float64, device=self.device)
+        pos = torch.searchsorted(self._tuples, index.reshape(-1)).reshape(index.shape)
+        pos = pos.clamp(max=self._tuples.numel() - 1)
+        return torch.where(self._tuples[pos] == index, self._tuple_totals[pos],
+                           torch.zeros((), dtype=torch.float64, device=self.device))
+
+    def lookup(self, mix_tokens: torch.Tensor, *tokens: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Whether each triple was counted, and its ``log p(m | i, j)``.
+        """Whether each (mixture, tuple) was counted, and its ``log p(m | i_1, ..., i_N)``.
 
-        ``mix_tokens (batch,)``, ``first, second (batch, n)`` -> ``seen (batch, n)`` bool and
-        the log-likelihood ``(batch, n)``: the smoothed value for unseen triples (``-inf``
-        without smoothing). Seen triples have the value :meth:`slice` gives them.
+        ``mix_tokens (batch,)``, one ``(batch, n)`` tensor of tokens per source -> ``seen
+        (batch, n)`` bool and the log-likelihood ``(batch, n)``: the smoothed value for unseen
+        combinations (``-inf`` without smoothing). Seen ones have the value :meth:`slice`
+        gives them.
         """
+        if len(tokens) != self.n:
+            raise LikelihoodError(f"give one token tensor per source ({self.n}), got "
+                                  f"{len(tokens)}")
         m = self._rows(mix_tokens)
-        i = first.to(self.device).long()
-        j = second.to(self.device).long()
-        pair = i * self.k + j
-        keys = m[:, None] * self.k * self.k + pair
+        src = [t.to(self.device).long() for t in tokens]
+        pair = src[0]
+        for t in src[1:]:
+            pair = pair * self.k + t
+        keys = m[:, None] * self.k ** self.n + pair
         pos = torch.searchsorted(self._keys, keys.reshape(-1)).reshape(keys.shape)
         pos = pos.clamp(max=max(self._keys.numel() - 1, 0))
         seen = (self._keys[pos] == keys) if self._keys.numel() else torch.zeros_like(keys,
                                                                                      dtype=torch.bool)
         seen_value = self._log_p[pos]  # (the padding entry where the table is empty)
-        totals = self._pair_totals[pair]
         if self.smoothing == "none":
             unseen = torch.full_like(seen_value, float("-inf"))
         elif self.smoothing == "additive":
+            totals = self._tuple_totals_of(pair)
             unseen = (torch.log(torch.tensor(self.alpha, dtype=torch.float64, device=self.device))
                       - torch.log(totals + self.alpha * self.k)).float()
         elif self.smoothing == "backoff":
+            totals = self._tuple_totals_of(pair)
             unseen = (np.log(self.alpha) + self._log_marginal[m][:, None]
                       - torch.log(totals + self.alpha)).float()
         else:
             assert self.base is not None
-            unseen = (np.log(self.alpha) + self.base.log_prob(m, i, j)
+            totals = self._tuple_totals_of(pair)
+            unseen = (np.log(self.alpha) + self.base.log_prob(m, src[0], src[1])
                       - torch.log(totals + self.alpha).float())
         return seen, torch.where(seen, seen_value, unseen)
 
-    def log_likelihood(self, mix_tokens: torch.Tensor, first: torch.Tensor,
-                       second: torch.Tensor) -> torch.Tensor:
-        """``log p(m | i, j)`` for any pairs: ``mix_tokens (batch,)``, ``first, second
-        (batch, n)`` -> ``(batch, n)`` (``-inf`` for unseen combinations without smoothing)."""
-        return self.lookup(mix_tokens, first, second)[1]
+    def log_likelihood(self, mix_tokens: torch.Tensor, *tokens: torch.Tensor) -> torch.Tensor:
+        """``log p(m | i_1, ..., i_N)`` for any tuples: ``mix_tokens (batch,)``, one ``(batch,
+        n)`` tensor per source -> ``(batch, n)`` (``-inf`` for unseen combinations without
+        smoothing)."""
+        return self.lookup(mix_tokens, *tokens)[1]
 
     def dense(self, mix_tokens: torch.Tensor) -> torch.Tensor:
-        """``(batch, K, K)`` ``log p(m | i, j)`` for small K (at most 256)."""
-        if self.k > DENSE_LIMIT:
-            raise LikelihoodError(f"a dense (batch, K, K) slice is for K <= {DENSE_LIMIT}; "
-                                  f"this table has K = {self.k}")
+        """``(batch, K, ..., K)`` ``log p(m | i_1, ..., i_N)`` for small tables (K^N at most
+        256^2)."""
+        if self.k ** self.n > DENSE_LIMIT ** 2:
+            raise LikelihoodError(f"a dense (batch, K^N) slice is for K^N <= {DENSE_LIMIT}^2; "
+                                  f"this table has K = {self.k}, N = {self.n}")
         m = self._rows(mix_tokens)
-        grid = torch.arange(self.k, device=self.device)
-        first = grid.repeat_interleave(self.k)[None].expand(m.numel(), -1)
-        second = grid.repeat(self.k)[None].expand(m.numel(), -1)
-        return self.log_likelihood(m, first, second).view(m.numel(), self.k, self.k)
+        grid = torch.cartesian_prod(*[torch.arange(self.k, device=self.device)] * self.n)
+        grid = grid.view(-1, self.n)
+        tokens = [grid[:, s][None].expand(m.numel(), -1) for s in range(self.n)]
+        return self.log_likelihood(m, *tokens).view(m.numel(), *[self.k] * self.n)

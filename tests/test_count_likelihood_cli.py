@@ -60,7 +60,7 @@ def test_shards_merge_and_symmetry(setup, capsys):
     capsys.readouterr()
     assert cl.main(["--stats", str(tmp_path / "all.npz")]) == 0
     out = capsys.readouterr().out
-    assert "K 32, nonzeros" in out
+    assert "K 32, 2 sources, nonzeros" in out
     assert "dense int64 262,144" in out
 
 

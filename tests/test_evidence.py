@@ -71,18 +71,18 @@ def test_trainer_learns_a_planted_mapping_and_resumes_exactly():
 
     def fresh() -> EvidenceTrainer:
         torch.manual_seed(3)
-        return EvidenceTrainer(TokenEvidence(8, 16, width=16, dilations=(1,)), first, second,
+        return EvidenceTrainer(TokenEvidence(8, 16, width=16, dilations=(1,)), [first, second],
                                latents, epochs=EPOCHS, batch=8, lr=1e-2, seed=2)
 
-    before = evidence_bits(fresh().model, vf, vs, vl)
+    before = evidence_bits(fresh().model, [vf, vs], vl)
     whole = fresh()
     for _ in range(EPOCHS):
         whole.run_epoch()
-    after = evidence_bits(whole.model, vf, vs, vl)
+    after = evidence_bits(whole.model, [vf, vs], vl)
     assert min(before["bits"]) > 2.5
     assert max(after["bits"]) < 1.0
     assert min(after["top1"]) > 0.75
-    torch.testing.assert_close(whole.model.log_unigram, log_unigrams(first, second, 8))
+    torch.testing.assert_close(whole.model.log_unigram, log_unigrams([first, second], 8))
     # some epochs, a state dict, a new trainer that loads it and runs the others
     part = fresh()
     for _ in range(EPOCHS // 2):
@@ -96,7 +96,7 @@ def test_trainer_learns_a_planted_mapping_and_resumes_exactly():
     for name, value in whole.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[name]), name
     with pytest.raises(LikelihoodError, match="positive"):
-        EvidenceTrainer(TokenEvidence(8, 16, width=4, dilations=(1,)), first, second, latents,
+        EvidenceTrainer(TokenEvidence(8, 16, width=4, dilations=(1,)), [first, second], latents,
                         epochs=0)
 
 

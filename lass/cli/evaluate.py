@@ -2,7 +2,7 @@
 
     lass-evaluate --data data/synth --split test --bundle path/to/bundle --mixtures 100
 
-Mixtures are chunks (``--seconds``, 3 s as the paper) of the split whose two stems are both
+Mixtures are chunks (``--seconds``, 3 s as the paper) of the split whose stems are all
 non-silent, mixed with the bundle's rule, in a fixed seeded order. Every method's stems are
 scored with museval's BSSEval v4 SDR (window = hop = 1 s, median over windows), plain SDR
 and SI-SDR; the table gives per stem and on average the mean and the median over mixtures.
@@ -183,7 +183,8 @@ def _main(argv: Sequence[str] | None) -> int:
                           [x for m, x in zip(group, mixed, strict=True)
                            if any(not finished(n, m.index) for n in lass_methods)])
         for mixture, x in zip(group, mixed, strict=True):
-            refs = mix_gain(2, separator.mix_rule) * mixture.stems  # true contributions
+            refs = mix_gain(len(separator.stems), separator.mix_rule) * mixture.stems  # true
+            # contributions: each source scaled by the mixing rule
             for name, method in methods.items():
                 if finished(name, mixture.index):
                     bar.update(1)

@@ -63,9 +63,10 @@ def _fit(args: argparse.Namespace) -> int:
                             "lr": args.lr, "train_batch": args.train_batch}
     torch.manual_seed(args.seed)
     model = TokenEvidence(codec.codebook_size, codec.embedding_dim, args.width,
-                          tuple(args.dilations), meta).to(codec.device)
+                          tuple(args.dilations), meta, n_sources=len(args.sources)
+                          ).to(codec.device)
     latents = parts["latents"].to(codec.device)
-    trainer = EvidenceTrainer(model, parts["first"], parts["second"], latents, args.epochs,
+    trainer = EvidenceTrainer(model, list(parts["tokens"].unbind(1)), latents, args.epochs,
                               args.train_batch, args.lr, args.seed)
     state_path = out.with_name(out.name + ".trainer.pt")
     if state_path.is_file():
@@ -91,24 +92,26 @@ def _fit(args: argparse.Namespace) -> int:
         train_bits = trainer.run_epoch(progress)
         bar.close()
         if valid is not None and valid_latents is not None:
-            figures = evidence_bits(model, valid["first"], valid["second"], valid_latents)
+            figures = evidence_bits(model, list(valid["tokens"].unbind(1)), valid_latents)
+
+            def each(name: str, f: dict[str, list[float]] = figures) -> str:
+                return " / ".join(f"{v:.3f}" for v in f[name])
+
             print(f"epoch {trainer.epoch}: train {train_bits:.3f} bits; valid bits "
-                  f"{figures['bits'][0]:.3f} / {figures['bits'][1]:.3f}, top-1 "
-                  f"{figures['top1'][0]:.3f} / {figures['top1'][1]:.3f}, top-10 "
-                  f"{figures['top10'][0]:.3f} / {figures['top10'][1]:.3f} "
+                  f"{each('bits')}, top-1 {each('top1')}, top-10 {each('top10')} "
                   f"({' / '.join(args.sources)})", file=sys.stderr, flush=True)
         buf = io.BytesIO()
         torch.save({"meta": meta, "trainer": trainer.state_dict()}, buf)
         write_atomically(state_path, buf.getvalue())
     if valid is not None and valid_latents is not None:  # (no figures: resumed when done)
-        model.meta["valid"] = figures or evidence_bits(model, valid["first"], valid["second"],
+        model.meta["valid"] = figures or evidence_bits(model, list(valid["tokens"].unbind(1)),
                                                        valid_latents)
     model.meta["train_seconds"] = round(time.perf_counter() - start, 1)
     model.save(out)
     for suffix in (".encoded.pt", ".valid.encoded.pt", ".trainer.pt"):
         out.with_name(out.name + suffix).unlink(missing_ok=True)
     print(f"wrote {out}: K {model.k}, D {model.dim}, width {model.width}, receptive field "
-          f"+-{model.receptive_field} steps; {parts['first'].shape[0]} mixtures; encoding "
+          f"+-{model.receptive_field} steps; {parts['tokens'].shape[0]} mixtures; encoding "
           f"{encode_seconds:.0f} s, training {model.meta['train_seconds']:.0f} s")
     return 0
 

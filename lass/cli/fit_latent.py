@@ -41,7 +41,7 @@ def add_mixture_arguments(p: argparse.ArgumentParser) -> None:
     """The options of the encoded training mixtures (shared with ``lass-fit-evidence``)."""
     p.add_argument("--codec", type=Path, required=True, help="saved codec directory")
     p.add_argument("--data", type=Path, required=True, help="stem data set root")
-    p.add_argument("--sources", nargs=2, default=["drums", "bass"])
+    p.add_argument("--sources", nargs="+", default=["drums", "bass"])
     p.add_argument("--split", default="train")
     p.add_argument("--layout", default="auto")
     p.add_argument("--mix", default=None, help="mixing rule (default: the data set's, or mean)")
@@ -80,7 +80,7 @@ def _load_encoded(path: Path, config: dict[str, Any]) -> dict[str, list[torch.Te
         return None
     if not isinstance(saved, dict) or saved.get("config") != config:
         return None
-    return {n: [saved[n]] for n in ("first", "second", "latents")}
+    return {n: [saved[n]] for n in ("tokens", "latents")}
 
 
 def encode_mixtures(args: argparse.Namespace, prog: str, encoded: Path
@@ -88,10 +88,12 @@ def encode_mixtures(args: argparse.Namespace, prog: str, encoded: Path
     """Encode the training mixtures :func:`add_mixture_arguments` describe, resuming from
     (and checkpointing to) ``encoded``.
 
-    Returns the codec, the description of the mixtures, ``first, second: (n, tokens)`` the
+    Returns the codec, the description of the mixtures, ``tokens: (n, N, tokens)`` the N
     sources' tokens and ``latents: (n, tokens, D)`` float16 the mixtures' encoder outputs,
     and the seconds spent encoding.
     """
+    if len(args.sources) < 2 or len(set(args.sources)) != len(args.sources):
+        raise DataError("--sources needs at least two distinct stems")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     if args.hours <= 0:
@@ -113,28 +115,27 @@ def encode_mixtures(args: argparse.Namespace, prog: str, encoded: Path
                  "tracks": len(tracks)},
         "chunk_seconds": args.chunk_seconds, "gain_db": list(args.gain_db), "seed": args.seed,
         "mixtures": total}
-    parts: dict[str, list[torch.Tensor]] = {"first": [], "second": [], "latents": []}
+    parts: dict[str, list[torch.Tensor]] = {"tokens": [], "latents": []}
     if encoded.is_file():
         loaded = _load_encoded(encoded, config)
         if loaded is not None:
             parts = loaded
-            print(f"{prog}: resuming at mixture {len(parts['first'][0])} of {total}",
+            print(f"{prog}: resuming at mixture {len(parts['tokens'][0])} of {total}",
                   file=sys.stderr)
-    done = sum(len(x) for x in parts["first"])
+    done = sum(len(x) for x in parts["tokens"])
     start = last_save = time.perf_counter()
     bar = tqdm(total=total, initial=done, desc="encoding", unit="mix", file=sys.stderr,
                dynamic_ncols=True)
     try:
         while done < total:
             batch = range(done, min(total, done + args.batch))
-            sources = torch.stack([plan.sources(n) for n in batch])  # (b, 2, time)
+            sources = torch.stack([plan.sources(n) for n in batch])  # (b, N, time)
             mixture = mix(sources, rule, dim=1).to(codec.device)
             with torch.no_grad():
-                codes = codec.encode(torch.cat([sources[:, 0], sources[:, 1]]).to(codec.device))
+                codes = codec.encode(sources.flatten(0, 1).to(codec.device))  # (b N, tokens)
                 latents = codec.latents(mixture).transpose(1, 2)  # (b, tokens, D)
             b = len(batch)
-            parts["first"].append(codes[:b].cpu())
-            parts["second"].append(codes[b:].cpu())
+            parts["tokens"].append(codes.view(b, len(args.sources), -1).cpu())
             parts["latents"].append(latents.half().cpu())
             done += b
             bar.update(b)
@@ -153,8 +154,10 @@ def _fit(args: argparse.Namespace) -> int:
     if args.context < 1 or args.passes < 1:
         raise DataError("--context and --passes must be positive")
     encoded = args.out.with_name(args.out.name + ".encoded.pt")
+    if len(args.sources) != 2:
+        raise DataError("the latent likelihood is for two sources")
     codec, config, parts, encode_seconds = encode_mixtures(args, PROG, encoded)
-    done = parts["first"].shape[0]
+    done = parts["tokens"].shape[0]
     t0 = time.perf_counter()
     fit_bar = tqdm(total=args.passes, desc="fitting", unit="pass", file=sys.stderr,
                    dynamic_ncols=True)
@@ -162,7 +165,7 @@ def _fit(args: argparse.Namespace) -> int:
     def fit_progress(done_passes: int, _total: int) -> None:
         fit_bar.update(done_passes - fit_bar.n)
 
-    model = fit_latent(parts["first"], parts["second"], parts["latents"].float(),
+    model = fit_latent(parts["tokens"][:, 0], parts["tokens"][:, 1], parts["latents"].float(),
                        codec.codebook_size,
                        context=args.context, passes=args.passes,
                        meta={**config, "hours": args.hours, "passes": args.passes},

@@ -5,6 +5,9 @@
     lass-make-bundle --codec runs/codec/model --shared-prior runs/prior/model \\
         --stems drums bass --likelihood counts.npz --out bundles/mine
 
+Any number N >= 2 of stems: one ``--prior STEM=DIR`` each, or a shared prior with ``--stems
+A B C ...``; the counts (and the token evidence model) must be for N sources.
+
 Copies the components into ``--out`` (a new folder, written next to it and renamed into
 place), checks that they fit together (codebook sizes, the codec the priors and counts were
 made with, the prior's classes), and writes ``bundle.json`` with every sha256.
@@ -43,10 +46,10 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     p.add_argument("--codec", type=Path, required=True, help="saved codec directory")
     p.add_argument("--prior", action="append", default=[], metavar="STEM=DIR",
-                   help="one prior per stem (give it twice)")
+                   help="one prior per stem (give it once per stem)")
     p.add_argument("--shared-prior", type=Path, default=None,
-                   help="one prior for both stems (class-conditioned when it has classes)")
-    p.add_argument("--stems", nargs=2, default=None, help="stem names with --shared-prior")
+                   help="one prior for every stem (class-conditioned when it has classes)")
+    p.add_argument("--stems", nargs="+", default=None, help="stem names with --shared-prior")
     p.add_argument("--likelihood", type=Path, required=True,
                    help="counts file (.npz), or with --latent a lass-fit-latent model")
     p.add_argument("--latent", action="store_true",
@@ -57,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="the lass-fit-likelihood model of --smoothing factorised")
     p.add_argument("--alpha", type=float, default=1.0, help="smoothing strength")
     p.add_argument("--min-count", type=int, default=1,
-                   help="drop triples counted fewer times (default 1: keep all)")
+                   help="drop tuples counted fewer times (default 1: keep all)")
     p.add_argument("--prior-top", type=int, default=0, metavar="N",
                    help="score pairs of the priors' N likeliest tokens unseen in counting "
                         "(needs --smoothing)")
@@ -77,6 +80,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="STFT size of the mask output, in samples at the codec's rate")
     p.add_argument("--mask-iterations", type=int, default=0, metavar="N",
                    help="EM updates of the stems' powers before masking")
+    p.add_argument("--context-overlap", type=int, default=None, metavar="N",
+                   help="tokens a prior's next window starts from (default: half its context)")
     p.add_argument("--shifts", type=int, default=1, metavar="N",
                    help="delayed copies of each input separated and pooled (1: off)")
     p.add_argument("--evidence", type=Path, default=None, metavar="FILE",
@@ -98,13 +103,14 @@ def _main(argv: Sequence[str] | None) -> int:
     classes: dict[str, int] = {}
     if args.shared_prior is not None:
         if args.prior:
-            raise LassError("give either --prior STEM=DIR twice or --shared-prior, not both")
+            raise LassError("give either --prior STEM=DIR per stem or --shared-prior, not both")
         prior = load_prior(args.shared_prior)
         prior.check_codebook(codec.codebook_size, identity)
         names = prior.config.class_names
         stems = tuple(args.stems or names)
-        if len(stems) != 2:
-            raise LassError("--shared-prior needs --stems A B (or a prior with two classes)")
+        if len(stems) < 2 or len(set(stems)) != len(stems):
+            raise LassError("--shared-prior needs --stems A B ... (two or more distinct "
+                            "stems, or a prior with as many classes)")
         if names:
             missing = [s for s in stems if s not in names]
             if missing:
@@ -112,14 +118,14 @@ def _main(argv: Sequence[str] | None) -> int:
                                 f"for {', '.join(missing)}")
             classes = {s: names.index(s) for s in stems}
         sources = {"prior": args.shared_prior}
-        paths = {stems[0]: "prior", stems[1]: "prior"}
+        paths = {st: "prior" for st in stems}
     else:
         pairs = [item.split("=", 1) for item in args.prior]
-        if len(pairs) != 2 or any(len(p) != 2 for p in pairs):
-            raise LassError("give --prior STEM=DIR once for each of the two stems")
-        stems = (pairs[0][0], pairs[1][0])
-        if stems[0] == stems[1]:
-            raise LassError("the two --prior stems must differ")
+        if len(pairs) < 2 or any(len(p) != 2 for p in pairs):
+            raise LassError("give --prior STEM=DIR once for each stem (two or more)")
+        stems = tuple(p[0] for p in pairs)
+        if len(set(stems)) != len(stems):
+            raise LassError("the --prior stems must differ")
         for _, path in pairs:
             load_prior(path).check_codebook(codec.codebook_size, identity)
         sources = {f"prior-{stem}": Path(path) for stem, path in pairs}
@@ -131,6 +137,9 @@ def _main(argv: Sequence[str] | None) -> int:
         LatentLikelihood.load(args.likelihood).check_codec(codec.codebook_size, identity)
     else:
         counts = load_counts(args.likelihood)
+        if counts.n_sources != len(stems):
+            raise LassError(f"the counts are of {counts.n_sources} sources but {len(stems)} "
+                            "stems are named")
         if counts.k != codec.codebook_size:
             raise LassError(f"the counts have K = {counts.k} but the codec has "
                             f"{codec.codebook_size} codes")
@@ -149,8 +158,11 @@ def _main(argv: Sequence[str] | None) -> int:
             raise LassError("--evidence adds to counts, not to a --latent likelihood")
         if not args.evidence_weight >= 0:
             raise LassError(f"--evidence-weight must be >= 0, not {args.evidence_weight}")
-        TokenEvidence.load(args.evidence).check_codec(codec.codebook_size, codec.embedding_dim,
-                                                      identity)
+        model = TokenEvidence.load(args.evidence)
+        model.check_codec(codec.codebook_size, codec.embedding_dim, identity)
+        if model.n_sources != len(stems):
+            raise LassError(f"the token evidence model predicts {model.n_sources} sources but "
+                            f"{len(stems)} stems are named")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -163,7 +175,7 @@ def _main(argv: Sequence[str] | None) -> int:
         if args.evidence is not None:
             shutil.copy2(args.evidence, tmp / "evidence.npz")
         write_bundle(tmp, name=args.name or out.name, sample_rate=codec.sample_rate,
-                     stems=(stems[0], stems[1]), mix=args.mix, codec="codec", priors=paths,
+                     stems=stems, mix=args.mix, codec="codec", priors=paths,
                      likelihood="likelihood.npz", smoothing=args.smoothing,
                      likelihood_kind="latent" if args.latent else "counts",
                      alpha=args.alpha, min_count=args.min_count, prior_classes=classes or None,
@@ -175,6 +187,8 @@ def _main(argv: Sequence[str] | None) -> int:
                               "output": args.output, "mask_fft": args.mask_fft,
                               "mask_iterations": args.mask_iterations,
                               "shifts": args.shifts,
+                              **({"context_overlap": args.context_overlap}
+                                 if args.context_overlap is not None else {}),
                               **({"prior_top": args.prior_top} if args.prior_top else {}),
                               **({"evidence_weight": args.evidence_weight}
                                  if args.evidence is not None else {})})
@@ -182,7 +196,7 @@ def _main(argv: Sequence[str] | None) -> int:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    print(f"wrote {out}: stems {stems[0]} and {stems[1]}; lass-separate -m {out} mix.wav")
+    print(f"wrote {out}: stems {', '.join(stems)}; lass-separate -m {out} mix.wav")
     return 0
 
 
