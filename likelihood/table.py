@@ -18,6 +18,12 @@ at load (``c(t)`` below is the total count of source tuple ``t``):
 * ``factorised`` (two sources): ``(c + alpha * q(m | i, j)) / (c(i, j) + alpha)`` with ``q`` a
   :class:`~likelihood.factorised.FactorisedLikelihood` fitted to the counts: unseen
   combinations keep the probability a model of each source token's votes gives them.
+* ``votes`` (any N): ``(c + alpha * q(m | t)) / (c(t) + alpha)`` with the naive-Bayes
+  ``q(m | i_1, ..., i_N) = q(m) prod_s q(m | i_s) / q(m)``, ``q(m | i_s)`` counted from the
+  same table (each source's pairs with the mixture token, backed off to ``q(m)``; at most 1):
+  the sources taken as independent given the mixture token. With four sources almost every
+  tuple of a mixture is unseen, while each source's K x K pairs are counted thousands of
+  times over; the search ranks tokens by these per-source votes (:meth:`token_factors`).
 
 ``min_count`` drops the tuples counted fewer times before normalising: a tuple seen once
 in hours of mixtures is mostly chance, yet without smoothing it gets ``p = 1`` when its
@@ -45,7 +51,7 @@ if TYPE_CHECKING:
     from likelihood.factorised import FactorisedLikelihood
 
 FORMAT_VERSION = 1
-SMOOTHINGS = ("none", "additive", "backoff", "factorised")
+SMOOTHINGS = ("none", "additive", "backoff", "factorised", "votes")
 DENSE_LIMIT = 256
 
 
@@ -233,6 +239,10 @@ class CountLikelihood:
         device: where :meth:`slice` returns its tensors.
         min_count: tuples counted fewer times are dropped before normalising (1: keep all).
         base: the fitted model ``q`` of the ``factorised`` smoothing.
+
+    Attributes:
+        log_votes: ``(N, K, K)`` ``log q(m | i_s) - log q(m)`` (row ``s``, ``[m, i]``) of the
+            ``votes`` smoothing, or None.
     """
 
     def __init__(self, counts: Counts, smoothing: str = "none", alpha: float = 1.0,
@@ -282,13 +292,21 @@ class CountLikelihood:
             self._tuple_totals = torch.from_numpy(sums).to(self.device)
         mix_totals = np.asarray(m.sum(axis=1)).ravel()  # (K,) c(m)
         self.mix_marginal = (mix_totals + 1.0) / (mix_totals.sum() + k)  # q(m), add-one
+        self._log_marginal = torch.from_numpy(np.log(self.mix_marginal)).to(self.device)
         rows = np.repeat(np.arange(k), np.diff(m.indptr))
+        self.log_votes: torch.Tensor | None = None
+        if smoothing == "votes":
+            self.log_votes = torch.from_numpy(self._source_votes(counts)).to(self.device)
         if smoothing == "none":
             probs = m.data / totals
         elif smoothing == "additive":
             probs = (m.data + self.alpha) / (totals + self.alpha * k)
         elif smoothing == "backoff":
             probs = (m.data + self.alpha * self.mix_marginal[rows]) / (totals + self.alpha)
+        elif smoothing == "votes":
+            votes = self._votes_prob(torch.from_numpy(rows.astype(np.int64)).to(self.device),
+                                     torch.from_numpy(indices).to(self.device))
+            probs = (m.data + self.alpha * votes.double().cpu().numpy()) / (totals + self.alpha)
         else:
             assert self.base is not None
             q = self._base_prob(rows, indices)
@@ -307,7 +325,6 @@ class CountLikelihood:
         self._keys = tuples_t + torch.from_numpy(rows.astype(np.int64)).to(self.device) * k ** n
         self._pair_totals = (torch.from_numpy(self.pair_totals).to(self.device)
                              if self.pair_totals is not None else None)
-        self._log_marginal = torch.from_numpy(np.log(self.mix_marginal)).to(self.device)
 
     def _base_prob(self, rows: np.ndarray, pairs: np.ndarray, chunk: int = 1 << 20
                    ) -> np.ndarray:
@@ -321,6 +338,34 @@ class CountLikelihood:
             logq = base.log_prob(m, (pair // self.k)[:, None], (pair % self.k)[:, None])[:, 0]
             out[lo: lo + chunk] = logq.double().exp().numpy()
         return out
+
+    def _source_votes(self, counts: Counts) -> np.ndarray:
+        """``(N, K, K)`` float32 ``log q(m | i_s) - log q(m)`` from every count of the table
+        (``min_count`` does not apply: a source's pairs are counted many times over):
+        ``q(m | i) = (c_s(m, i) + q(m)) / (c_s(i) + 1)``."""
+        k, n = self.k, self.n
+        coo = counts.matrix.tocoo()
+        cols = coo.col.astype(np.int64)
+        data = coo.data.astype(np.float64)
+        q = self.mix_marginal
+        out = np.empty((n, k, k), dtype=np.float32)
+        for s in range(n):
+            tok = (cols // k ** (n - 1 - s)) % k
+            pairs = np.zeros(k * k, dtype=np.float64)
+            np.add.at(pairs, coo.row.astype(np.int64) * k + tok, data)
+            c = pairs.reshape(k, k)  # [m, i]
+            cond = (c + q[:, None]) / (c.sum(axis=0)[None, :] + 1.0)
+            out[s] = (np.log(cond) - np.log(q)[:, None]).astype(np.float32)
+        return out
+
+    def _votes_prob(self, mix: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """``q(m | t)`` (float32, at most 1) of the ``votes`` smoothing for mixture tokens
+        ``mix`` and tuple indices ``index`` of the same shape."""
+        assert self.log_votes is not None
+        log_q = self._log_marginal[mix].float()
+        for s, tok in enumerate(self.split_tuples(index)):
+            log_q = log_q + self.log_votes[s][mix, tok]
+        return log_q.clamp(max=0.0).exp()
 
     def split_tuples(self, index: torch.Tensor) -> list[torch.Tensor]:
         """Tuple indices ``(...)`` -> N token tensors ``(...)`` (source 1 first)."""
@@ -340,10 +385,13 @@ class CountLikelihood:
         w = torch.from_numpy(coo.data.astype(np.float64))
         return float(-(w * log_p).sum() / w.sum().clamp_min(1.0) / np.log(2))
 
-    def token_factors(self, mix_tokens: torch.Tensor
-                      ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Per-token parts ``(batch, K)`` of the smoothed log-likelihood of unseen pairs
-        (``factorised`` smoothing; None otherwise): a search ranks tokens by them."""
+    def token_factors(self, mix_tokens: torch.Tensor) -> tuple[torch.Tensor, ...] | None:
+        """Per-source, per-token parts ``(batch, K)`` of the smoothed log-likelihood of unseen
+        tuples (``factorised`` and ``votes`` smoothings; None otherwise): a search ranks
+        tokens by them."""
+        if self.log_votes is not None:
+            m = self._rows(mix_tokens)
+            return tuple(self.log_votes[s][m] for s in range(self.n))
         if self.base is None:
             return None
         return self.base.token_factors(self._rows(mix_tokens))
@@ -446,6 +494,10 @@ class CountLikelihood:
             totals = self._tuple_totals_of(pair)
             unseen = (np.log(self.alpha) + self._log_marginal[m][:, None]
                       - torch.log(totals + self.alpha)).float()
+        elif self.smoothing == "votes":
+            totals = self._tuple_totals_of(pair)
+            q = self._votes_prob(m[:, None].expand_as(pair), pair)
+            unseen = (torch.log(self.alpha * q.double()) - torch.log(totals + self.alpha)).float()
         else:
             assert self.base is not None
             totals = self._tuple_totals_of(pair)

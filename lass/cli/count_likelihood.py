@@ -88,7 +88,8 @@ def print_stats(path: Path) -> None:
     print(f"bytes: on disk {path.stat().st_size:,}; in memory (CSR) {s['bytes_in_memory']:,}; "
           f"dense int64 {s['bytes_dense_int64']:,} "
           f"({s['bytes_dense_int64'] / max(s['bytes_in_memory'], 1):,.0f}x larger)")
-    print(f"counted: {s['triples']:,} triples from {meta.get('mixtures', '?')} mixtures "
+    entries = "triples" if s["n_sources"] == 2 else f"{s['n_sources'] + 1}-tuples"
+    print(f"counted: {s['triples']:,} {entries} from {meta.get('mixtures', '?')} mixtures "
           f"({meta.get('seconds', 0) / 3600:.2f} h); sources {meta.get('sources')}, "
           f"symmetric {meta.get('symmetric')}, mix {meta.get('mix')}, shards "
           f"{meta.get('shards', [meta.get('shard')])}")
@@ -187,7 +188,7 @@ def _count(args: argparse.Namespace) -> int:
             bar.update(b)
             new = counter.triples - triples_before
             wall = time.perf_counter() - start
-            bar.set_postfix_str(f"{new / wall / 1e3:.0f}k triples/s overall, counting "
+            bar.set_postfix_str(f"{new / wall / 1e3:.0f}k tuples/s overall, counting "
                                 f"{new / max(count_seconds, 1e-9) / 1e6:.0f}M/s")
             if time.perf_counter() - last_save > args.checkpoint_seconds and done < len(mine):
                 checkpoint(partial, finished=False)
@@ -200,9 +201,10 @@ def _count(args: argparse.Namespace) -> int:
     checkpoint(args.out, finished=True)
     partial.unlink(missing_ok=True)
     new = counter.triples - triples_before
-    print(f"wrote {args.out}: {counter.triples:,} triples from {done} mixtures; this run "
-          f"counted {new:,} triples in {count_seconds:.2f} s of counting "
-          f"({new / max(count_seconds, 1e-9) / 1e6:.1f}M triples/s) and "
+    entries = "triples" if n_sources == 2 else f"{n_sources + 1}-tuples"
+    print(f"wrote {args.out}: {counter.triples:,} {entries} from {done} mixtures; this run "
+          f"counted {new:,} in {count_seconds:.2f} s of counting "
+          f"({new / max(count_seconds, 1e-9) / 1e6:.1f}M/s) and "
           f"{time.perf_counter() - start:.1f} s in all")
     return 0
 
