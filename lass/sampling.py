@@ -1,24 +1,28 @@
 """Token-level LASS inference: batched samplers and beam search over the likelihood's candidates.
 
-One token step, for R = mixtures x beams (or samples) rows at once::
+One token step, for R = mixtures x beams (or samples) rows and N sources at once::
 
-    log p1(i | z1_<t)     (R, K)  first prior, KV-cached step
-    log p2(j | z2_<t)     (R, K)  second prior
-    candidates of z_mix[t]        (B, C) pairs (i, j) with log p(z_mix[t] | i, j)
-    score = log p1(i) + log p2(j) + lambda * log p(z_mix[t] | i, j)      (R, C)
+    priors      log p_s(i | z_s,<t)          N x (R, K): one KV-cached step per prior (a
+                                             shared class-conditioned prior: one call)
+    candidates  tuples (i_1, ..., i_N)       (B, C): the counted tuples of z_mix[t]
+    score       sum_s log p_s(i_s) + lambda * log p(z_mix[t] | i_1..i_N) (+ evidence)   (R, C)
+    choice      the sampler's: greedy, ancestral, top-k, top-p, or the best beams
 
-then the sampler picks one candidate per row (greedy, ancestral, top-k, top-p) or, for beam
-search, the best ``num_beams`` continuations per mixture among all beams x candidates, with
-each beam's cumulative score carried correctly and both priors' caches reordered to follow
-the surviving beams. Scores are evaluated only on the sparse candidates; the dense K x K
-joint is never built. A mixture token with no candidate pair (never seen while counting)
-falls back to the pairs of each row's ``fallback_top`` most likely tokens under the two
-priors, scored with the likelihood's smoothed value (or 0 without smoothing), and is
-counted in :attr:`TokenSeparation.fallback_steps`. With ``prior_top``, every step also
-scores the priors' favourite pairs that counting never saw (at the smoothed likelihood):
-counts of a few hours miss many true pairs, the priors often rank them high. With the
-``factorised`` smoothing the tokens are ranked by prior plus lambda times the likelihood's
+Beam search keeps the best ``num_beams`` continuations per mixture among all beams x
+candidates, with each beam's cumulative score carried and every prior's cache reordered to
+follow the surviving beams. Scores are evaluated only on the sparse candidates; the dense
+K^N joint is never built. A mixture token with no counted tuple (never seen while counting)
+falls back to the grid of each source's most likely tokens (``fallback_top`` for two
+sources; fewer per source for more, :func:`grid_width`), ranked by prior plus evidence and
+scored with the likelihood's smoothed value (or 0 without smoothing); such steps are
+counted in :attr:`TokenSeparation.fallbacks`. With ``prior_top``, every step also scores
+the grid of the priors' favourite tokens that counting never saw with the mixture token (at
+the smoothed likelihood): counts of a few hours miss many true tuples, and with four
+sources almost every tuple is unseen. With the ``factorised`` (two sources) or ``votes``
+(any N) smoothing the tokens are ranked by prior plus lambda times the likelihood's
 per-token votes for the mixture token (:meth:`CountLikelihood.token_factors`).
+:attr:`TokenSeparation.unseen` counts the chosen tuples counting never saw: with
+``fallbacks``, how often each path fired.
 
 With a :class:`~likelihood.latent.LatentLikelihood` the step scores the mixture's encoder
 output instead of its token: each row's residual (the latent less the parts of its own past
@@ -544,6 +548,64 @@ def _score(lps: Sequence[torch.Tensor], cand: _Candidates) -> torch.Tensor:
     return score + cand.log_lik
 
 
+def _beam_choice(total: torch.Tensor, score: torch.Tensor, width: int
+                 ) -> tuple[torch.Tensor, np.ndarray, torch.Tensor]:
+    """Beam search's choice: the best ``width`` continuations of each mixture among its
+    beams x candidates. ``total: (batch, width)`` cumulative scores, ``score: (batch, width,
+    C)`` -> the new totals ``(batch, width)``, the beam (within its mixture) each new beam
+    extends ``(batch, width)`` on the host (most beams keep their row), and the pick among
+    that beam's candidates ``(batch * width,)``."""
+    batch, _, n_cand = score.shape
+    flat = (total[:, :, None] + score).view(batch, -1)
+    best = flat.topk(min(width, flat.shape[1]), dim=1)
+    values, index = best.values, best.indices
+    if values.shape[1] < width:  # fewer candidates than beams: pad with dead beams
+        values = torch.nn.functional.pad(values, (0, width - values.shape[1]),
+                                         value=float("-inf"))
+        index = torch.nn.functional.pad(index, (0, width - index.shape[1]), value=0)
+    # The choice's bookkeeping is a few integers per mixture: on the host.
+    found = host_index(index)
+    local_h = found // n_cand
+    slot = _keep_slots(local_h)  # new beam of each slot: most beams keep their row
+    rows = np.arange(batch)[:, None]
+    local_h, found = local_h[rows, slot], found[rows, slot]
+    total = values.gather(1, torch.from_numpy(slot).to(score.device))
+    pick = torch.from_numpy((found % n_cand).reshape(-1)).to(score.device)
+    return total, local_h, pick
+
+
+def _sample_choice(score: torch.Tensor, sampler: Greedy | Ancestral | TopK | TopP, batch: int,
+                   width: int, single: torch.Generator | None,
+                   generators: list[torch.Generator] | None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pick per row of ``score: (rows, C)``: the best (greedy) or a draw from the
+    (filtered, tempered) softmax; also the log of each row's normaliser ``(rows,)`` (the
+    particles' incremental weight; zeros for greedy)."""
+    if isinstance(sampler, Greedy):
+        return score.argmax(dim=1), torch.zeros(score.shape[0], device=score.device)
+    u = _uniforms(batch, width, single, generators, score.device)
+    logits = _filtered_logits(score, sampler)
+    return _draw(logits.softmax(dim=1), u), logits.logsumexp(dim=1)
+
+
+def _resample(log_weight: torch.Tensor, below: float, single: torch.Generator | None,
+              generators: list[torch.Generator] | None
+              ) -> tuple[np.ndarray, torch.Tensor] | None:
+    """Systematic resampling of the particles of the mixtures whose effective number is
+    below ``below``: ``(batch, width)`` the particle each slot continues (most keep their
+    row) and ``(batch,)`` which mixtures resampled; None when none does."""
+    batch, width = log_weight.shape
+    w = log_weight.softmax(dim=1)
+    low = (1.0 / (w * w).sum(dim=1)) < below  # effective sample size
+    if not bool(low.any()):
+        return None
+    which = low.nonzero().squeeze(1).tolist()
+    u = _uniforms(batch, 1, single, generators, log_weight.device, which)
+    local = host_index(torch.where(low[:, None], _systematic(log_weight, u),
+                                   torch.arange(width, device=log_weight.device)[None]))
+    return np.take_along_axis(local, _keep_slots(local), axis=1), low
+
+
 @torch.no_grad()
 def separate_tokens(mix_codes: torch.Tensor, priors: Sequence[Prior],
                     likelihood: CountLikelihood | LatentLikelihood, sampler: Sampler, *,
@@ -675,7 +737,6 @@ def separate_tokens(mix_codes: torch.Tensor, priors: Sequence[Prior],
                  else torch.zeros(batch, dtype=torch.long, device=device))
     unseen = torch.zeros(batch, dtype=torch.long, device=device)
     within = torch.arange(width, device=device).repeat(batch)  # row index within its mixture
-    batch_rows = np.arange(batch)[:, None]  # (batch, 1): fancy indexing of host arrays
     if isinstance(sampler, Ancestral) and not 0 <= sampler.resample <= 1:
         raise ValueError(f"resample must be in [0, 1], not {sampler.resample}")
     resample_below = (sampler.resample * width) if isinstance(sampler, Ancestral) else 0.0
@@ -719,52 +780,27 @@ def separate_tokens(mix_codes: torch.Tensor, priors: Sequence[Prior],
         n_cand = score.shape[2]
         # the sampler's choice: for each row, the row it continues (source) and the pick
         if beam:
-            flat = (total[:, :, None] + score).view(batch, -1)
-            best = flat.topk(min(width, flat.shape[1]), dim=1)
-            values, index = best.values, best.indices
-            if values.shape[1] < width:  # fewer candidates than beams: pad with dead beams
-                values = torch.nn.functional.pad(values, (0, width - values.shape[1]),
-                                                 value=float("-inf"))
-                index = torch.nn.functional.pad(index, (0, width - index.shape[1]), value=0)
-            # The choice's bookkeeping is a few integers per mixture: on the host.
-            found = host_index(index)
-            local_h = found // n_cand
-            slot = _keep_slots(local_h)  # new beam of each slot: most beams keep their row
-            local_h, found = local_h[batch_rows, slot], found[batch_rows, slot]
-            total = values.gather(1, torch.from_numpy(slot).to(device))
-            pick = torch.from_numpy((found % n_cand).reshape(-1)).to(device)
+            total, local_h, pick = _beam_choice(total, score, width)
             history = _move_rows(local_h, streams, history, shared)
-            # the row (within its mixture) each new beam extends
             source = torch.from_numpy(local_h.reshape(-1)).to(device)
         else:
             assert not isinstance(sampler, BeamSearch)
-            flat_score = score.view(rows, n_cand)
-            if isinstance(sampler, Greedy):
-                pick = flat_score.argmax(dim=1)
-            else:
-                u = _uniforms(batch, width, single, generators, device)
-                logits = _filtered_logits(flat_score, sampler)
-                pick = _draw(logits.softmax(dim=1), u)
-                if particles:
-                    log_weight = log_weight + logits.logsumexp(dim=1).view(batch, width)
+            pick, log_z = _sample_choice(score.view(rows, n_cand), sampler, batch, width,
+                                         single, generators)
+            if particles:
+                log_weight = log_weight + log_z.view(batch, width)
             source = within
-            total = total + flat_score.gather(1, pick[:, None]).view(batch, width)
+            total = total + score.view(rows, n_cand).gather(1, pick[:, None]).view(batch, width)
         for h, tok in zip(history, cand.tokens, strict=True):
             h[:, t] = _chosen(tok, source, pick)
         if steps is not None and (cand.counted < n_cand or cand.empty is not None):
             unseen += _unseen_choices(steps, t, history, mix_of_row, batch)
         if particles and t + 1 < length:
-            w = log_weight.softmax(dim=1)
-            low = (1.0 / (w * w).sum(dim=1)) < resample_below  # effective sample size
-            if bool(low.any()):
-                which = low.nonzero().squeeze(1).tolist()
-                u = _uniforms(batch, 1, single, generators, device, which)
-                local_h = host_index(torch.where(low[:, None], _systematic(log_weight, u),
-                                                 torch.arange(width, device=device)[None]))
-                # most particles keep their row
-                local_h = np.take_along_axis(local_h, _keep_slots(local_h), axis=1)
-                history = _move_rows(local_h, streams, history, shared)
-                total = total.gather(1, torch.from_numpy(local_h).to(device))
+            resampled = _resample(log_weight, resample_below, single, generators)
+            if resampled is not None:
+                local, low = resampled
+                history = _move_rows(local, streams, history, shared)
+                total = total.gather(1, torch.from_numpy(local).to(device))
                 log_weight = log_weight.masked_fill(low[:, None], 0.0)
                 resamplings += low.long()
         if progress is not None:

@@ -55,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--latent", action="store_true",
                    help="--likelihood is a latent likelihood (lass-fit-latent)")
     p.add_argument("--smoothing", default="none",
-                   choices=["none", "additive", "backoff", "factorised"])
+                   choices=["none", "additive", "backoff", "factorised", "votes"])
     p.add_argument("--factorised", type=Path, default=None, metavar="FILE",
                    help="the lass-fit-likelihood model of --smoothing factorised")
     p.add_argument("--alpha", type=float, default=1.0, help="smoothing strength")
