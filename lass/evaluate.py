@@ -13,6 +13,7 @@ windows per mixture (REFERENCE.md); silent windows give NaN and are dropped.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -173,6 +174,12 @@ class LassSearches:
         self.beams, self.top_k = beams, top_k
         self.candidates, self.temperature = candidates, temperature
         self._cache: dict[tuple[str, bytes], np.ndarray] = {}
+        self._seconds: dict[tuple[str, bytes], float] = {}
+
+    def seconds(self, kind: str, mixture: np.ndarray) -> float:
+        """Wall seconds of sampler ``kind``'s search of ``mixture`` (its share of the batched
+        search: encoding, search and decoding divided by the mixtures searched together)."""
+        return self._seconds.get((kind, mixture.tobytes()), 0.0)
 
     @classmethod
     def for_methods(cls, separator: Separator, names: Sequence[str], beams: int = 10,
@@ -202,15 +209,19 @@ class LassSearches:
         dropped; those of these mixtures are kept and not searched again."""
         wanted = {m.tobytes() for m in mixtures}
         self._cache = {k: v for k, v in self._cache.items() if k[1] in wanted}
+        self._seconds = {k: v for k, v in self._seconds.items() if k[1] in wanted}
         rate = self.separator.codec.sample_rate
         for kind in dict.fromkeys(kinds):
             todo = list({m.tobytes(): m for m in mixtures
                          if (kind, m.tobytes()) not in self._cache}.values())
             if not todo:
                 continue
+            start = time.perf_counter()
             results = self.separator.separate_many(todo, rate, self.settings(kind))
+            share = (time.perf_counter() - start) / len(todo)
             for m, r in zip(todo, results, strict=True):
                 self._cache[kind, m.tobytes()] = r.candidates
+                self._seconds[kind, m.tobytes()] = share
 
     def __call__(self, kind: str, mixture: np.ndarray) -> np.ndarray:
         """``(C, N, time)`` decoded candidates of ``mixture`` under sampler ``kind``."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from lass.evaluate import (
     lass_samplers,
     make_methods,
     mixture_of,
+    parse_lass_method,
     score,
 )
 from lass.separator import Separator
@@ -97,6 +99,9 @@ def summarise(results: dict[str, list[dict[str, Any]]], stems: Sequence[str]
                 entry["avg mean"] = float(np.nanmean(values))
                 entry["avg median"] = float(np.nanmedian(values))
             table[method][metric] = entry
+        secs = [r["seconds"] for r in rows if "seconds" in r]
+        table[method]["seconds"] = {"per mixture": float(np.median(secs)) if secs else
+                                    float("nan")}
     return table
 
 
@@ -104,12 +109,13 @@ def format_table(table: dict[str, dict[str, dict[str, float]]], stems: Sequence[
                  metric: str) -> str:
     """A markdown table of one metric (mean over mixtures, median in parentheses)."""
     cols = [*stems, "avg"]
-    lines = [f"| method ({metric}, dB: mean (median)) | " + " | ".join(cols) + " |",
-             "|---|" + "---|" * len(cols)]
+    lines = [f"| method ({metric}, dB: mean (median)) | " + " | ".join(cols)
+             + " | s/mixture |", "|---|" + "---|" * (len(cols) + 1)]
     for method, metrics in table.items():
         m = metrics[metric]
         cells = [f"{m[f'{c} mean']:.2f} ({m[f'{c} median']:.2f})" for c in cols]
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        secs = metrics.get("seconds", {}).get("per mixture", float("nan"))
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {secs:.2f} |")
     return "\n".join(lines)
 
 
@@ -189,9 +195,14 @@ def _main(argv: Sequence[str] | None) -> int:
                 if finished(name, mixture.index):
                     bar.update(1)
                     continue
+                start = time.perf_counter()
                 est = method(x, mixture.stems)
+                seconds = time.perf_counter() - start
+                if name.startswith("lass-"):
+                    seconds += searches.seconds(parse_lass_method(name)[0], x)
                 done[name].append({"index": mixture.index, "track": mixture.track,
-                                   "start": mixture.start, **score(est, refs, rate)})
+                                   "start": mixture.start, "seconds": seconds,
+                                   **score(est, refs, rate)})
                 bar.update(1)
             save()
     bar.close()
