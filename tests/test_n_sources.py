@@ -2,6 +2,7 @@
 brute force, and a three-stem bundle end to end."""
 
 import itertools
+import json
 from pathlib import Path
 
 import numpy as np
@@ -282,3 +283,27 @@ def test_a_three_stem_bundle_separates_into_three_stems(tmp_path, output):
         assert np.isfinite(s).all()
     if output == "mask":  # the stems are contributions that sum to the input
         np.testing.assert_allclose(sum(stems.values()), wave, atol=1e-4)
+
+
+def test_lass_separate_writes_one_file_per_stem_that_sum_to_the_input(tmp_path, capsys):
+    import soundfile as sf
+
+    from lass.cli.separate import main as separate_main
+
+    bundle = make_three_stem_bundle(tmp_path / "b")
+    rng = np.random.default_rng(3)
+    t = np.arange(6000) / 8000
+    x = (0.2 * np.sin(2 * np.pi * 90 * t) + 0.2 * np.sin(2 * np.pi * 400 * t)
+         + 0.1 * rng.standard_normal(6000)).astype(np.float32)
+    sf.write(tmp_path / "mix.wav", x, 8000, subtype="FLOAT")
+    out = tmp_path / "out"
+    assert separate_main([str(tmp_path / "mix.wav"), "-m", str(bundle), "-o", str(out),
+                          "--float32"]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    stems = [sf.read(out / "three" / "mix" / f"{s}.wav", dtype="float32")[0]
+             for s in ("low", "mid", "high")]
+    for s in stems:
+        assert s.shape == x.shape
+    np.testing.assert_allclose(sum(stems), x, atol=1e-5)
+    info = json.loads((out / "three" / "mix" / "separation.json").read_text())
+    assert info["bundle"]["name"] == "three"
