@@ -452,7 +452,7 @@ def _count_candidates(steps: _CountSteps, t: int, mix_of_row: torch.Tensor, widt
     where there are none, the grid of each source's ``fallback_top`` best tokens (fewer per
     source for N > 2, :func:`grid_width`); with ``prior_top``, also the grid of each source's
     best tokens that counting never saw with the token. Tokens are ranked by prior plus
-    evidence (plus lambda times the likelihood's per-token votes, where it has them) and the
+    evidence plus lambda times the likelihood's per-token votes (where it has them) and the
     grid's tuples scored at the smoothed likelihood (none: the fallback's at 0, the extra
     grid not at all).
 
@@ -474,6 +474,9 @@ def _count_candidates(steps: _CountSteps, t: int, mix_of_row: torch.Tensor, widt
     step_ev = steps.evidence_at(t)  # (N, batch, K): the rows' own evidence
     ev = None if step_ev is None else step_ev[:, mix_of_row]
     rank = list(lps) if ev is None else [lp + ev[s] for s, lp in enumerate(lps)]
+    factors = likelihood.token_factors(mix_t)
+    if factors is not None:  # the likelihood's per-token votes for z_mix[t] too
+        rank = [r + lam * factors[s][mix_of_row] for s, r in enumerate(rank)]
     row_empty = empty[mix_of_row]
     if steps.any_empty[t]:
         f = min(grid_width(fallback_top, n), likelihood.k)
@@ -490,9 +493,6 @@ def _count_candidates(steps: _CountSteps, t: int, mix_of_row: torch.Tensor, widt
     counted = log_lik.shape[1]
     if prior_top > 0:  # tuples the priors favour that counting never saw with z_mix[t]
         f = min(grid_width(prior_top, n), likelihood.k)
-        factors = likelihood.token_factors(mix_t)
-        if factors is not None:  # the likelihood's per-token votes for z_mix[t] too
-            rank = [r + lam * factors[s][mix_of_row] for s, r in enumerate(rank)]
         add = _grid(*(r.topk(f, dim=1).indices for r in rank))
         seen, add_ll = likelihood.lookup(mix_t[mix_of_row], *add)
         # Seen tuples are candidates already; a row on the fallback has these tuples too.
