@@ -57,10 +57,35 @@ DENSE_LIMIT = 256
 
 @dataclass(frozen=True)
 class Counts:
-    """A counts table and its metadata (``meta['k']``, ``meta['codec_identity']``, ...)."""
+    """A counts table and its metadata (``meta['k']``, ``meta['codec_identity']``, ...).
+
+    Attributes:
+        matrix: ``(K, K^N)`` CSR int64 counts.
+        meta: the metadata record.
+        pairs: ``(N, K, K)`` int64 counts of each source's token with the mixture token
+            (``[s, m, i]``), kept by :func:`prune_counts` from the table before pruning; None:
+            they are those of ``matrix`` (:meth:`source_pairs`).
+    """
 
     matrix: sp.csr_matrix
     meta: dict[str, Any] = field(default_factory=dict)
+    pairs: np.ndarray | None = None
+
+    def source_pairs(self) -> np.ndarray:
+        """``(N, K, K)`` int64: how often source ``s``'s token ``i`` met mixture token ``m``
+        (``[s, m, i]``), summed over the other sources."""
+        if self.pairs is not None:
+            return self.pairs
+        k, n = self.k, self.n_sources
+        coo = self.matrix.tocoo()
+        cols = coo.col.astype(np.int64)
+        rows = coo.row.astype(np.int64) * k
+        out = np.zeros((n, k * k), dtype=np.int64)
+        for s in range(n):
+            out[s] = np.bincount(rows + (cols // k ** (n - 1 - s)) % k,
+                                 weights=coo.data.astype(np.float64), minlength=k * k
+                                 ).round().astype(np.int64)
+        return out.reshape(n, k, k)
 
     @property
     def k(self) -> int:
@@ -96,11 +121,15 @@ def save_counts(path: str | os.PathLike[str], counts: Counts) -> Path:
     meta = {**counts.meta, "format_version": FORMAT_VERSION, "k": counts.k}
     if counts.n_sources != 2:
         meta["n_sources"] = counts.n_sources
+    arrays: dict[str, Any] = {
+        "data": m.data.astype(np.int64),
+        "indices": m.indices.astype(np.int32 if small else np.int64),
+        "indptr": m.indptr.astype(np.int64), "shape": np.array(m.shape, dtype=np.int64),
+        "meta": np.array(json.dumps(meta, sort_keys=True))}
+    if counts.pairs is not None:
+        arrays["pairs"] = counts.pairs.astype(np.int64)
     buf = io.BytesIO()
-    np.savez_compressed(buf, data=m.data.astype(np.int64),
-                        indices=m.indices.astype(np.int32 if small else np.int64),
-                        indptr=m.indptr.astype(np.int64), shape=np.array(m.shape, dtype=np.int64),
-                        meta=np.array(json.dumps(meta, sort_keys=True)))
+    np.savez_compressed(buf, **arrays)
     return write_atomically(out, buf.getvalue())
 
 
@@ -164,6 +193,7 @@ def load_counts(path: str | os.PathLike[str]) -> Counts:
             matrix = sp.csr_matrix((f["data"].astype(np.int64), f["indices"].astype(np.int64),
                                     f["indptr"].astype(np.int64)), shape=shape)
             meta = json.loads(str(f["meta"]))
+            pairs = f["pairs"].astype(np.int64) if "pairs" in f.files else None
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
         raise LikelihoodError(f"cannot read counts file {p}: corrupt or truncated ({err})"
                               ) from None
@@ -173,7 +203,23 @@ def load_counts(path: str | os.PathLike[str]) -> Counts:
     if n < 2 or k < 2 or shape != (k, k ** n):
         raise LikelihoodError(f"{p}: matrix shape {shape} does not fit K = {k} and {n} "
                               "sources")
-    return Counts(matrix, meta)
+    if pairs is not None and pairs.shape != (n, k, k):
+        raise LikelihoodError(f"{p}: source pair counts of shape {pairs.shape}, not "
+                              f"({n}, {k}, {k})")
+    return Counts(matrix, meta, pairs)
+
+
+def prune_counts(counts: Counts, min_count: int) -> Counts:
+    """The table without the tuples counted fewer than ``min_count`` times, keeping each
+    source's pair counts of the whole table (the ``votes`` smoothing's) and saying so in
+    ``meta['min_count']``: a file for shipping, which no longer merges."""
+    if min_count < 2:
+        raise LikelihoodError(f"pruning needs a minimum count of at least 2, got {min_count}")
+    m = sp.csr_matrix(counts.matrix, copy=True)
+    m.data[m.data < min_count] = 0
+    m.eliminate_zeros()
+    meta = {**counts.meta, "min_count": max(min_count, int(counts.meta.get("min_count", 1)))}
+    return Counts(m, meta, counts.source_pairs())
 
 
 def merge_counts(tables: list[Counts]) -> Counts:
@@ -181,6 +227,9 @@ def merge_counts(tables: list[Counts]) -> Counts:
     if not tables:
         raise LikelihoodError("nothing to merge")
     first = tables[0].meta
+    if any("min_count" in t.meta for t in tables):
+        raise LikelihoodError("cannot merge pruned counts (tuples counted fewer than their "
+                              "min_count times are gone); merge the full tables, then prune")
     for t in tables[1:]:
         if t.n_sources != tables[0].n_sources:
             raise LikelihoodError(f"cannot merge counts of {tables[0].n_sources} and "
@@ -291,6 +340,8 @@ class CountLikelihood:
             self._tuples = torch.from_numpy(tuples).to(self.device)
             self._tuple_totals = torch.from_numpy(sums).to(self.device)
         mix_totals = np.asarray(m.sum(axis=1)).ravel()  # (K,) c(m)
+        if smoothing == "votes":  # of the whole table: before min_count and any pruning
+            mix_totals = counts.source_pairs()[0].sum(axis=1).astype(np.float64)
         self.mix_marginal = (mix_totals + 1.0) / (mix_totals.sum() + k)  # q(m), add-one
         self._log_marginal = torch.from_numpy(np.log(self.mix_marginal)).to(self.device)
         rows = np.repeat(np.arange(k), np.diff(m.indptr))
@@ -340,20 +391,13 @@ class CountLikelihood:
         return out
 
     def _source_votes(self, counts: Counts) -> np.ndarray:
-        """``(N, K, K)`` float32 ``log q(m | i_s) - log q(m)`` from every count of the table
-        (``min_count`` does not apply: a source's pairs are counted many times over):
-        ``q(m | i) = (c_s(m, i) + q(m)) / (c_s(i) + 1)``."""
-        k, n = self.k, self.n
-        coo = counts.matrix.tocoo()
-        cols = coo.col.astype(np.int64)
-        data = coo.data.astype(np.float64)
+        """``(N, K, K)`` float32 ``log q(m | i_s) - log q(m)`` from each source's pair counts
+        (:meth:`Counts.source_pairs`: the whole table's; ``min_count`` does not apply, a
+        source's pairs are counted many times over): ``q(m | i) = (c_s(m, i) + q(m)) /
+        (c_s(i) + 1)``."""
         q = self.mix_marginal
-        out = np.empty((n, k, k), dtype=np.float32)
-        for s in range(n):
-            tok = (cols // k ** (n - 1 - s)) % k
-            pairs = np.zeros(k * k, dtype=np.float64)
-            np.add.at(pairs, coo.row.astype(np.int64) * k + tok, data)
-            c = pairs.reshape(k, k)  # [m, i]
+        out = np.empty((self.n, self.k, self.k), dtype=np.float32)
+        for s, c in enumerate(counts.source_pairs().astype(np.float64)):  # [m, i]
             cond = (c + q[:, None]) / (c.sum(axis=0)[None, :] + 1.0)
             out[s] = (np.log(cond) - np.log(q)[:, None]).astype(np.float32)
         return out

@@ -307,3 +307,26 @@ def test_lass_separate_writes_one_file_per_stem_that_sum_to_the_input(tmp_path, 
     np.testing.assert_allclose(sum(stems), x, atol=1e-5)
     info = json.loads((out / "three" / "mix" / "separation.json").read_text())
     assert info["bundle"]["name"] == "three"
+
+
+def test_pruned_counts_keep_the_votes_of_the_whole_table(tmp_path):
+    from lass.cli.merge_counts import main as merge_main
+
+    k, n, rng = 5, 3, np.random.default_rng(2)
+    src = rng.integers(0, k, (n, 1500))
+    m = (src.sum(0) + rng.integers(0, 2, 1500)) % k
+    counter = TupleCounter(k, n=n)
+    counter.add(m, *src)
+    full = save_counts(tmp_path / "full.npz", Counts(counter.matrix(), {"n_sources": n}))
+    assert merge_main([str(full), "--min-count", "2", "--out", str(tmp_path / "p.npz")]) == 0
+    pruned = load_counts(tmp_path / "p.npz")
+    whole = load_counts(full)
+    assert pruned.matrix.nnz < whole.matrix.nnz
+    assert pruned.matrix.data.min() >= 2
+    np.testing.assert_array_equal(pruned.source_pairs(), whole.source_pairs())
+    a = CountLikelihood(whole, "votes", 2.0, min_count=2)
+    b = CountLikelihood(pruned, "votes", 2.0)
+    np.testing.assert_allclose(a.dense(torch.arange(k)).numpy(), b.dense(torch.arange(k)).numpy(),
+                               rtol=1e-5)
+    with pytest.raises(LikelihoodError, match="pruned"):
+        merge_counts([pruned, whole])

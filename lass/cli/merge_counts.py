@@ -2,7 +2,10 @@
 
     lass-merge-counts shard-0.npz shard-1.npz ... --out counts.npz
 
-The shards must come from the same codec, K, mixing rule, sources and symmetry.
+The shards must come from the same codec, K, mixing rule, sources and symmetry. With
+``--min-count M`` the merged table drops the tuples counted fewer than M times and keeps each
+source's pair counts of the whole table (what the ``votes`` smoothing reads): a smaller file
+to ship, which no longer merges (one input prunes it alone).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from pathlib import Path
 
 from lass.cli import run_cli
 from likelihood import load_counts, merge_counts, save_counts
+from likelihood.table import prune_counts
 
 PROG = "lass-merge-counts"
 
@@ -22,12 +26,19 @@ def _main(argv: Sequence[str] | None) -> int:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     p.add_argument("inputs", nargs="+", type=Path)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--min-count", type=int, default=1, metavar="M",
+                   help="drop tuples counted fewer than M times (keeping each source's pair "
+                        "counts)")
     args = p.parse_args(argv)
     merged = merge_counts([load_counts(path) for path in args.inputs])
+    if args.min_count > 1:
+        merged = prune_counts(merged, args.min_count)
     save_counts(args.out, merged)
     s = merged.stats()
+    pruned = f" (tuples counted fewer than {args.min_count} times dropped)" \
+        if args.min_count > 1 else ""
     print(f"wrote {args.out}: {len(args.inputs)} shards, {s['triples']:,} triples, "
-          f"{s['nonzeros']:,} nonzeros")
+          f"{s['nonzeros']:,} nonzeros{pruned}")
     return 0
 
 
