@@ -576,16 +576,16 @@ def _beam_choice(total: torch.Tensor, score: torch.Tensor, width: int
 
 def _sample_choice(score: torch.Tensor, sampler: Greedy | Ancestral | TopK | TopP, batch: int,
                    width: int, single: torch.Generator | None,
-                   generators: list[torch.Generator] | None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+                   generators: list[torch.Generator] | None, weights: bool
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One pick per row of ``score: (rows, C)``: the best (greedy) or a draw from the
-    (filtered, tempered) softmax; also the log of each row's normaliser ``(rows,)`` (the
-    particles' incremental weight; zeros for greedy)."""
+    (filtered, tempered) softmax; with ``weights``, also the log of each row's normaliser
+    ``(rows,)`` (the particles' incremental weight)."""
     if isinstance(sampler, Greedy):
-        return score.argmax(dim=1), torch.zeros(score.shape[0], device=score.device)
+        return score.argmax(dim=1), None
     u = _uniforms(batch, width, single, generators, score.device)
     logits = _filtered_logits(score, sampler)
-    return _draw(logits.softmax(dim=1), u), logits.logsumexp(dim=1)
+    return _draw(logits.softmax(dim=1), u), logits.logsumexp(dim=1) if weights else None
 
 
 def _resample(log_weight: torch.Tensor, below: float, single: torch.Generator | None,
@@ -786,8 +786,8 @@ def separate_tokens(mix_codes: torch.Tensor, priors: Sequence[Prior],
         else:
             assert not isinstance(sampler, BeamSearch)
             pick, log_z = _sample_choice(score.view(rows, n_cand), sampler, batch, width,
-                                         single, generators)
-            if particles:
+                                         single, generators, particles)
+            if log_z is not None:
                 log_weight = log_weight + log_z.view(batch, width)
             source = within
             total = total + score.view(rows, n_cand).gather(1, pick[:, None]).view(batch, width)
