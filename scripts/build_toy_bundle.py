@@ -23,9 +23,11 @@ output exists; the training stages resume when interrupted):
    training mixtures, ``EVIDENCE_EPOCHS`` epochs)
 6. ``tune``: on ``TUNE_MIXTURES`` validation mixtures (never test), mean SI-SDR of the mask
    output of beam search (``BEAMS`` beams) over ``GRID`` (lambda, evidence weight); then
-   the ancestral sampler's (``SAMPLES`` samples, combined by their mean) over
-   ``SAMPLE_GRID`` (lambda, temperature) at the chosen weight; the bundle takes the better
-   sampler
+   the ancestral sampler's (``SAMPLES`` samples, combined by their mean) at the
+   ``SAMPLE_GRID`` temperatures with the best lambda and weight; the bundle takes sampling
+   when it gains at least ``SAMPLER_GAIN_DB``; last the mask output's STFT size and EM
+   updates (``MASK_GRID``) for the chosen sampler, taken when they gain at least
+   ``MASK_GAIN_DB`` over 2048 samples without updates
 7. ``assemble``: the bundle in ``WORK/bundle`` (``bundle.json`` with every sha256);
    ``--install`` copies it to ``lass/bundles/toy`` and prints the rows of
    ``checkpoints.md``.
@@ -61,10 +63,13 @@ PRIOR_TOP = 16  # a 4 x 4 x 4 x 4 grid of the sources' likeliest tokens per step
 SMOOTHING = ("votes", 1.0)
 TUNE_MIXTURES = 24
 BEAMS = 10
-GRID = ((0.0, 1.0), (1.0, 1.0), (3.0, 1.0), (1.0, 0.5), (1.0, 2.0))  # (lambda, weight)
+GRID = ((0.0, 1.0), (1.0, 1.0), (3.0, 1.0), (6.0, 1.0), (10.0, 1.0), (6.0, 0.5), (6.0, 2.0))
+# (lambda, evidence weight)
 SAMPLES = 10
-SAMPLE_GRID = ((1.0, 1.0), (1.0, 1.5))  # (lambda, temperature)
+SAMPLE_GRID = (1.0, 1.5)  # temperatures, at the beam search's best lambda and weight
 SAMPLER_GAIN_DB = 0.2
+MASK_GRID = ((2048, 0), (4096, 0), (8192, 0), (4096, 1), (8192, 1))  # (STFT size, EM updates)
+MASK_GAIN_DB = 0.2
 
 
 def _run(cmd: list[str], log: dict[str, Any], stage: str) -> None:
@@ -134,7 +139,9 @@ def main() -> None:
     def assemble(sampler: dict[str, Any]) -> None:
         if bundle.exists():
             shutil.rmtree(bundle)
-        cmd = ["lass-make-bundle", "--codec", str(codec / "model"), "--shared-prior",
+        mask = ["--mask-fft", str(sampler.get("mask_fft", 2048)), "--mask-iterations",
+                str(sampler.get("mask_iterations", 0))]
+        cmd = ["lass-make-bundle", *mask, "--codec", str(codec / "model"), "--shared-prior",
                str(prior / "model"), "--likelihood", str(counts), "--smoothing", SMOOTHING[0],
                "--alpha", str(SMOOTHING[1]), "--prior-top", str(PRIOR_TOP), "--evidence",
                str(evidence), "--evidence-weight", str(sampler["weight"]), "--lam",
@@ -162,25 +169,39 @@ def main() -> None:
     best: dict[str, Any] = {"kind": "beam", "lam": lam, "weight": weight,
                             "si_sdr": beam_grid[f"lambda {lam:g} weight {weight:g}"]}
     sample_grid = tune.setdefault("ancestral", {})
-    for s_lam, temp in SAMPLE_GRID:
-        key = f"lambda {s_lam:g} temperature {temp:g}"
+    for temp in SAMPLE_GRID:
+        key = f"lambda {lam:g} weight {weight:g} temperature {temp:g}"
         if key not in sample_grid:
             sample_grid[key] = _valid_si_sdr(
-                bundle, data, work / "tune" / f"ancestral-{s_lam:g}-{temp:g}-{weight:g}.json",
+                bundle, data, work / "tune" / f"ancestral-{lam:g}-{weight:g}-{temp:g}.json",
                 "lass-ancestral-mask-mean",
-                ["--candidates", str(SAMPLES), "--temperature", str(temp), "--lam",
-                 str(s_lam), "--evidence-weight", str(weight)])
+                ["--candidates", str(SAMPLES), "--temperature", str(temp), "--lam", str(lam),
+                 "--evidence-weight", str(weight)])
             print(f"ancestral {key}: valid SI-SDR {sample_grid[key]:.2f} dB", file=sys.stderr)
             log_path.write_text(json.dumps(log, indent=1) + "\n")
-    s_lam, temp = max(SAMPLE_GRID,
-                      key=lambda g: sample_grid[f"lambda {g[0]:g} temperature {g[1]:g}"])
-    sampled = sample_grid[f"lambda {s_lam:g} temperature {temp:g}"]
+    temp = max(SAMPLE_GRID,
+               key=lambda t: sample_grid[f"lambda {lam:g} weight {weight:g} temperature {t:g}"])
+    sampled = sample_grid[f"lambda {lam:g} weight {weight:g} temperature {temp:g}"]
     if sampled >= best["si_sdr"] + SAMPLER_GAIN_DB:
-        best = {"kind": "ancestral", "lam": s_lam, "weight": weight, "temperature": temp,
+        best = {"kind": "ancestral", "lam": lam, "weight": weight, "temperature": temp,
                 "si_sdr": sampled}
+    assemble(best)
+    method = "lass-beam-mask" if best["kind"] == "beam" else "lass-ancestral-mask-mean"
+    mask_grid = tune.setdefault("mask", {})
+    for fft, em in MASK_GRID:
+        key = f"fft {fft} em {em}"
+        if key not in mask_grid:
+            mask_grid[key] = _valid_si_sdr(
+                bundle, data, work / "tune" / f"mask-{fft}-{em}.json", method,
+                ["--mask-fft", str(fft), "--mask-iterations", str(em)])
+            print(f"mask {key}: valid SI-SDR {mask_grid[key]:.2f} dB", file=sys.stderr)
+            log_path.write_text(json.dumps(log, indent=1) + "\n")
+    fft, em = max(MASK_GRID, key=lambda g: mask_grid[f"fft {g[0]} em {g[1]}"])
+    if mask_grid[f"fft {fft} em {em}"] >= mask_grid["fft 2048 em 0"] + MASK_GAIN_DB:
+        best.update(mask_fft=fft, mask_iterations=em, si_sdr=mask_grid[f"fft {fft} em {em}"])
+        assemble(best)
     tune["chosen"] = best
     log_path.write_text(json.dumps(log, indent=1) + "\n")
-    assemble(best)
     files = sorted(f for f in bundle.rglob("*") if f.is_file())
     total = sum(f.stat().st_size for f in files)
     print(f"bundle {bundle}: {len(files)} files, {total / 1e6:.1f} MB; settings {best}")
