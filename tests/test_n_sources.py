@@ -283,6 +283,12 @@ def test_a_three_stem_bundle_separates_into_three_stems(tmp_path, output):
         assert np.isfinite(s).all()
     if output == "mask":  # the stems are contributions that sum to the input
         np.testing.assert_allclose(sum(stems.values()), wave, atol=1e-4)
+    # Posterior samples over shifted copies, combined into one mask (or one mean decoding).
+    pooled = sep.with_settings(sampler=Ancestral(temperature=1.5), candidates=2, shifts=2,
+                               combine="mean").separate(wave, 8000)
+    assert list(pooled) == ["low", "mid", "high"]
+    if output == "mask":
+        np.testing.assert_allclose(sum(pooled.values()), wave, atol=1e-4)
 
 
 def test_lass_separate_writes_one_file_per_stem_that_sum_to_the_input(tmp_path, capsys):
