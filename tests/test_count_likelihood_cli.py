@@ -95,3 +95,34 @@ def test_bad_arguments_are_one_line(setup, capsys):
     assert "need 0 <= i < n" in capsys.readouterr().err
     assert cl.main(["--stats", str(tmp_path / "missing.npz")]) == 1
     assert "counts file not found" in capsys.readouterr().err
+
+
+def test_three_sources_count_shard_and_merge_like_two(setup, capsys):
+    """Tuples of three sources drawn from the stems' pool: the counts equal a dense
+    reference over the same mixtures, and shards merge to the whole."""
+    data, codec, tmp_path = setup
+    opts = ["--symmetric", "--n-sources", "3", "--seed", "3", "--sources", "drums", "bass"]
+    assert count(data, tmp_path, tmp_path / "t.npz", *opts) == 0
+    counts = load_counts(tmp_path / "t.npz")
+    assert counts.n_sources == 3
+    assert counts.matrix.shape == (32, 32 ** 3)
+    tracks = folder_tracks(data, "train", ["drums", "bass"])
+    pools = [StemDataset(tracks, sample_rate=SR, chunk=2000, stems=[s], shuffle=False)
+             for s in ("drums", "bass")]
+    plan = cl.MixturePlan(pools, True, (-6.0, 0.0), "mean", 3, n_sources=3)
+    cube = np.zeros((32,) * 4, dtype=np.int64)
+    for n in range(15):
+        src = plan.sources(n)
+        codes = codec.encode(torch.cat([mix(src, "mean", dim=0)[None], src])).numpy()
+        for perm in ((1, 2, 3), (1, 3, 2), (2, 1, 3), (2, 3, 1), (3, 1, 2), (3, 2, 1)):
+            np.add.at(cube, (codes[0], *(codes[p] for p in perm)), 1)
+    np.testing.assert_array_equal(counts.matrix.toarray().reshape(cube.shape), cube)
+    for i in range(2):
+        assert count(data, tmp_path, tmp_path / f"t{i}.npz", *opts, "--shard", f"{i}/2") == 0
+    assert merge_main([str(tmp_path / "t0.npz"), str(tmp_path / "t1.npz"), "--out",
+                       str(tmp_path / "tm.npz")]) == 0
+    np.testing.assert_array_equal(load_counts(tmp_path / "tm.npz").matrix.toarray(),
+                                  counts.matrix.toarray())
+    capsys.readouterr()
+    assert cl.main(["--stats", str(tmp_path / "t.npz")]) == 0
+    assert "K 32, 3 sources" in capsys.readouterr().out
