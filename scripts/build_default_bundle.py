@@ -123,7 +123,7 @@ SMALL_PRIOR_TIE_DB = 0.1
 SMALL_PRIOR_KEYS = tuple(f"temperature {t:g} weight {w:g}" for t, w in SMALL_PRIOR_GRID)
 
 
-def _run(cmd: list[str], log: dict[str, Any], stage: str) -> None:
+def run_stage(cmd: list[str], log: dict[str, Any], stage: str) -> None:
     print("$ " + " ".join(cmd), file=sys.stderr, flush=True)
     start = time.perf_counter()
     subprocess.run(cmd, check=True)
@@ -141,7 +141,7 @@ def _train_prior(codec: Path, data: Path, out: Path, phases: tuple[int, ...],
         summary = out / "summary.json"
         if summary.is_file() and json.loads(summary.read_text())["step"] >= steps:
             continue
-        _run(["lass-train-prior", "--codec", str(codec), "--data", str(data), "--stem",
+        run_stage(["lass-train-prior", "--codec", str(codec), "--data", str(data), "--stem",
               "drums", "bass", "--conditional", "--out", str(out), *options, "--steps",
               str(steps), "--seed", "0", *dev] + (["--resume"] if out.exists() else []),
              log, stage if phase == 0 else f"{stage}-{steps}")
@@ -474,11 +474,11 @@ def main() -> None:
     data = args.data or work / "data"
     if not (data / "dataset.json").is_file() or '"complete": true' not in (
             data / "dataset.json").read_text():
-        _run(["lass-make-dataset", "synth-drums-bass", "--hours", "10", "--seed", "0",
+        run_stage(["lass-make-dataset", "synth-drums-bass", "--hours", "10", "--seed", "0",
               "--out", str(data)], log, "data")
     codec = work / "codec"
     if not (codec / "summary.json").is_file():
-        _run(["lass-train-vqvae", "--data", str(data), "--out", str(codec), "--steps",
+        run_stage(["lass-train-vqvae", "--data", str(data), "--out", str(codec), "--steps",
               str(CODEC_STEPS), "--seed", "0", *dev] + (["--resume"] if codec.exists() else []),
              log, "codec")
     prior = work / "prior"
@@ -489,11 +489,11 @@ def main() -> None:
         for hours, seed in COUNT_PARTS:
             part = work / f"counts_{hours:g}h_seed{seed}.npz"
             if not part.is_file():
-                _run(["lass-count-likelihood", "--codec", str(codec / "model"), "--data",
+                run_stage(["lass-count-likelihood", "--codec", str(codec / "model"), "--data",
                       str(data), "--sources", "drums", "bass", "--hours", str(hours), "--seed",
                       str(seed), "--out", str(part), *dev], log, f"counts-{hours:g}h-seed{seed}")
             parts.append(str(part))
-        _run(["lass-merge-counts", "--out", str(counts), *parts], log, "counts-merge")
+        run_stage(["lass-merge-counts", "--out", str(counts), *parts], log, "counts-merge")
     bundle = work / "bundle"
     if bundle.exists():
         shutil.rmtree(bundle)
@@ -532,7 +532,7 @@ def main() -> None:
     assemble()
     latent = work / "latent.npz"
     if not latent.is_file():
-        _run(["lass-fit-latent", "--codec", str(codec / "model"), "--data", str(data),
+        run_stage(["lass-fit-latent", "--codec", str(codec / "model"), "--data", str(data),
               "--sources", "drums", "bass", "--hours", str(LATENT_HOURS), "--seed",
               str(LATENT_SEED), "--context", str(LATENT_CONTEXT), "--out", str(latent), *dev],
              log, "latent-fit")
@@ -581,7 +581,7 @@ def main() -> None:
     if likelihood.get("likelihood_kind") != "latent":  # the evidence adds to counts
         evidence = work / "evidence.npz"
         if not evidence.is_file():
-            _run(["lass-fit-evidence", "--codec", str(codec / "model"), "--data", str(data),
+            run_stage(["lass-fit-evidence", "--codec", str(codec / "model"), "--data", str(data),
                   "--sources", "drums", "bass", "--hours", str(EVIDENCE_HOURS), "--seed",
                   str(EVIDENCE_SEED), "--epochs", str(EVIDENCE_EPOCHS), "--out", str(evidence),
                   *dev], log, "evidence-fit")
@@ -620,13 +620,21 @@ def main() -> None:
     print(f"bundle {bundle}: {len(files)} files, {total / 1e6:.1f} MB; sampler {sampler}, "
           f"likelihood {likelihood}")
     if args.install:
-        target = Path(__file__).resolve().parent.parent / "lass" / "bundles" / "default"
-        if target.exists():
-            shutil.rmtree(target)
-        shutil.copytree(bundle, target)
-        print("| file | bytes | sha256 |\n|---|---|---|")
-        for f in sorted(q for q in target.rglob("*") if q.is_file()):
-            print(f"| `{f.relative_to(target)}` | {f.stat().st_size} | `{sha256_path(f)}` |")
+        install(bundle, "default")
+
+
+def install(bundle: Path, name: str) -> None:
+    """Copy a built bundle into the package (``lass/bundles/NAME``, replacing what is there)
+    and print the rows of its table in ``checkpoints.md``."""
+    target = Path(__file__).resolve().parent.parent / "lass" / "bundles" / name
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(bundle, target)
+    for f in target.rglob("*"):
+        f.chmod(0o755 if f.is_dir() else 0o644)  # readable by all, as a package's files
+    print("| file | bytes | sha256 |\n|---|---|---|")
+    for f in sorted(q for q in target.rglob("*") if q.is_file()):
+        print(f"| `{f.relative_to(target)}` | {f.stat().st_size} | `{sha256_path(f)}` |")
 
 
 if __name__ == "__main__":

@@ -46,9 +46,10 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
+
+from build_default_bundle import install, run_stage
 
 STEMS = ("sine", "sawtooth", "square", "triangle")
 ITEMS = 3000
@@ -70,13 +71,6 @@ SAMPLE_GRID = (1.0, 1.5)  # temperatures, at the beam search's best lambda and w
 SAMPLER_GAIN_DB = 0.2
 MASK_GRID = ((2048, 0), (4096, 0), (8192, 0), (4096, 1), (8192, 1))  # (STFT size, EM updates)
 MASK_GAIN_DB = 0.2
-
-
-def _run(cmd: list[str], log: dict[str, Any], stage: str) -> None:
-    print("$ " + " ".join(cmd), file=sys.stderr, flush=True)
-    start = time.perf_counter()
-    subprocess.run(cmd, check=True)
-    log.setdefault("seconds", {})[stage] = round(time.perf_counter() - start, 1)
 
 
 def _valid_si_sdr(bundle: Path, data: Path, out: Path, method: str, options: list[str]
@@ -105,31 +99,31 @@ def main() -> None:
     data = work / "data"
     if not (data / "dataset.json").is_file() or '"complete": true' not in (
             data / "dataset.json").read_text():
-        _run(["lass-make-dataset", "toy", "--items", str(ITEMS), "--seconds", "1", "--seed",
+        run_stage(["lass-make-dataset", "toy", "--items", str(ITEMS), "--seconds", "1", "--seed",
               "0", "--out", str(data)], log, "data")
     codec = work / "codec"
     if not (codec / "summary.json").is_file():
-        _run(["lass-train-vqvae", "--data", str(data), "--stems", *STEMS, "--out", str(codec),
+        run_stage(["lass-train-vqvae", "--data", str(data), "--stems", *STEMS, "--out", str(codec),
               *CODEC, "--seed", "0", *dev] + (["--resume"] if codec.exists() else []),
              log, "codec")
     prior = work / "prior"
     if not (prior / "summary.json").is_file():
-        _run(["lass-train-prior", "--codec", str(codec / "model"), "--data", str(data),
+        run_stage(["lass-train-prior", "--codec", str(codec / "model"), "--data", str(data),
               "--stem", *STEMS, "--conditional", "--out", str(prior), *PRIOR, "--seed", "0",
               *dev] + (["--resume"] if prior.exists() else []), log, "prior")
     counts = work / "counts.npz"
     if not counts.is_file():
         full = work / "counts-full.npz"
         if not full.is_file():
-            _run(["lass-count-likelihood", "--codec", str(codec / "model"), "--data",
+            run_stage(["lass-count-likelihood", "--codec", str(codec / "model"), "--data",
                   str(data), "--sources", *STEMS, "--hours", str(COUNT_HOURS),
                   "--chunk-seconds", "1", "--gain-db", "0", "0", "--seed", "0", "--out",
                   str(full), *dev], log, "counts")
-        _run(["lass-merge-counts", str(full), "--min-count", str(COUNT_MIN), "--out",
+        run_stage(["lass-merge-counts", str(full), "--min-count", str(COUNT_MIN), "--out",
               str(counts)], log, "counts-prune")
     evidence = work / "evidence.npz"
     if not evidence.is_file():
-        _run(["lass-fit-evidence", "--codec", str(codec / "model"), "--data", str(data),
+        run_stage(["lass-fit-evidence", "--codec", str(codec / "model"), "--data", str(data),
               "--sources", *STEMS, "--hours", str(EVIDENCE_HOURS), "--chunk-seconds", "1",
               "--gain-db", "0", "0", "--seed", "0", "--epochs", str(EVIDENCE_EPOCHS),
               "--valid-hours", "0.05", "--out", str(evidence), *dev], log, "evidence")
@@ -206,15 +200,7 @@ def main() -> None:
     total = sum(f.stat().st_size for f in files)
     print(f"bundle {bundle}: {len(files)} files, {total / 1e6:.1f} MB; settings {best}")
     if args.install:
-        from lass.bundle import sha256_path
-
-        target = Path(__file__).resolve().parent.parent / "lass" / "bundles" / "toy"
-        if target.exists():
-            shutil.rmtree(target)
-        shutil.copytree(bundle, target)
-        print("| file | bytes | sha256 |\n|---|---|---|")
-        for f in sorted(q for q in target.rglob("*") if q.is_file()):
-            print(f"| `{f.relative_to(target)}` | {f.stat().st_size} | `{sha256_path(f)}` |")
+        install(bundle, "toy")
 
 
 if __name__ == "__main__":
