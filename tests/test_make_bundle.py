@@ -1,4 +1,6 @@
 import json
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -21,6 +23,10 @@ def test_make_bundle_from_two_priors_and_from_a_shared_prior(tmp_path, capsys):
     spec = json.loads((out / "bundle.json").read_text())
     assert spec["stems"] == ["drums", "bass"]
     assert spec["sampler"]["num_beams"] == 2
+    mask = os.umask(0)
+    os.umask(mask)
+    for f in [out, *out.rglob("*")]:  # as any new file or folder, not 0600 / 0700
+        assert stat.S_IMODE(f.stat().st_mode) == (0o777 if f.is_dir() else 0o666) & ~mask
     sep = Separator.from_pretrained(out)
     wave = sources(1, SR // 2, seed=3)[0].mean(0).numpy()
     stems = sep.separate(wave, SR)

@@ -491,3 +491,21 @@ def test_cli_says_how_many_beams_a_bundle_with_shifts_runs(bundle, tmp_path, cap
                           str(tmp_path / "out2"), "--beams", "3", "--shifts", "2"])
     assert code == 0
     assert "shifted copies" not in capsys.readouterr().err
+
+
+def test_outputs_are_readable_by_others_under_the_umask(bundle, tmp_path):
+    """Stems and separation.json get the mode any new file gets (0644 under umask 022), not
+    the 0600 of a temporary file."""
+    import os
+    import stat
+
+    sf.write(tmp_path / "song.wav", mixture(0.3), SR, subtype="FLOAT")
+    old = os.umask(0o022)
+    try:
+        assert separate_main([str(tmp_path / "song.wav"), "-m", str(bundle), "-o",
+                              str(tmp_path / "out"), "--beams", "2"]) == 0
+    finally:
+        os.umask(old)
+    track = tmp_path / "out" / "debug" / "song"
+    for name in ("drums.wav", "bass.wav", "separation.json"):
+        assert stat.S_IMODE((track / name).stat().st_mode) == 0o644

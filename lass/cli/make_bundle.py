@@ -30,6 +30,7 @@ from pathlib import Path
 
 from lass.bundle import write_bundle
 from lass.cli import run_cli
+from lass.data.audio import public_mode
 from lass.errors import LassError
 from lass.separator import COMBINES, OUTPUTS, check_mask_settings, shift_offsets
 from likelihood import load_counts
@@ -192,6 +193,8 @@ def _main(argv: Sequence[str] | None) -> int:
                               **({"prior_top": args.prior_top} if args.prior_top else {}),
                               **({"evidence_weight": args.evidence_weight}
                                  if args.evidence is not None else {})})
+        for f in [tmp, *tmp.rglob("*")]:  # readable as any new file is, not 0600 / 0700
+            f.chmod(public_mode(directory=f.is_dir()))
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -114,6 +114,14 @@ def read_audio(path: str | os.PathLike[str] | AudioInfo, sample_rate: int | None
     return seg
 
 
+def public_mode(directory: bool = False) -> int:
+    """The mode a new file (``0o666``) or folder (``0o777``) gets under the process's umask:
+    what ``open`` gives, where ``tempfile`` gives ``0o600`` / ``0o700``."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return (0o777 if directory else 0o666) & ~mask
+
+
 def write_wav(path: str | os.PathLike[str], audio: np.ndarray, sample_rate: int,
               subtype: str = "PCM_16") -> None:
     """Write ``audio`` (``(time,)`` or ``(time, channels)``) atomically to a WAV file.
@@ -130,6 +138,7 @@ def write_wav(path: str | os.PathLike[str], audio: np.ndarray, sample_rate: int,
     os.close(fd)
     try:
         sf.write(tmp, arr, sample_rate, subtype=subtype, format="WAV")
+        os.chmod(tmp, public_mode())
         os.replace(tmp, p)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -144,6 +153,7 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
+        os.chmod(tmp, public_mode())
         os.replace(tmp, p)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
