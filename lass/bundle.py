@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,7 @@ from typing import Any
 
 from lass.errors import LassError
 
+SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._ -]*")
 FORMAT_VERSION = 1
 BUNDLE_FILE = "bundle.json"
 LIKELIHOOD_KINDS = ("counts", "latent")
@@ -140,6 +142,11 @@ def read_bundle(name_or_path: str | os.PathLike[str] | None, verify: bool = True
                       **({"token evidence": raw["evidence"]} if "evidence" in raw else {})}
     except (KeyError, TypeError) as err:
         raise BundleError(f"{path}: missing entry {err}") from None
+    name = str(raw.get("name", root.name))
+    for what, value in (("name", name), *(("stem", st) for st in stems)):
+        if not SAFE_NAME.fullmatch(value):  # both become folder and file names of outputs
+            raise BundleError(f"{path}: the bundle's {what} {value!r} is not a plain name "
+                              "(letters, digits, spaces, '.', '_', '-'; not starting with '.')")
     if len(stems) < 2 or len(set(stems)) != len(stems):
         raise BundleError(f"{path}: a LASS bundle separates two or more distinct stems, got "
                           f"{list(stems)}")
@@ -154,7 +161,7 @@ def read_bundle(name_or_path: str | os.PathLike[str] | None, verify: bool = True
                                   f"sha256 (file {got[:12]}, bundle {entry['sha256'][:12]}): "
                                   "corrupt or modified")
     return BundleSpec(
-        root=root, name=str(raw.get("name", root.name)), sample_rate=int(raw["sample_rate"]),
+        root=root, name=name, sample_rate=int(raw["sample_rate"]),
         stems=stems, mix=str(raw.get("mix", "mean")), codec=root / raw["codec"]["path"],
         priors={s: root / raw["priors"][s]["path"] for s in stems},
         prior_classes={s: raw["priors"][s].get("class") for s in stems},

@@ -509,3 +509,26 @@ def test_outputs_are_readable_by_others_under_the_umask(bundle, tmp_path):
     track = tmp_path / "out" / "debug" / "song"
     for name in ("drums.wav", "bass.wav", "separation.json"):
         assert stat.S_IMODE((track / name).stat().st_mode) == 0o644
+
+
+@pytest.mark.parametrize(("field", "value"), [("name", "../../escape"), ("name", "a/b"),
+                                              ("stem", "../drums"), ("name", ".hidden")])
+def test_a_bundle_whose_names_would_leave_the_output_folder_is_refused(bundle, tmp_path, capsys,
+                                                                       field, value):
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle, copy)
+    spec = json.loads((copy / "bundle.json").read_text())
+    if field == "name":
+        spec["name"] = value
+    else:
+        spec["stems"][0] = value
+        spec["priors"][value] = spec["priors"].pop("drums")
+    (copy / "bundle.json").write_text(json.dumps(spec))
+    sf.write(tmp_path / "song.wav", mixture(0.3), SR, subtype="FLOAT")
+    out = tmp_path / "out"
+    assert separate_main([str(tmp_path / "song.wav"), "-m", str(copy), "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "is not a plain name" in err
+    assert "Traceback" not in err
+    assert not out.exists()  # refused before any output
+    assert not (tmp_path.parent / "escape").exists()
