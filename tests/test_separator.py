@@ -1,6 +1,7 @@
 import json
 import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -532,3 +533,31 @@ def test_a_bundle_whose_names_would_leave_the_output_folder_is_refused(bundle, t
     assert "Traceback" not in err
     assert not out.exists()  # refused before any output
     assert not (tmp_path.parent / "escape").exists()
+
+
+def test_inputs_that_share_a_name_keep_their_own_folders(bundle, tmp_path, capsys):
+    src = tmp_path / "in"
+    for sub, gain in (("a", 0.3), ("b", 0.2)):
+        (src / sub).mkdir(parents=True)
+        sf.write(src / sub / "x.wav", mixture(gain), SR, subtype="FLOAT")
+    sf.write(src / "a" / "x.flac", mixture(0.25), SR)
+    out = tmp_path / "out"
+    assert separate_main([str(src), "-m", str(bundle), "-o", str(out), "--beams", "2",
+                          "--float32"]) == 0
+    assert "separated 3 of 3" in capsys.readouterr().out
+    written = sorted(p.parent.relative_to(out / "debug").as_posix()
+                     for p in out.rglob("separation.json"))
+    assert written == ["a/x.flac", "a/x.wav", "b/x.wav"]
+    for folder, gain in (("a/x.wav", 0.3), ("b/x.wav", 0.2)):
+        drums = sf.read(out / "debug" / folder / "drums.wav", dtype="float32")[0]
+        bass = sf.read(out / "debug" / folder / "bass.wav", dtype="float32")[0]
+        np.testing.assert_allclose(drums + bass, mixture(gain), atol=1e-5)
+
+
+def test_track_folders_only_lengthen_the_names_that_collide(tmp_path):
+    from lass.cli.separate import track_folders
+
+    files = [tmp_path / "in" / "a" / "x.wav", tmp_path / "in" / "b" / "x.wav",
+             tmp_path / "y.wav"]
+    assert track_folders(files) == {files[0]: Path("a/x"), files[1]: Path("b/x"),
+                                    files[2]: Path("y")}

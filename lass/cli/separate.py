@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import glob
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -174,6 +175,29 @@ def _read(path: Path) -> tuple[np.ndarray, int]:
     return data.T, int(rate)
 
 
+def track_folders(files: Sequence[Path]) -> dict[Path, Path]:
+    """Each input's folder under ``OUT/BUNDLE``: its name without the extension; inputs that
+    share it get their path from their common folder instead (``in/a/x.wav`` and
+    ``in/b/x.wav`` -> ``a/x`` and ``b/x``; with the extensions, ``a/x.wav`` ..., when two of
+    them are in one folder), so that no input's stems overwrite another's."""
+    groups: dict[str, list[Path]] = {}
+    for f in files:
+        groups.setdefault(f.stem, []).append(f)
+    out: dict[Path, Path] = {}
+    for stem, group in groups.items():
+        if len(group) == 1:
+            out[group[0]] = Path(stem)
+            continue
+        parents = [f.resolve().parent for f in group]
+        common = Path(os.path.commonpath(parents))
+        rel = [par.relative_to(common) / f.stem for f, par in zip(group, parents, strict=True)]
+        if len(set(rel)) < len(rel):  # the same name in one folder: keep the extensions
+            rel = [par.relative_to(common) / f.name for f, par in zip(group, parents,
+                                                                      strict=True)]
+        out.update(zip(group, rel, strict=True))
+    return out
+
+
 def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     device = resolve_device(args.device)
@@ -184,6 +208,7 @@ def _main(argv: Sequence[str] | None) -> int:
         failures += 1
     if not files:
         raise DataError("nothing to separate")
+    folders = track_folders(files)
     if args.batch < 1:
         raise DataError("--batch must be at least 1")
     t0 = time.perf_counter()
@@ -227,7 +252,7 @@ def _main(argv: Sequence[str] | None) -> int:
 
     def write(path: Path, wave: np.ndarray, rate: int, mono: np.ndarray,
               result: SeparationResult, seconds: float) -> None:
-        out_dir = args.out / bundle_name / path.stem
+        out_dir = args.out / bundle_name / folders[path]
         subtype = "FLOAT" if args.float32 else "PCM_16"
         for stem, audio in result.stems.items():
             peak = float(np.max(np.abs(audio)))
