@@ -187,6 +187,9 @@ def load_counts(path: str | os.PathLike[str]) -> Counts:
     p = Path(path)
     if not p.is_file():
         raise LikelihoodError(f"counts file not found: {p}")
+    with p.open("rb") as fh:
+        if fh.read(4) != b"PK\x03\x04":  # not even the start of a zip (.npz) archive
+            raise LikelihoodError(f"{p} is not a counts file (an .npz archive)")
     try:
         with np.load(p, allow_pickle=False) as f:
             shape = tuple(int(v) for v in f["shape"])
@@ -227,6 +230,17 @@ def merge_counts(tables: list[Counts]) -> Counts:
     if not tables:
         raise LikelihoodError("nothing to merge")
     first = tables[0].meta
+    seen: dict[str, int] = {}
+    for i, t in enumerate(tables):  # the same counting twice would double its counts
+        if "seed" not in t.meta:  # not made by lass-count-likelihood: nothing to compare
+            continue
+        key = json.dumps({k: v for k, v in t.meta.items() if k != "format_version"},
+                         sort_keys=True, default=str)
+        if key in seen:
+            raise LikelihoodError(f"tables {seen[key] + 1} and {i + 1} are the same counting "
+                                  f"(seed {t.meta.get('seed')}, shard {t.meta.get('shard')}): "
+                                  "merging it twice would double its counts")
+        seen[key] = i
     if any("min_count" in t.meta for t in tables):
         raise LikelihoodError("cannot merge pruned counts (tuples counted fewer than their "
                               "min_count times are gone); merge the full tables, then prune")

@@ -126,3 +126,23 @@ def test_three_sources_count_shard_and_merge_like_two(setup, capsys):
     capsys.readouterr()
     assert cl.main(["--stats", str(tmp_path / "t.npz")]) == 0
     assert "K 32, 3 sources" in capsys.readouterr().out
+
+
+def test_the_same_shard_twice_and_a_file_that_is_not_counts_are_refused(setup, capsys, tmp_path):
+    data, _, root = setup
+    assert count(data, root, root / "s0.npz", "--shard", "0/2") == 0
+    (root / "copy.npz").write_bytes((root / "s0.npz").read_bytes())
+    capsys.readouterr()
+    out = root / "merged.npz"
+    assert merge_main([str(root / "s0.npz"), str(root / "s0.npz"), "--out", str(out)]) == 1
+    assert "given twice" in capsys.readouterr().err
+    assert merge_main([str(root / "s0.npz"), str(root / "copy.npz"), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "are the same counting" in err
+    assert "Traceback" not in err
+    assert not out.exists()
+    (root / "notes.txt").write_text("not counts")
+    assert cl.main(["--stats", str(root / "notes.txt")]) == 1
+    err = capsys.readouterr().err
+    assert "is not a counts file" in err
+    assert "pickle" not in err

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lass.cli import run_cli
-from likelihood import load_counts, merge_counts, save_counts
+from likelihood import LikelihoodError, load_counts, merge_counts, save_counts
 from likelihood.table import prune_counts
 
 PROG = "lass-merge-counts"
@@ -30,6 +30,11 @@ def _main(argv: Sequence[str] | None) -> int:
                    help="drop tuples counted fewer than M times (keeping each source's pair "
                         "counts)")
     args = p.parse_args(argv)
+    paths = [path.resolve() for path in args.inputs]
+    for i, path in enumerate(paths):
+        if path in paths[:i]:
+            raise LikelihoodError(f"{args.inputs[i]} is given twice: merging it twice would "
+                                  "double its counts")
     merged = merge_counts([load_counts(path) for path in args.inputs])
     if args.min_count > 1:
         merged = prune_counts(merged, args.min_count)
