@@ -561,3 +561,48 @@ def test_track_folders_only_lengthen_the_names_that_collide(tmp_path):
              tmp_path / "y.wav"]
     assert track_folders(files) == {files[0]: Path("a/x"), files[1]: Path("b/x"),
                                     files[2]: Path("y")}
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--candidates", "0"], "--candidates must be at least 1"),
+    (["--beams", "0"], "--beams must be at least 1"),
+    (["--sampler", "ancestral", "--temperature", "0"], "--temperature must be positive"),
+    (["--sampler", "topp", "--top-p", "0"], "--top-p must be in (0, 1]"),
+    (["--device", "gpu"], "unknown --device 'gpu'"),
+    (["--device", "mps"], "mps"),
+    (["--sampler", "beam", "--temperature", "2"], "--temperature does not apply"),
+    (["--top-k", "4"], "--top-k does not apply to this bundle's sampler"),
+])
+def test_settings_out_of_range_are_one_line_before_any_work(bundle, tmp_path, capsys, args,
+                                                            message):
+    """Checked before the bundle is read (a bundle path that does not exist is never
+    reached), or, where the answer depends on the bundle's sampler, before any input is
+    read or separated."""
+    sf.write(tmp_path / "song.wav", mixture(0.3), SR, subtype="FLOAT")
+    needs_bundle = "this bundle" in message
+    model = str(bundle) if needs_bundle else str(tmp_path / "no-bundle")
+    code = separate_main([str(tmp_path / "song.wav"), "-m", model, "-o",
+                          str(tmp_path / "out"), *args])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert message in err or (message == "mps" and "mps" in err)
+    assert "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_sampler_options_change_the_bundles_own_sampler(bundle, tmp_path):
+    """Without --sampler an option changes the bundle's sampler; --sampler of the bundle's
+    own kind keeps its values of what is not given."""
+    spec = json.loads((bundle / "bundle.json").read_text())
+    own = tmp_path / "own"
+    shutil.copytree(bundle, own)
+    spec["sampler"] = {"kind": "ancestral", "temperature": 1.5, "candidates": 2, "lam": 3.0,
+                       "output": "mask"}
+    (own / "bundle.json").write_text(json.dumps(spec))
+    sf.write(tmp_path / "song.wav", mixture(0.3), SR, subtype="FLOAT")
+    for args, temperature in ((["--temperature", "2.0"], 2.0), (["--sampler", "ancestral"], 1.5)):
+        out = tmp_path / f"out{temperature}"
+        assert separate_main([str(tmp_path / "song.wav"), "-m", str(own), "-o", str(out),
+                              *args]) == 0
+        info = json.loads((out / "debug" / "song" / "separation.json").read_text())
+        assert info["settings"]["sampler"]["temperature"] == temperature

@@ -12,11 +12,22 @@ from lass.errors import LassError
 
 
 def resolve_device(name: str) -> str:
-    """``auto`` -> ``cuda`` when present, else ``cpu``; a CUDA request without CUDA is an error."""
+    """``auto`` -> ``cuda`` when present, else ``cpu``; an unknown device, or one this machine
+    lacks (CUDA, MPS), is an error."""
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    kind = name.split(":", 1)[0]
+    if kind not in ("cpu", "cuda", "mps"):
+        raise LassError(f"unknown --device {name!r}; expected auto, cpu, cuda, cuda:N or mps")
+    if kind == "cuda" and not torch.cuda.is_available():
         raise LassError("--device cuda asked for, but no CUDA device is available")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise LassError("--device mps asked for, but this PyTorch has no MPS device")
+    if kind == "cuda" and ":" in name:
+        index = name.split(":", 1)[1]
+        if not index.isdigit() or int(index) >= torch.cuda.device_count():
+            raise LassError(f"--device {name}: no such CUDA device "
+                            f"({torch.cuda.device_count()} present)")
     return name
 
 

@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import glob
 import json
+import math
 import os
 import sys
 import time
@@ -35,6 +36,7 @@ from lass.cli.common import resolve_device
 from lass.data.audio import rms_db, write_text_atomic, write_wav
 from lass.errors import DataError, LassError
 from lass.langevin import LangevinSeparator
+from lass.sampling import Ancestral, TopK, TopP
 from lass.separator import (
     COMBINES,
     OUTPUTS,
@@ -61,10 +63,14 @@ def _parser() -> argparse.ArgumentParser:
                    help="beams of the beam sampler, per shifted copy of the input (see "
                         "--shifts: the default bundle separates 5 copies; --shifts 1 --combine "
                         "best for N beams in all and the best one out)")
-    p.add_argument("--top-k", type=int, default=16)
-    p.add_argument("--top-p", type=float, default=0.9)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--resample", type=float, default=0.0, metavar="FRACTION",
+    p.add_argument("--top-k", type=int, default=None,
+                   help="candidates of --sampler topk (default 16)")
+    p.add_argument("--top-p", type=float, default=None,
+                   help="probability mass of --sampler topp (default 0.9)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="of the sampling samplers (default: the bundle's for its own sampler, "
+                        "else 1)")
+    p.add_argument("--resample", type=float, default=None, metavar="FRACTION",
                    help="ancestral: resample the samples as particles whenever their effective "
                         "number falls below FRACTION of them (0: independent samples)")
     p.add_argument("--candidates", type=int, default=None,
@@ -129,14 +135,57 @@ def expand_inputs(items: Sequence[str]) -> tuple[list[Path], list[str]]:
     return list(unique.values()), missing
 
 
-def _settings(args: argparse.Namespace, base: SeparationSettings) -> SeparationSettings:
-    s = base
+# What each sampler option sets, and on which samplers it exists.
+_SAMPLER_OPTIONS = {"temperature": ("--temperature", (Ancestral, TopK, TopP), "temperature"),
+                    "top_k": ("--top-k", (TopK,), "k"), "top_p": ("--top-p", (TopP,), "p"),
+                    "resample": ("--resample", (Ancestral,), "resample")}
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse settings out of range with one line, before any model is loaded or input read."""
+    ints = {"--beams": args.beams, "--candidates": args.candidates, "--top-k": args.top_k,
+            "--shifts": args.shifts, "--batch": args.batch}
+    for flag, value in ints.items():
+        if value is not None and value < 1:
+            raise LassError(f"{flag} must be at least 1, not {value}")
+    if args.temperature is not None and not (math.isfinite(args.temperature)
+                                             and args.temperature > 0):
+        raise LassError(f"--temperature must be positive, not {args.temperature:g}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise LassError(f"--top-p must be in (0, 1], not {args.top_p:g}")
+    if args.resample is not None and not 0 <= args.resample <= 1:
+        raise LassError(f"--resample must be in [0, 1], not {args.resample:g}")
+    if args.lam is not None and not (math.isfinite(args.lam) and args.lam >= 0):
+        raise LassError(f"--lam must be >= 0, not {args.lam:g}")
     if args.sampler is not None or args.beams is not None:
         kind = args.sampler or "beam"
+        for key, (flag, kinds, _) in _SAMPLER_OPTIONS.items():
+            if getattr(args, key) is not None and not isinstance(make_sampler(kind), kinds):
+                raise LassError(f"{flag} does not apply to --sampler {kind}")
+
+
+def _settings(args: argparse.Namespace, base: SeparationSettings) -> SeparationSettings:
+    """The bundle's settings with the command line's changes. A sampler option without
+    ``--sampler`` changes the bundle's own sampler (an error where it has no such setting);
+    ``--sampler`` with the bundle's own kind keeps the bundle's values of what is not given."""
+    s = base
+    given = {key: getattr(args, key) for key in _SAMPLER_OPTIONS
+             if getattr(args, key) is not None}
+    if args.sampler is not None or args.beams is not None:
+        kind = args.sampler or "beam"
+        own = s.sampler if make_sampler(kind).__class__ is s.sampler.__class__ else None
+        values = {key: getattr(own, field) for key, (_, _, field) in _SAMPLER_OPTIONS.items()
+                  if own is not None and hasattr(own, field)}
+        values.update(given)
         beams = args.beams if args.beams is not None else getattr(s.sampler, "num_beams", 10)
-        s = replace(s, sampler=make_sampler(kind, beams=beams, top_k=args.top_k,
-                                            top_p=args.top_p, temperature=args.temperature,
-                                            resample=args.resample))
+        s = replace(s, sampler=make_sampler(kind, beams=beams, **values))
+    elif given:
+        for key, value in given.items():
+            flag, kinds, field = _SAMPLER_OPTIONS[key]
+            if not isinstance(s.sampler, kinds):
+                raise LassError(f"{flag} does not apply to this bundle's sampler "
+                                f"({type(s.sampler).__name__}); give --sampler too")
+            s = replace(s, sampler=replace(s.sampler, **{field: value}))
     changes: dict[str, Any] = {"seed": args.seed}
     if args.candidates is not None:
         changes["candidates"] = args.candidates
@@ -200,6 +249,7 @@ def track_folders(files: Sequence[Path]) -> dict[Path, Path]:
 
 def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
+    check_args(args)
     device = resolve_device(args.device)
     files, missing = expand_inputs(args.inputs)
     failures = 0
