@@ -160,8 +160,16 @@ def read_bundle(name_or_path: str | os.PathLike[str] | None, verify: bool = True
                 raise BundleError(f"{path}: the {what} ({entry['path']}) does not match its "
                                   f"sha256 (file {got[:12]}, bundle {entry['sha256'][:12]}): "
                                   "corrupt or modified")
+    rate, min_count = raw.get("sample_rate"), raw["likelihood"].get("min_count", 1)
+    if isinstance(rate, bool) or not isinstance(rate, int) or rate <= 0:
+        raise BundleError(f"{path}: sample_rate must be a positive integer, not {rate!r}")
+    if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1:
+        raise BundleError(f"{path}: the likelihood's min_count must be an integer >= 1, not "
+                          f"{min_count!r}")
+    if not isinstance(raw.get("sampler", {}), dict):
+        raise BundleError(f"{path}: the sampler must be an object, not {raw['sampler']!r}")
     return BundleSpec(
-        root=root, name=name, sample_rate=int(raw["sample_rate"]),
+        root=root, name=name, sample_rate=rate,
         stems=stems, mix=str(raw.get("mix", "mean")), codec=root / raw["codec"]["path"],
         priors={s: root / raw["priors"][s]["path"] for s in stems},
         prior_classes={s: raw["priors"][s].get("class") for s in stems},

@@ -149,24 +149,66 @@ def make_sampler(kind: str, *, beams: int = 10, top_k: int = 16, top_p: float = 
     raise LassError(f"unknown sampler {kind!r}; expected beam, greedy, ancestral, topk or topp")
 
 
-def settings_from_bundle(sampler: dict[str, Any]) -> SeparationSettings:
-    """The bundle's default settings (``bundle.json``'s ``sampler`` entry)."""
-    kind = str(sampler.get("kind", "beam"))
+BUNDLE_SAMPLER_KEYS = {"kind": str, "num_beams": int, "k": int, "p": float,
+                       "temperature": float, "resample": float, "lam": float,
+                       "candidates": int, "combine": str, "output": str, "mask_fft": int,
+                       "mask_iterations": int, "refine_steps": int, "context_overlap": int,
+                       "prior_top": int, "shifts": int, "evidence_weight": float}
+
+
+def _bundle_value(sampler: dict[str, Any], key: str, default: Any) -> Any:
+    """``sampler[key]`` of the type :data:`BUNDLE_SAMPLER_KEYS` names (an integral float is an
+    int; ``None`` where the key allows it), or ``default``; a wrong type is a
+    :class:`LassError`."""
+    if key not in sampler:
+        return default
+    value, kind = sampler[key], BUNDLE_SAMPLER_KEYS[key]
+    if value is None and key == "context_overlap":
+        return None
+    if kind is int and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    ok = (isinstance(value, kind) and not isinstance(value, bool)) or (
+        kind is float and isinstance(value, int) and not isinstance(value, bool))
+    if not ok or (kind is float and not math.isfinite(value)):
+        what = {int: "an integer", float: "a number"}.get(kind, "a string")
+        raise LassError(f"the bundle's sampler {key} must be {what}, not {value!r}")
+    return kind(value)
+
+
+def settings_from_bundle(sampler: Any) -> SeparationSettings:
+    """The bundle's default settings (``bundle.json``'s ``sampler`` entry); a sampler entry
+    that is not an object, an unknown key, a value of the wrong type or out of range is a
+    :class:`LassError` naming it."""
+    if not isinstance(sampler, dict):
+        raise LassError(f"the bundle's sampler must be an object, not {sampler!r}")
+    unknown = sorted(set(sampler) - set(BUNDLE_SAMPLER_KEYS))
+    if unknown:
+        raise LassError(f"unknown key(s) in the bundle's sampler: {', '.join(unknown)}")
+
+    def get(key: str, default: Any) -> Any:
+        return _bundle_value(sampler, key, default)
+
+    for key, low in (("num_beams", 1), ("k", 1), ("candidates", 1), ("shifts", 1),
+                     ("mask_iterations", 0), ("refine_steps", 0), ("prior_top", 0)):
+        if get(key, low) < low:
+            raise LassError(f"the bundle's sampler {key} must be at least {low}, not "
+                            f"{sampler[key]}")
+    if not get("temperature", 1.0) > 0:
+        raise LassError(f"the bundle's sampler temperature must be positive, not "
+                        f"{sampler['temperature']}")
+    if not 0 < get("p", 0.9) <= 1:
+        raise LassError(f"the bundle's sampler p must be in (0, 1], not {sampler['p']}")
+    kind = get("kind", "beam")
     return SeparationSettings(
-        sampler=make_sampler(kind, beams=int(sampler.get("num_beams", 10)),
-                             top_k=int(sampler.get("k", 16)), top_p=float(sampler.get("p", 0.9)),
-                             temperature=float(sampler.get("temperature", 1.0)),
-                             resample=float(sampler.get("resample", 0.0))),
-        lam=float(sampler.get("lam", 3.0)), candidates=int(sampler.get("candidates", 1)),
-        combine=str(sampler.get("combine", "rerank")),
-        output=str(sampler.get("output", "mask")),
-        mask_fft=int(sampler.get("mask_fft", MASK_FFT)),
-        mask_iterations=int(sampler.get("mask_iterations", 0)),
-        refine_steps=int(sampler.get("refine_steps", 0)),
-        context_overlap=(None if sampler.get("context_overlap") is None
-                         else int(sampler["context_overlap"])),
-        prior_top=int(sampler.get("prior_top", 0)), shifts=int(sampler.get("shifts", 1)),
-        evidence_weight=float(sampler.get("evidence_weight", 0.0)))
+        sampler=make_sampler(kind, beams=get("num_beams", 10), top_k=get("k", 16),
+                             top_p=get("p", 0.9), temperature=get("temperature", 1.0),
+                             resample=get("resample", 0.0)),
+        lam=get("lam", 3.0), candidates=get("candidates", 1),
+        combine=get("combine", "rerank"), output=get("output", "mask"),
+        mask_fft=get("mask_fft", MASK_FFT), mask_iterations=get("mask_iterations", 0),
+        refine_steps=get("refine_steps", 0), context_overlap=get("context_overlap", None),
+        prior_top=get("prior_top", 0), shifts=get("shifts", 1),
+        evidence_weight=get("evidence_weight", 0.0))
 
 
 @dataclass(frozen=True)
@@ -378,6 +420,7 @@ class Separator:
                         device: str | torch.device = "cpu", verify: bool = True) -> Separator:
         """Load a bundle directory, a name under ``$LASS_BUNDLES``, or the default (None)."""
         spec = read_bundle(name_or_path, verify=verify)
+        settings = settings_from_bundle(spec.sampler)  # checked before any model loads
         codec = load_codec(spec.codec, device=device)
         if codec.sample_rate != spec.sample_rate:
             raise LassError(f"bundle {spec.name}: the codec runs at {codec.sample_rate} Hz, the "
@@ -411,7 +454,7 @@ class Separator:
             evidence = TokenEvidence.load(spec.evidence, device=device)
             evidence.check_codec(codec.codebook_size, codec.embedding_dim, identity)
         return cls(codec, priors, likelihood, spec.stems, spec.mix,
-                   settings_from_bundle(spec.sampler), spec.prior_classes, spec, evidence)
+                   settings, spec.prior_classes, spec, evidence)
 
     @property
     def device(self) -> torch.device:

@@ -606,3 +606,35 @@ def test_sampler_options_change_the_bundles_own_sampler(bundle, tmp_path):
                               *args]) == 0
         info = json.loads((out / "debug" / "song" / "separation.json").read_text())
         assert info["settings"]["sampler"]["temperature"] == temperature
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"sample_rate": "8000"}, "sample_rate must be a positive integer"),
+    ({"sample_rate": None}, "sample_rate must be a positive integer"),
+    ({"likelihood.min_count": 1.5}, "min_count must be an integer"),
+    ({"sampler": [1, 2]}, "sampler must be an object"),
+    ({"sampler.temperature": 0}, "temperature must be positive"),
+    ({"sampler.candidates": 0}, "candidates must be at least 1"),
+    ({"sampler.num_beams": "ten"}, "num_beams must be an integer"),
+    ({"sampler.beams": 4}, "unknown key(s) in the bundle's sampler: beams"),
+])
+def test_bad_bundle_json_values_are_one_line(bundle, tmp_path, capsys, change, message):
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle, copy)
+    spec = json.loads((copy / "bundle.json").read_text())
+    for key, value in change.items():
+        *parents, last = key.split(".")
+        node = spec
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    (copy / "bundle.json").write_text(json.dumps(spec))
+    sf.write(tmp_path / "song.wav", mixture(0.3), SR, subtype="FLOAT")
+    code = separate_main([str(tmp_path / "song.wav"), "-m", str(copy), "-o",
+                          str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert message in err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
