@@ -638,3 +638,44 @@ def test_bad_bundle_json_values_are_one_line(bundle, tmp_path, capsys, change, m
     assert "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_first(tmp_path, capsys):
+    sf.write(tmp_path / "song.wav", mixture(0.3), SR, subtype="FLOAT")
+    (tmp_path / "file").write_text("x")
+    for out, message in ((tmp_path / "file", "is a file, not a folder"),
+                         (tmp_path / "file" / "sub", "is a file")):
+        code = separate_main([str(tmp_path / "song.wav"), "-m", str(tmp_path / "no-bundle"),
+                              "-o", str(out)])
+        err = capsys.readouterr().err
+        assert code == 1
+        assert message in err  # before the (missing) bundle is even looked at
+        assert "Traceback" not in err
+
+
+def test_a_failed_write_leaves_no_partial_folder_and_the_others_are_done(bundle, tmp_path,
+                                                                         capsys, monkeypatch):
+    import lass.cli.separate as cli
+
+    for name, gain in (("a", 0.3), ("b", 0.2), ("c", 0.25)):
+        sf.write(tmp_path / f"{name}.wav", mixture(gain), SR, subtype="FLOAT")
+    real = cli.write_wav
+
+    def full_disk(path, audio, rate, subtype="PCM_16"):
+        if "b" in Path(path).parent.name and Path(path).name == "bass.wav":
+            raise OSError(28, "No space left on device")
+        real(path, audio, rate, subtype=subtype)
+
+    monkeypatch.setattr(cli, "write_wav", full_disk)
+    out = tmp_path / "out"
+    code = separate_main([str(tmp_path / f"{n}.wav") for n in "abc"]
+                         + ["-m", str(bundle), "-o", str(out), "--beams", "2"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "No space left on device" in captured.err
+    assert "Traceback" not in captured.err
+    assert "separated 2 of 3" in captured.out
+    track = out / "debug"
+    assert sorted(p.name for p in track.iterdir()) == ["a", "c"]  # no b, no partial folder
+    for name in ("a", "c"):
+        assert (track / name / "separation.json").is_file()

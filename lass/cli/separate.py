@@ -20,6 +20,7 @@ import glob
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -224,6 +225,20 @@ def _read(path: Path) -> tuple[np.ndarray, int]:
     return data.T, int(rate)
 
 
+def _check_out(out: Path) -> None:
+    """Refuse an output folder that cannot be written, before any work (nothing is created
+    here: the nearest folder that exists must let us write in it)."""
+    if out.exists() and not out.is_dir():
+        raise LassError(f"-o {out} is a file, not a folder")
+    probe = out.absolute()
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise LassError(f"cannot create the output folder {out}: {probe} is a file")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise LassError(f"the output folder {out} cannot be written ({probe} is not writable)")
+
+
 def track_folders(files: Sequence[Path]) -> dict[Path, Path]:
     """Each input's folder under ``OUT/BUNDLE``: its name without the extension; inputs that
     share it get their path from their common folder instead (``in/a/x.wav`` and
@@ -251,6 +266,7 @@ def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     check_args(args)
     device = resolve_device(args.device)
+    _check_out(args.out)
     files, missing = expand_inputs(args.inputs)
     failures = 0
     for item in missing:
@@ -302,7 +318,22 @@ def _main(argv: Sequence[str] | None) -> int:
 
     def write(path: Path, wave: np.ndarray, rate: int, mono: np.ndarray,
               result: SeparationResult, seconds: float) -> None:
-        out_dir = args.out / bundle_name / folders[path]
+        """The track's folder whole or not at all: written aside, then renamed into place."""
+        final = args.out / bundle_name / folders[path]
+        out_dir = final.with_name(f".{final.name}.partial-{os.getpid()}")
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            write_track(path, wave, rate, mono, result, seconds, out_dir)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(out_dir, final)
+        except (OSError, sf.LibsndfileError) as err:
+            shutil.rmtree(out_dir, ignore_errors=True)
+            raise LassError(f"cannot write the stems of {path} to {final}: "
+                            f"{getattr(err, 'strerror', None) or err}") from None
+
+    def write_track(path: Path, wave: np.ndarray, rate: int, mono: np.ndarray,
+                    result: SeparationResult, seconds: float, out_dir: Path) -> None:
         subtype = "FLOAT" if args.float32 else "PCM_16"
         for stem, audio in result.stems.items():
             peak = float(np.max(np.abs(audio)))
