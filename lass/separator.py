@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -56,6 +57,7 @@ from vqvae import Codec, load_codec
 OUTPUTS = ("decode", "mask")
 COMBINES = ("best", "rerank", "mean")
 MASK_FFT = 2048  # the mask output's STFT size unless a bundle or setting says otherwise
+MAX_CHANNELS = 8  # a 2-D input with more rows than this has time first
 
 
 @dataclass(frozen=True)
@@ -524,12 +526,28 @@ class Separator:
 
     @staticmethod
     def _mono(wave: np.ndarray | torch.Tensor) -> np.ndarray:
-        """``(time,)`` or ``(channels, time)`` -> checked ``(time,)`` float32."""
+        """``(time,)``, ``(channels, time)`` or ``(time, channels)`` (as soundfile reads
+        stereo; up to 8 channels) -> checked ``(time,)`` float32, several channels averaged
+        with a warning."""
+        if isinstance(wave, (str, os.PathLike)):
+            raise LassError(f"separate() takes a waveform array, not a file name ({wave!s}); "
+                            "read it first (soundfile.read) or use lass-separate")
         x = wave.detach().cpu().numpy() if isinstance(wave, torch.Tensor) else np.asarray(wave)
+        if x.ndim == 2 and x.shape[1] <= MAX_CHANNELS < x.shape[0]:
+            x = x.T  # (time, channels) as soundfile returns it
+        if x.ndim == 2 and x.shape[0] > MAX_CHANNELS:
+            raise LassError(f"expected a (time,), (channels, time) or (time, channels) "
+                            f"waveform with at most {MAX_CHANNELS} channels, got {x.shape}")
         if x.ndim == 2:
+            if x.shape[0] > 1:
+                warnings.warn(f"{x.shape[0]} channels are downmixed to mono for separation",
+                              stacklevel=4)
             x = x.mean(axis=0)
         if x.ndim != 1 or x.size == 0:
-            raise LassError(f"expected a (time,) or (channels, time) waveform, got {x.shape}")
+            raise LassError(f"expected a (time,), (channels, time) or (time, channels) "
+                            f"waveform, got shape {x.shape}")
+        if not np.issubdtype(x.dtype, np.number):
+            raise LassError(f"expected a numeric waveform, got dtype {x.dtype}")
         x = x.astype(np.float32)
         if not np.all(np.isfinite(x)):
             raise LassError("the input holds NaN or infinite samples")

@@ -270,7 +270,8 @@ def test_separator_refuses_bad_waves(bundle):
     sep = Separator.from_pretrained(bundle)
     with pytest.raises(LassError, match="NaN"):
         sep.separate(np.array([0.0, np.nan], dtype=np.float32), SR)
-    with pytest.raises(LassError, match=r"expected a \(time,\) or \(channels, time\)"):
+    with pytest.raises(LassError,
+                       match=r"expected a \(time,\), \(channels, time\) or \(time, channels\)"):
         sep.separate(torch.zeros(2, 2, 2), SR)
 
 
@@ -679,3 +680,22 @@ def test_a_failed_write_leaves_no_partial_folder_and_the_others_are_done(bundle,
     assert sorted(p.name for p in track.iterdir()) == ["a", "c"]  # no b, no partial folder
     for name in ("a", "c"):
         assert (track / name / "separation.json").is_file()
+
+
+def test_the_api_takes_soundfiles_time_by_channels_and_says_what_it_does(bundle, tmp_path):
+    sep = Separator.from_pretrained(bundle).with_settings(sampler=BeamSearch(2))
+    x = mixture(0.3)
+    stereo = np.stack([x, 0.5 * x], axis=1)  # (time, channels), as soundfile.read returns
+    with pytest.warns(UserWarning, match="2 channels are downmixed to mono"):
+        a = sep.separate(stereo, SR)
+    with pytest.warns(UserWarning, match="downmixed"):
+        b = sep.separate(stereo.T, SR)
+    c = sep.separate(stereo.mean(axis=1), SR)
+    for stem in a:
+        np.testing.assert_array_equal(a[stem], b[stem])
+        np.testing.assert_array_equal(a[stem], c[stem])
+    sf.write(tmp_path / "song.wav", x, SR)
+    with pytest.raises(LassError, match="takes a waveform array, not a file name"):
+        sep.separate(str(tmp_path / "song.wav"), SR)
+    with pytest.raises(LassError, match="at most 8 channels"):
+        sep.separate(np.zeros((20, 30), dtype=np.float32), SR)
