@@ -354,14 +354,17 @@ class CountLikelihood:
             self._tuples = torch.from_numpy(tuples).to(self.device)
             self._tuple_totals = torch.from_numpy(sums).to(self.device)
         mix_totals = np.asarray(m.sum(axis=1)).ravel()  # (K,) c(m)
-        if smoothing == "votes":  # of the whole table: before min_count and any pruning
-            mix_totals = counts.source_pairs()[0].sum(axis=1).astype(np.float64)
+        # each source's pairs with the mixture token, of the whole table (before min_count
+        # and any pruning): computed once, read twice below
+        pairs = counts.source_pairs() if smoothing == "votes" else None
+        if pairs is not None:
+            mix_totals = pairs[0].sum(axis=1).astype(np.float64)
         self.mix_marginal = (mix_totals + 1.0) / (mix_totals.sum() + k)  # q(m), add-one
         self._log_marginal = torch.from_numpy(np.log(self.mix_marginal)).to(self.device)
         rows = np.repeat(np.arange(k), np.diff(m.indptr))
         self.log_votes: torch.Tensor | None = None
-        if smoothing == "votes":
-            self.log_votes = torch.from_numpy(self._source_votes(counts)).to(self.device)
+        if pairs is not None:
+            self.log_votes = torch.from_numpy(self._source_votes(pairs)).to(self.device)
         if smoothing == "none":
             probs = m.data / totals
         elif smoothing == "additive":
@@ -383,8 +386,7 @@ class CountLikelihood:
         self._pad = int(tuples_t.numel())
         padded = torch.cat([tuples_t, tuples_t.new_zeros(1)])
         # Each tuple's N tokens, split once here rather than at every slice.
-        self._tokens = tuple((padded // k ** (n - 1 - s)) % k if s else padded // k ** (n - 1)
-                             for s in range(n))
+        self._tokens = tuple(self.split_tuples(padded))
         self._log_p = torch.cat([torch.from_numpy(np.log(probs).astype(np.float32)).to(
             self.device), torch.full((1,), float("-inf"), device=self.device)])
         self._keys = tuples_t + torch.from_numpy(rows.astype(np.int64)).to(self.device) * k ** n
@@ -404,14 +406,14 @@ class CountLikelihood:
             out[lo: lo + chunk] = logq.double().exp().numpy()
         return out
 
-    def _source_votes(self, counts: Counts) -> np.ndarray:
+    def _source_votes(self, pairs: np.ndarray) -> np.ndarray:
         """``(N, K, K)`` float32 ``log q(m | i_s) - log q(m)`` from each source's pair counts
-        (:meth:`Counts.source_pairs`: the whole table's; ``min_count`` does not apply, a
-        source's pairs are counted many times over): ``q(m | i) = (c_s(m, i) + q(m)) /
-        (c_s(i) + 1)``."""
+        ``pairs`` (:meth:`Counts.source_pairs`: the whole table's; ``min_count`` does not
+        apply, a source's pairs are counted many times over): ``q(m | i) = (c_s(m, i) + q(m))
+        / (c_s(i) + 1)``."""
         q = self.mix_marginal
         out = np.empty((self.n, self.k, self.k), dtype=np.float32)
-        for s, c in enumerate(counts.source_pairs().astype(np.float64)):  # [m, i]
+        for s, c in enumerate(pairs.astype(np.float64)):  # [m, i]
             cond = (c + q[:, None]) / (c.sum(axis=0)[None, :] + 1.0)
             out[s] = (np.log(cond) - np.log(q)[:, None]).astype(np.float32)
         return out
