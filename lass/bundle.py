@@ -116,8 +116,7 @@ def resolve_bundle(name_or_path: str | os.PathLike[str] | None) -> Path:
     if folder and (Path(folder) / str(name_or_path) / BUNDLE_FILE).is_file():
         return Path(folder) / str(name_or_path)
     name = str(name_or_path)
-    if name and "/" not in name and "\\" not in name and not name.startswith(".") \
-            and (shipped_bundles() / name / BUNDLE_FILE).is_file():
+    if SAFE_NAME.fullmatch(name) and (shipped_bundles() / name / BUNDLE_FILE).is_file():
         return shipped_bundles() / name
     raise BundleError(f"bundle not found: {name_or_path} (no {BUNDLE_FILE} there"
                       f"{' or under $' + BUNDLES_ENV if folder else ''})")
