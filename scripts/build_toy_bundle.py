@@ -17,8 +17,8 @@ output exists; the training stages resume when interrupted):
    ``COUNT_HOURS`` hours of training mixtures (random re-pairings of 1 s items, no extra
    gain: ToyData draws the amplitudes), the 5-tuples (mixture token, four source tokens),
    into ``counts-full.npz``; then ``lass-merge-counts --min-count COUNT_MIN`` keeps the
-   tuples counted at least twice and each source's pair counts of the whole table (97% of
-   the 5-tuples are counted once: 26 MB of noise)
+   tuples counted at least twice and each source's pair counts of the whole table (97.5% of
+   the distinct 5-tuples are counted once: 26 MB of noise)
 5. ``evidence``: ``lass-fit-evidence`` for the four sources (``EVIDENCE_HOURS`` hours of
    training mixtures, ``EVIDENCE_EPOCHS`` epochs)
 6. ``tune``: on ``TUNE_MIXTURES`` validation mixtures (never test), mean SI-SDR of the mask
