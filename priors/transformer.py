@@ -309,6 +309,36 @@ class TransformerPrior(Prior):
         twin.model.load_state_dict(self.model.state_dict(), strict=True)
         return twin.to(self.device).train(self.training)
 
+    def with_classes(self, class_names: tuple[str, ...]) -> TransformerPrior:
+        """This prior with more classes: ``class_names`` starts with its own classes, in
+        order, and adds new ones (a new source for a shared prior to learn from these
+        weights). The new classes' start tokens begin as the mean of the old classes' (or of
+        the unconditional start token's, for an unconditional prior); the old classes keep
+        their exact predictions. Runs on the ``transformers`` network, as training does."""
+        old = self.config.class_names
+        if tuple(class_names[: len(old)]) != old or len(class_names) <= len(old):
+            raise PriorError(f"classes {list(class_names)} do not extend this prior's "
+                             f"{list(old)} (its classes first, in order, then new ones)")
+        if len(set(class_names)) != len(class_names):
+            raise PriorError(f"class names must be distinct, got {list(class_names)}")
+        base = self.with_transformers()
+        config = replace(self.config, class_names=tuple(class_names))
+        grown = TransformerPrior(config).to(self.device)
+        state = base.model.state_dict()
+        new_state = grown.model.state_dict()
+        k = self.vocab_size
+        for name, weight in state.items():
+            target = new_state[name]
+            if target.shape == weight.shape:
+                target.copy_(weight)
+                continue
+            rows = weight.shape[0]  # an embedding or output matrix: copy, then fill new rows
+            target[:rows].copy_(weight)
+            source = weight[k + 1: rows] if old else weight[k: k + 1]
+            target[rows:].copy_(source.mean(0, keepdim=True).expand(target.shape[0] - rows, -1))
+        grown.model.load_state_dict(new_state, strict=True)
+        return grown.train(self.training)
+
     # -- storage --------------------------------------------------------------------------
 
     def save(self, path: str | os.PathLike[str]) -> Path:

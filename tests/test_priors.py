@@ -699,3 +699,29 @@ def test_prior_training_lowers_bits_and_resumes_exactly(tmp_path):
     start = {k: v.clone() for k, v in from_loaded.prior.state_dict().items()}
     from_loaded.train_step(win.batch(np.random.default_rng(2), 8)[0])
     assert any(not torch.equal(start[k], v) for k, v in from_loaded.prior.state_dict().items())
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_with_classes_adds_sources_and_keeps_the_old_predictions(arch, tmp_path):
+    torch.manual_seed(0)
+    prior = TransformerPrior(TransformerPriorConfig(
+        vocab_size=K, context_length=16, class_names=("drums", "bass"), arch=arch, width=32,
+        layers=2, heads=2)).eval()
+    grown = prior.with_classes(("drums", "bass", "other")).eval()
+    assert grown.config.class_names == ("drums", "bass", "other")
+    codes = torch.randint(0, K, (4, 10))
+    for c in (0, 1):
+        cls = torch.full((4,), c, dtype=torch.long)
+        torch.testing.assert_close(grown.token_log_probs(codes, cls),
+                                   prior.token_log_probs(codes, cls))
+    emb = grown.model.get_input_embeddings().weight
+    torch.testing.assert_close(emb[K + 3], emb[K + 1: K + 3].mean(0))
+    new = grown.token_log_probs(codes, torch.full((4,), 2, dtype=torch.long))
+    assert new.shape == (4, 10)
+    assert torch.isfinite(new).all()
+    grown.save(tmp_path / "grown")  # saves and loads like any prior
+    again = load_prior(tmp_path / "grown")
+    torch.testing.assert_close(again.token_log_probs(codes, torch.full((4,), 2)), new)
+    for bad in (("bass", "drums", "other"), ("drums", "bass"), ("drums", "bass", "bass")):
+        with pytest.raises(PriorError):
+            prior.with_classes(bad)

@@ -125,12 +125,33 @@ def test_init_starts_from_saved_weights(tmp_path):
     assert json.loads((tmp_path / "more" / "summary.json").read_text())["step"] == 3
     assert any(not torch.equal(x, y) for x, y in zip(a.parameters(), c.parameters(),
                                                      strict=True))
+    # A one-stem (unconditional) prior becomes a shared one: each class starts from its start
+    # token, so with no update every class predicts what it predicted.
     proc = run(*common(data, tmp_path / "codec", tmp_path / "two"), "--stem", "drums", "bass",
-               "--conditional", "--init", str(first / "model"), "--steps", "2")
+               "--conditional", "--init", str(first / "model"), "--steps", "2", "--lr", "0")
+    assert proc.returncode == 0, proc.stderr
+    assert "extended with ['drums', 'bass']" in proc.stderr
+    two = load_prior(tmp_path / "two" / "model")
+    assert two.config.class_names == ("drums", "bass")
+    codes = torch.randint(0, a.vocab_size, (3, 20))
+    for label in (0, 1):
+        torch.testing.assert_close(two.token_log_probs(codes, torch.full((3,), label)),
+                                   a.token_log_probs(codes))
+    # New stems may only follow the prior's own classes, in order.
+    for i, track in enumerate(sorted(data.glob("*/*"))):
+        write_audio(track / "other.wav", tone(1.0, SR, 500.0 + 20 * i, 0.3, seed=30 + i), SR)
+    proc = run(*common(data, tmp_path / "codec", tmp_path / "three"), "--stem", "drums", "bass",
+               "other", "--conditional", "--init", str(tmp_path / "two" / "model"),
+               "--steps", "2", "--lr", "0")
+    assert proc.returncode == 0, proc.stderr
+    assert "classes ['drums', 'bass'] extended with ['other']" in proc.stderr
+    proc = run(*common(data, tmp_path / "codec", tmp_path / "swapped"), "--stem", "bass",
+               "drums", "--conditional", "--init", str(tmp_path / "two" / "model"), "--steps",
+               "2")
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith(
         "lass-train-prior: error: --init ")
-    assert "differ from this run's ['drums', 'bass']" in proc.stderr
+    assert "differ from this run's ['bass', 'drums']" in proc.stderr
     wide = [*common(data, tmp_path / "codec", tmp_path / "wide"), "--stem", "drums",
             "--init", str(first / "model"), "--steps", "2", "--context", "64"]
     proc = run(*wide)

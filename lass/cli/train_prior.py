@@ -12,7 +12,9 @@ baselines on the same validation tokens are printed at the start and kept in
 ``OUT/summary.json``. ``--resume`` continues a run exactly. ``--init MODEL`` starts a new run
 from a saved prior's weights (its architecture and classes; a fresh optimizer and learning-rate
 schedule): fine-tuning on other data, or more training when the first run's folder is gone;
-with ``--kind wavenet``, a saved WaveNet of the same stem.
+``--stem`` may list the saved prior's classes followed by new ones (a shared prior learning
+another source; see :meth:`priors.transformer.TransformerPrior.with_classes`); with ``--kind
+wavenet``, a saved WaveNet of the same stem.
 
 ``--kind wavenet`` trains the data-domain prior of PnF-style Langevin separation instead
 (:mod:`priors.wavenet`): raw samples of one stem, noise levels drawn log-uniformly from
@@ -225,9 +227,16 @@ def _new_prior(args: argparse.Namespace, codec: Codec, conditional: bool, device
         )).to(device)
     prior = load_prior(args.init, device=device, backend="transformers")
     prior.check_codebook(codec.codebook_size, codec.identity())
-    if prior.config.class_names != classes:
-        raise DataError(f"--init {args.init}: its classes {list(prior.config.class_names)} "
-                        f"differ from this run's {list(classes)} (--stem, --conditional)")
+    old = prior.config.class_names
+    if old != classes:
+        if not (len(classes) > len(old) and classes[: len(old)] == old):
+            raise DataError(f"--init {args.init}: its classes {list(old)} differ from this "
+                            f"run's {list(classes)} (--stem, --conditional; new stems may "
+                            "only follow the prior's own)")
+        prior = prior.with_classes(classes)
+        print(f"{PROG}: --init {args.init}: classes {list(old)} extended with "
+              f"{list(classes[len(old):])} (their start tokens begin as the mean of the old "
+              "ones)", file=sys.stderr)
     if args.context > prior.context_length:
         raise DataError(f"--context {args.context} exceeds the context of --init {args.init} "
                         f"({prior.context_length})")

@@ -5,7 +5,8 @@
   tracks of a data set on disk.
 * :class:`StemDataset`: fixed-length chunks of aligned mono stems.
 * :class:`ToyData`: the thesis' oscillator sources.
-* :mod:`lass.data.synth`: the Slakh-style synthetic drums+bass renderer.
+* :mod:`lass.data.synth`: the Slakh-style synthetic renderers (drums+bass; drums, bass and
+  other from many soundfonts).
 """
 
 from lass.data.audio import AudioInfo, audio_info, read_audio, write_wav

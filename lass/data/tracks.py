@@ -30,6 +30,9 @@ from lass.errors import DataError
 
 Layout = Literal["slakh", "musdb", "folder"]
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
+#: Splits a plain stem folder may have: ``heldout`` holds test songs rendered with timbres
+#: (soundfonts) kept out of the other splits (``lass-make-dataset synth-band``).
+FOLDER_SPLITS: tuple[str, ...] = (*SPLITS, "heldout")
 AUDIO_SUFFIXES: tuple[str, ...] = (".wav", ".flac")
 
 #: The validation tracks of MUSDB18 (the list published with the ``musdb`` package).
@@ -71,9 +74,9 @@ class Track:
         return tuple(self.stems)
 
 
-def _check_split(split: str) -> str:
-    if split not in SPLITS:
-        raise DataError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+def _check_split(split: str, allowed: Sequence[str] = SPLITS) -> str:
+    if split not in allowed:
+        raise DataError(f"unknown split {split!r}; expected one of {', '.join(allowed)}")
     return split
 
 
@@ -109,7 +112,7 @@ def _check_disjoint(tracks: Sequence[Track], others: Mapping[str, set[str]]) -> 
 def folder_tracks(root: str | os.PathLike[str], split: str, stems: Sequence[str]) -> list[Track]:
     """Tracks of a plain stem folder: ``<root>/<split>/<track>/<stem>.{wav,flac}``."""
     base = _check_root(root)
-    _check_split(split)
+    _check_split(split, FOLDER_SPLITS)
     if not stems:
         raise DataError("at least one stem name is needed")
     split_dir = base / split
@@ -119,7 +122,8 @@ def folder_tracks(root: str | os.PathLike[str], split: str, stems: Sequence[str]
               for d in _subdirs(split_dir)]
     if not tracks:
         raise DataError(f"no tracks found in {split_dir}")
-    others = {s: {d.name for d in _subdirs(base / s)} for s in SPLITS if (base / s).is_dir()}
+    others = {s: {d.name for d in _subdirs(base / s)} for s in FOLDER_SPLITS
+              if (base / s).is_dir()}
     _check_disjoint(tracks, others)
     return tracks
 
@@ -218,7 +222,7 @@ def detect_layout(root: str | os.PathLike[str]) -> Layout:
                 if (d / "mixture.wav").is_file():
                     return "musdb"
                 break
-    if any((base / s).is_dir() for s in SPLITS):
+    if any((base / s).is_dir() for s in FOLDER_SPLITS):
         return "folder"
     raise DataError(f"cannot tell the layout of {base}: expected split folders "
                     f"({', '.join(SPLITS)}) holding one folder per track")

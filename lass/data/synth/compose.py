@@ -406,13 +406,16 @@ def _fold(pitch: int, low: int = 28, high: int = 55) -> int:
 
 def _compose_bass(rng: np.random.Generator, style: DrumStyle, tempo: float, key_root: int,
                   mode: str, progression: tuple[int, ...], sections: list[tuple[str, int]],
-                  dynamics: dict[str, float]) -> tuple[list[Note], list[Bend]]:
+                  dynamics: dict[str, float], chord_bars: int | None = None,
+                  ) -> tuple[list[Note], list[Bend]]:
+    # chord_bars: bars per chord; None draws it from the feel (the drums+bass set's rule).
     scale = SCALES[mode]
     feel = _pick(rng, style.bass_feels)
     pool = _BASS_RHYTHMS[feel]
     bar_steps = len(pool[0])
     step_s = 240.0 / tempo / bar_steps
-    chord_bars = 2 if feel in ("halftime", "reggae", "808") and rng.random() < 0.5 else 1
+    if chord_bars is None:
+        chord_bars = 2 if feel in ("halftime", "reggae", "808") and rng.random() < 0.5 else 1
     legato = rng.uniform(0.55, 0.95)
     p_rest = rng.uniform(0.0, 0.15)
     p_octave = rng.uniform(0.05, 0.3)

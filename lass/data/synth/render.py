@@ -18,6 +18,7 @@ import numpy as np
 import soundfile as sf
 
 from lass.data.synth.compose import Part
+from lass.data.synth.soundfonts import check_not_reserved
 from lass.errors import LassError
 
 TICKS_PER_BEAT = 960
@@ -40,6 +41,7 @@ def find_soundfont(path: str | os.PathLike[str] | None = None) -> Path:
         else list(SOUNDFONT_CANDIDATES))
     for c in candidates:
         if c is not None and Path(c).is_file():
+            check_not_reserved(c)
             return Path(c)
     looked = ", ".join(map(str, candidates))
     raise RenderError(f"General MIDI soundfont not found (looked for {looked}); "
@@ -54,9 +56,16 @@ def find_fluidsynth() -> str:
     return exe
 
 
-def part_to_midi(part: Part, tempo: float, drums: bool) -> mido.MidiFile:
-    """One part as a type-0 MIDI file at ``tempo`` bpm (drums on channel 10)."""
-    channel = DRUM_CHANNEL if drums else 0
+def part_to_midi(part: Part, tempo: float, drums: bool, *,
+                 kit_as_preset: bool = False) -> mido.MidiFile:
+    """One part as a type-0 MIDI file at ``tempo`` bpm.
+
+    Drums play on channel 10 with ``part.program`` as the kit, unless ``kit_as_preset``: then
+    they play on channel 1 with program 0 (a soundfont that is one drum kit as a preset).
+    Melodic parts set a pitch-bend range of :data:`BEND_RANGE` semitones.
+    """
+    channel = DRUM_CHANNEL if drums and not kit_as_preset else 0
+    program = 0 if drums and kit_as_preset else part.program
     us_per_beat = round(60_000_000 / tempo)
     ticks_per_s = TICKS_PER_BEAT * 1_000_000 / us_per_beat
     # (tick, order, message): at equal ticks, bends and note-offs come before note-ons.
@@ -75,7 +84,7 @@ def part_to_midi(part: Part, tempo: float, drums: bool) -> mido.MidiFile:
     events.sort(key=lambda e: (e[0], e[1]))
     track = mido.MidiTrack()
     track.append(mido.MetaMessage("set_tempo", tempo=us_per_beat, time=0))
-    track.append(mido.Message("program_change", channel=channel, program=part.program, time=0))
+    track.append(mido.Message("program_change", channel=channel, program=program, time=0))
     if not drums:
         for control, value in ((101, 0), (100, 0), (6, BEND_RANGE), (38, 0)):
             track.append(mido.Message("control_change", channel=channel, control=control,
@@ -118,7 +127,8 @@ def render_midi(midi: mido.MidiFile, seconds: float, sample_rate: int, *,
 
 
 def render_part(part: Part, tempo: float, seconds: float, sample_rate: int, *, drums: bool,
-                soundfont: Path, reverb: float = 0.0, room: float = 0.2) -> np.ndarray:
+                soundfont: Path, reverb: float = 0.0, room: float = 0.2,
+                kit_as_preset: bool = False) -> np.ndarray:
     """Render one part of a song to ``(round(seconds * sample_rate),)`` float32 mono."""
-    return render_midi(part_to_midi(part, tempo, drums), seconds, sample_rate,
-                       soundfont=soundfont, reverb=reverb, room=room)
+    return render_midi(part_to_midi(part, tempo, drums, kit_as_preset=kit_as_preset), seconds,
+                       sample_rate, soundfont=soundfont, reverb=reverb, room=room)
