@@ -26,7 +26,6 @@ from __future__ import annotations
 import math
 import os
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -218,7 +217,8 @@ class SeparationResult:
     """Stems and what produced them.
 
     Attributes:
-        stems: stem name -> ``(time,)`` float32 at ``sample_rate``.
+        stems: stem name -> float32 contribution at ``sample_rate``, shaped like the input:
+            ``(time,)``, ``(channels, time)`` or ``(time, channels)``.
         sample_rate: rate of the stems (the input's).
         tokens: the chosen token sequences per stem, ``(tokens,)`` int64 (with
             ``combine="mean"``: the highest-scoring candidate's).
@@ -279,7 +279,7 @@ def mask_fft_at(fft: int, sample_rate: int, codec_rate: int) -> int:
 
 
 def soft_masks(mixture: np.ndarray, estimates: np.ndarray, fft: int = MASK_FFT,
-               iterations: int = 0) -> np.ndarray:
+               iterations: int = 0, channels: np.ndarray | None = None) -> np.ndarray:
     """Stems from Wiener masks on the mixture's STFT.
 
     Each source's power spectrogram is taken as ``v_j = (mean_c |STFT(estimate_cj)|)^2``,
@@ -295,10 +295,14 @@ def soft_masks(mixture: np.ndarray, estimates: np.ndarray, fft: int = MASK_FFT,
         fft: STFT size (Hann window, hop ``fft // 4``); halved while it is more than twice
             the input's length.
         iterations: EM updates of the powers (0: the plain ratio masks).
+        channels: ``(channels, time)``: the input's channels (``mixture`` is their
+            downmix). The masks, computed once from ``mixture``, are applied to each
+            channel's STFT.
 
     Returns:
         ``(sources, time)`` that sum to ``mixture`` (the masks sum to one over the sources
-        and the STFT is inverted exactly).
+        and the STFT is inverted exactly); with ``channels``, ``(sources, channels, time)``
+        that sum to each channel.
     """
     check_mask_settings(fft, iterations)
     n = mixture.shape[0]
@@ -329,9 +333,14 @@ def soft_masks(mixture: np.ndarray, estimates: np.ndarray, fft: int = MASK_FFT,
     for _ in range(iterations):
         m = ratio(power)
         power = (m * spec_mix[None]).abs() ** 2 + (1.0 - m) * power
-    out = torch.istft(ratio(power) * spec_mix[None], fft, hop, window=window, center=True,
-                      length=n)
-    return out.numpy().astype(np.float32)
+    masks = ratio(power)
+    if channels is None:
+        out = torch.istft(masks * spec_mix[None], fft, hop, window=window, center=True,
+                          length=n)
+        return out.numpy().astype(np.float32)
+    per_channel = [torch.istft(masks * stft(c)[None], fft, hop, window=window, center=True,
+                               length=n).numpy().astype(np.float32) for c in channels]
+    return np.stack(per_channel, axis=1)
 
 
 def choose_candidates(mixture: np.ndarray, candidates: np.ndarray, combine: str,
@@ -357,14 +366,19 @@ def choose_candidates(mixture: np.ndarray, candidates: np.ndarray, combine: str,
 
 
 def output_stems(mixture: np.ndarray, used: np.ndarray, output: str, mask_fft: int = MASK_FFT,
-                 mask_iterations: int = 0) -> np.ndarray:
+                 mask_iterations: int = 0, channels: np.ndarray | None = None) -> np.ndarray:
     """``(C, N, time)`` chosen candidates -> ``(N, time)`` stems: their mean (``decode``) or
     the mixture under the Wiener masks of their mean magnitude (``mask``, see
-    :func:`soft_masks`)."""
+    :func:`soft_masks`). With the input's ``channels: (channels, time)``, ``(N, channels,
+    time)``: the masks of the downmix on each channel, or the decoded mean on every
+    channel (``decode`` knows only the downmix)."""
     if output == "mask":
-        return soft_masks(mixture, used, mask_fft, mask_iterations)
+        return soft_masks(mixture, used, mask_fft, mask_iterations, channels)
     if output == "decode":
-        return used.mean(0).astype(np.float32)
+        mean = used.mean(0).astype(np.float32)
+        if channels is None:
+            return mean
+        return np.repeat(mean[:, None], channels.shape[0], axis=1)
     raise LassError(f"unknown output {output!r}; expected decode or mask")
 
 
@@ -463,10 +477,36 @@ class Separator:
         """Device of the models."""
         return self.codec.device
 
+    @property
+    def sample_rate(self) -> int:
+        """The rate the models work at; inputs at other rates are resampled, and the stems
+        come back at the input's rate."""
+        return int(self.codec.sample_rate)
+
     def separate(self, wave: np.ndarray | torch.Tensor, sample_rate: int,
-                 settings: SeparationSettings | None = None) -> dict[str, np.ndarray]:
-        """``wave: (time,)`` or ``(channels, time)`` -> ``{stem: (time,)}`` at ``sample_rate``."""
-        return self.separate_detailed(wave, sample_rate, settings).stems
+                 settings: SeparationSettings | None = None
+                 ) -> dict[str, np.ndarray] | dict[str, torch.Tensor]:
+        """``wave`` -> ``{stem: contribution}`` at ``sample_rate``, each shaped like ``wave``.
+
+        ``wave``: ``(time,)``, ``(channels, time)`` or ``(time, channels)`` (as soundfile
+        reads it), up to ``MAX_CHANNELS`` channels; a NumPy array or a torch tensor (then
+        the stems are tensors on its device). Several channels are separated from their
+        downmix and the masks applied to each channel, so the stems sum to each channel.
+        """
+        stems = self.separate_detailed(wave, sample_rate, settings).stems
+        if isinstance(wave, torch.Tensor):
+            return {k: torch.from_numpy(v).to(wave.device) for k, v in stems.items()}
+        return stems
+
+    def separate_file(self, path: str | os.PathLike[str],
+                      settings: SeparationSettings | None = None) -> SeparationResult:
+        """Read an audio file (anything libsndfile or ffmpeg reads) and separate it: stems
+        ``(time, channels)`` (``(time,)`` for mono files) at the file's sample rate."""
+        from lass.data.audio import read_any
+
+        wave, rate = read_any(path)
+        return self.separate_detailed(wave.T if wave.shape[0] > 1 else wave[0], rate,
+                                      settings)
 
     def with_settings(self, **changes: Any) -> Separator:
         """A separator sharing these models with some settings changed."""
@@ -525,33 +565,34 @@ class Separator:
                             "shifts > 1")
 
     @staticmethod
-    def _mono(wave: np.ndarray | torch.Tensor) -> np.ndarray:
+    def _channels(wave: np.ndarray | torch.Tensor) -> tuple[np.ndarray, str]:
         """``(time,)``, ``(channels, time)`` or ``(time, channels)`` (as soundfile reads
-        stereo; up to 8 channels) -> checked ``(time,)`` float32, several channels averaged
-        with a warning."""
+        stereo; up to ``MAX_CHANNELS`` channels) -> checked ``(channels, time)`` float32 and
+        the input's layout: ``"mono"``, ``"channels-first"`` or ``"time-first"``."""
         if isinstance(wave, (str, os.PathLike)):
             raise LassError(f"separate() takes a waveform array, not a file name ({wave!s}); "
-                            "read it first (soundfile.read) or use lass-separate")
+                            "use separate_file() or read it first (soundfile.read)")
         x = wave.detach().cpu().numpy() if isinstance(wave, torch.Tensor) else np.asarray(wave)
-        if x.ndim == 2 and x.shape[1] <= MAX_CHANNELS < x.shape[0]:
-            x = x.T  # (time, channels) as soundfile returns it
-        if x.ndim == 2 and x.shape[0] > MAX_CHANNELS:
-            raise LassError(f"expected a (time,), (channels, time) or (time, channels) "
-                            f"waveform with at most {MAX_CHANNELS} channels, got {x.shape}")
-        if x.ndim == 2:
-            if x.shape[0] > 1:
-                warnings.warn(f"{x.shape[0]} channels are downmixed to mono for separation",
-                              stacklevel=4)
-            x = x.mean(axis=0)
-        if x.ndim != 1 or x.size == 0:
-            raise LassError(f"expected a (time,), (channels, time) or (time, channels) "
-                            f"waveform, got shape {x.shape}")
+        expected = ("expected a (time,) waveform, or (channels, time) or (time, channels) with "
+                    f"at most {MAX_CHANNELS} channels and more samples than channels")
+        if x.ndim == 1:
+            layout = "mono"
+            x = x[None]
+        elif x.ndim == 2 and x.shape[0] <= MAX_CHANNELS < x.shape[1]:
+            layout = "channels-first"
+        elif x.ndim == 2 and x.shape[1] <= MAX_CHANNELS < x.shape[0]:
+            layout = "time-first"  # as soundfile returns it
+            x = x.T
+        else:
+            raise LassError(f"{expected}; got shape {tuple(x.shape)}")
+        if x.size == 0:
+            raise LassError(f"{expected}; got an empty waveform")
         if not np.issubdtype(x.dtype, np.number):
             raise LassError(f"expected a numeric waveform, got dtype {x.dtype}")
-        x = x.astype(np.float32)
+        x = np.ascontiguousarray(x, dtype=np.float32)
         if not np.all(np.isfinite(x)):
             raise LassError("the input holds NaN or infinite samples")
-        return x
+        return x, layout
 
     def separate_many(self, waves: Sequence[np.ndarray | torch.Tensor], sample_rate: int,
                       settings: SeparationSettings | None = None) -> list[SeparationResult]:
@@ -568,7 +609,8 @@ class Separator:
         """
         s = settings or self.settings
         self.check_settings(s)
-        inputs = [self._mono(w) for w in waves]
+        checked = [self._channels(w) for w in waves]
+        inputs = [c.mean(axis=0) for c, _ in checked]
         t0 = time.perf_counter()
         resampled = [_resample(x, sample_rate, self.codec.sample_rate) for x in inputs]
         resample = (time.perf_counter() - t0) / max(1, len(inputs))
@@ -578,16 +620,19 @@ class Separator:
         results: dict[int, SeparationResult] = {}
         for members in groups.values():
             group = self._separate_group([inputs[i] for i in members],
-                                         [resampled[i] for i in members], sample_rate, s)
+                                         [resampled[i] for i in members], sample_rate, s,
+                                         [checked[i] for i in members])
             for i, r in zip(members, group, strict=True):
                 r.timings["encode"] += resample
                 results[i] = r
         return [results[i] for i in range(len(inputs))]
 
     def _separate_group(self, inputs: list[np.ndarray], xcs: list[np.ndarray], sample_rate: int,
-                        s: SeparationSettings) -> list[SeparationResult]:
-        """Inputs ``(time,)`` whose codec-rate versions ``xcs`` have one length: one search
-        (of ``s.shifts`` delayed copies of each)."""
+                        s: SeparationSettings, channels: list[tuple[np.ndarray, str]]
+                        ) -> list[SeparationResult]:
+        """Inputs ``(time,)`` (the downmixes of ``channels``: each ``(channels, time)`` and
+        its layout) whose codec-rate versions ``xcs`` have one length: one search (of
+        ``s.shifts`` delayed copies of each)."""
         batch = len(inputs)
         offsets = shift_offsets(s.shifts, self.codec.hop_length)
         n = xcs[0].shape[0]
@@ -622,12 +667,13 @@ class Separator:
             context_overlap=s.context_overlap, prior_top=s.prior_top)
         search = (time.perf_counter() - t0) / batch
         return [self._finish(inputs[b], xcs[b], sample_rate, s, out, b, offsets,
-                             {"encode": encode, "search": search, "batch": float(batch)})
+                             {"encode": encode, "search": search, "batch": float(batch)},
+                             channels[b])
                 for b in range(batch)]
 
     def _finish(self, x: np.ndarray, xc: np.ndarray, sample_rate: int, s: SeparationSettings,
-                out: TokenSeparation, b: int, offsets: list[int], timings: dict[str, float]
-                ) -> SeparationResult:
+                out: TokenSeparation, b: int, offsets: list[int], timings: dict[str, float],
+                channels: tuple[np.ndarray, str]) -> SeparationResult:
         """Input ``b`` of a search (its copies are the search's mixtures ``b * S .. b * S +
         S - 1`` for ``S = len(offsets)``): decode its candidates, choose or combine, output."""
         t0 = time.perf_counter()
@@ -667,8 +713,11 @@ class Separator:
             used = contributions([e[None] for e in refined], np.zeros(1, dtype=np.int64))
             timings["refine"] = time.perf_counter() - t0
         t0 = time.perf_counter()
+        wave, layout = channels
         stems = output_stems(x, used, s.output, mask_fft_at(s.mask_fft, sample_rate, codec_rate),
-                             s.mask_iterations)
+                             s.mask_iterations, None if layout == "mono" else wave)
+        if layout == "time-first":
+            stems = np.ascontiguousarray(stems.transpose(0, 2, 1))
         timings["output"] = time.perf_counter() - t0
         return SeparationResult(
             stems={st: stems[i] for i, st in enumerate(self.stems)}, sample_rate=sample_rate,

@@ -50,11 +50,12 @@ def test_separate_with_no_model_writes_drums_and_bass(tmp_path, capsys):
            for s in ("drums", "bass")}
     for wave, sr in got.values():
         assert sr == rate
-        assert wave.shape == (rate,)
-    mono = stereo.mean(axis=1)
-    np.testing.assert_allclose(got["drums"][0] + got["bass"][0], mono, atol=2e-4)  # 16-bit
-    assert "downmixed to mono" in capsys.readouterr().err
+        assert wave.shape == (rate, 2)  # stereo in, stereo out
+    # The stems sum to each channel (16-bit files).
+    np.testing.assert_allclose(got["drums"][0] + got["bass"][0], stereo, atol=2e-4)
+    assert "downmixed" not in capsys.readouterr().err
     info = json.loads((out / "default" / "mix" / "separation.json").read_text())
+    assert info["channels"] == 2
     assert info["settings"]["combine"] == "mean"  # one mask from the samples
     # 10 samples in all: 2 for each of 5 shifted copies
     assert (info["settings"]["candidates"], info["settings"]["shifts"]) == (2, 5)

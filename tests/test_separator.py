@@ -11,7 +11,7 @@ import torch
 from lass import BeamSearch, SeparationSettings, Separator
 from lass.bundle import BundleError, read_bundle, sha256_path
 from lass.cli.separate import main as separate_main
-from lass.errors import LassError
+from lass.errors import DataError, LassError
 from lass.separator import soft_masks
 from tests.bundles import SR, make_debug_bundle, sources
 
@@ -45,8 +45,8 @@ def test_other_rates_and_channels(bundle):
     x16 = np.repeat(x, 2)  # a 16 kHz version, same length in seconds
     stereo = np.stack([x16, 0.5 * x16])
     stems = sep.separate(stereo, 2 * SR)
-    assert stems["bass"].shape == x16.shape
-    np.testing.assert_allclose(stems["drums"] + stems["bass"], stereo.mean(0), atol=1e-5)
+    assert stems["bass"].shape == stereo.shape  # the input's rate and channels
+    np.testing.assert_allclose(stems["drums"] + stems["bass"], stereo, atol=1e-5)
 
 
 def test_detailed_result_and_determinism(bundle):
@@ -270,9 +270,11 @@ def test_separator_refuses_bad_waves(bundle):
     sep = Separator.from_pretrained(bundle)
     with pytest.raises(LassError, match="NaN"):
         sep.separate(np.array([0.0, np.nan], dtype=np.float32), SR)
-    with pytest.raises(LassError,
-                       match=r"expected a \(time,\), \(channels, time\) or \(time, channels\)"):
+    with pytest.raises(LassError, match=r"expected a \(time,\) waveform, or \(channels, "
+                       r"time\) or \(time, channels\).*got shape \(2, 2, 2\)"):
         sep.separate(torch.zeros(2, 2, 2), SR)
+    with pytest.raises(LassError, match="empty waveform"):
+        sep.separate(np.zeros(0, dtype=np.float32), SR)
 
 
 def test_candidates_combine_into_one_mask():
@@ -408,7 +410,7 @@ def test_separate_many_batches_equal_lengths_and_matches_one_at_a_time(bundle, k
     if kind == "ancestral":
         sep = sep.with_settings(sampler=Ancestral(1.0), candidates=3, combine="mean")
     waves = [mixture(0.25, seed=3), mixture(0.25, seed=5), mixture(0.2, seed=6),
-             np.stack([mixture(0.25, seed=7)] * 2)]  # stereo: downmixed, same length
+             np.stack([mixture(0.25, seed=7)] * 2)]  # stereo: separated from its downmix
     batches = []
     real = sampling.separate_tokens
 
@@ -426,7 +428,7 @@ def test_separate_many_batches_equal_lengths_and_matches_one_at_a_time(bundle, k
             np.testing.assert_array_equal(got.tokens[stem], alone.tokens[stem])
             np.testing.assert_allclose(got.stems[stem], alone.stems[stem], atol=1e-5)
         assert got.fallback_steps == alone.fallback_steps
-        assert got.stems["drums"].shape == (np.asarray(wave).shape[-1],)
+        assert got.stems["drums"].shape == np.asarray(wave).shape  # the input's channels
     assert sep.separate_many([], SR) == []
 
 
@@ -682,20 +684,65 @@ def test_a_failed_write_leaves_no_partial_folder_and_the_others_are_done(bundle,
         assert (track / name / "separation.json").is_file()
 
 
-def test_the_api_takes_soundfiles_time_by_channels_and_says_what_it_does(bundle, tmp_path):
+def test_the_api_keeps_the_input_layout_and_channels(bundle, tmp_path):
+    """Stereo in, stereo out: the stems of (time, channels) and (channels, time) input keep
+    that layout and sum to each channel; their downmix is the downmix's separation."""
     sep = Separator.from_pretrained(bundle).with_settings(sampler=BeamSearch(2))
     x = mixture(0.3)
-    stereo = np.stack([x, 0.5 * x], axis=1)  # (time, channels), as soundfile.read returns
-    with pytest.warns(UserWarning, match="2 channels are downmixed to mono"):
-        a = sep.separate(stereo, SR)
-    with pytest.warns(UserWarning, match="downmixed"):
-        b = sep.separate(stereo.T, SR)
+    right = mixture(0.3, seed=11)
+    stereo = np.stack([x, 0.5 * x + 0.3 * right], axis=1)  # (time, channels), as soundfile
+    a = sep.separate(stereo, SR)
+    b = sep.separate(stereo.T, SR)
     c = sep.separate(stereo.mean(axis=1), SR)
-    for stem in a:
-        np.testing.assert_array_equal(a[stem], b[stem])
-        np.testing.assert_array_equal(a[stem], c[stem])
+    assert isinstance(a, dict)
+    assert isinstance(b, dict)
+    assert isinstance(c, dict)
+    for stem in sep.stems:
+        assert a[stem].shape == stereo.shape
+        assert b[stem].shape == stereo.T.shape
+        np.testing.assert_array_equal(a[stem], b[stem].T)
+        np.testing.assert_allclose(a[stem].mean(axis=1), c[stem], atol=1e-6)
+    np.testing.assert_allclose(sum(a[stem] for stem in sep.stems), stereo, atol=1e-5)
+    # The decode output knows only the downmix: every channel gets the same stems.
+    d = sep.with_settings(output="decode").separate(stereo, SR)
+    assert isinstance(d, dict)
+    np.testing.assert_array_equal(d["drums"][:, 0], d["drums"][:, 1])
     sf.write(tmp_path / "song.wav", x, SR)
-    with pytest.raises(LassError, match="takes a waveform array, not a file name"):
+    with pytest.raises(LassError, match="not a file name"):
         sep.separate(str(tmp_path / "song.wav"), SR)
     with pytest.raises(LassError, match="at most 8 channels"):
         sep.separate(np.zeros((20, 30), dtype=np.float32), SR)
+    with pytest.raises(LassError, match=r"more samples than channels; got shape \(4, 4\)"):
+        sep.separate(np.zeros((4, 4), dtype=np.float32), SR)
+
+
+def test_torch_in_torch_out_and_separate_file(bundle, tmp_path):
+    import subprocess
+
+    sep = Separator.from_pretrained(bundle).with_settings(sampler=BeamSearch(2))
+    assert sep.sample_rate == SR
+    assert sep.stems == ("drums", "bass")
+    x = mixture(0.3)
+    got = sep.separate(torch.from_numpy(x), SR)
+    want = sep.separate(x, SR)
+    for stem in sep.stems:
+        assert isinstance(got[stem], torch.Tensor)
+        np.testing.assert_array_equal(got[stem].numpy(), want[stem])
+    stereo = np.stack([x, 0.7 * x], axis=1)
+    sf.write(tmp_path / "song.wav", stereo, SR, subtype="FLOAT")
+    res = sep.separate_file(tmp_path / "song.wav")
+    assert res.sample_rate == SR
+    for stem in sep.stems:
+        np.testing.assert_allclose(res.stems[stem], sep.separate(stereo, SR)[stem], atol=1e-6)
+    ffmpeg = shutil.which("ffmpeg")
+    assert ffmpeg is not None  # the install command brings it
+    subprocess.run([ffmpeg, "-v", "error", "-i", str(tmp_path / "song.wav"), "-c:a", "aac",
+                    str(tmp_path / "song.m4a")], check=True)
+    m4a = sep.separate_file(tmp_path / "song.m4a")  # libsndfile cannot: ffmpeg decodes it
+    assert m4a.stems["drums"].ndim == 2
+    assert m4a.stems["drums"].shape[1] == 2
+    (tmp_path / "junk.m4a").write_bytes(b"not audio at all")
+    with pytest.raises(DataError, match="cannot read audio file"):
+        sep.separate_file(tmp_path / "junk.m4a")
+    with pytest.raises(DataError, match="not found"):
+        sep.separate_file(tmp_path / "missing.wav")

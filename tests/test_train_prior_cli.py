@@ -173,6 +173,23 @@ def test_prior_of_another_codec_is_refused(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+def test_init_on_a_fine_tuned_codec_takes_its_identity(tmp_path):
+    """A prior of one codec may start a run on another codec of the same size (the first
+    fine-tuned): it is said, and the new prior records the new codec."""
+    data, first = first_run(tmp_path, "bass", 2)
+    torch.manual_seed(1)
+    tuned = ConvVQVAE(ConvVQVAEConfig(sample_rate=SR, hop_length=16, codebook_size=32, dim=8,
+                                      channels=4))
+    tuned.save(tmp_path / "tuned")
+    proc = run(*common(data, tmp_path / "tuned", tmp_path / "again"), "--stem", "bass",
+               "--steps", "2", "--init", str(first / "model"))
+    assert proc.returncode == 0, proc.stderr
+    assert "was trained on another codec's tokens" in proc.stderr
+    again = load_prior(tmp_path / "again" / "model")
+    assert again.config.codec_identity == tuned.identity()
+    assert load_prior(first / "model").config.codec_identity != tuned.identity()
+
+
 def test_missing_stem_is_one_line(tmp_path):
     data = make_set(tmp_path / "data")
     write_audio(data / "train" / "extra" / "drums.wav", tone(1.0, SR, 100.0), SR)

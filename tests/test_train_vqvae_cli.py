@@ -62,6 +62,34 @@ def test_train_resume_and_outputs(tmp_path):
     assert a.identity() == b.identity()
 
 
+def test_init_fine_tunes_a_saved_codec(tmp_path):
+    data = make_set(tmp_path / "data")
+    first = tmp_path / "first"
+    assert train(data, first, "--steps", "2").returncode == 0
+    # With learning rate 0 the network's weights are those it started from (only the EMA
+    # codebook moves), and the codec's own hop wins over --hop.
+    proc = train(data, tmp_path / "same", "--steps", "1", "--lr", "0", "--init",
+                 str(first / "model"), "--hop", "32")
+    assert proc.returncode == 0, proc.stderr
+    a, b = load_codec(first / "model"), load_codec(tmp_path / "same" / "model")
+    assert b.hop_length == a.hop_length
+    conv = [k for k, v in a.state_dict().items() if v.dim() == 3]  # the convolutions
+    assert conv
+    for k in conv:
+        assert torch.equal(a.state_dict()[k], b.state_dict()[k]), k
+    proc = train(data, tmp_path / "tuned", "--steps", "3", "--init", str(first / "model"))
+    assert proc.returncode == 0, proc.stderr
+    tuned = load_codec(tmp_path / "tuned" / "model")
+    assert tuned.identity() != a.identity()
+    assert tuned.hop_length == a.hop_length
+    assert json.loads((tmp_path / "tuned" / "summary.json").read_text())["step"] == 3
+    proc = train(data, tmp_path / "rate", "--steps", "1", "--init", str(first / "model"),
+                 "--sample-rate", str(2 * SR))
+    assert proc.returncode == 1
+    assert "works at" in proc.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in proc.stderr
+
+
 def test_missing_data_is_one_line(tmp_path):
     proc = train(tmp_path / "nowhere", tmp_path / "run", "--steps", "1")
     assert proc.returncode == 1

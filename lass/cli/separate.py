@@ -3,9 +3,11 @@
     lass-separate mix.wav                      # the embedded default bundle
     lass-separate songs/ -m path/to/bundle -o separated --beams 10
 
-Inputs are files, folders (their audio files) or glob patterns. Multichannel input is
-downmixed to mono for separation. For each input, ``OUT/<bundle>/<track>/<stem>.wav`` is
-written (same length and sample rate as the input; the stems add up to the input) with
+Inputs are files, folders (their audio files) or glob patterns; what libsndfile cannot read
+(m4a, aac, the audio of a video) is decoded with ffmpeg. Multichannel input is separated
+from its downmix and the masks are applied to each channel, so each stem keeps the input's
+channels. For each input, ``OUT/<bundle>/<track>/<stem>.wav`` is written (same length,
+channels and sample rate as the input; the stems add up to the input, per channel) with
 ``separation.json`` (settings, seed, bundle sha256, timings). A bad input is reported in one
 line and skipped; the exit status is then non-zero. Up to ``--batch`` inputs of one length
 and sample rate are searched together (faster per input; each gets the stems it would get
@@ -34,12 +36,13 @@ from tqdm import tqdm
 
 from lass.cli import EXIT_ERROR, run_cli
 from lass.cli.common import resolve_device
-from lass.data.audio import rms_db, write_text_atomic, write_wav
+from lass.data.audio import read_any, rms_db, write_text_atomic, write_wav
 from lass.errors import DataError, LassError
 from lass.langevin import LangevinSeparator
 from lass.sampling import Ancestral, TopK, TopP
 from lass.separator import (
     COMBINES,
+    MAX_CHANNELS,
     OUTPUTS,
     SeparationResult,
     SeparationSettings,
@@ -48,7 +51,8 @@ from lass.separator import (
 )
 
 PROG = "lass-separate"
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".m4a", ".aac", ".opus",
+                  ".wma", ".mp4", ".mkv", ".webm", ".mov")
 SILENCE_DB = -90.0
 
 
@@ -214,15 +218,12 @@ def _settings(args: argparse.Namespace, base: SeparationSettings) -> SeparationS
 
 
 def _read(path: Path) -> tuple[np.ndarray, int]:
-    try:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, OSError) as err:
-        raise DataError(f"cannot read audio file {path}: {err}") from None
-    if data.shape[0] == 0:
-        raise DataError(f"audio file is empty: {path}")
-    if not np.all(np.isfinite(data)):
-        raise DataError(f"audio file holds NaN or infinite samples: {path}")
-    return data.T, int(rate)
+    """``(channels, time)`` and the rate of an audio file (libsndfile, else ffmpeg)."""
+    wave, rate = read_any(path)
+    if wave.shape[0] > MAX_CHANNELS:
+        raise DataError(f"{path} has {wave.shape[0]} channels; at most {MAX_CHANNELS} are "
+                        "separated")
+    return wave, rate
 
 
 def _check_out(out: Path) -> None:
@@ -307,9 +308,9 @@ def _main(argv: Sequence[str] | None) -> int:
     def load(path: Path) -> tuple[np.ndarray, int, np.ndarray]:
         nonlocal said_downmix
         wave, rate = _read(path)
-        if wave.shape[0] > 1 and not said_downmix:
-            bar.write(f"{PROG}: multichannel input is downmixed to mono for separation",
-                      file=sys.stderr)
+        if wave.shape[0] > 1 and not said_downmix and not isinstance(separator, Separator):
+            bar.write(f"{PROG}: multichannel input is downmixed to mono for Langevin "
+                      "separation", file=sys.stderr)
             said_downmix = True
         mono = wave.mean(axis=0)
         if rms_db(mono) < SILENCE_DB:
@@ -341,7 +342,7 @@ def _main(argv: Sequence[str] | None) -> int:
                 bar.write(f"{PROG}: warning: {path.name}: {stem} peaks at {peak:.2f} and is "
                           "clipped in 16-bit; use --float32 to keep it", file=sys.stderr)
                 audio = np.clip(audio, -1.0, 1.0)
-            write_wav(out_dir / f"{stem}.wav", audio, rate, subtype=subtype)
+            write_wav(out_dir / f"{stem}.wav", audio.T, rate, subtype=subtype)
         info = {"input": str(path), "sample_rate": rate, "samples": int(mono.shape[0]),
                 "channels": int(wave.shape[0]), "stems": list(result.stems),
                 "bundle": {"name": bundle_name,
@@ -354,14 +355,17 @@ def _main(argv: Sequence[str] | None) -> int:
                             "real_time_factor": round(seconds / (mono.shape[0] / rate), 4)}}
         write_text_atomic(out_dir / "separation.json", json.dumps(info, indent=1) + "\n")
 
-    def separate(monos: list[np.ndarray], rate: int) -> list[SeparationResult]:
+    def separate(waves: list[np.ndarray], rate: int) -> list[SeparationResult]:
+        """Inputs ``(channels, time)`` -> their separations (stems ``(channels, time)``, or
+        ``(time,)`` for one channel)."""
         if isinstance(separator, Separator):
-            return separator.separate_many(monos, rate, settings)
-        return [separator.separate_detailed(m, rate, settings) for m in monos]
+            return separator.separate_many([w[0] if w.shape[0] == 1 else w for w in waves],
+                                           rate, settings)
+        return [separator.separate_detailed(w.mean(axis=0), rate, settings) for w in waves]
 
-    def attempt(mono: np.ndarray, rate: int) -> SeparationResult | LassError:
+    def attempt(wave: np.ndarray, rate: int) -> SeparationResult | LassError:
         try:
-            return separate([mono], rate)[0]
+            return separate([wave], rate)[0]
         except LassError as err:
             return err
 
@@ -380,9 +384,9 @@ def _main(argv: Sequence[str] | None) -> int:
             start = time.perf_counter()
             results: list[SeparationResult | LassError]
             try:
-                results = list(separate([m for _, _, m in items], rate))
+                results = list(separate([w for _, w, _ in items], rate))
             except LassError as err:  # one bad input spoils its batch: one by one then
-                results = [err] if len(items) == 1 else [attempt(m, rate) for _, _, m in items]
+                results = [err] if len(items) == 1 else [attempt(w, rate) for _, w, _ in items]
             seconds = (time.perf_counter() - start) / len(items)
             for (path, wave, mono), result in zip(items, results, strict=True):
                 try:

@@ -226,7 +226,14 @@ def _new_prior(args: argparse.Namespace, codec: Codec, conditional: bool, device
             kv_heads=args.kv_heads, dropout=args.dropout, codec_identity=codec.identity(),
         )).to(device)
     prior = load_prior(args.init, device=device, backend="transformers")
-    prior.check_codebook(codec.codebook_size, codec.identity())
+    prior.check_codebook(codec.codebook_size)
+    if prior.config.codec_identity and prior.config.codec_identity != codec.identity():
+        # Another codec of the same size (e.g. the prior's codec fine-tuned with lass-train-
+        # vqvae --init): the run learns the new codec's tokens and records that codec.
+        print(f"{PROG}: --init {args.init} was trained on another codec's tokens "
+              f"({prior.config.codec_identity[:12]}); this run trains it on "
+              f"{args.codec}'s ({codec.identity()[:12]})", file=sys.stderr)
+        prior.config = dataclasses.replace(prior.config, codec_identity=codec.identity())
     old = prior.config.class_names
     if old != classes:
         if not (len(classes) > len(old) and classes[: len(old)] == old):

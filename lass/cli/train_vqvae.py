@@ -7,7 +7,8 @@ mixing rule), with a random gain, so the codec encodes mixtures as well as singl
 Every ``--valid-every`` steps the reconstruction SDR on the valid split is measured per stem
 and on mixtures, with the codebook's perplexity. Checkpoints go to ``OUT/model`` (the codec,
 loadable with ``vqvae.load_codec``) and ``OUT/trainer.pt``; ``--resume`` continues a run
-exactly. ``OUT/log.jsonl`` records the numbers; ``OUT/summary.json`` the last validation.
+exactly; ``--init MODEL`` starts a new run from a saved codec (fine-tuning).
+``OUT/log.jsonl`` records the numbers; ``OUT/summary.json`` the last validation.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from lass.cli.common import append_jsonl, dataset_mix_rule, start_run
 from lass.data import StemDataset, chunk_samples, find_tracks, mix
 from lass.data.audio import write_text_atomic
 from lass.errors import DataError
+from vqvae import load_codec
 from vqvae.conv import ConvVQVAE, ConvVQVAEConfig
 from vqvae.train import CodecTrainer, TrainConfig, perplexity, reconstruction_sdr
 
@@ -61,6 +63,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--init", type=Path, default=None, metavar="MODEL",
+                   help="start a new run from this saved codec's weights and codebook (its "
+                        "architecture; a fresh optimizer and schedule): fine-tuning on other "
+                        "data keeps its codes close to what they were, so priors trained on "
+                        "its tokens can be fine-tuned too; with --resume, a run already in "
+                        "--out continues instead")
     return p
 
 
@@ -122,6 +130,8 @@ def _main(argv: Sequence[str] | None) -> int:
     train_tracks = find_tracks(args.data, "train", args.stems, args.layout)
     valid_tracks = find_tracks(args.data, "valid", args.stems, args.layout)
     chunk = chunk_samples(args.seconds, args.sample_rate)
+    if args.init is not None and not (args.resume and (out / "trainer.pt").is_file()):
+        args.hop = load_codec(args.init).hop_length  # the chunks follow the codec's hop
     chunk -= chunk % args.hop
     if chunk <= 0:
         raise DataError(f"--seconds {args.seconds} is shorter than one hop")
@@ -136,6 +146,16 @@ def _main(argv: Sequence[str] | None) -> int:
         if trainer.model.sample_rate != args.sample_rate:
             raise DataError(f"the run in {out} is at {trainer.model.sample_rate} Hz, not "
                             f"{args.sample_rate}")
+    elif args.init is not None:
+        torch.manual_seed(args.seed)
+        init = load_codec(args.init, device=device)
+        if not isinstance(init, ConvVQVAE):
+            raise DataError(f"--init {args.init}: a {type(init).__name__} cannot be trained "
+                            "here; only the convolutional VQ-VAE")
+        if init.sample_rate != args.sample_rate:
+            raise DataError(f"--init {args.init} works at {init.sample_rate} Hz, not "
+                            f"--sample-rate {args.sample_rate}")
+        trainer = CodecTrainer(init.train(), tcfg)
     else:
         torch.manual_seed(args.seed)
         model = ConvVQVAE(ConvVQVAEConfig(sample_rate=args.sample_rate, hop_length=args.hop,

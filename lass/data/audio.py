@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
+import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,6 +114,45 @@ def read_audio(path: str | os.PathLike[str] | AudioInfo, sample_rate: int | None
     if start + frames > total:
         seg[max(total - start, 0):] = 0.0
     return seg
+
+
+def read_any(path: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
+    """Read a whole audio file: ``(channels, time)`` float32 and its sample rate.
+
+    What libsndfile cannot read (m4a, aac, opus in some builds, the audio of a video) is
+    decoded by ``ffmpeg`` into a temporary 32-bit float WAV. A missing, unreadable, empty or
+    non-finite file raises :class:`DataError` in one line.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"audio file not found: {p}")
+    try:
+        data, rate = sf.read(str(p), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, OSError):
+        data, rate = _read_with_ffmpeg(p)
+    if data.shape[0] == 0:
+        raise DataError(f"audio file is empty: {p}")
+    if not np.all(np.isfinite(data)):
+        raise DataError(f"audio file holds NaN or infinite samples: {p}")
+    return np.ascontiguousarray(data.T), int(rate)
+
+
+def _read_with_ffmpeg(path: Path) -> tuple[np.ndarray, int]:
+    exe = shutil.which("ffmpeg")
+    if exe is None:
+        raise DataError(f"cannot read audio file {path}: libsndfile does not read it and "
+                        "ffmpeg is not on PATH")
+    with tempfile.TemporaryDirectory(prefix="lass-decode-") as tmp:
+        wav = Path(tmp) / "decoded.wav"
+        proc = subprocess.run([exe, "-nostdin", "-v", "error", "-i", str(path), "-vn", "-map",
+                               "0:a:0", "-c:a", "pcm_f32le", str(wav)],
+                              capture_output=True, text=True, check=False)
+        if proc.returncode != 0 or not wav.is_file():
+            lines = (proc.stderr or "").strip().splitlines()
+            why = lines[-1] if lines else f"ffmpeg exited with {proc.returncode}"
+            raise DataError(f"cannot read audio file {path}: {why}")
+        data, rate = sf.read(str(wav), dtype="float32", always_2d=True)
+    return data, int(rate)
 
 
 def public_mode(directory: bool = False) -> int:
