@@ -99,6 +99,7 @@ class BundleSpec:
     likelihood_base: Path | None = None
     likelihood_kind: str = "counts"
     evidence: Path | None = None
+    description: str = ""
 
 
 def resolve_bundle(name_or_path: str | os.PathLike[str] | None) -> Path:
@@ -167,6 +168,8 @@ def read_bundle(name_or_path: str | os.PathLike[str] | None, verify: bool = True
                           f"{min_count!r}")
     if not isinstance(raw.get("sampler", {}), dict):
         raise BundleError(f"{path}: the sampler must be an object, not {raw['sampler']!r}")
+    if not isinstance(raw.get("description", ""), str):
+        raise BundleError(f"{path}: the description must be a string")
     return BundleSpec(
         root=root, name=name, sample_rate=rate,
         stems=stems, mix=str(raw.get("mix", "mean")), codec=root / raw["codec"]["path"],
@@ -180,7 +183,8 @@ def read_bundle(name_or_path: str | os.PathLike[str] | None, verify: bool = True
                          if "base" in raw["likelihood"] else None),
         likelihood_kind=str(raw["likelihood"].get("kind", "counts")),
         evidence=root / raw["evidence"]["path"] if "evidence" in raw else None,
-        sampler=dict(raw.get("sampler", {})), sha256=sha256_path(path))
+        sampler=dict(raw.get("sampler", {})), sha256=sha256_path(path),
+        description=str(raw.get("description", "")))
 
 
 def write_bundle(root: str | os.PathLike[str], *, name: str, sample_rate: int,
@@ -188,15 +192,18 @@ def write_bundle(root: str | os.PathLike[str], *, name: str, sample_rate: int,
                  likelihood: str, smoothing: str = "none", sampler: dict[str, Any] | None = None,
                  prior_classes: dict[str, int] | None = None, alpha: float = 1.0,
                  min_count: int = 1, likelihood_base: str | None = None,
-                 likelihood_kind: str = "counts", evidence: str | None = None) -> Path:
+                 likelihood_kind: str = "counts", evidence: str | None = None,
+                 description: str = "") -> Path:
     """Write ``bundle.json`` for components already inside ``root`` (paths relative to it;
-    ``evidence``: the token evidence model's file, if any)."""
+    ``evidence``: the token evidence model's file, if any; ``description``: what the bundle
+    separates and what it was trained on, shown by ``lass-separate --list-models``)."""
     base = Path(root)
     if likelihood_kind not in LIKELIHOOD_KINDS:
         raise BundleError(f"unknown likelihood kind {likelihood_kind!r}")
     latent = likelihood_kind == "latent"
-    entry = {"format_version": FORMAT_VERSION, "name": name, "sample_rate": sample_rate,
-             "stems": list(stems), "mix": mix,
+    entry = {"format_version": FORMAT_VERSION, "name": name,
+             **({"description": description} if description else {}),
+             "sample_rate": sample_rate, "stems": list(stems), "mix": mix,
              "codec": {"path": codec, "sha256": sha256_path(base / codec)},
              "priors": {s: {"path": priors[s], "sha256": sha256_path(base / priors[s]),
                             **({"class": prior_classes[s]} if prior_classes else {})}

@@ -220,6 +220,11 @@ class LassSearches:
             results = self.separator.separate_many(todo, rate, self.settings(kind))
             share = (time.perf_counter() - start) / len(todo)
             for m, r in zip(todo, results, strict=True):
+                if r.candidates is None:
+                    raise DataError(f"mixtures of {m.shape[0] / rate:g} s are separated in "
+                                    "segments, which keeps no candidates to score; evaluate "
+                                    f"on mixtures of at most "
+                                    f"{2 * self.separator.segment_seconds:g} s")
                 self._cache[kind, m.tobytes()] = r.candidates
                 self._seconds[kind, m.tobytes()] = share
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -57,6 +57,12 @@ OUTPUTS = ("decode", "mask")
 COMBINES = ("best", "rerank", "mean")
 MASK_FFT = 2048  # the mask output's STFT size unless a bundle or setting says otherwise
 MAX_CHANNELS = 8  # a 2-D input with more rows than this has time first
+#: Inputs longer than two segments of this many seconds are decoded and masked segment by
+#: segment (:meth:`Separator.segmented`).
+SEGMENT_SECONDS = 30.0
+#: Codec-rate samples the resampler's filter reaches on each side (soxr "HQ" between the
+#: rates used here reaches about a hundred; a margin of safety).
+RESAMPLE_REACH = 1024
 
 
 @dataclass(frozen=True)
@@ -223,7 +229,8 @@ class SeparationResult:
         tokens: the chosen token sequences per stem, ``(tokens,)`` int64 (with
             ``combine="mean"``: the highest-scoring candidate's).
         candidates: ``(C, N, time)`` the decoded candidates' contributions at
-            ``sample_rate``, best score first, before any refinement.
+            ``sample_rate``, best score first, before any refinement; ``None`` for a long
+            input whose output is made segment by segment (:meth:`Separator.segmented`).
         score: the log posterior score of the candidate ``tokens`` holds.
         fallback_steps: steps whose mixture token had no candidate pair (summed over the
             shifted copies).
@@ -235,7 +242,7 @@ class SeparationResult:
     stems: dict[str, np.ndarray]
     sample_rate: int
     tokens: dict[str, np.ndarray]
-    candidates: np.ndarray
+    candidates: np.ndarray | None
     score: float
     fallback_steps: int
     timings: dict[str, float]
@@ -430,6 +437,8 @@ class Separator:
                 raise LassError(f"the token evidence model predicts {evidence.n_sources} "
                                 f"sources but {len(stems)} stems are named")
         self.evidence = evidence
+        #: Seconds per segment of the output stage of long inputs (see :meth:`segmented`).
+        self.segment_seconds = SEGMENT_SECONDS
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike[str] | None = None,
@@ -510,9 +519,11 @@ class Separator:
 
     def with_settings(self, **changes: Any) -> Separator:
         """A separator sharing these models with some settings changed."""
-        return Separator(self.codec, self.priors, self.likelihood, self.stems, self.mix_rule,
+        twin = Separator(self.codec, self.priors, self.likelihood, self.stems, self.mix_rule,
                          replace(self.settings, **changes), self.prior_classes, self.bundle,
                          self.evidence)
+        twin.segment_seconds = self.segment_seconds
+        return twin
 
     @torch.no_grad()
     def _decode(self, codes: torch.Tensor, length: int) -> torch.Tensor:
@@ -538,9 +549,12 @@ class Separator:
             return [self.codec.decode_latents(x)[0, :n] for x in z]
 
     def separate_detailed(self, wave: np.ndarray | torch.Tensor, sample_rate: int,
-                          settings: SeparationSettings | None = None) -> SeparationResult:
-        """Separate and say how (tokens, score, fallbacks, timings)."""
-        return self.separate_many([wave], sample_rate, settings)[0]
+                          settings: SeparationSettings | None = None,
+                          progress: Callable[[float, float], None] | None = None
+                          ) -> SeparationResult:
+        """Separate and say how (tokens, score, fallbacks, timings); ``progress`` as in
+        :meth:`separate_many`."""
+        return self.separate_many([wave], sample_rate, settings, progress)[0]
 
     def check_settings(self, s: SeparationSettings) -> None:
         """Raise :class:`LassError` unless ``s`` is a valid setting for this separator."""
@@ -595,8 +609,14 @@ class Separator:
         return x, layout
 
     def separate_many(self, waves: Sequence[np.ndarray | torch.Tensor], sample_rate: int,
-                      settings: SeparationSettings | None = None) -> list[SeparationResult]:
+                      settings: SeparationSettings | None = None,
+                      progress: Callable[[float, float], None] | None = None
+                      ) -> list[SeparationResult]:
         """Separate several inputs, searching those of equal length in one batch.
+
+        ``progress``, when given, is called as the token search advances with ``(done,
+        total)`` in seconds of input audio (summed over the inputs; the search is most of
+        the time).
 
         ``waves``: each ``(time,)`` or ``(channels, time)`` at ``sample_rate``. Inputs with
         the same number of samples share one encoder call and one token search (their rows
@@ -618,17 +638,27 @@ class Separator:
         for i, xc in enumerate(resampled):
             groups.setdefault(xc.shape[0], []).append(i)
         results: dict[int, SeparationResult] = {}
+        total = sum(x.shape[0] for x in inputs) / sample_rate
+        done = 0.0
         for members in groups.values():
+            seconds = sum(inputs[i].shape[0] for i in members) / sample_rate
+            report = None
+            if progress is not None:
+                def report(step: int, steps: int, before: float = done,
+                           seconds: float = seconds) -> None:
+                    progress(before + seconds * step / max(steps, 1), total)
             group = self._separate_group([inputs[i] for i in members],
                                          [resampled[i] for i in members], sample_rate, s,
-                                         [checked[i] for i in members])
+                                         [checked[i] for i in members], report)
+            done += seconds
             for i, r in zip(members, group, strict=True):
                 r.timings["encode"] += resample
                 results[i] = r
         return [results[i] for i in range(len(inputs))]
 
     def _separate_group(self, inputs: list[np.ndarray], xcs: list[np.ndarray], sample_rate: int,
-                        s: SeparationSettings, channels: list[tuple[np.ndarray, str]]
+                        s: SeparationSettings, channels: list[tuple[np.ndarray, str]],
+                        progress: Callable[[int, int], None] | None = None
                         ) -> list[SeparationResult]:
         """Inputs ``(time,)`` (the downmixes of ``channels``: each ``(channels, time)`` and
         its layout) whose codec-rate versions ``xcs`` have one length: one search (of
@@ -664,7 +694,7 @@ class Separator:
             lam=s.lam, mix_latents=latents, token_evidence=evidence,
             num_samples=s.candidates, classes=classes,
             generator=gens,
-            context_overlap=s.context_overlap, prior_top=s.prior_top)
+            context_overlap=s.context_overlap, prior_top=s.prior_top, progress=progress)
         search = (time.perf_counter() - t0) / batch
         return [self._finish(inputs[b], xcs[b], sample_rate, s, out, b, offsets,
                              {"encode": encode, "search": search, "batch": float(batch)},
@@ -701,6 +731,21 @@ class Separator:
                               for c in one] for one, d in zip(dec, delays, strict=True)])
 
         length = n + offsets[-1]
+        wave, layout = channels
+        if self.segmented(x.shape[0], sample_rate, s):
+            stems, chosen = self._output_in_segments(x, n, sample_rate, s, codes, delay,
+                                                     None if layout == "mono" else wave,
+                                                     timings)
+            best = int(chosen[0])
+            if layout == "time-first":
+                stems = np.ascontiguousarray(stems.transpose(0, 2, 1))
+            return SeparationResult(
+                stems={st: stems[i] for i, st in enumerate(self.stems)},
+                sample_rate=sample_rate,
+                tokens={st: codes[i][best].cpu().numpy() for i, st in enumerate(self.stems)},
+                candidates=None, score=float(scores[best]),
+                fallback_steps=int(out.fallbacks[rows].sum()),
+                timings=timings, shift=int(delay[best]))
         candidates = contributions([self._decode(c, length) for c in codes], delay)
         chosen = choose_candidates(x, candidates, s.combine, s.rerank_top)
         timings["decode"] = time.perf_counter() - t0
@@ -713,7 +758,6 @@ class Separator:
             used = contributions([e[None] for e in refined], np.zeros(1, dtype=np.int64))
             timings["refine"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        wave, layout = channels
         stems = output_stems(x, used, s.output, mask_fft_at(s.mask_fft, sample_rate, codec_rate),
                              s.mask_iterations, None if layout == "mono" else wave)
         if layout == "time-first":
@@ -725,3 +769,86 @@ class Separator:
             candidates=candidates, score=float(scores[best]),
             fallback_steps=int(out.fallbacks[rows].sum()),
             timings=timings, shift=int(delay[best]))
+
+    def segmented(self, samples: int, sample_rate: int, s: SeparationSettings) -> bool:
+        """Whether an input of ``samples`` at ``sample_rate`` is decoded and masked in
+        segments of :attr:`segment_seconds` (memory then stops growing with the input; the
+        result keeps no ``candidates``): longer than two segments, a codec that states its
+        decoding context, and no refinement (which works on the whole input)."""
+        return (samples > 2 * self.segment_seconds * sample_rate and s.refine_steps == 0
+                and self.codec.decode_context is not None)
+
+    def _output_in_segments(self, x: np.ndarray, n: int, sample_rate: int,
+                            s: SeparationSettings, codes: list[torch.Tensor],
+                            delay: np.ndarray, channels: np.ndarray | None,
+                            timings: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+        """The stems of :meth:`_finish` for a long input, segment by segment.
+
+        Each output segment is computed on a window reaching ``margin`` samples further on
+        both sides (at least the mask's STFT size and the resampler's reach), from the
+        candidates decoded for that window only (the codec's decoding context around it)
+        and resampled on blocks shared by both rates; windows start on the STFT's hop, so
+        the frames inside a segment are those of the whole input. The stems equal the whole
+        computation's up to float rounding. ``combine="rerank"`` reads every candidate once
+        first to choose. Returns the stems and the chosen candidates' indices.
+        """
+        codec_rate, hop = self.codec.sample_rate, self.codec.hop_length
+        context = self.codec.decode_context
+        assert context is not None
+        total_in = x.shape[0]
+        fft = mask_fft_at(s.mask_fft, sample_rate, codec_rate)
+        g = math.gcd(sample_rate, codec_rate)
+        step_in, step_c = sample_rate // g, codec_rate // g
+        unit = math.lcm(max(1, fft // 4), step_in)
+        seg = max(unit, round(self.segment_seconds * sample_rate / unit) * unit)
+        reach = fft + math.ceil(RESAMPLE_REACH * sample_rate / codec_rate)
+        margin = math.ceil(reach / unit) * unit
+        gain = mix_gain(len(self.stems), self.mix_rule)
+        tokens = codes[0].shape[1]
+
+        def window(lo: int, hi: int, which: np.ndarray) -> np.ndarray:
+            """``(len(which), N, hi - lo)``: candidates ``which`` over input samples
+            ``lo .. hi - 1`` (``lo`` on a resampling block)."""
+            lo_c = lo // step_in * step_c
+            hi_c = min(n, -(-hi * codec_rate // sample_rate))
+            out = np.zeros((len(which), len(self.stems), hi - lo), dtype=np.float32)
+            for d in np.unique(delay[which]):
+                rows = which[delay[which] == d]
+                t0, t1 = (lo_c + d) // hop, min(tokens, -(-(hi_c + d) // hop))
+                a, b = max(0, t0 - context), min(tokens, t1 + context)
+                for k, c in enumerate(codes):
+                    dec = self._decode(c[torch.from_numpy(rows)][:, a:b], (b - a) * hop)
+                    part = gain * dec.cpu().numpy()[:, lo_c + d - a * hop: hi_c + d - a * hop]
+                    for r, one in zip(rows, part, strict=True):
+                        out[int(np.nonzero(which == r)[0][0]), k] = _resample(
+                            one, codec_rate, sample_rate, hi - lo)
+            return out
+
+        bounds = [(a, min(a + seg, total_in)) for a in range(0, total_in, seg)]
+        count = delay.shape[0]
+        chosen = (np.arange(count) if s.combine == "mean" else np.zeros(1, dtype=np.int64))
+        t0 = time.perf_counter()
+        if s.combine == "rerank" and count > 1:
+            top = np.arange(min(max(1, s.rerank_top), delay.shape[0]))
+            err = np.zeros(top.shape[0])
+            for a, b in bounds:
+                lo, hi = max(0, a - margin), min(total_in, b + margin)
+                cand = window(lo, hi, top)[:, :, a - lo: b - lo]
+                err += ((cand.sum(1) - x[None, a:b]) ** 2).sum(-1)
+            chosen = np.array([int(err.argmin())], dtype=np.int64)
+        shape = (len(self.stems), *(() if channels is None else (channels.shape[0],)), total_in)
+        stems = np.zeros(shape, dtype=np.float32)
+        decode = output = 0.0
+        for a, b in bounds:
+            lo, hi = max(0, a - margin), min(total_in, b + margin)
+            t1 = time.perf_counter()
+            used = window(lo, hi, chosen)
+            t2 = time.perf_counter()
+            part = output_stems(x[lo:hi], used, s.output, fft, s.mask_iterations,
+                                None if channels is None else channels[:, lo:hi])
+            stems[..., a:b] = part[..., a - lo: b - lo]
+            decode += t2 - t1
+            output += time.perf_counter() - t2
+        timings["decode"] = decode + (time.perf_counter() - t0 - decode - output)
+        timings["output"] = output
+        return stems, chosen

@@ -52,6 +52,9 @@ from typing import Any
 from build_default_bundle import install, run_stage
 
 STEMS = ("sine", "sawtooth", "square", "triangle")
+DESCRIPTION = ("The thesis' four ToyData oscillators (sine, sawtooth, square, triangle; one "
+               "note each, piano-key frequencies, random phase and amplitude), 1 s items at "
+               "22.05 kHz.")
 ITEMS = 3000
 CODEC = ["--steps", "2500", "--channels", "16", "--codebook-size", "512"]
 PRIOR = ["--context", "256", "--width", "192", "--layers", "3", "--heads", "4", "--kv-heads",
@@ -139,7 +142,8 @@ def main() -> None:
                str(prior / "model"), "--likelihood", str(counts), "--smoothing", SMOOTHING[0],
                "--alpha", str(SMOOTHING[1]), "--prior-top", str(PRIOR_TOP), "--evidence",
                str(evidence), "--evidence-weight", str(sampler["weight"]), "--lam",
-               str(sampler["lam"]), "--output", "mask", "--name", "toy", "--out", str(bundle)]
+               str(sampler["lam"]), "--output", "mask", "--name", "toy", "--description",
+               DESCRIPTION, "--out", str(bundle)]
         if sampler["kind"] == "beam":
             cmd += ["--sampler", "beam", "--beams", str(BEAMS)]
         else:

@@ -166,3 +166,36 @@ def test_chunked_decoding_equals_decoding_whole(hop, monkeypatch):
         monkeypatch.setattr(ConvVQVAE, "decode_context", property(lambda self: 0))
         assert not torch.allclose(codec.decode(codes), whole,
                                   atol=1e-3 * float(whole.abs().max()))
+
+
+@pytest.mark.parametrize("hop", [64, 32, 8])
+def test_chunked_encoding_equals_encoding_whole(hop, monkeypatch):
+    import vqvae.codec
+
+    torch.manual_seed(0)
+    codec = ConvVQVAE(ConvVQVAEConfig(hop_length=hop, codebook_size=32, dim=8, channels=4,
+                                      max_channels=16)).eval()
+    for p in codec.encoder.parameters():  # weights large enough that every layer matters
+        p.data.normal_(0, 0.5)
+    wave = torch.randn(3, 157 * hop - hop // 2)  # not a whole number of tokens
+    with torch.no_grad():
+        whole = codec.latents(wave)
+        monkeypatch.setattr(vqvae.codec, "CPU_ENCODE_CHUNK", 16)
+        chunked = codec.latents_batched(wave)
+        assert chunked.shape == whole.shape == (3, 8, 157)
+        torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=0)
+        # Without the context the chunks' edges differ: the test can tell.
+        monkeypatch.setattr(ConvVQVAE, "encode_context", property(lambda self: 0))
+        assert not torch.allclose(codec.latents_batched(wave), whole, atol=1e-3)
+
+
+def test_quantising_in_parts_equals_quantising_at_once(monkeypatch):
+    import vqvae.conv
+
+    torch.manual_seed(0)
+    codec = ConvVQVAE(ConvVQVAEConfig(hop_length=8, codebook_size=64, dim=8, channels=4)).eval()
+    z = torch.nn.functional.normalize(torch.randn(3, 8, 101), dim=1)
+    whole = (z.permute(0, 2, 1).reshape(-1, 8) @ codec.codebook.embedding.t()).argmax(-1)
+    monkeypatch.setattr(vqvae.conv, "NEAREST_ROWS", 7)
+    assert torch.equal(codec.quantise(z).reshape(-1), whole)
+    assert codec.quantise(z[:, :, :0]).shape == (3, 0)

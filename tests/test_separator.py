@@ -746,3 +746,109 @@ def test_torch_in_torch_out_and_separate_file(bundle, tmp_path):
         sep.separate_file(tmp_path / "junk.m4a")
     with pytest.raises(DataError, match="not found"):
         sep.separate_file(tmp_path / "missing.wav")
+
+
+@pytest.mark.parametrize(("combine", "output", "rate", "stereo"), [
+    ("best", "mask", SR, False), ("mean", "mask", SR, True), ("rerank", "decode", SR, False),
+    ("mean", "mask", 2 * SR, False), ("rerank", "mask", 3 * SR // 2, True)])
+def test_long_inputs_are_output_in_segments_equal_to_whole(bundle, combine, output, rate,
+                                                           stereo):
+    """Decoding and masking segment by segment (what bounds the memory of long inputs) gives
+    the stems of the whole computation, at any input rate, for every combine and output."""
+    from lass import Ancestral
+
+    sep = Separator.from_pretrained(bundle).with_settings(
+        sampler=Ancestral(1.0), candidates=3, combine=combine, output=output, shifts=2,
+        mask_fft=256, mask_iterations=1)
+    x = mixture(1.3)
+    if rate != SR:
+        import soxr
+
+        x = soxr.resample(x, SR, rate).astype(np.float32)
+    wave = np.stack([x, 0.6 * x + 0.05 * np.sin(np.arange(x.shape[0]) / 7.0)]) if stereo else x
+    whole = sep.separate_detailed(wave, rate)
+    assert whole.candidates is not None
+    sep.segment_seconds = 0.2  # six segments
+    assert sep.segmented(x.shape[0], rate, sep.settings)
+    parts = sep.separate_detailed(wave, rate)
+    assert parts.candidates is None
+    assert parts.score == whole.score
+    for stem in sep.stems:
+        np.testing.assert_array_equal(parts.tokens[stem], whole.tokens[stem])
+        assert parts.stems[stem].shape == whole.stems[stem].shape == wave.shape
+        scale = float(np.abs(whole.stems[stem]).max())
+        np.testing.assert_allclose(parts.stems[stem], whole.stems[stem], atol=1e-4 * scale)
+    with_copy = sep.with_settings(lam=sep.settings.lam)
+    assert with_copy.segment_seconds == 0.2
+
+
+def test_cli_output_formats_depth_and_templates(bundle, tmp_path, capsys):
+    x = mixture(0.4)
+    sf.write(tmp_path / "deep.wav", x, SR, subtype="PCM_24")
+    sf.write(tmp_path / "plain.wav", x, SR, subtype="PCM_16")
+    out = tmp_path / "out"
+    base = ["-m", str(bundle), "-o", str(out), "--beams", "2"]
+    # The input's depth by default: 24-bit in, 24-bit out.
+    assert separate_main([str(tmp_path / "deep.wav"), str(tmp_path / "plain.wav"), *base]) == 0
+    assert sf.info(str(out / "debug" / "deep" / "drums.wav")).subtype == "PCM_24"
+    assert sf.info(str(out / "debug" / "plain" / "drums.wav")).subtype == "PCM_16"
+    assert separate_main([str(tmp_path / "plain.wav"), *base, "--flac", "--int24"]) == 0
+    info = sf.info(str(out / "debug" / "plain" / "bass.flac"))
+    assert (info.format, info.subtype) == ("FLAC", "PCM_24")
+    assert separate_main([str(tmp_path / "plain.wav"), *base, "--mp3",
+                          "--filename", "{track}_{stem}.{ext}"]) == 0
+    assert sf.info(str(out / "debug" / "plain_drums.mp3")).format == "MP3"
+    meta = json.loads((out / "debug" / "plain_separation.json").read_text())
+    assert meta["files"] == {"drums": "plain_drums.mp3", "bass": "plain_bass.mp3"}
+    assert meta["format"]["container"] == "MP3"
+    assert not [p for p in (out / "debug").iterdir() if p.name.startswith(".")]  # no staging
+    for bad, why in (("{track}.{ext}", "must contain {track} and {stem}"),
+                     ("{track}/{stem}.{fmt}", "unknown field {fmt}"),
+                     ("../{track}/{stem}.{ext}", "inside the output folder")):
+        assert separate_main([str(tmp_path / "plain.wav"), *base, "--filename", bad]) == 1
+        assert why in capsys.readouterr().err
+    assert separate_main([str(tmp_path / "plain.wav"), *base, "--flac", "--float32"]) == 1
+    assert "--float32 needs WAV output" in capsys.readouterr().err
+    assert separate_main([str(tmp_path / "plain.wav"), *base, "--threads", "-1"]) == 1
+    assert "--threads must be 0" in capsys.readouterr().err
+    assert separate_main([*base]) == 1
+    assert "no input given" in capsys.readouterr().err
+
+
+def test_clip_modes_keep_integer_stems_in_range():
+    from lass.cli.separate import fit_range
+
+    stems = {"drums": np.array([0.5, -1.6], np.float32), "bass": np.array([0.2, 0.8], np.float32)}
+    scaled, said = fit_range(stems, "rescale")
+    assert "scaled by" in said
+    np.testing.assert_allclose(scaled["drums"] / stems["drums"], scaled["bass"] / stems["bass"])
+    assert max(float(np.abs(a).max()) for a in scaled.values()) <= 1.0
+    clamped, said = fit_range(stems, "clamp")
+    np.testing.assert_array_equal(clamped["drums"], [0.5, -1.0])
+    np.testing.assert_array_equal(clamped["bass"], stems["bass"])
+    kept, said = fit_range(stems, "none")
+    assert kept is stems
+    assert "clips" in said
+    quiet = {"drums": np.array([0.5], np.float32), "bass": np.array([0.2], np.float32)}
+    assert fit_range(quiet, "rescale") == (quiet, "")
+
+
+def test_list_models_version_and_progress(bundle, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("LASS_BUNDLES", str(bundle.parent))
+    assert separate_main(["--list-models"]) == 0
+    listed = capsys.readouterr().out
+    assert "default (embedded): drums, bass; 22050 Hz" in listed
+    assert "toy (embedded): sine, sawtooth, square, triangle" in listed
+    assert "debug ($LASS_BUNDLES): drums, bass; 8000 Hz" in listed
+    assert "FluidR3 GM" in listed  # what the default was trained on
+    with pytest.raises(SystemExit) as exit_info:
+        separate_main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith("lass-separate 0.")
+    sep = Separator.from_pretrained(bundle).with_settings(sampler=BeamSearch(2))
+    calls: list[tuple[float, float]] = []
+    sep.separate_many([mixture(0.3), mixture(0.3, seed=4), mixture(0.2)], SR,
+                      progress=lambda done, total: calls.append((done, total)))
+    done = [c[0] for c in calls]
+    assert done == sorted(done)
+    assert calls[-1] == pytest.approx((0.8, 0.8))

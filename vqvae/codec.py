@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F  # noqa: N812
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -38,6 +39,8 @@ CPU_ENCODE_ROWS = 2
 #: sequences decode about twice as slowly per token when whole (default codec, 2 rows:
 #: 166-220 us per token for 1034 tokens, 341-415 us for 11025).
 CPU_DECODE_CHUNK = 1024
+#: Tokens encoded per call on the CPU by a codec that states its ``encode_context``.
+CPU_ENCODE_CHUNK = 1024
 
 _REGISTRY: dict[str, type[Codec]] = {}
 
@@ -99,12 +102,35 @@ class Codec(nn.Module, ABC):
         """``latents: (batch, embedding_dim, tokens)`` (from :meth:`latents`) -> ``(batch,
         tokens)`` int64 codes of the nearest codebook entries."""
 
+    @property
+    def encode_context(self) -> int | None:
+        """Tokens of signal on each side that make the encoder outputs of a stretch of tokens
+        equal (up to float rounding) to that stretch of the whole wave's; ``None``: not
+        known, so waves are encoded whole."""
+        return None
+
     def latents_batched(self, wave: torch.Tensor) -> torch.Tensor:
         """:meth:`latents` of ``wave: (batch, time)``, on the CPU ``CPU_ENCODE_ROWS`` rows
-        per call -> ``(batch, embedding_dim, tokens)``."""
-        if wave.device.type != "cpu" or wave.shape[0] <= CPU_ENCODE_ROWS:
+        per call and, for a codec that states its :attr:`encode_context`,
+        ``CPU_ENCODE_CHUNK`` tokens at a time with that context (so memory does not grow
+        with the length) -> ``(batch, embedding_dim, tokens)``."""
+        if wave.device.type != "cpu":
             return self.latents(wave)
-        return torch.cat([self.latents(part) for part in wave.split(CPU_ENCODE_ROWS)])
+        return torch.cat([self._latents_chunked(part) for part in wave.split(CPU_ENCODE_ROWS)])
+
+    def _latents_chunked(self, wave: torch.Tensor) -> torch.Tensor:
+        context, hop = self.encode_context, self.hop_length
+        n = self.num_tokens(wave.shape[-1])
+        if context is None or n <= CPU_ENCODE_CHUNK + 2 * context:
+            return self.latents(wave)
+        wave = F.pad(wave, (0, n * hop - wave.shape[-1]))  # as latents() pads the end
+        parts = []
+        for start in range(0, n, CPU_ENCODE_CHUNK):
+            end = min(n, start + CPU_ENCODE_CHUNK)
+            lo, hi = max(0, start - context), min(n, end + context)
+            z = self.latents(wave[:, lo * hop: hi * hop])
+            parts.append(z[:, :, start - lo: end - lo])
+        return torch.cat(parts, dim=2)
 
     @torch.no_grad()
     def encode(self, wave: torch.Tensor) -> torch.Tensor:

@@ -76,6 +76,10 @@ class ConvVQVAEConfig:
         return tuple(out)
 
 
+#: Latent vectors matched to the codebook per product (16384 x 1024 codes: 64 MB).
+NEAREST_ROWS = 16384
+
+
 class ResUnit(nn.Module):
     """``x + conv1x1(elu(conv3_dilated(elu(x))))`` on ``(batch, channels, time)``."""
 
@@ -105,8 +109,12 @@ class EMACodebook(nn.Module):
         self.register_buffer("embed_sum", init.clone())
 
     def nearest(self, z: torch.Tensor) -> torch.Tensor:
-        """``z: (n, dim)`` unit vectors -> ``(n,)`` codes of largest cosine."""
-        return (z @ self.embedding.t()).argmax(dim=-1)
+        """``z: (n, dim)`` unit vectors -> ``(n,)`` codes of largest cosine (``NEAREST_ROWS``
+        rows at a time: the similarities of a long input would otherwise take ``n * codes``
+        floats at once)."""
+        return torch.cat([(part @ self.embedding.t()).argmax(dim=-1)
+                          for part in z.split(NEAREST_ROWS)]) if z.shape[0] else \
+            torch.zeros(0, dtype=torch.long, device=z.device)
 
     @torch.no_grad()
     def update(self, z: torch.Tensor, codes: torch.Tensor, generator: torch.Generator | None
@@ -204,6 +212,14 @@ class ConvVQVAE(Codec):
             reach += (1 + 3 + 1) / rate
             rate *= s
         return math.ceil(reach + 3 / rate) + 1
+
+    @property
+    def encode_context(self) -> int:
+        """The encoder's reach in tokens, rounded up, plus one: the first k7 conv (3
+        samples), then per stage a strided conv (one output position) and two residual
+        units (dilations 1 and 3) at that stage's rate, and the last k3 conv (1 token): the
+        decoder's reach mirrored."""
+        return self.decode_context
 
     def latents(self, wave: torch.Tensor) -> torch.Tensor:
         """``wave: (batch, time)`` -> unit-norm encoder outputs ``(batch, dim, tokens)``."""

@@ -151,6 +151,10 @@ class Decoder(nn.Module):
         return self.out(x)
 
 
+#: Latent vectors compared with the codebook per product (16384 x 2048 bins: 128 MB).
+QUANTISE_ROWS = 16384
+
+
 class CodebookBlock(nn.Module):
     """One level's codebook ``k: (bins, emb)`` (a buffer, as in the original)."""
 
@@ -165,9 +169,10 @@ class CodebookBlock(nn.Module):
         b, w, t = x.shape
         flat = x.permute(0, 2, 1).reshape(-1, w).float()
         k_w = self.k.t().float()
-        distance = (flat.pow(2).sum(-1, keepdim=True) - 2 * flat @ k_w
-                    + k_w.pow(2).sum(0, keepdim=True))
-        return distance.argmin(dim=-1).view(b, t)
+        k_norm = k_w.pow(2).sum(0, keepdim=True)
+        codes = [(part.pow(2).sum(-1, keepdim=True) - 2 * part @ k_w + k_norm).argmin(dim=-1)
+                 for part in flat.split(QUANTISE_ROWS)]  # a long input's distances in parts
+        return (torch.cat(codes) if codes else flat.new_zeros(0, dtype=torch.long)).view(b, t)
 
     def dequantise(self, codes: torch.Tensor) -> torch.Tensor:
         """``codes: (batch, tokens)`` -> ``(batch, emb, tokens)``."""

@@ -67,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
                         "(needs --smoothing)")
     p.add_argument("--mix", default="mean", choices=["mean", "sum"])
     p.add_argument("--name", default=None, help="bundle name (default: the folder name)")
+    p.add_argument("--description", default="",
+                   help="what the bundle separates and what it was trained on (shown by "
+                        "lass-separate --list-models)")
     p.add_argument("--sampler", default="beam", choices=["beam", "ancestral", "topk", "greedy"])
     p.add_argument("--beams", type=int, default=10)
     p.add_argument("--candidates", type=int, default=1,
@@ -182,6 +185,7 @@ def _main(argv: Sequence[str] | None) -> int:
                      alpha=args.alpha, min_count=args.min_count, prior_classes=classes or None,
                      likelihood_base=("likelihood-factorised.npz" if args.factorised else None),
                      evidence="evidence.npz" if args.evidence is not None else None,
+                     description=args.description,
                      sampler={"kind": args.sampler, "num_beams": args.beams,
                               "candidates": args.candidates, "temperature": args.temperature,
                               "k": args.top_k, "combine": args.combine, "lam": args.lam,

@@ -23,6 +23,7 @@ import json
 import math
 import os
 import shutil
+import string
 import sys
 import time
 from collections.abc import Sequence
@@ -34,9 +35,10 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
+from lass import __version__
 from lass.cli import EXIT_ERROR, run_cli
 from lass.cli.common import resolve_device
-from lass.data.audio import read_any, rms_db, write_text_atomic, write_wav
+from lass.data.audio import public_mode, read_any, rms_db, write_text_atomic, write_wav
 from lass.errors import DataError, LassError
 from lass.langevin import LangevinSeparator
 from lass.sampling import Ancestral, TopK, TopP
@@ -56,66 +58,114 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".m4a", ".aa
 SILENCE_DB = -90.0
 
 
+EPILOG = """examples:
+  lass-separate song.wav                         stems in separated/default/song/
+  lass-separate songs/ -o stems --flac           every audio file under songs/, as FLAC
+  lass-separate "live/*.m4a" --filename "{track}_{stem}.{ext}"
+  lass-separate mix.wav -m toy                   another bundle (see --list-models)
+  lass-separate --list-models
+
+the default model:
+  The embedded default bundle separates drums and bass. It was trained on synthetic songs
+  (procedural grooves and bass lines rendered with one General MIDI soundfont, FluidR3 GM)
+  at 22.05 kHz mono: on such material its stems are clean; on real recordings expect the
+  drums and bass to carry some of the other instruments. Inputs at any rate and with any
+  number of channels (up to 8) are accepted; the stems have the input's rate, length and
+  channels and add up to it.
+
+environment:
+  LASS_BUNDLES     a folder of bundles, found by name with -m
+  LASS_NATIVE_DIR  where the C++ prior step is compiled (default ~/.cache/lass/native)
+"""
+FORMATS = {"wav": ("WAV", "wav"), "flac": ("FLAC", "flac"), "mp3": ("MP3", "mp3")}
+CLIP_MODES = ("rescale", "clamp", "none")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
-    p.add_argument("inputs", nargs="+", help="audio files, folders or glob patterns")
+    p = argparse.ArgumentParser(
+        prog=PROG, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Separate audio files into stems with a LASS bundle. For each input, "
+        "OUT/<bundle>/<track>/<stem>.wav and separation.json are written (the input's length, "
+        "rate and channels; the stems add up to the input).")
+    p.add_argument("inputs", nargs="*", help="audio files, folders or glob patterns")
     p.add_argument("-m", "--model", default=None,
-                   help="bundle directory or name (default: the embedded default bundle)")
-    p.add_argument("-o", "--out", type=Path, default=Path("separated"))
-    p.add_argument("--sampler", choices=["beam", "greedy", "ancestral", "topk", "topp"],
-                   default=None, help="default: the bundle's")
-    p.add_argument("--beams", type=int, default=None,
-                   help="beams of the beam sampler, per shifted copy of the input (see "
-                        "--shifts: the default bundle separates 5 copies; --shifts 1 --combine "
-                        "best for N beams in all and the best one out)")
-    p.add_argument("--top-k", type=int, default=None,
-                   help="candidates of --sampler topk (default 16)")
-    p.add_argument("--top-p", type=float, default=None,
-                   help="probability mass of --sampler topp (default 0.9)")
-    p.add_argument("--temperature", type=float, default=None,
-                   help="of the sampling samplers (default: the bundle's for its own sampler, "
-                        "else 1)")
-    p.add_argument("--resample", type=float, default=None, metavar="FRACTION",
-                   help="ancestral: resample the samples as particles whenever their effective "
-                        "number falls below FRACTION of them (0: independent samples)")
-    p.add_argument("--candidates", type=int, default=None,
-                   help="samples per input for the sampling samplers (combined as --combine "
-                        "says)")
-    p.add_argument("--combine", choices=COMBINES, default=None,
-                   help="several candidates: keep the best-scoring, the one that mixes back "
-                        "best, or average their decodings/masks (default: the bundle's)")
-    p.add_argument("--lam", type=float, default=None, help="likelihood weight")
-    p.add_argument("--refine", type=int, default=None, metavar="STEPS",
-                   help="latent refinement steps (0: off)")
-    p.add_argument("--output", choices=OUTPUTS, default=None)
-    p.add_argument("--mask-fft", type=int, default=None, metavar="N",
-                   help="STFT size of the mask output, at the bundle's sample rate (default: "
-                        "the bundle's)")
-    p.add_argument("--mask-iterations", type=int, default=None, metavar="N",
-                   help="EM updates of the stems' powers before masking (default: the "
-                        "bundle's)")
-    p.add_argument("--context-overlap", type=int, default=None, metavar="TOKENS",
-                   help="tokens carried into the next window of a prior (default: the bundle's)")
-    p.add_argument("--shifts", type=int, default=None, metavar="N",
-                   help="separate N copies of the input delayed by fractions of a token's hop "
-                        "and pool their candidates, each copy with --candidates samples "
-                        "(1: the input alone; default: the bundle's)")
-    p.add_argument("--prior-top", type=int, default=None, metavar="N",
-                   help="also score pairs of the priors' N likeliest tokens that counting never "
-                        "saw (smoothed likelihood; 0: off; default: the bundle's)")
-    p.add_argument("--evidence-weight", type=float, default=None, metavar="MU",
-                   help="weight of the bundle's token evidence model (the learned likelihood "
-                        "of the mixture's encoder output; 0: the counts alone; default: the "
-                        "bundle's)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
+                   help="bundle name or folder (default: the embedded default bundle; see "
+                        "--list-models)")
+    p.add_argument("-o", "--out", type=Path, default=Path("separated"),
+                   help="output folder; stems go to OUT/<bundle>/... (default: separated)")
+    p.add_argument("--filename", default="{track}/{stem}.{ext}", metavar="TEMPLATE",
+                   help="where each stem goes under OUT/<bundle>, with {track}, {stem} and "
+                        "{ext}; separation.json takes the stem name 'separation' (default: "
+                        "{track}/{stem}.{ext})")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--flac", action="store_true", help="write FLAC (16 or 24 bit)")
+    fmt.add_argument("--mp3", action="store_true", help="write MP3 (LAME, 320 kbit/s)")
+    depth = p.add_mutually_exclusive_group()
+    depth.add_argument("--int16", action="store_true", help="write 16-bit samples")
+    depth.add_argument("--int24", action="store_true", help="write 24-bit samples")
+    depth.add_argument("--float32", action="store_true",
+                       help="write 32-bit float samples (WAV only)")
+    p.add_argument("--clip-mode", choices=CLIP_MODES, default="rescale",
+                   help="stems that would clip in integer samples: scale all of a track's "
+                        "stems down together, clamp each, or write them as they are "
+                        "(default: rescale)")
+    p.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda "
+                   "(default: auto)")
+    p.add_argument("--threads", type=int, default=0, metavar="N",
+                   help="CPU threads (default: 0, torch's choice)")
     p.add_argument("--batch", type=int, default=8, metavar="N",
                    help="inputs of equal length and rate, up to N at a time, are searched as "
-                        "one batch (faster per input on a CPU; the same stems)")
-    p.add_argument("--float32", action="store_true", help="write 32-bit float WAVs")
-    p.add_argument("--no-verify", action="store_true", help="skip the bundle's sha256 checks")
-    p.add_argument("--method", choices=["lass", "langevin"], default="lass",
-                   help="langevin: annealed Langevin with a bundle of WaveNet priors")
+                        "one batch: faster per input on a CPU, the same stems (default: 8)")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bars (they are off anyway when stderr is not a terminal)")
+    p.add_argument("--list-models", action="store_true",
+                   help="list the embedded bundles and those under $LASS_BUNDLES, and exit")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    r = p.add_argument_group("research options", "the search and output of LASS; each "
+                             "defaults to the bundle's setting")
+    r.add_argument("--sampler", choices=["beam", "greedy", "ancestral", "topk", "topp"],
+                   default=None, help="how token sequences are chosen")
+    r.add_argument("--beams", type=int, default=None,
+                   help="beams of the beam sampler, per shifted copy of the input (--shifts 1 "
+                        "--combine best: N beams in all and the best one out)")
+    r.add_argument("--top-k", type=int, default=None,
+                   help="candidates of --sampler topk (16 when the bundle has none)")
+    r.add_argument("--top-p", type=float, default=None,
+                   help="probability mass of --sampler topp (0.9 when the bundle has none)")
+    r.add_argument("--temperature", type=float, default=None,
+                   help="of the sampling samplers (1 when the bundle has none)")
+    r.add_argument("--resample", type=float, default=None, metavar="FRACTION",
+                   help="ancestral: resample the samples as particles whenever their effective "
+                        "number falls below FRACTION of them (0: independent samples)")
+    r.add_argument("--candidates", type=int, default=None,
+                   help="samples per input copy for the sampling samplers")
+    r.add_argument("--combine", choices=COMBINES, default=None,
+                   help="several candidates: keep the best-scoring, the one that mixes back "
+                        "best, or average their decodings or masks")
+    r.add_argument("--lam", type=float, default=None, help="likelihood weight")
+    r.add_argument("--refine", type=int, default=None, metavar="STEPS",
+                   help="latent refinement steps (0: off)")
+    r.add_argument("--output", choices=OUTPUTS, default=None,
+                   help="decode: the decoded tokens; mask: the input under Wiener masks")
+    r.add_argument("--mask-fft", type=int, default=None, metavar="N",
+                   help="STFT size of the mask output, at the bundle's sample rate")
+    r.add_argument("--mask-iterations", type=int, default=None, metavar="N",
+                   help="EM updates of the stems' powers before masking")
+    r.add_argument("--context-overlap", type=int, default=None, metavar="TOKENS",
+                   help="tokens carried into the next window of a prior")
+    r.add_argument("--shifts", type=int, default=None, metavar="N",
+                   help="separate N copies of the input delayed by fractions of a token's hop "
+                        "and pool their candidates (1: the input alone)")
+    r.add_argument("--prior-top", type=int, default=None, metavar="N",
+                   help="also score tuples of the priors' N likeliest tokens that counting "
+                        "never saw (0: off)")
+    r.add_argument("--evidence-weight", type=float, default=None, metavar="MU",
+                   help="weight of the bundle's token evidence model (0: the counts alone)")
+    r.add_argument("--seed", type=int, default=0, help="seed of the samplers (default: 0)")
+    r.add_argument("--no-verify", action="store_true", help="skip the bundle's sha256 checks")
+    r.add_argument("--method", choices=["lass", "langevin"], default="lass",
+                   help="langevin: annealed Langevin with a bundle of WaveNet priors "
+                        "(default: lass)")
     return p
 
 
@@ -153,6 +203,8 @@ def check_args(args: argparse.Namespace) -> None:
     for flag, value in ints.items():
         if value is not None and value < 1:
             raise LassError(f"{flag} must be at least 1, not {value}")
+    if args.threads < 0:
+        raise LassError(f"--threads must be 0 (torch's choice) or more, not {args.threads}")
     if args.temperature is not None and not (math.isfinite(args.temperature)
                                              and args.temperature > 0):
         raise LassError(f"--temperature must be positive, not {args.temperature:g}")
@@ -226,6 +278,15 @@ def _read(path: Path) -> tuple[np.ndarray, int]:
     return wave, rate
 
 
+def input_subtype(path: Path) -> str | None:
+    """libsndfile's sample format of an input (``PCM_16``, ``FLOAT``, ...), None for what
+    only ffmpeg reads."""
+    try:
+        return str(sf.info(str(path)).subtype)
+    except (sf.LibsndfileError, RuntimeError, OSError):
+        return None
+
+
 def _check_out(out: Path) -> None:
     """Refuse an output folder that cannot be written, before any work (nothing is created
     here: the nearest folder that exists must let us write in it)."""
@@ -263,10 +324,114 @@ def track_folders(files: Sequence[Path]) -> dict[Path, Path]:
     return out
 
 
+def list_models() -> list[dict[str, Any]]:
+    """The embedded bundles and those under ``$LASS_BUNDLES``: name, where, stems, sample
+    rate, size in MB and description (one entry per readable bundle)."""
+    from lass.bundle import BUNDLE_FILE, BUNDLES_ENV, read_bundle, shipped_bundles
+
+    folders = [("embedded", shipped_bundles())]
+    if os.environ.get(BUNDLES_ENV):
+        folders.append((f"${BUNDLES_ENV}", Path(os.environ[BUNDLES_ENV])))
+    out: list[dict[str, Any]] = []
+    for where, folder in folders:
+        if not folder.is_dir():
+            continue
+        for d in sorted(folder.iterdir()):
+            if not (d / BUNDLE_FILE).is_file():
+                continue
+            try:
+                spec = read_bundle(d, verify=False)
+            except LassError as err:
+                out.append({"name": d.name, "where": where, "error": str(err)})
+                continue
+            size = sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
+            out.append({"name": spec.name, "where": where, "stems": list(spec.stems),
+                        "sample_rate": spec.sample_rate, "mb": round(size / 1e6, 1),
+                        "description": spec.description})
+    return out
+
+
+def _print_models() -> None:
+    models = list_models()
+    if not models:
+        print("no bundles found")
+    for m in models:
+        if "error" in m:
+            print(f"{m['name']} ({m['where']}): unreadable: {m['error']}")
+            continue
+        print(f"{m['name']} ({m['where']}): {', '.join(m['stems'])}; {m['sample_rate']} Hz; "
+              f"{m['mb']} MB")
+        if m["description"]:
+            print(f"    {m['description']}")
+
+
+def check_template(template: str) -> None:
+    """Refuse a --filename template that could not name every stem of every track apart, or
+    that leaves the output folder."""
+    fields = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    unknown = fields - {"track", "stem", "ext"}
+    if unknown:
+        raise LassError(f"--filename {template!r}: unknown field {{{sorted(unknown)[0]}}}; "
+                        "use {track}, {stem} and {ext}")
+    if not {"track", "stem"} <= fields:
+        raise LassError(f"--filename {template!r} must contain {{track}} and {{stem}}")
+    sample = Path(template.format(track="t", stem="s", ext="wav"))
+    if sample.is_absolute() or ".." in sample.parts:
+        raise LassError(f"--filename {template!r} must stay inside the output folder")
+
+
+def output_format(args: argparse.Namespace, input_subtype: str | None) -> tuple[str, str, str]:
+    """(libsndfile format, subtype, file extension) of the stems: the chosen container, and
+    the chosen bit depth or else the input's where the container allows it."""
+    kind = "flac" if args.flac else "mp3" if args.mp3 else "wav"
+    fmt, ext = FORMATS[kind]
+    if kind == "mp3":
+        return fmt, "MPEG_LAYER_III", ext
+    if args.int16:
+        return fmt, "PCM_16", ext
+    if args.int24:
+        return fmt, "PCM_24", ext
+    if args.float32:
+        return fmt, "FLOAT", ext
+    source = input_subtype or "PCM_16"
+    if source == "PCM_24":
+        return fmt, "PCM_24", ext
+    if source in ("PCM_32", "FLOAT", "DOUBLE"):
+        return fmt, "FLOAT" if kind == "wav" else "PCM_24", ext
+    return fmt, "PCM_16", ext
+
+
+def fit_range(stems: dict[str, np.ndarray], mode: str) -> tuple[dict[str, np.ndarray], str]:
+    """Stems for integer samples under ``--clip-mode``, and what was done ('' if nothing)."""
+    peak = max(float(np.max(np.abs(a))) for a in stems.values())
+    if peak <= 1.0 or mode == "none":
+        return stems, "" if peak <= 1.0 else f"peaks at {peak:.2f} and clips"
+    if mode == "rescale":
+        gain = 0.999 / peak
+        return ({k: (a * gain).astype(np.float32) for k, a in stems.items()},
+                f"peaks at {peak:.2f}: all stems scaled by {gain:.3f} (--clip-mode clamp or "
+                "--float32 to keep the level)")
+    return ({k: np.clip(a, -1.0, 1.0) for k, a in stems.items()},
+            f"peaks at {peak:.2f}: clamped (--clip-mode rescale or --float32 to avoid it)")
+
+
 def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
+    if args.list_models:
+        _print_models()
+        return 0
+    if not args.inputs:
+        raise LassError("no input given (audio files, folders or glob patterns)")
     check_args(args)
+    check_template(args.filename)
+    if (args.flac or args.mp3) and args.float32:
+        raise LassError("--float32 needs WAV output (FLAC holds 16 or 24 bits; MP3 no "
+                        "sample format)")
     device = resolve_device(args.device)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     _check_out(args.out)
     files, missing = expand_inputs(args.inputs)
     failures = 0
@@ -302,8 +467,9 @@ def _main(argv: Sequence[str] | None) -> int:
     bundle = separator.bundle
     bundle_name = bundle.name if bundle is not None else "bundle"
     said_downmix = False
+    quiet = args.quiet or not sys.stderr.isatty()
     bar = tqdm(total=len(files), desc="separating", unit="file", file=sys.stderr,
-               dynamic_ncols=True)
+               dynamic_ncols=True, disable=quiet)
 
     def load(path: Path) -> tuple[np.ndarray, int, np.ndarray]:
         nonlocal said_downmix
@@ -317,34 +483,60 @@ def _main(argv: Sequence[str] | None) -> int:
             raise DataError(f"{path} is silent: nothing to separate")
         return wave, rate, mono
 
+    root = args.out / bundle_name
+    folder_unit = os.path.dirname(args.filename) == "{track}" and \
+        "{track}" not in os.path.basename(args.filename)
+    staged = [0]
+
     def write(path: Path, wave: np.ndarray, rate: int, mono: np.ndarray,
-              result: SeparationResult, seconds: float) -> None:
-        """The track's folder whole or not at all: written aside, then renamed into place."""
-        final = args.out / bundle_name / folders[path]
-        out_dir = final.with_name(f".{final.name}.partial-{os.getpid()}")
+              result: SeparationResult, seconds: float, subtype_in: str | None) -> None:
+        """A track's files, written aside, then renamed into place: its folder as one unit
+        (``{track}/...`` templates), else file by file; nothing half-written either way."""
+        fmt, subtype, ext = output_format(args, subtype_in)
+        track = folders[path].as_posix()
+        names = {stem: Path(args.filename.format(track=track, stem=stem, ext=ext))
+                 for stem in [*result.stems, "separation"]}
+        names["separation"] = Path(args.filename.format(track=track, stem="separation",
+                                                        ext="json"))
+        staged[0] += 1
+        staging = root / f".partial-{os.getpid()}-{staged[0]}"
         try:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            write_track(path, wave, rate, mono, result, seconds, out_dir)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(out_dir, final)
+            staging.mkdir(parents=True, exist_ok=True)
+            os.chmod(staging, public_mode(directory=True))
+            write_track(path, wave, rate, mono, result, seconds, staging, names, fmt, subtype)
+            if folder_unit:
+                final = root / track
+                final.parent.mkdir(parents=True, exist_ok=True)
+                if final.exists():
+                    shutil.rmtree(final)
+                os.replace(staging / track, final)
+            else:
+                for rel in names.values():
+                    (root / rel).parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(staging / rel, root / rel)
         except (OSError, sf.LibsndfileError) as err:
-            shutil.rmtree(out_dir, ignore_errors=True)
-            raise LassError(f"cannot write the stems of {path} to {final}: "
+            raise LassError(f"cannot write the stems of {path} to {root}: "
                             f"{getattr(err, 'strerror', None) or err}") from None
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
     def write_track(path: Path, wave: np.ndarray, rate: int, mono: np.ndarray,
-                    result: SeparationResult, seconds: float, out_dir: Path) -> None:
-        subtype = "FLOAT" if args.float32 else "PCM_16"
-        for stem, audio in result.stems.items():
-            peak = float(np.max(np.abs(audio)))
-            if peak > 1.0 and not args.float32:
-                bar.write(f"{PROG}: warning: {path.name}: {stem} peaks at {peak:.2f} and is "
-                          "clipped in 16-bit; use --float32 to keep it", file=sys.stderr)
-                audio = np.clip(audio, -1.0, 1.0)
-            write_wav(out_dir / f"{stem}.wav", audio.T, rate, subtype=subtype)
+                    result: SeparationResult, seconds: float, staging: Path,
+                    names: dict[str, Path], fmt: str, subtype: str) -> None:
+        stems = result.stems
+        clip = ""
+        if subtype != "FLOAT":
+            stems, clip = fit_range(stems, args.clip_mode)
+            if clip:
+                bar.write(f"{PROG}: warning: {path.name}: {clip}", file=sys.stderr)
+        for stem, audio in stems.items():
+            target = staging / names[stem]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_wav(target, audio.T, rate, subtype=subtype, fmt=fmt)
         info = {"input": str(path), "sample_rate": rate, "samples": int(mono.shape[0]),
                 "channels": int(wave.shape[0]), "stems": list(result.stems),
+                "files": {stem: names[stem].as_posix() for stem in result.stems},
+                "format": {"container": fmt, "subtype": subtype, "clip": clip or None},
                 "bundle": {"name": bundle_name,
                            "path": str(bundle.root) if bundle else None,
                            "sha256": bundle.sha256 if bundle else None},
@@ -353,15 +545,30 @@ def _main(argv: Sequence[str] | None) -> int:
                 "timings": {**{k: round(v, 4) for k, v in result.timings.items()},
                             "total": round(seconds, 4), "load_models": round(load_seconds, 4),
                             "real_time_factor": round(seconds / (mono.shape[0] / rate), 4)}}
-        write_text_atomic(out_dir / "separation.json", json.dumps(info, indent=1) + "\n")
+        target = staging / names["separation"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(target, json.dumps(info, indent=1) + "\n")
 
     def separate(waves: list[np.ndarray], rate: int) -> list[SeparationResult]:
         """Inputs ``(channels, time)`` -> their separations (stems ``(channels, time)``, or
-        ``(time,)`` for one channel)."""
-        if isinstance(separator, Separator):
+        ``(time,)`` for one channel), with a bar in seconds of audio and its ETA."""
+        if not isinstance(separator, Separator):
+            return [separator.separate_detailed(w.mean(axis=0), rate, settings) for w in waves]
+        seconds = sum(w.shape[1] for w in waves) / rate
+        audio = tqdm(total=round(seconds, 1), desc="  search", unit="s audio", file=sys.stderr,
+                     dynamic_ncols=True, leave=False, disable=quiet,
+                     bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s "
+                     "of audio [{elapsed}<{remaining}]")
+
+        def progress(done: float, total: float) -> None:
+            audio.n = round(min(done, total), 1)
+            audio.refresh()
+
+        try:
             return separator.separate_many([w[0] if w.shape[0] == 1 else w for w in waves],
-                                           rate, settings)
-        return [separator.separate_detailed(w.mean(axis=0), rate, settings) for w in waves]
+                                           rate, settings, progress)
+        finally:
+            audio.close()
 
     def attempt(wave: np.ndarray, rate: int) -> SeparationResult | LassError:
         try:
@@ -392,7 +599,7 @@ def _main(argv: Sequence[str] | None) -> int:
                 try:
                     if isinstance(result, LassError):
                         raise result
-                    write(path, wave, rate, mono, result, seconds)
+                    write(path, wave, rate, mono, result, seconds, input_subtype(path))
                 except LassError as err:
                     bar.write(f"{PROG}: error: {err}", file=sys.stderr)
                     failures += 1

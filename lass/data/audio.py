@@ -164,8 +164,10 @@ def public_mode(directory: bool = False) -> int:
 
 
 def write_wav(path: str | os.PathLike[str], audio: np.ndarray, sample_rate: int,
-              subtype: str = "PCM_16") -> None:
-    """Write ``audio`` (``(time,)`` or ``(time, channels)``) atomically to a WAV file.
+              subtype: str = "PCM_16", fmt: str = "WAV") -> None:
+    """Write ``audio`` (``(time,)`` or ``(time, channels)``) atomically to an audio file
+    (``fmt``: a libsndfile format, ``WAV`` by default; ``FLAC``, ``MP3`` with subtype
+    ``MPEG_LAYER_III``, ...).
 
     The file appears under its name only once it is complete (write to a temporary file in
     the same folder, then rename), so an interrupted run never leaves a half-written file.
@@ -178,7 +180,7 @@ def write_wav(path: str | os.PathLike[str], audio: np.ndarray, sample_rate: int,
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     os.close(fd)
     try:
-        sf.write(tmp, arr, sample_rate, subtype=subtype, format="WAV")
+        sf.write(tmp, arr, sample_rate, subtype=subtype, format=fmt)
         os.chmod(tmp, public_mode())
         os.replace(tmp, p)
     except BaseException:

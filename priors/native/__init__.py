@@ -16,6 +16,7 @@ import hashlib
 import os
 import platform
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -74,8 +75,10 @@ def native_step() -> Any:
         from torch.utils.cpp_extension import load
 
         where.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
         if not library.exists():
-            print("lass: compiling the native prior step once for this machine (about 30 s)",
+            print(f"lass: compiling the native prior step once for this machine into {where} "
+                  "(about 30 s; `python -m priors.native` does it ahead of time)",
                   file=sys.stderr)
         # compiled from a copy in the build folder: the same path from every checkout of the
         # same source (ninja rebuilds when the path in its build file changes)
@@ -91,6 +94,9 @@ def native_step() -> Any:
         op = torch.ops.lass_native.token_step
         _loaded.append(torch.ops.lass_native)
         stamp.write_text(f"{library.name} loaded\n")
+        if time.perf_counter() - started > 2.0:
+            print(f"lass: native prior step compiled in {time.perf_counter() - started:.0f} s",
+                  file=sys.stderr)
         return op
     except Exception as err:  # whatever the build raises: the TorchScript step runs instead
         _error.append(str(err).strip().splitlines()[-1] if str(err).strip() else repr(err))
