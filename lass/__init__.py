@@ -27,6 +27,7 @@ _LAZY = {
     "BeamSearch": "lass.sampling",
     "separate_tokens": "lass.sampling",
     "default_bundle_path": "lass.bundle",
+    "save_stems": "lass.output",
 }
 
 __all__ = ["DataError", "LassError", *_LAZY]

@@ -31,6 +31,7 @@ from lass.separator import (
     make_sampler,
     soft_masks,
 )
+from lass.supervised import ConvTasNet
 
 METHOD_SAMPLERS = ("beam", "greedy", "topk", "ancestral")
 
@@ -243,9 +244,11 @@ def lass_samplers(names: Sequence[str]) -> list[str]:
 
 def make_methods(separator: Separator, names: list[str], beams: int = 10, top_k: int = 16,
                  candidates: int = 1, temperature: float = 1.0,
-                 searches: LassSearches | None = None) -> dict[str, Method]:
+                 searches: LassSearches | None = None,
+                 supervised: ConvTasNet | None = None) -> dict[str, Method]:
     """Separation methods by name: ``lass-<sampler>-<decode|mask>[-<best|rerank|mean>]``,
-    ``average``, ``oracle-decode``, ``oracle-mask``, ``hpss`` and ``nmf``. Each maps
+    ``average``, ``oracle-decode``, ``oracle-mask``, ``hpss``, ``nmf`` and ``supervised``
+    (the ``supervised`` network, :mod:`lass.supervised`). Each maps
     ``(mixture (time,), sources (N, time))`` to ``(N, time)`` contributions (only the oracles
     look at the sources). LASS methods with the same sampler share one search per mixture
     (``searches``; made here when not given, else its settings are used): its decoded
@@ -279,6 +282,10 @@ def make_methods(separator: Separator, names: list[str], beams: int = 10, top_k:
             methods[name] = lambda m, s: hpss_separate(m, separator.stems)
         elif name == "nmf":
             methods[name] = lambda m, s: nmf_separate(m, separator.stems, rate)
+        elif name == "supervised":
+            if supervised is None:
+                raise DataError("the method 'supervised' needs a trained network")
+            methods[name] = lambda m, s, net=supervised: net.separate(m)  # type: ignore[misc]
         elif name in lass:
             kind, output, combine = lass[name]
             methods[name] = (

@@ -16,8 +16,8 @@ each stage left in WORK):
    oracles on the band set are far below those on its own set (the other stem above all),
    and fine-tuning keeps its codes close enough for the default prior to start from.
    ``codec-check`` measures both codecs' oracles (decode and mask) on ``CHECK_MIXTURES``
-   validation mixtures and keeps the better by oracle-mask SDR, then reports the kept one's
-   oracles, the average and HPSS on test and heldout
+   validation mixtures and keeps the better by oracle-mask SDR; it also reports both
+   codecs' oracles, the average and HPSS on ``REPORT_MIXTURES`` test and heldout mixtures
 3. ``prior``: ``lass-train-prior`` of one shared prior over drums, bass and other, started
    from the default bundle's drums+bass prior (``--init``: its two classes keep their
    weights, ``other`` starts from their mean; on the fine-tuned codec, it records that
@@ -182,15 +182,19 @@ def main() -> None:
     check["chosen"] = max(valid_sdr, key=lambda n: (valid_sdr[n], n == "fine-tuned"))
     if check["chosen"] == "default":
         codec = work / "codec-default"
-    for split in ("test", "heldout"):
-        if split not in check:
-            oracle_bundle(codec)
-            summary = _evaluate(bundle, data, split, codec / f"oracle-{split}.json",
-                                ["average", "hpss", "oracle-decode", "oracle-mask"],
-                                REPORT_MIXTURES, [])
-            check[split] = {m: {k: summary[m][k]["avg mean"] for k in ("sdr", "si_sdr")}
-                            for m in summary}
-            print(f"codec check {split}: {check[split]}", file=sys.stderr)
+    for name in ("default", "fine-tuned"):
+        codec_dir = work / "codec-default" if name == "default" else work / "codec"
+        for split in ("test", "heldout"):
+            if name not in check.get(split, {}):
+                oracle_bundle(codec_dir)
+                summary = _evaluate(bundle, data, split, codec_dir / f"oracle-{split}.json",
+                                    ["average", "hpss", "oracle-decode", "oracle-mask"],
+                                    REPORT_MIXTURES, [])
+                check.setdefault(split, {})[name] = {
+                    m: {s: {k: v for k, v in summary[m][s].items() if k.endswith("mean")}
+                        for s in ("sdr", "si_sdr")} for m in summary}
+                print(f"codec check {split}, {name}: {check[split][name]}", file=sys.stderr)
+                log_path.write_text(json.dumps(log, indent=1) + "\n")
     if done("codec-check"):
         return
     prior = work / "prior"

@@ -3,6 +3,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 
 from lass import Ancestral
 from lass.cli.evaluate import main as evaluate_main
@@ -170,3 +171,34 @@ def test_lass_methods_of_one_sampler_share_one_search(tmp_path, monkeypatch):
     np.testing.assert_allclose(wide["lass-ancestral-mask-mean"](mix_, src),
                                soft_masks(mix_, cands, 512, 2), atol=1e-6)
     assert not np.allclose(soft_masks(mix_, cands, 512, 2), soft_masks(mix_, cands), atol=1e-4)
+
+
+def test_the_supervised_reference_is_a_method(tmp_path, capsys):
+    import json
+
+    from lass.supervised import ConvTasNet, ConvTasNetConfig
+
+    bundle = make_debug_bundle(tmp_path / "bundle", context=32)
+    src = sources(2, 2 * SR, seed=4).numpy()
+    for i in range(2):
+        write_audio(tmp_path / "data" / "test" / f"t{i}" / "drums.wav", src[i, 0], SR)
+        write_audio(tmp_path / "data" / "test" / f"t{i}" / "bass.wav", src[i, 1], SR)
+    torch.manual_seed(0)
+    net = ConvTasNet(ConvTasNetConfig(stems=("drums", "bass"), sample_rate=SR, filters=8,
+                                      kernel=8, bottleneck=8, hidden=8, skip=8, layers=2,
+                                      stacks=1))
+    net.save(tmp_path / "net")
+    args = ["--data", str(tmp_path / "data"), "--bundle", str(bundle), "--mixtures", "2",
+            "--seconds", "0.25", "--methods", "average", "supervised"]
+    out = tmp_path / "r.json"
+    assert evaluate_main([*args, "--supervised", str(tmp_path / "net"), "--out", str(out)]) == 0
+    assert "| supervised |" in capsys.readouterr().out
+    assert json.loads(out.read_text())["config"]["supervised"] == str(tmp_path / "net")
+    assert evaluate_main(args) == 1
+    assert "needs --supervised MODEL" in capsys.readouterr().err
+    other = ConvTasNet(ConvTasNetConfig(stems=("bass", "drums"), sample_rate=SR, filters=8,
+                                        kernel=8, bottleneck=8, hidden=8, skip=8, layers=2,
+                                        stacks=1))
+    other.save(tmp_path / "swapped")
+    assert evaluate_main([*args, "--supervised", str(tmp_path / "swapped")]) == 1
+    assert "separates ['bass', 'drums']" in capsys.readouterr().err

@@ -658,18 +658,18 @@ def test_an_output_folder_that_cannot_be_written_is_refused_first(tmp_path, caps
 
 def test_a_failed_write_leaves_no_partial_folder_and_the_others_are_done(bundle, tmp_path,
                                                                          capsys, monkeypatch):
-    import lass.cli.separate as cli
+    import lass.output as output
 
     for name, gain in (("a", 0.3), ("b", 0.2), ("c", 0.25)):
         sf.write(tmp_path / f"{name}.wav", mixture(gain), SR, subtype="FLOAT")
-    real = cli.write_wav
+    real = output.write_wav
 
-    def full_disk(path, audio, rate, subtype="PCM_16"):
-        if "b" in Path(path).parent.name and Path(path).name == "bass.wav":
+    def full_disk(path, audio, rate, subtype="PCM_16", fmt="WAV"):
+        if Path(path).parent.name == "b" and Path(path).name == "bass.wav":
             raise OSError(28, "No space left on device")
-        real(path, audio, rate, subtype=subtype)
+        real(path, audio, rate, subtype=subtype, fmt=fmt)
 
-    monkeypatch.setattr(cli, "write_wav", full_disk)
+    monkeypatch.setattr(output, "write_wav", full_disk)
     out = tmp_path / "out"
     code = separate_main([str(tmp_path / f"{n}.wav") for n in "abc"]
                          + ["-m", str(bundle), "-o", str(out), "--beams", "2"])
@@ -816,7 +816,7 @@ def test_cli_output_formats_depth_and_templates(bundle, tmp_path, capsys):
 
 
 def test_clip_modes_keep_integer_stems_in_range():
-    from lass.cli.separate import fit_range
+    from lass.output import fit_range
 
     stems = {"drums": np.array([0.5, -1.6], np.float32), "bass": np.array([0.2, 0.8], np.float32)}
     scaled, said = fit_range(stems, "rescale")
@@ -852,3 +852,30 @@ def test_list_models_version_and_progress(bundle, tmp_path, capsys, monkeypatch)
     done = [c[0] for c in calls]
     assert done == sorted(done)
     assert calls[-1] == pytest.approx((0.8, 0.8))
+
+
+def test_save_stems_writes_what_the_cli_writes(bundle, tmp_path):
+    from lass import save_stems
+
+    sep = Separator.from_pretrained(bundle).with_settings(sampler=BeamSearch(2))
+    stereo = np.stack([mixture(0.3), 0.5 * mixture(0.3)], axis=1)
+    sf.write(tmp_path / "song.wav", stereo, SR, subtype="PCM_24")
+    result = sep.separate_file(tmp_path / "song.wav")
+    paths, clip = save_stems(result.stems, result.sample_rate, tmp_path / "out", "song",
+                             channels_first=False, input_subtype="PCM_24",
+                             info={"note": "by hand"})
+    assert clip == ""
+    assert sorted(p.name for p in (tmp_path / "out" / "song").iterdir()) == [
+        "bass.wav", "drums.wav", "separation.json"]
+    for stem in sep.stems:
+        got, rate = sf.read(paths[stem], dtype="float32")
+        assert rate == SR
+        assert sf.info(str(paths[stem])).subtype == "PCM_24"
+        np.testing.assert_allclose(got, result.stems[stem], atol=1e-6)
+    meta = json.loads(paths["separation"].read_text())
+    assert meta["note"] == "by hand"
+    assert meta["files"]["drums"] == "song/drums.wav"
+    with pytest.raises(LassError, match=r"take the name of separation\.json"):
+        save_stems({"separation": result.stems["drums"]}, SR, tmp_path / "x", "song",
+                   template="{track}/{stem}.json", info={}, channels_first=False)
+    assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())

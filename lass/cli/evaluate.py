@@ -38,6 +38,7 @@ from lass.evaluate import (
     score,
 )
 from lass.separator import Separator
+from lass.supervised import load_supervised
 
 PROG = "lass-evaluate"
 DEFAULT_METHODS = ["average", "hpss", "nmf", "oracle-decode", "oracle-mask", "lass-beam-decode",
@@ -79,6 +80,9 @@ def _parser() -> argparse.ArgumentParser:
                         "on a CPU; 1: one at a time)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="results JSON (resumable)")
+    p.add_argument("--supervised", type=Path, default=None, metavar="MODEL",
+                   help="a lass-train-supervised network: the method 'supervised' (it must "
+                        "separate the bundle's stems)")
     p.add_argument("--device", default="auto")
     return p
 
@@ -150,13 +154,25 @@ def _main(argv: Sequence[str] | None) -> int:
     searches = LassSearches.for_methods(separator, args.methods, beams=args.beams,
                                         top_k=args.top_k, candidates=args.candidates,
                                         temperature=args.temperature)
-    methods = make_methods(separator, args.methods, searches=searches)
+    supervised = None
+    if "supervised" in args.methods:
+        if args.supervised is None:
+            raise DataError("the method 'supervised' needs --supervised MODEL")
+        supervised = load_supervised(args.supervised, device=device)
+        if supervised.stems != separator.stems:
+            raise DataError(f"--supervised {args.supervised} separates "
+                            f"{list(supervised.stems)}, the bundle {list(separator.stems)}")
+        if supervised.config.sample_rate != rate:
+            raise DataError(f"--supervised {args.supervised} works at "
+                            f"{supervised.config.sample_rate} Hz, the bundle at {rate} Hz")
+    methods = make_methods(separator, args.methods, searches=searches, supervised=supervised)
     lass_methods = [m for m in methods if m.startswith("lass-")]
     kinds = lass_samplers(args.methods)
     config = {"data": str(args.data), "split": args.split, "seconds": args.seconds,
               "seed": args.seed, "bundle": separator.bundle.sha256 if separator.bundle else None,
               "beams": args.beams, "top_k": args.top_k, "candidates": args.candidates,
               "temperature": args.temperature,
+              "supervised": str(args.supervised) if supervised is not None else None,
               "lam": separator.settings.lam,
               "context_overlap": separator.settings.context_overlap,
               "mask_fft": separator.settings.mask_fft,

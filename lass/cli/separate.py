@@ -19,11 +19,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import glob
-import json
 import math
 import os
-import shutil
-import string
 import sys
 import time
 from collections.abc import Sequence
@@ -38,9 +35,10 @@ from tqdm import tqdm
 from lass import __version__
 from lass.cli import EXIT_ERROR, run_cli
 from lass.cli.common import resolve_device
-from lass.data.audio import public_mode, read_any, rms_db, write_text_atomic, write_wav
+from lass.data.audio import read_any, rms_db
 from lass.errors import DataError, LassError
 from lass.langevin import LangevinSeparator
+from lass.output import CLIP_MODES, check_template, output_format, save_stems
 from lass.sampling import Ancestral, TopK, TopP
 from lass.separator import (
     COMBINES,
@@ -77,8 +75,6 @@ environment:
   LASS_BUNDLES     a folder of bundles, found by name with -m
   LASS_NATIVE_DIR  where the C++ prior step is compiled (default ~/.cache/lass/native)
 """
-FORMATS = {"wav": ("WAV", "wav"), "flac": ("FLAC", "flac"), "mp3": ("MP3", "mp3")}
-CLIP_MODES = ("rescale", "clamp", "none")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -365,56 +361,6 @@ def _print_models() -> None:
             print(f"    {m['description']}")
 
 
-def check_template(template: str) -> None:
-    """Refuse a --filename template that could not name every stem of every track apart, or
-    that leaves the output folder."""
-    fields = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
-    unknown = fields - {"track", "stem", "ext"}
-    if unknown:
-        raise LassError(f"--filename {template!r}: unknown field {{{sorted(unknown)[0]}}}; "
-                        "use {track}, {stem} and {ext}")
-    if not {"track", "stem"} <= fields:
-        raise LassError(f"--filename {template!r} must contain {{track}} and {{stem}}")
-    sample = Path(template.format(track="t", stem="s", ext="wav"))
-    if sample.is_absolute() or ".." in sample.parts:
-        raise LassError(f"--filename {template!r} must stay inside the output folder")
-
-
-def output_format(args: argparse.Namespace, input_subtype: str | None) -> tuple[str, str, str]:
-    """(libsndfile format, subtype, file extension) of the stems: the chosen container, and
-    the chosen bit depth or else the input's where the container allows it."""
-    kind = "flac" if args.flac else "mp3" if args.mp3 else "wav"
-    fmt, ext = FORMATS[kind]
-    if kind == "mp3":
-        return fmt, "MPEG_LAYER_III", ext
-    if args.int16:
-        return fmt, "PCM_16", ext
-    if args.int24:
-        return fmt, "PCM_24", ext
-    if args.float32:
-        return fmt, "FLOAT", ext
-    source = input_subtype or "PCM_16"
-    if source == "PCM_24":
-        return fmt, "PCM_24", ext
-    if source in ("PCM_32", "FLOAT", "DOUBLE"):
-        return fmt, "FLOAT" if kind == "wav" else "PCM_24", ext
-    return fmt, "PCM_16", ext
-
-
-def fit_range(stems: dict[str, np.ndarray], mode: str) -> tuple[dict[str, np.ndarray], str]:
-    """Stems for integer samples under ``--clip-mode``, and what was done ('' if nothing)."""
-    peak = max(float(np.max(np.abs(a))) for a in stems.values())
-    if peak <= 1.0 or mode == "none":
-        return stems, "" if peak <= 1.0 else f"peaks at {peak:.2f} and clips"
-    if mode == "rescale":
-        gain = 0.999 / peak
-        return ({k: (a * gain).astype(np.float32) for k, a in stems.items()},
-                f"peaks at {peak:.2f}: all stems scaled by {gain:.3f} (--clip-mode clamp or "
-                "--float32 to keep the level)")
-    return ({k: np.clip(a, -1.0, 1.0) for k, a in stems.items()},
-            f"peaks at {peak:.2f}: clamped (--clip-mode rescale or --float32 to avoid it)")
-
-
 def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.list_models:
@@ -424,9 +370,8 @@ def _main(argv: Sequence[str] | None) -> int:
         raise LassError("no input given (audio files, folders or glob patterns)")
     check_args(args)
     check_template(args.filename)
-    if (args.flac or args.mp3) and args.float32:
-        raise LassError("--float32 needs WAV output (FLAC holds 16 or 24 bits; MP3 no "
-                        "sample format)")
+    output_format("flac" if args.flac else "mp3" if args.mp3 else "wav",
+                  "float32" if args.float32 else None)  # refuses --float32 with --flac
     device = resolve_device(args.device)
     if args.threads:
         import torch
@@ -484,59 +429,16 @@ def _main(argv: Sequence[str] | None) -> int:
         return wave, rate, mono
 
     root = args.out / bundle_name
-    folder_unit = os.path.dirname(args.filename) == "{track}" and \
-        "{track}" not in os.path.basename(args.filename)
-    staged = [0]
+    container = "flac" if args.flac else "mp3" if args.mp3 else "wav"
+    depth = "int16" if args.int16 else "int24" if args.int24 else \
+        "float32" if args.float32 else None
 
     def write(path: Path, wave: np.ndarray, rate: int, mono: np.ndarray,
               result: SeparationResult, seconds: float, subtype_in: str | None) -> None:
-        """A track's files, written aside, then renamed into place: its folder as one unit
-        (``{track}/...`` templates), else file by file; nothing half-written either way."""
-        fmt, subtype, ext = output_format(args, subtype_in)
-        track = folders[path].as_posix()
-        names = {stem: Path(args.filename.format(track=track, stem=stem, ext=ext))
-                 for stem in [*result.stems, "separation"]}
-        names["separation"] = Path(args.filename.format(track=track, stem="separation",
-                                                        ext="json"))
-        staged[0] += 1
-        staging = root / f".partial-{os.getpid()}-{staged[0]}"
-        try:
-            staging.mkdir(parents=True, exist_ok=True)
-            os.chmod(staging, public_mode(directory=True))
-            write_track(path, wave, rate, mono, result, seconds, staging, names, fmt, subtype)
-            if folder_unit:
-                final = root / track
-                final.parent.mkdir(parents=True, exist_ok=True)
-                if final.exists():
-                    shutil.rmtree(final)
-                os.replace(staging / track, final)
-            else:
-                for rel in names.values():
-                    (root / rel).parent.mkdir(parents=True, exist_ok=True)
-                    os.replace(staging / rel, root / rel)
-        except (OSError, sf.LibsndfileError) as err:
-            raise LassError(f"cannot write the stems of {path} to {root}: "
-                            f"{getattr(err, 'strerror', None) or err}") from None
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-
-    def write_track(path: Path, wave: np.ndarray, rate: int, mono: np.ndarray,
-                    result: SeparationResult, seconds: float, staging: Path,
-                    names: dict[str, Path], fmt: str, subtype: str) -> None:
-        stems = result.stems
-        clip = ""
-        if subtype != "FLOAT":
-            stems, clip = fit_range(stems, args.clip_mode)
-            if clip:
-                bar.write(f"{PROG}: warning: {path.name}: {clip}", file=sys.stderr)
-        for stem, audio in stems.items():
-            target = staging / names[stem]
-            target.parent.mkdir(parents=True, exist_ok=True)
-            write_wav(target, audio.T, rate, subtype=subtype, fmt=fmt)
+        """A track's files, written aside and then renamed into place (see
+        :func:`lass.output.save_stems`)."""
         info = {"input": str(path), "sample_rate": rate, "samples": int(mono.shape[0]),
                 "channels": int(wave.shape[0]), "stems": list(result.stems),
-                "files": {stem: names[stem].as_posix() for stem in result.stems},
-                "format": {"container": fmt, "subtype": subtype, "clip": clip or None},
                 "bundle": {"name": bundle_name,
                            "path": str(bundle.root) if bundle else None,
                            "sha256": bundle.sha256 if bundle else None},
@@ -545,9 +447,11 @@ def _main(argv: Sequence[str] | None) -> int:
                 "timings": {**{k: round(v, 4) for k, v in result.timings.items()},
                             "total": round(seconds, 4), "load_models": round(load_seconds, 4),
                             "real_time_factor": round(seconds / (mono.shape[0] / rate), 4)}}
-        target = staging / names["separation"]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(target, json.dumps(info, indent=1) + "\n")
+        _, clip = save_stems(result.stems, rate, root, folders[path].as_posix(),
+                             template=args.filename, container=container, depth=depth,
+                             input_subtype=subtype_in, clip_mode=args.clip_mode, info=info)
+        if clip:
+            bar.write(f"{PROG}: warning: {path.name}: {clip}", file=sys.stderr)
 
     def separate(waves: list[np.ndarray], rate: int) -> list[SeparationResult]:
         """Inputs ``(channels, time)`` -> their separations (stems ``(channels, time)``, or
