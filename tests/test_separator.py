@@ -440,10 +440,10 @@ def test_cli_batches_inputs_and_isolates_a_failing_one(bundle, tmp_path, capsys,
         sf.write(tmp_path / f"{name}.wav", x, SR, subtype="FLOAT")
     real = Separator.separate_many
 
-    def picky(self, waves, rate, settings=None):
+    def picky(self, waves, rate, settings=None, progress=None):
         if any(np.abs(w).max() > 0.9 for w in waves):
             raise LassError("a poisoned input")
-        return real(self, waves, rate, settings)
+        return real(self, waves, rate, settings, progress)
 
     common = ["-m", str(bundle), "--beams", "2", "--float32"]
     files = [str(tmp_path / f"{n}.wav") for n in names]
