@@ -95,7 +95,9 @@ def _parser() -> argparse.ArgumentParser:
                         "{track}/{stem}.{ext})")
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--flac", action="store_true", help="write FLAC (16 or 24 bit)")
-    fmt.add_argument("--mp3", action="store_true", help="write MP3 (LAME, 320 kbit/s)")
+    fmt.add_argument("--mp3", action="store_true",
+                     help="write MP3 (LAME, constant bit rate, the highest the rate allows: "
+                          "320 kbit/s at 44.1 and 48 kHz)")
     depth = p.add_mutually_exclusive_group()
     depth.add_argument("--int16", action="store_true", help="write 16-bit samples")
     depth.add_argument("--int24", action="store_true", help="write 24-bit samples")

@@ -167,7 +167,7 @@ def write_wav(path: str | os.PathLike[str], audio: np.ndarray, sample_rate: int,
               subtype: str = "PCM_16", fmt: str = "WAV") -> None:
     """Write ``audio`` (``(time,)`` or ``(time, channels)``) atomically to an audio file
     (``fmt``: a libsndfile format, ``WAV`` by default; ``FLAC``, ``MP3`` with subtype
-    ``MPEG_LAYER_III``, ...).
+    ``MPEG_LAYER_III``, written at a constant bit rate, the highest the rate allows).
 
     The file appears under its name only once it is complete (write to a temporary file in
     the same folder, then rename), so an interrupted run never leaves a half-written file.
@@ -180,7 +180,8 @@ def write_wav(path: str | os.PathLike[str], audio: np.ndarray, sample_rate: int,
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     os.close(fd)
     try:
-        sf.write(tmp, arr, sample_rate, subtype=subtype, format=fmt)
+        extra = {"compression_level": 0.0, "bitrate_mode": "CONSTANT"} if fmt == "MP3" else {}
+        sf.write(tmp, arr, sample_rate, subtype=subtype, format=fmt, **extra)
         os.chmod(tmp, public_mode())
         os.replace(tmp, p)
     except BaseException:
