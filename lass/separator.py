@@ -675,6 +675,7 @@ class Separator:
             z = self.codec.latents_batched(torch.from_numpy(copies.reshape(rows, -1)).to(
                 self.device))
             mix_codes = self.codec.quantise(z)
+        del copies  # the search reads tokens and latents only; a long input's copies are large
         latents = z.transpose(1, 2) if isinstance(self.likelihood, LatentLikelihood) else None
         evidence = None
         if self.evidence is not None and s.evidence_weight > 0:
