@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -34,7 +32,16 @@ import soxr
 
 from lass.data.audio import rms_db, write_text_atomic, write_wav
 from lass.data.synth.band import BandSong, compose_band_song
-from lass.data.synth.build import SILENCE_DB, _level
+from lass.data.synth.build import (
+    SILENCE_DB,
+    SongPlan,
+    _level,
+    assign_splits,
+    prepare_output,
+    render_all,
+    track_dir,
+    track_done,
+)
 from lass.data.synth.compose import Bend, Part
 from lass.data.synth.effects import apply_chain, draw_chain
 from lass.data.synth.render import find_fluidsynth, render_part
@@ -114,16 +121,6 @@ class BandConfig:
         return tuple(n for n in self.soundfonts if n not in self.held_out)
 
 
-@dataclass(frozen=True)
-class BandPlan:
-    """Where song ``index`` goes, under which name, and how long it is."""
-
-    index: int
-    name: str
-    split: str
-    seconds: float
-
-
 def _song_rng(config: BandConfig, index: int) -> np.random.Generator:
     return np.random.default_rng([BAND_VERSION, config.seed, index])
 
@@ -134,21 +131,15 @@ def compose(config: BandConfig, index: int) -> BandSong:
     return compose_band_song(rng, rng.uniform(*config.song_seconds))
 
 
-def plan_band(config: BandConfig) -> list[BandPlan]:
+def plan_band(config: BandConfig) -> list[SongPlan]:
     """Draw songs until their length reaches ``config.hours``; assign splits; add ``heldout``."""
     config.validate()
     lengths: list[float] = []
     while sum(lengths) < config.hours * 3600.0 or len(lengths) < 3:
         lengths.append(compose(config, len(lengths)).seconds)
-    n = len(lengths)
-    n_test = max(1, round(config.test_fraction * n))
-    n_valid = max(1, round(config.valid_fraction * n))
-    order = np.random.default_rng([BAND_VERSION, config.seed, 2**32 - 1]).permutation(n)
-    split_of = {}
-    for rank, idx in enumerate(order):
-        split_of[int(idx)] = ("test" if rank < n_test else
-                              "valid" if rank < n_test + n_valid else "train")
-    plans = [BandPlan(i, f"band{i:05d}", split_of[i], lengths[i]) for i in range(n)]
+    splits = assign_splits(len(lengths), config.valid_fraction, config.test_fraction,
+                           [BAND_VERSION, config.seed, 2**32 - 1])
+    plans = [SongPlan(i, f"band{i:05d}", splits[i], lengths[i]) for i in range(len(lengths))]
     if config.held_out:
         plans += [replace(p, name=f"{p.name}-heldout", split="heldout")
                   for p in plans if p.split == "test"]
@@ -160,22 +151,6 @@ def _config_json(config: BandConfig) -> dict[str, object]:
                             for k, v in asdict(config).items()}
     d["band_version"] = BAND_VERSION
     return d
-
-
-def _track_dir(out: Path, plan: BandPlan) -> Path:
-    return out / plan.split / plan.name
-
-
-def _is_done(out: Path, plan: BandPlan, config: BandConfig) -> bool:
-    d = _track_dir(out, plan)
-    meta = d / "track.json"
-    if not meta.is_file() or not all((d / f"{s}.wav").is_file() for s in STEMS):
-        return False
-    try:
-        info = json.loads(meta.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return bool(info.get("config") == _config_json(config))
 
 
 def _kit(rng: np.random.Generator, font: Soundfont, kit: str) -> int:
@@ -202,7 +177,7 @@ def _resample_pitch(audio: np.ndarray, sr: int, cents: float) -> np.ndarray:
     return out
 
 
-def render_band_song(config: BandConfig, plan: BandPlan, out: str) -> dict[str, object]:
+def render_band_song(config: BandConfig, plan: SongPlan, out: str) -> dict[str, object]:
     """Render song ``plan.index`` for ``plan.split``; write its stems and ``track.json``."""
     song = compose(config, plan.index)
     rng = np.random.default_rng([BAND_VERSION, config.seed, plan.index,
@@ -255,7 +230,7 @@ def render_band_song(config: BandConfig, plan: BandPlan, out: str) -> dict[str, 
                                 f"with {font.name}") from None
             meta.update({"rms_db": round(rms_db(stems[stem]), 2), "gain_db": round(gain_db, 2)})
         info[stem] = meta
-    d = _track_dir(Path(out), plan)
+    d = track_dir(Path(out), plan)
     for stem, audio in stems.items():
         write_wav(d / f"{stem}.wav", audio, sr)
     track: dict[str, object] = {"name": plan.name, "index": plan.index, "split": plan.split,
@@ -265,7 +240,7 @@ def render_band_song(config: BandConfig, plan: BandPlan, out: str) -> dict[str, 
     return track
 
 
-def _render_task(args: tuple[BandConfig, BandPlan, str]) -> dict[str, object]:
+def _render_task(args: tuple[BandConfig, SongPlan, str]) -> dict[str, object]:
     return render_band_song(*args)
 
 
@@ -288,47 +263,18 @@ def make_band_dataset(config: BandConfig, out: str | os.PathLike[str], *, jobs: 
         font.path()
     find_fluidsynth()
     root = Path(out)
-    manifest = root / "dataset.json"
-    if manifest.is_file():
-        try:
-            old = json.loads(manifest.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            old = {}
-        if old.get("config") != _config_json(config):
-            raise DataError(f"{root} holds a different data set (other --hours, --seed or "
-                            "settings); choose another --out or delete it")
-    elif root.is_dir() and any(root.iterdir()):
-        raise DataError(f"output folder is not empty and holds no dataset.json: {root}")
-    root.mkdir(parents=True, exist_ok=True)
+    prepare_output(root, _config_json(config), "data set")
     plans = plan_band(config)
     summary: dict[str, object] = {"kind": "synth-band", "config": _config_json(config),
                                   "complete": False, "stems": list(STEMS), "layout": "folder",
                                   "mix": "mean"}
+    manifest = root / "dataset.json"
     write_text_atomic(manifest, json.dumps(summary, indent=1) + "\n")
-    todo = [p for p in plans if not _is_done(root, p, config)]
-    n_jobs = jobs if jobs > 0 else (os.cpu_count() or 1)
-    start = time.perf_counter()
-    done_seconds = 0.0
-    if progress is not None:
-        progress(len(plans) - len(todo), len(plans), 0.0)
-    tasks = [(config, p, str(root)) for p in todo]
-    results: Iterator[dict[str, object]]
-    if n_jobs == 1:
-        results = map(_render_task, tasks)
-        pool = None
-    else:
-        pool = ProcessPoolExecutor(max_workers=n_jobs)
-        results = pool.map(_render_task, tasks)
-    try:
-        for i, meta in enumerate(results):
-            done_seconds += float(meta["song"]["seconds"])  # type: ignore[index]
-            if progress is not None:
-                progress(len(plans) - len(todo) + i + 1, len(plans), done_seconds)
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
-    wall = time.perf_counter() - start
-    metas = [json.loads((_track_dir(root, p) / "track.json").read_text(encoding="utf-8"))
+    todo = [p for p in plans if not track_done(root, p, STEMS, _config_json(config))]
+    done_seconds, wall, n_jobs = render_all(
+        _render_task, [(config, p, str(root)) for p in todo], jobs, len(plans) - len(todo),
+        len(plans), progress)
+    metas = [json.loads((track_dir(root, p) / "track.json").read_text(encoding="utf-8"))
              for p in plans]
     songs = Counter(p.split for p in plans)
     seconds = Counter[str]()

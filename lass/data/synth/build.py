@@ -16,10 +16,11 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -27,6 +28,8 @@ from lass.data.audio import rms_db, write_text_atomic, write_wav
 from lass.data.synth.compose import Song, compose_song
 from lass.data.synth.render import find_fluidsynth, find_soundfont, render_part
 from lass.errors import DataError
+
+T = TypeVar("T")
 
 #: Bumped whenever the composition or rendering changes what a seed produces.
 GENERATOR_VERSION = 1
@@ -94,37 +97,91 @@ def compose(config: SynthConfig, index: int) -> Song:
     return compose_song(rng, target)
 
 
+def assign_splits(n: int, valid_fraction: float, test_fraction: float,
+                  key: Sequence[int]) -> list[str]:
+    """The split of each of ``n`` songs: a permutation seeded by ``key`` puts about
+    ``test_fraction`` of them in test and ``valid_fraction`` in valid (at least one each),
+    the rest in train."""
+    n_test = max(1, round(test_fraction * n))
+    n_valid = max(1, round(valid_fraction * n))
+    order = np.random.default_rng(list(key)).permutation(n)
+    split_of = [""] * n
+    for rank, idx in enumerate(order):
+        split_of[int(idx)] = ("test" if rank < n_test else
+                              "valid" if rank < n_test + n_valid else "train")
+    return split_of
+
+
 def plan_songs(config: SynthConfig) -> list[SongPlan]:
     """Draw songs until their total length reaches ``config.hours``; assign the splits."""
     config.validate()
     lengths: list[float] = []
     while sum(lengths) < config.hours * 3600.0 or len(lengths) < 3:
         lengths.append(compose(config, len(lengths)).seconds)
-    n = len(lengths)
-    n_test = max(1, round(config.test_fraction * n))
-    n_valid = max(1, round(config.valid_fraction * n))
-    order = np.random.default_rng([GENERATOR_VERSION, config.seed, 2**32 - 1]).permutation(n)
-    split_of = {}
-    for rank, idx in enumerate(order):
-        split_of[int(idx)] = ("test" if rank < n_test else
-                              "valid" if rank < n_test + n_valid else "train")
-    return [SongPlan(i, f"synth{i:05d}", split_of[i], lengths[i]) for i in range(n)]
+    splits = assign_splits(len(lengths), config.valid_fraction, config.test_fraction,
+                           [GENERATOR_VERSION, config.seed, 2**32 - 1])
+    return [SongPlan(i, f"synth{i:05d}", splits[i], lengths[i]) for i in range(len(lengths))]
 
 
-def _track_dir(out: Path, plan: SongPlan) -> Path:
+def track_dir(out: Path, plan: SongPlan) -> Path:
+    """Where song ``plan`` is written."""
     return out / plan.split / plan.name
 
 
-def _is_done(out: Path, plan: SongPlan, config: SynthConfig) -> bool:
-    d = _track_dir(out, plan)
+def track_done(out: Path, plan: SongPlan, stems: Sequence[str],
+               config_json: dict[str, object]) -> bool:
+    """Whether song ``plan`` is written whole by the data set whose configuration is
+    ``config_json`` (its stems and a ``track.json`` that records that configuration)."""
+    d = track_dir(out, plan)
     meta = d / "track.json"
-    if not meta.is_file() or not all((d / f"{s}.wav").is_file() for s in STEMS):
+    if not meta.is_file() or not all((d / f"{s}.wav").is_file() for s in stems):
         return False
     try:
         info = json.loads(meta.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return bool(info.get("config") == _config_json(config))
+    return bool(info.get("config") == config_json)
+
+
+def prepare_output(root: Path, config_json: dict[str, object], what: str) -> None:
+    """Refuse an output folder that holds another data set (``what`` names this one) or
+    other files; create it."""
+    manifest = root / "dataset.json"
+    if manifest.is_file():
+        try:
+            old = json.loads(manifest.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            old = {}
+        if old.get("config") != config_json:
+            raise DataError(f"{root} holds a different {what} (other --hours, --seed or "
+                            "settings); choose another --out or delete it")
+    elif root.is_dir() and any(root.iterdir()):
+        raise DataError(f"output folder is not empty and holds no dataset.json: {root}")
+    root.mkdir(parents=True, exist_ok=True)
+
+
+def render_all(render: Callable[[T], dict[str, object]], tasks: Sequence[T], jobs: int,
+               done_before: int, total: int,
+               progress: Callable[[int, int, float], None] | None) -> tuple[float, float, int]:
+    """Run ``render`` (a module-level function) on every task, in ``jobs`` worker processes
+    (0: one per core), reporting ``progress(done, total, song_seconds)`` after each song.
+    Returns the seconds of songs rendered, the wall seconds and the worker count."""
+    n_jobs = jobs if jobs > 0 else (os.cpu_count() or 1)
+    start = time.perf_counter()
+    done_seconds = 0.0
+    if progress is not None:
+        progress(done_before, total, 0.0)
+    pool = ProcessPoolExecutor(max_workers=n_jobs) if n_jobs > 1 else None
+    results = pool.map(render, tasks) if pool is not None else map(render, tasks)
+    try:
+        for i, meta in enumerate(results):
+            done_seconds += float(meta["song"]["seconds"])  # type: ignore[index]
+            if progress is not None:
+                progress(done_before + i + 1, total, done_seconds)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    return done_seconds, time.perf_counter() - start, n_jobs
 
 
 def _config_json(config: SynthConfig) -> dict[str, object]:
@@ -166,7 +223,7 @@ def render_song(config: SynthConfig, plan: SongPlan, out: str, soundfont: str) -
             raise DataError(f"song {plan.name}: the {stem} stem rendered silent") from None
         levels[stem] = {"rms_db": round(rms_db(stems[stem]), 2), "gain_db": round(gain_db, 2),
                         "reverb": round(reverb, 3)}
-    d = _track_dir(Path(out), plan)
+    d = track_dir(Path(out), plan)
     for stem, audio in stems.items():
         write_wav(d / f"{stem}.wav", audio, config.sample_rate)
     meta: dict[str, object] = {"name": plan.name, "index": plan.index, "split": plan.split,
@@ -199,44 +256,18 @@ def make_synth_dataset(config: SynthConfig, out: str | os.PathLike[str], *, jobs
     sf2 = find_soundfont(soundfont)
     find_fluidsynth()
     root = Path(out)
-    manifest = root / "dataset.json"
-    if manifest.is_file():
-        try:
-            old = json.loads(manifest.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            old = {}
-        if old.get("config") != _config_json(config):
-            raise DataError(f"{root} holds a different synthetic data set (other --hours, --seed "
-                            "or settings); choose another --out or delete it")
-    elif root.is_dir() and any(root.iterdir()):
-        raise DataError(f"output folder is not empty and holds no dataset.json: {root}")
-    root.mkdir(parents=True, exist_ok=True)
+    prepare_output(root, _config_json(config), "synthetic data set")
     plans = plan_songs(config)
     summary: dict[str, object] = {"kind": "synth-drums-bass", "config": _config_json(config),
                                   "complete": False, "stems": list(STEMS),
                                   "layout": "folder", "mix": "mean"}
+    manifest = root / "dataset.json"
     write_text_atomic(manifest, json.dumps(summary, indent=1) + "\n")
-    todo = [p for p in plans if not _is_done(root, p, config)]
-    done_seconds = 0.0
-    n_jobs = jobs if jobs > 0 else (os.cpu_count() or 1)
-    start = time.perf_counter()
-    if progress is not None:
-        progress(len(plans) - len(todo), len(plans), 0.0)
-    tasks = [(config, p, str(root), str(sf2)) for p in todo]
-    if n_jobs == 1:
-        results = map(_render_task, tasks)
-        for i, meta in enumerate(results):
-            done_seconds += float(meta["song"]["seconds"])  # type: ignore[index]
-            if progress is not None:
-                progress(len(plans) - len(todo) + i + 1, len(plans), done_seconds)
-    else:
-        with ProcessPoolExecutor(max_workers=n_jobs) as pool:
-            for i, meta in enumerate(pool.map(_render_task, tasks)):
-                done_seconds += float(meta["song"]["seconds"])  # type: ignore[index]
-                if progress is not None:
-                    progress(len(plans) - len(todo) + i + 1, len(plans), done_seconds)
-    wall = time.perf_counter() - start
-    metas = [json.loads((_track_dir(root, p) / "track.json").read_text(encoding="utf-8"))
+    todo = [p for p in plans if not track_done(root, p, STEMS, _config_json(config))]
+    done_seconds, wall, n_jobs = render_all(
+        _render_task, [(config, p, str(root), str(sf2)) for p in todo], jobs,
+        len(plans) - len(todo), len(plans), progress)
+    metas = [json.loads((track_dir(root, p) / "track.json").read_text(encoding="utf-8"))
              for p in plans]
     per_split = Counter(p.split for p in plans)
     seconds_split = Counter[str]()
