@@ -298,11 +298,30 @@ def make_methods(separator: Separator, names: list[str], beams: int = 10, top_k:
     return methods
 
 
+def energy_db(est: np.ndarray, mixture: np.ndarray, eps: float = 1e-20) -> list[float]:
+    """Each estimated stem's energy relative to the mixture's, in dB: ``(sources, time)``
+    and ``(time,)`` -> one number per source (how much of the input a stem takes)."""
+    total = float(np.sum(mixture.astype(np.float64) ** 2)) + eps
+    return [float(10 * np.log10(float(np.sum(e.astype(np.float64) ** 2)) / total + eps))
+            for e in est]
+
+
 def score(est: np.ndarray, ref: np.ndarray, sample_rate: int) -> dict[str, list[float]]:
-    """Metrics per source: ``museval`` (v4 SDR), ``sdr`` and ``si_sdr``."""
-    return {"museval": [float(v) for v in museval_sdr(est, ref, sample_rate)],
-            "sdr": [plain_sdr(e, r) for e, r in zip(est, ref, strict=True)],
-            "si_sdr": [si_sdr(e, r) for e, r in zip(est, ref, strict=True)]}
+    """Metrics per source of ``(sources, time)`` estimates and references: ``museval`` (v4
+    SDR), ``sdr``, ``si_sdr`` and ``energy_db`` (the estimate's energy relative to the
+    mixture, the references' sum). A silent reference (a source left out of the mixture)
+    has no SDR: its three SDRs are NaN, and ``energy_db`` says how much the method put in
+    it."""
+    present = np.any(ref != 0, axis=1)  # (sources,)
+    museval = np.full(len(ref), math.nan)
+    if present.any():
+        museval[present] = museval_sdr(est[present], ref[present], sample_rate)
+    return {"museval": [float(v) for v in museval],
+            "sdr": [plain_sdr(e, r) if p else math.nan
+                    for e, r, p in zip(est, ref, present, strict=True)],
+            "si_sdr": [si_sdr(e, r) if p else math.nan
+                       for e, r, p in zip(est, ref, present, strict=True)],
+            "energy_db": energy_db(est, ref.sum(axis=0))}
 
 
 def mixture_of(sources: np.ndarray, rule: str) -> np.ndarray:

@@ -202,3 +202,45 @@ def test_the_supervised_reference_is_a_method(tmp_path, capsys):
     other.save(tmp_path / "swapped")
     assert evaluate_main([*args, "--supervised", str(tmp_path / "swapped")]) == 1
     assert "separates ['bass', 'drums']" in capsys.readouterr().err
+
+
+def test_a_left_out_stem_is_scored_by_the_energy_put_in_it(tmp_path, capsys):
+    from lass.evaluate import energy_db, score
+
+    rng = np.random.default_rng(1)
+    ref = rng.standard_normal((2, 2 * SR))
+    ref[1] = 0.0  # the second source is absent from this mixture
+    est = np.stack([0.9 * ref[0], 0.1 * ref[0]])
+    s = score(est, ref, SR)
+    assert np.isnan(s["sdr"][1])
+    assert np.isnan(s["si_sdr"][1])
+    assert np.isnan(s["museval"][1])
+    assert s["sdr"][0] == pytest.approx(20.0, abs=1e-6)  # 10 log10(1 / 0.01)
+    np.testing.assert_allclose(s["energy_db"], [20 * np.log10(0.9), -20.0], atol=1e-6)
+    assert energy_db(np.zeros((1, 8)), np.ones(8))[0] < -150  # silence: far below the input
+
+    bundle = make_debug_bundle(tmp_path / "bundle", context=32)
+    src = sources(2, 2 * SR, seed=5).numpy()
+    for i in range(2):
+        write_audio(tmp_path / "data" / "test" / f"t{i}" / "drums.wav", src[i, 0], SR)
+        write_audio(tmp_path / "data" / "test" / f"t{i}" / "bass.wav", src[i, 1], SR)
+    out = tmp_path / "r.json"
+    args = ["--data", str(tmp_path / "data"), "--bundle", str(bundle), "--mixtures", "2",
+            "--seconds", "0.25", "--methods", "average", "oracle-mask", "--out", str(out)]
+    assert evaluate_main([*args, "--without", "bass"]) == 0
+    printed = capsys.readouterr().out
+    assert "energy_db" in printed
+    results = json.loads(out.read_text())
+    assert results["config"]["without"] == ["bass"]
+    for r in results["per_mixture"]["average"]:
+        # the mean mixture of drums and silence: the average gives each stem half of it
+        assert np.isnan(r["sdr"][1])
+        np.testing.assert_allclose(r["energy_db"], [20 * np.log10(0.5)] * 2, atol=1e-4)
+        assert r["sdr"][0] == pytest.approx(20 * np.log10(0.5 / 0.5) + 6.02, abs=0.01)
+    # the mask output shares the input out: the two energies add up to the input's or less
+    for r in results["per_mixture"]["oracle-mask"]:
+        assert np.isnan(r["sdr"][1])
+        assert np.isfinite(r["sdr"][0])
+        assert np.sum(10 ** (np.array(r["energy_db"]) / 10)) <= 1.0 + 1e-4
+    assert evaluate_main([*args, "--without", "piano"]) == 1
+    assert "--without piano" in capsys.readouterr().err

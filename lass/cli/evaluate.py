@@ -8,6 +8,10 @@ scored with museval's BSSEval v4 SDR (window = hop = 1 s, median over windows), 
 and SI-SDR; the table gives per stem and on average the mean and the median over mixtures.
 ``--out results.json`` keeps every per-mixture number; results already there are reused, so
 an interrupted evaluation resumes.
+
+``--without STEM`` leaves a stem out of the same mixtures (say ``other``, to test drums+bass
+songs with a three-stem model): that stem has no SDR, and the ``energy_db`` table says how
+much of the input each method put into it (relative to the mixture, dB; lower is better).
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +89,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--supervised", type=Path, default=None, metavar="MODEL",
                    help="a lass-train-supervised network: the method 'supervised' (it must "
                         "separate the bundle's stems)")
+    p.add_argument("--without", nargs="+", default=[], metavar="STEM",
+                   help="leave these stems out of the mixtures (their SDRs are NaN; the "
+                        "energy_db table gives what each method put in them)")
     p.add_argument("--device", default="auto")
     return p
 
@@ -93,10 +102,13 @@ def summarise(results: dict[str, list[dict[str, Any]]], stems: Sequence[str]
     table: dict[str, dict[str, dict[str, float]]] = {}
     for method, rows in results.items():
         table[method] = {}
-        for metric in ("museval", "sdr", "si_sdr"):
+        for metric in ("museval", "sdr", "si_sdr", "energy_db"):
+            if not all(metric in r for r in rows):
+                continue  # results files written before energy_db was measured
             values = np.array([r[metric] for r in rows], dtype=np.float64)  # (n, stems)
             entry: dict[str, float] = {}
-            with np.errstate(all="ignore"):
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # a left-out stem: all NaN
                 for i, stem in enumerate(stems):
                     entry[f"{stem} mean"] = float(np.nanmean(values[:, i]))
                     entry[f"{stem} median"] = float(np.nanmedian(values[:, i]))
@@ -145,6 +157,13 @@ def _main(argv: Sequence[str] | None) -> int:
     data = StemDataset(tracks, sample_rate=rate, chunk=chunk_samples(args.seconds, rate),
                        stems=list(separator.stems))
     mixtures = evaluation_mixtures(data, args.mixtures, args.seed)
+    for stem in args.without:
+        if stem not in separator.stems:
+            raise DataError(f"--without {stem}: the bundle's stems are {list(separator.stems)}")
+        if len(args.without) >= len(separator.stems):
+            raise DataError("--without leaves no stem in the mixtures")
+        keep = np.array([s not in args.without for s in separator.stems])[:, None]
+        mixtures = [replace(m, stems=m.stems * keep) for m in mixtures]
     if args.batch < 1:
         raise DataError("--batch must be at least 1")
     if args.candidates is None:
@@ -179,6 +198,8 @@ def _main(argv: Sequence[str] | None) -> int:
               "mask_iterations": separator.settings.mask_iterations,
               "shifts": separator.settings.shifts,
               "evidence_weight": separator.settings.evidence_weight}
+    if args.without:
+        config["without"] = list(args.without)
     done: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
     if args.out is not None and args.out.is_file():
         saved = json.loads(args.out.read_text(encoding="utf-8"))
@@ -223,7 +244,8 @@ def _main(argv: Sequence[str] | None) -> int:
             save()
     bar.close()
     table = summarise(done, separator.stems)
-    for metric in ("museval", "sdr", "si_sdr"):
+    metrics = ["museval", "sdr", "si_sdr"] + (["energy_db"] if args.without else [])
+    for metric in metrics:
         print(format_table(table, separator.stems, metric))
         print()
     if args.out is not None:
