@@ -27,11 +27,12 @@ each stage left in WORK):
    three source tokens), then ``lass-merge-counts --min-count COUNT_MIN``
 5. ``evidence``: ``lass-fit-evidence`` for the three sources (``EVIDENCE_HOURS`` hours,
    ``EVIDENCE_EPOCHS`` epochs)
-6. ``tune``: on ``TUNE_MIXTURES`` validation mixtures (3 s; never test or heldout), mean
-   SI-SDR of the mask output of beam search (``BEAMS`` beams) over ``GRID`` (lambda,
-   evidence weight); then the ancestral sampler (``SAMPLES`` samples, mean) at the
-   ``SAMPLE_GRID`` temperatures with the best lambda and weight, taken when it gains
-   ``SAMPLER_GAIN_DB``
+6. ``tune``: on 24 validation mixtures of 3 s (never test or heldout), ``TUNING``: mean
+   SI-SDR of the mask output of beam search (``BEAMS`` beams) over a grid of (lambda,
+   evidence weight); then the ancestral sampler (``SAMPLES`` samples, mean) at two
+   temperatures with the best lambda and weight, taken when it gains 0.2 dB; then the mask
+   output's STFT size and EM updates, and the shifted copies (1 or 3), each taken when it
+   gains 0.2 dB (``bundle_stages.tune_stage``)
 7. ``assemble``: the bundle in ``WORK/bundle``; ``--install`` copies it to
    ``lass/bundles/band`` and prints the rows of ``checkpoints.md``.
 
@@ -52,7 +53,18 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from build_default_bundle import install, run_stage
+from bundle_stages import (
+    BuildLog,
+    Tuning,
+    bundle_report,
+    counts_stage,
+    evaluate_summary,
+    evidence_stage,
+    install,
+    run_stage,
+    sampler_options,
+    tune_stage,
+)
 
 from vqvae import load_codec
 
@@ -73,25 +85,24 @@ EVIDENCE_HOURS = 1.5
 EVIDENCE_EPOCHS = 6
 PRIOR_TOP = 27  # a 3 x 3 x 3 grid of the sources' likeliest tokens per step
 SMOOTHING = ("votes", 1.0)
-TUNE_MIXTURES = 24
 BEAMS = 10
-GRID = ((0.0, 1.0), (2.0, 1.0), (5.0, 1.0), (5.0, 0.5), (5.0, 2.0), (10.0, 1.0))
-# (lambda, evidence weight)
 SAMPLES = 10
-SAMPLE_GRID = (1.0, 1.5)  # temperatures, at the beam search's best lambda and weight
-SAMPLER_GAIN_DB = 0.2
+DESCRIPTION = ("Drums, bass and other (every other instrument). Trained on 10 hours of "
+               "synthetic songs in 16 styles with drums, bass and chords, pads, arpeggios "
+               "and leads, rendered with six General MIDI soundfonts and per-stem effects, "
+               "22.05 kHz mono. Expect weaker stems on real recordings.")
+TUNING = Tuning(
+    grid=((0.0, 1.0), (2.0, 1.0), (5.0, 1.0), (5.0, 0.5), (5.0, 2.0), (10.0, 1.0)),
+    mixtures=24, seconds=3.0, beams=BEAMS, samples=SAMPLES, temperatures=(1.0, 1.5),
+    sampler_gain_db=0.2, mask_grid=((2048, 0), (4096, 0), (8192, 0), (8192, 1)),
+    shifts_grid=(1, 3), gain_db=0.2)
 
 
 def _evaluate(bundle: Path, data: Path, split: str, out: Path, methods: list[str],
-              mixtures: int, options: list[str]) -> dict[str, Any]:
+              mixtures: int) -> dict[str, Any]:
     """``lass-evaluate`` of ``methods`` on ``mixtures`` 3 s mixtures of ``split``; the
     summary of each method (the results file resumes)."""
-    subprocess.run(["lass-evaluate", "--data", str(data), "--split", split, "--bundle",
-                    str(bundle), "--mixtures", str(mixtures), "--seconds", "3", "--methods",
-                    *methods, "--out", str(out), *options], check=True,
-                   stdout=subprocess.DEVNULL)
-    summary: dict[str, Any] = json.loads(out.read_text())["summary"]
-    return summary
+    return evaluate_summary(bundle, data, split, out, methods, mixtures, 3.0, [])
 
 
 def main() -> None:
@@ -105,12 +116,12 @@ def main() -> None:
     args = p.parse_args()
     work: Path = args.work
     work.mkdir(parents=True, exist_ok=True)
-    log_path = work / "build.json"
-    log: dict[str, Any] = json.loads(log_path.read_text()) if log_path.is_file() else {}
+    build = BuildLog(work / "build.json")
+    log = build.data
     dev = ["--device", args.device]
 
     def done(stage: str) -> bool:
-        log_path.write_text(json.dumps(log, indent=1) + "\n")
+        build.save()
         return args.until == stage
 
     data: Path = args.data or work / "data"
@@ -137,15 +148,11 @@ def main() -> None:
                  codec_dir: Path = codec) -> None:
         if bundle.exists():
             shutil.rmtree(bundle)
-        cmd = ["lass-make-bundle", "--codec", str(codec_dir / "model"), "--shared-prior",
-               str(prior), "--name", "band", "--out", str(bundle), "--output", "mask",
-               "--lam", str(sampler["lam"]), *extra]
-        if sampler["kind"] == "beam":
-            cmd += ["--sampler", "beam", "--beams", str(BEAMS)]
-        else:
-            cmd += ["--sampler", "ancestral", "--candidates", str(SAMPLES), "--temperature",
-                    str(sampler["temperature"]), "--combine", "mean"]
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(["lass-make-bundle", "--codec", str(codec_dir / "model"),
+                        "--shared-prior", str(prior), "--name", "band", "--description",
+                        DESCRIPTION, "--out", str(bundle), "--output", "mask", *extra,
+                        *sampler_options({"weight": 1.0, **sampler}, BEAMS, SAMPLES)],
+                       check=True, stdout=subprocess.DEVNULL)
 
     def oracle_bundle(codec_dir: Path) -> None:
         """A bundle of the three stems on ``codec_dir`` for lass-evaluate's oracles, which
@@ -173,11 +180,11 @@ def main() -> None:
             codec_dir = work / "codec-default" if name == "default" else codec
             oracle_bundle(codec_dir)
             summary = _evaluate(bundle, data, "valid", codec_dir / "oracle-valid.json",
-                                ["oracle-decode", "oracle-mask"], CHECK_MIXTURES, [])
+                                ["oracle-decode", "oracle-mask"], CHECK_MIXTURES)
             check.setdefault("valid", {})[name] = {
                 m: {k: summary[m][k]["avg mean"] for k in ("sdr", "si_sdr")} for m in summary}
             print(f"codec check valid, {name}: {check['valid'][name]}", file=sys.stderr)
-            log_path.write_text(json.dumps(log, indent=1) + "\n")
+            build.save()
     valid_sdr = {n: check["valid"][n]["oracle-mask"]["sdr"] for n in check["valid"]}
     check["chosen"] = max(valid_sdr, key=lambda n: (valid_sdr[n], n == "fine-tuned"))
     if check["chosen"] == "default":
@@ -189,12 +196,12 @@ def main() -> None:
                 oracle_bundle(codec_dir)
                 summary = _evaluate(bundle, data, split, codec_dir / f"oracle-{split}.json",
                                     ["average", "hpss", "oracle-decode", "oracle-mask"],
-                                    REPORT_MIXTURES, [])
+                                    REPORT_MIXTURES)
                 check.setdefault(split, {})[name] = {
                     m: {s: {k: v for k, v in summary[m][s].items() if k.endswith("mean")}
                         for s in ("sdr", "si_sdr")} for m in summary}
                 print(f"codec check {split}, {name}: {check[split][name]}", file=sys.stderr)
-                log_path.write_text(json.dumps(log, indent=1) + "\n")
+                build.save()
     if done("codec-check"):
         return
     prior = work / "prior"
@@ -208,73 +215,20 @@ def main() -> None:
         run_stage(cmd, log, "prior")
     if done("prior"):
         return
-    counts = work / "counts.npz"
-    if not counts.is_file():
-        full = work / "counts-full.npz"
-        if not full.is_file():
-            run_stage(["lass-count-likelihood", "--codec", str(codec / "model"), "--data",
-                       str(data), "--sources", *STEMS, "--hours", str(COUNT_HOURS),
-                       "--chunk-seconds", "1", "--gain-db", "0", "0", "--seed", "0", "--out",
-                       str(full), *dev], log, "counts")
-        run_stage(["lass-merge-counts", str(full), "--min-count", str(COUNT_MIN), "--out",
-                   str(counts)], log, "counts-prune")
+    counts = counts_stage(work, codec / "model", data, STEMS, COUNT_HOURS, COUNT_MIN, dev, log)
     if done("counts"):
         return
-    evidence = work / "evidence.npz"
-    if not evidence.is_file():
-        run_stage(["lass-fit-evidence", "--codec", str(codec / "model"), "--data", str(data),
-                   "--sources", *STEMS, "--hours", str(EVIDENCE_HOURS), "--chunk-seconds", "1",
-                   "--gain-db", "0", "0", "--seed", "0", "--epochs", str(EVIDENCE_EPOCHS),
-                   "--valid-hours", "0.05", "--out", str(evidence), *dev], log, "evidence")
+    evidence = evidence_stage(work, codec / "model", data, STEMS, EVIDENCE_HOURS,
+                              EVIDENCE_EPOCHS, dev, log)
     if done("evidence"):
         return
     likelihood = ["--likelihood", str(counts), "--smoothing", SMOOTHING[0], "--alpha",
                   str(SMOOTHING[1]), "--prior-top", str(PRIOR_TOP), "--evidence", str(evidence)]
-
-    def valid_si_sdr(name: str, method: str, options: list[str]) -> float:
-        summary = _evaluate(bundle, data, "valid", work / "tune" / f"{name}.json", [method],
-                            TUNE_MIXTURES, options)
-        return float(summary[method]["si_sdr"]["avg mean"])
-
-    tune = log.setdefault("tune", {})
-    (work / "tune").mkdir(exist_ok=True)
-    assemble({"kind": "beam", "lam": GRID[0][0]}, prior / "model",
-             [*likelihood, "--evidence-weight", str(GRID[0][1])])
-    beam_grid = tune.setdefault("beam", {})
-    for lam, weight in GRID:
-        key = f"lambda {lam:g} weight {weight:g}"
-        if key not in beam_grid:
-            beam_grid[key] = valid_si_sdr(f"beam-{lam:g}-{weight:g}", "lass-beam-mask",
-                                          ["--beams", str(BEAMS), "--lam", str(lam),
-                                           "--evidence-weight", str(weight)])
-            print(f"beam {key}: valid SI-SDR {beam_grid[key]:.2f} dB", file=sys.stderr)
-            log_path.write_text(json.dumps(log, indent=1) + "\n")
-    lam, weight = max(GRID, key=lambda g: beam_grid[f"lambda {g[0]:g} weight {g[1]:g}"])
-    best: dict[str, Any] = {"kind": "beam", "lam": lam, "weight": weight,
-                            "si_sdr": beam_grid[f"lambda {lam:g} weight {weight:g}"]}
-    sample_grid = tune.setdefault("ancestral", {})
-    for temp in SAMPLE_GRID:
-        key = f"lambda {lam:g} weight {weight:g} temperature {temp:g}"
-        if key not in sample_grid:
-            sample_grid[key] = valid_si_sdr(
-                f"ancestral-{lam:g}-{weight:g}-{temp:g}", "lass-ancestral-mask-mean",
-                ["--candidates", str(SAMPLES), "--temperature", str(temp), "--lam", str(lam),
-                 "--evidence-weight", str(weight)])
-            print(f"ancestral {key}: valid SI-SDR {sample_grid[key]:.2f} dB", file=sys.stderr)
-            log_path.write_text(json.dumps(log, indent=1) + "\n")
-    temp = max(SAMPLE_GRID,
-               key=lambda t: sample_grid[f"lambda {lam:g} weight {weight:g} temperature {t:g}"])
-    sampled = sample_grid[f"lambda {lam:g} weight {weight:g} temperature {temp:g}"]
-    if sampled >= best["si_sdr"] + SAMPLER_GAIN_DB:
-        best = {"kind": "ancestral", "lam": lam, "weight": weight, "temperature": temp,
-                "si_sdr": sampled}
-    tune["chosen"] = best
-    assemble(best, prior / "model", [*likelihood, "--evidence-weight", str(best["weight"])])
+    best = tune_stage(work, bundle, data, TUNING,
+                      lambda sampler: assemble(sampler, prior / "model", likelihood), build)
     if done("tune"):
         return
-    files = sorted(f for f in bundle.rglob("*") if f.is_file())
-    total = sum(f.stat().st_size for f in files)
-    print(f"bundle {bundle}: {len(files)} files, {total / 1e6:.1f} MB; settings {best}")
+    bundle_report(bundle, best)
     if args.install:
         install(bundle, "band")
 

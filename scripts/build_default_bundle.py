@@ -69,7 +69,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -77,8 +76,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from bundle_stages import install, run_stage
 
-from lass.bundle import sha256_path, write_bundle
+from lass.bundle import write_bundle
 
 DESCRIPTION = ("Drums and bass. Trained on 10 hours of synthetic songs: procedural grooves in "
                "12 styles and bass lines, rendered with one General MIDI soundfont (FluidR3 "
@@ -125,13 +125,6 @@ SMALL_PRIOR_GRID = ((1.5, 1.0), (1.25, 1.0), (2.0, 1.0), (1.5, 1.5))  # (tempera
 SMALL_PRIOR_TOLERANCE_DB = 0.05
 SMALL_PRIOR_TIE_DB = 0.1
 SMALL_PRIOR_KEYS = tuple(f"temperature {t:g} weight {w:g}" for t, w in SMALL_PRIOR_GRID)
-
-
-def run_stage(cmd: list[str], log: dict[str, Any], stage: str) -> None:
-    print("$ " + " ".join(cmd), file=sys.stderr, flush=True)
-    start = time.perf_counter()
-    subprocess.run(cmd, check=True)
-    log.setdefault("seconds", {})[stage] = round(time.perf_counter() - start, 1)
 
 
 def _train_prior(codec: Path, data: Path, out: Path, phases: tuple[int, ...],
@@ -626,20 +619,6 @@ def main() -> None:
           f"likelihood {likelihood}")
     if args.install:
         install(bundle, "default")
-
-
-def install(bundle: Path, name: str) -> None:
-    """Copy a built bundle into the package (``lass/bundles/NAME``, replacing what is there)
-    and print the rows of its table in ``checkpoints.md``."""
-    target = Path(__file__).resolve().parent.parent / "lass" / "bundles" / name
-    if target.exists():
-        shutil.rmtree(target)
-    shutil.copytree(bundle, target)
-    for f in target.rglob("*"):
-        f.chmod(0o755 if f.is_dir() else 0o644)  # readable by all, as a package's files
-    print("| file | bytes | sha256 |\n|---|---|---|")
-    for f in sorted(q for q in target.rglob("*") if q.is_file()):
-        print(f"| `{f.relative_to(target)}` | {f.stat().st_size} | `{sha256_path(f)}` |")
 
 
 if __name__ == "__main__":

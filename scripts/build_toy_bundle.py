@@ -21,13 +21,12 @@ output exists; the training stages resume when interrupted):
    the distinct 5-tuples are counted once: 26 MB of noise)
 5. ``evidence``: ``lass-fit-evidence`` for the four sources (``EVIDENCE_HOURS`` hours of
    training mixtures, ``EVIDENCE_EPOCHS`` epochs)
-6. ``tune``: on ``TUNE_MIXTURES`` validation mixtures (never test), mean SI-SDR of the mask
-   output of beam search (``BEAMS`` beams) over ``GRID`` (lambda, evidence weight); then
-   the ancestral sampler's (``SAMPLES`` samples, combined by their mean) at the
-   ``SAMPLE_GRID`` temperatures with the best lambda and weight; the bundle takes sampling
-   when it gains at least ``SAMPLER_GAIN_DB``; last the mask output's STFT size and EM
-   updates (``MASK_GRID``) for the chosen sampler, taken when they gain at least
-   ``MASK_GAIN_DB`` over 2048 samples without updates
+6. ``tune``: on 24 validation mixtures of 1 s (never test), ``TUNING``: mean SI-SDR of the
+   mask output of beam search (``BEAMS`` beams) over a grid of (lambda, evidence weight);
+   then the ancestral sampler's (``SAMPLES`` samples, combined by their mean) at two
+   temperatures with the best lambda and weight, taken when it gains at least 0.2 dB; last
+   the mask output's STFT size and EM updates for the chosen sampler, taken when they gain
+   at least 0.2 dB over 2048 samples without updates (``bundle_stages.tune_stage``)
 7. ``assemble``: the bundle in ``WORK/bundle`` (``bundle.json`` with every sha256);
    ``--install`` copies it to ``lass/bundles/toy`` and prints the rows of
    ``checkpoints.md``.
@@ -45,11 +44,20 @@ import argparse
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-from build_default_bundle import install, run_stage
+from bundle_stages import (
+    BuildLog,
+    Tuning,
+    bundle_report,
+    counts_stage,
+    evidence_stage,
+    install,
+    run_stage,
+    sampler_options,
+    tune_stage,
+)
 
 STEMS = ("sine", "sawtooth", "square", "triangle")
 DESCRIPTION = ("The thesis' four ToyData oscillators (sine, sawtooth, square, triangle; one "
@@ -65,27 +73,13 @@ EVIDENCE_HOURS = 1.0
 EVIDENCE_EPOCHS = 6
 PRIOR_TOP = 16  # a 4 x 4 x 4 x 4 grid of the sources' likeliest tokens per step
 SMOOTHING = ("votes", 1.0)
-TUNE_MIXTURES = 24
 BEAMS = 10
-GRID = ((0.0, 1.0), (1.0, 1.0), (3.0, 1.0), (6.0, 1.0), (10.0, 1.0), (6.0, 0.5), (6.0, 2.0))
-# (lambda, evidence weight)
 SAMPLES = 10
-SAMPLE_GRID = (1.0, 1.5)  # temperatures, at the beam search's best lambda and weight
-SAMPLER_GAIN_DB = 0.2
-MASK_GRID = ((2048, 0), (4096, 0), (8192, 0), (4096, 1), (8192, 1))  # (STFT size, EM updates)
-MASK_GAIN_DB = 0.2
-
-
-def _valid_si_sdr(bundle: Path, data: Path, out: Path, method: str, options: list[str]
-                  ) -> float:
-    """Mean SI-SDR (dB, over the stems and ``TUNE_MIXTURES`` validation mixtures) of one
-    ``lass-evaluate`` method; the results file resumes."""
-    subprocess.run(["lass-evaluate", "--data", str(data), "--split", "valid", "--bundle",
-                    str(bundle), "--mixtures", str(TUNE_MIXTURES), "--seconds", "1",
-                    "--methods", method, "--out", str(out), *options], check=True,
-                   stdout=subprocess.DEVNULL)
-    summary = json.loads(out.read_text())["summary"][method]
-    return float(summary["si_sdr"]["avg mean"])
+TUNING = Tuning(
+    grid=((0.0, 1.0), (1.0, 1.0), (3.0, 1.0), (6.0, 1.0), (10.0, 1.0), (6.0, 0.5), (6.0, 2.0)),
+    mixtures=24, seconds=1.0, beams=BEAMS, samples=SAMPLES, temperatures=(1.0, 1.5),
+    sampler_gain_db=0.2,
+    mask_grid=((2048, 0), (4096, 0), (8192, 0), (4096, 1), (8192, 1)), gain_db=0.2)
 
 
 def main() -> None:
@@ -96,113 +90,43 @@ def main() -> None:
     args = p.parse_args()
     work: Path = args.work
     work.mkdir(parents=True, exist_ok=True)
-    log_path = work / "build.json"
-    log: dict[str, Any] = json.loads(log_path.read_text()) if log_path.is_file() else {}
+    build = BuildLog(work / "build.json")
+    log = build.data
     dev = ["--device", args.device]
     data = work / "data"
-    if not (data / "dataset.json").is_file() or '"complete": true' not in (
-            data / "dataset.json").read_text():
+    if not (data / "dataset.json").is_file() or not json.loads(
+            (data / "dataset.json").read_text()).get("complete"):
         run_stage(["lass-make-dataset", "toy", "--items", str(ITEMS), "--seconds", "1", "--seed",
-              "0", "--out", str(data)], log, "data")
+                   "0", "--out", str(data)], log, "data")
     codec = work / "codec"
     if not (codec / "summary.json").is_file():
-        run_stage(["lass-train-vqvae", "--data", str(data), "--stems", *STEMS, "--out", str(codec),
-              *CODEC, "--seed", "0", *dev] + (["--resume"] if codec.exists() else []),
-             log, "codec")
+        run_stage(["lass-train-vqvae", "--data", str(data), "--stems", *STEMS, "--out",
+                   str(codec), *CODEC, "--seed", "0", *dev]
+                  + (["--resume"] if codec.exists() else []), log, "codec")
     prior = work / "prior"
     if not (prior / "summary.json").is_file():
         run_stage(["lass-train-prior", "--codec", str(codec / "model"), "--data", str(data),
-              "--stem", *STEMS, "--conditional", "--out", str(prior), *PRIOR, "--seed", "0",
-              *dev] + (["--resume"] if prior.exists() else []), log, "prior")
-    counts = work / "counts.npz"
-    if not counts.is_file():
-        full = work / "counts-full.npz"
-        if not full.is_file():
-            run_stage(["lass-count-likelihood", "--codec", str(codec / "model"), "--data",
-                  str(data), "--sources", *STEMS, "--hours", str(COUNT_HOURS),
-                  "--chunk-seconds", "1", "--gain-db", "0", "0", "--seed", "0", "--out",
-                  str(full), *dev], log, "counts")
-        run_stage(["lass-merge-counts", str(full), "--min-count", str(COUNT_MIN), "--out",
-              str(counts)], log, "counts-prune")
-    evidence = work / "evidence.npz"
-    if not evidence.is_file():
-        run_stage(["lass-fit-evidence", "--codec", str(codec / "model"), "--data", str(data),
-              "--sources", *STEMS, "--hours", str(EVIDENCE_HOURS), "--chunk-seconds", "1",
-              "--gain-db", "0", "0", "--seed", "0", "--epochs", str(EVIDENCE_EPOCHS),
-              "--valid-hours", "0.05", "--out", str(evidence), *dev], log, "evidence")
-    tune = log.setdefault("tune", {})
+                   "--stem", *STEMS, "--conditional", "--out", str(prior), *PRIOR, "--seed",
+                   "0", *dev] + (["--resume"] if prior.exists() else []), log, "prior")
+    counts = counts_stage(work, codec / "model", data, STEMS, COUNT_HOURS, COUNT_MIN, dev, log)
+    evidence = evidence_stage(work, codec / "model", data, STEMS, EVIDENCE_HOURS,
+                              EVIDENCE_EPOCHS, dev, log)
+    build.save()
     bundle = work / "bundle"
 
     def assemble(sampler: dict[str, Any]) -> None:
         if bundle.exists():
             shutil.rmtree(bundle)
-        mask = ["--mask-fft", str(sampler.get("mask_fft", 2048)), "--mask-iterations",
-                str(sampler.get("mask_iterations", 0))]
-        cmd = ["lass-make-bundle", *mask, "--codec", str(codec / "model"), "--shared-prior",
-               str(prior / "model"), "--likelihood", str(counts), "--smoothing", SMOOTHING[0],
-               "--alpha", str(SMOOTHING[1]), "--prior-top", str(PRIOR_TOP), "--evidence",
-               str(evidence), "--evidence-weight", str(sampler["weight"]), "--lam",
-               str(sampler["lam"]), "--output", "mask", "--name", "toy", "--description",
-               DESCRIPTION, "--out", str(bundle)]
-        if sampler["kind"] == "beam":
-            cmd += ["--sampler", "beam", "--beams", str(BEAMS)]
-        else:
-            cmd += ["--sampler", "ancestral", "--candidates", str(SAMPLES), "--temperature",
-                    str(sampler["temperature"]), "--combine", "mean"]
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(["lass-make-bundle", "--codec", str(codec / "model"), "--shared-prior",
+                        str(prior / "model"), "--likelihood", str(counts), "--smoothing",
+                        SMOOTHING[0], "--alpha", str(SMOOTHING[1]), "--prior-top",
+                        str(PRIOR_TOP), "--evidence", str(evidence), "--output", "mask",
+                        "--name", "toy", "--description", DESCRIPTION, "--out", str(bundle),
+                        *sampler_options(sampler, BEAMS, SAMPLES)],
+                       check=True, stdout=subprocess.DEVNULL)
 
-    (work / "tune").mkdir(exist_ok=True)
-    first = {"kind": "beam", "lam": GRID[0][0], "weight": GRID[0][1]}
-    assemble(first)
-    beam_grid = tune.setdefault("beam", {})
-    for lam, weight in GRID:
-        key = f"lambda {lam:g} weight {weight:g}"
-        if key not in beam_grid:
-            beam_grid[key] = _valid_si_sdr(
-                bundle, data, work / "tune" / f"beam-{lam:g}-{weight:g}.json", "lass-beam-mask",
-                ["--beams", str(BEAMS), "--lam", str(lam), "--evidence-weight", str(weight)])
-            print(f"beam {key}: valid SI-SDR {beam_grid[key]:.2f} dB", file=sys.stderr)
-            log_path.write_text(json.dumps(log, indent=1) + "\n")
-    lam, weight = max(GRID, key=lambda g: beam_grid[f"lambda {g[0]:g} weight {g[1]:g}"])
-    best: dict[str, Any] = {"kind": "beam", "lam": lam, "weight": weight,
-                            "si_sdr": beam_grid[f"lambda {lam:g} weight {weight:g}"]}
-    sample_grid = tune.setdefault("ancestral", {})
-    for temp in SAMPLE_GRID:
-        key = f"lambda {lam:g} weight {weight:g} temperature {temp:g}"
-        if key not in sample_grid:
-            sample_grid[key] = _valid_si_sdr(
-                bundle, data, work / "tune" / f"ancestral-{lam:g}-{weight:g}-{temp:g}.json",
-                "lass-ancestral-mask-mean",
-                ["--candidates", str(SAMPLES), "--temperature", str(temp), "--lam", str(lam),
-                 "--evidence-weight", str(weight)])
-            print(f"ancestral {key}: valid SI-SDR {sample_grid[key]:.2f} dB", file=sys.stderr)
-            log_path.write_text(json.dumps(log, indent=1) + "\n")
-    temp = max(SAMPLE_GRID,
-               key=lambda t: sample_grid[f"lambda {lam:g} weight {weight:g} temperature {t:g}"])
-    sampled = sample_grid[f"lambda {lam:g} weight {weight:g} temperature {temp:g}"]
-    if sampled >= best["si_sdr"] + SAMPLER_GAIN_DB:
-        best = {"kind": "ancestral", "lam": lam, "weight": weight, "temperature": temp,
-                "si_sdr": sampled}
-    assemble(best)
-    method = "lass-beam-mask" if best["kind"] == "beam" else "lass-ancestral-mask-mean"
-    mask_grid = tune.setdefault("mask", {})
-    for fft, em in MASK_GRID:
-        key = f"fft {fft} em {em}"
-        if key not in mask_grid:
-            mask_grid[key] = _valid_si_sdr(
-                bundle, data, work / "tune" / f"mask-{fft}-{em}.json", method,
-                ["--mask-fft", str(fft), "--mask-iterations", str(em)])
-            print(f"mask {key}: valid SI-SDR {mask_grid[key]:.2f} dB", file=sys.stderr)
-            log_path.write_text(json.dumps(log, indent=1) + "\n")
-    fft, em = max(MASK_GRID, key=lambda g: mask_grid[f"fft {g[0]} em {g[1]}"])
-    if mask_grid[f"fft {fft} em {em}"] >= mask_grid["fft 2048 em 0"] + MASK_GAIN_DB:
-        best.update(mask_fft=fft, mask_iterations=em, si_sdr=mask_grid[f"fft {fft} em {em}"])
-        assemble(best)
-    tune["chosen"] = best
-    log_path.write_text(json.dumps(log, indent=1) + "\n")
-    files = sorted(f for f in bundle.rglob("*") if f.is_file())
-    total = sum(f.stat().st_size for f in files)
-    print(f"bundle {bundle}: {len(files)} files, {total / 1e6:.1f} MB; settings {best}")
+    best = tune_stage(work, bundle, data, TUNING, assemble, build)
+    bundle_report(bundle, best)
     if args.install:
         install(bundle, "toy")
 
