@@ -27,7 +27,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -37,15 +37,14 @@ import torch
 from lass.bundle import BundleSpec, read_bundle
 from lass.data.mixing import check_mix_rule, mix, mix_gain
 from lass.errors import LassError
-from lass.sampling import (
-    Ancestral,
-    BeamSearch,
-    Greedy,
-    Sampler,
-    TokenSeparation,
-    TopK,
-    TopP,
-    separate_tokens,
+from lass.sampling import TokenSeparation, separate_tokens
+from lass.settings import (  # noqa: F401  (re-exported: the separator's settings)
+    COMBINES,
+    MASK_FFT,
+    OUTPUTS,
+    SeparationSettings,
+    make_sampler,
+    settings_from_bundle,
 )
 from likelihood import CountLikelihood
 from likelihood.evidence import TokenEvidence
@@ -53,9 +52,6 @@ from likelihood.latent import LatentLikelihood
 from priors import Prior, TransformerPrior, load_prior
 from vqvae import Codec, load_codec
 
-OUTPUTS = ("decode", "mask")
-COMBINES = ("best", "rerank", "mean")
-MASK_FFT = 2048  # the mask output's STFT size unless a bundle or setting says otherwise
 MAX_CHANNELS = 8  # a 2-D input with more rows than this has time first
 #: Inputs longer than two segments of this many seconds are decoded and masked segment by
 #: segment (:meth:`Separator.segmented`).
@@ -63,159 +59,6 @@ SEGMENT_SECONDS = 30.0
 #: Codec-rate samples the resampler's filter reaches on each side (soxr "HQ" between the
 #: rates used here reaches about a hundred; a margin of safety).
 RESAMPLE_REACH = 1024
-
-
-@dataclass(frozen=True)
-class SeparationSettings:
-    """How to separate.
-
-    Attributes:
-        sampler: the token sampler.
-        lam: weight of the log-likelihood in the step score.
-        candidates: samples per mixture for the sampling samplers (beams give their own).
-        combine: how several candidates become the stems: ``best`` (the highest score),
-            ``rerank`` (among the ``rerank_top`` best-scoring, the one that mixes back best)
-            or ``mean`` (the mean of all candidates' decodings, or the masks of their mean
-            magnitude).
-        rerank_top: how many of the best-scoring candidates are decoded and re-ranked (the
-            decodings cost time: 10 beams x 2 stems of a 3 s mixture take about as long as
-            a quarter of the search on a CPU).
-        output: ``decode`` (the codec's decodings) or ``mask`` (masks on the input's STFT).
-        mask_fft: STFT size of the ``mask`` output, in samples at the codec's rate (scaled
-            to the input's rate: the same seconds and hertz per bin).
-        mask_iterations: EM updates of the sources' powers before masking (0: plain ratio
-            masks; see :func:`soft_masks`).
-        refine_steps: Adam steps of latent refinement (0: off).
-        refine_lr: learning rate of the refinement.
-        refine_penalty: weight of the drift penalty ``|z - z0|^2`` in the refinement.
-        seed: seed of the sampling samplers.
-        context_overlap: tokens carried into the next window when a prior's context is full
-            (``None``: half the context). Each new window re-reads them in one batched call,
-            so a smaller overlap is faster; a larger one gives every prediction more context.
-        prior_top: also score each step's pairs of the priors' ``prior_top`` most likely
-            tokens that counting never saw with the mixture token, at the likelihood's
-            smoothed value (see :func:`lass.sampling.separate_tokens`; 0: off). With a latent
-            likelihood: the tokens per source whose pairs are scored (0: 16).
-        shifts: copies of the input, delayed by :func:`shift_offsets` (fractions of one
-            token's hop), separated together, each with ``candidates`` samples (or its
-            beams); their candidates are shifted back and pooled, best score first, before
-            ``combine``. The codec tokenises each delay differently, so the copies' errors
-            differ and their mean averages them out (cycle spinning). 1: the input alone.
-        evidence_weight: ``mu``, the weight of the bundle's token evidence model (the
-            learned likelihood of :mod:`likelihood.evidence`) added to each candidate pair's
-            score: ``mu * sum_s e[t, s, i_s]``. 0: the counts alone.
-    """
-
-    sampler: Sampler = field(default_factory=lambda: BeamSearch(10))
-    lam: float = 3.0
-    candidates: int = 1
-    combine: str = "rerank"
-    rerank_top: int = 4
-    output: str = "mask"
-    mask_fft: int = MASK_FFT
-    mask_iterations: int = 0
-    refine_steps: int = 0
-    refine_lr: float = 0.01
-    refine_penalty: float = 1e-3
-    seed: int = 0
-    context_overlap: int | None = None
-    prior_top: int = 0
-    shifts: int = 1
-    evidence_weight: float = 0.0
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON-ready form (sampler as ``kind`` plus its fields)."""
-        kind = {Greedy: "greedy", Ancestral: "ancestral", TopK: "topk", TopP: "topp",
-                BeamSearch: "beam"}[type(self.sampler)]
-        return {"sampler": {"kind": kind, **self.sampler.__dict__}, "lam": self.lam,
-                "candidates": self.candidates, "combine": self.combine,
-                "rerank_top": self.rerank_top, "output": self.output,
-                "mask_fft": self.mask_fft, "mask_iterations": self.mask_iterations,
-                "refine_steps": self.refine_steps, "refine_lr": self.refine_lr,
-                "refine_penalty": self.refine_penalty, "seed": self.seed,
-                "context_overlap": self.context_overlap, "prior_top": self.prior_top,
-                "shifts": self.shifts, "evidence_weight": self.evidence_weight}
-
-
-def make_sampler(kind: str, *, beams: int = 10, top_k: int = 16, top_p: float = 0.9,
-                 temperature: float = 1.0, resample: float = 0.0) -> Sampler:
-    """A sampler from its name: ``beam``, ``greedy``, ``ancestral``, ``topk`` or ``topp``
-    (``resample``: the ancestral samples' resampling threshold, see :class:`Ancestral`)."""
-    if kind == "beam":
-        return BeamSearch(beams)
-    if kind == "greedy":
-        return Greedy()
-    if kind == "ancestral":
-        if not 0 <= resample <= 1:
-            raise LassError(f"resample must be in [0, 1], not {resample:g}")
-        return Ancestral(temperature, resample)
-    if kind == "topk":
-        return TopK(top_k, temperature)
-    if kind == "topp":
-        return TopP(top_p, temperature)
-    raise LassError(f"unknown sampler {kind!r}; expected beam, greedy, ancestral, topk or topp")
-
-
-BUNDLE_SAMPLER_KEYS = {"kind": str, "num_beams": int, "k": int, "p": float,
-                       "temperature": float, "resample": float, "lam": float,
-                       "candidates": int, "combine": str, "output": str, "mask_fft": int,
-                       "mask_iterations": int, "refine_steps": int, "context_overlap": int,
-                       "prior_top": int, "shifts": int, "evidence_weight": float}
-
-
-def _bundle_value(sampler: dict[str, Any], key: str, default: Any) -> Any:
-    """``sampler[key]`` of the type :data:`BUNDLE_SAMPLER_KEYS` names (an integral float is an
-    int; ``None`` where the key allows it), or ``default``; a wrong type is a
-    :class:`LassError`."""
-    if key not in sampler:
-        return default
-    value, kind = sampler[key], BUNDLE_SAMPLER_KEYS[key]
-    if value is None and key == "context_overlap":
-        return None
-    if kind is int and isinstance(value, float) and value.is_integer():
-        value = int(value)
-    ok = (isinstance(value, kind) and not isinstance(value, bool)) or (
-        kind is float and isinstance(value, int) and not isinstance(value, bool))
-    if not ok or (kind is float and not math.isfinite(value)):
-        what = {int: "an integer", float: "a number"}.get(kind, "a string")
-        raise LassError(f"the bundle's sampler {key} must be {what}, not {value!r}")
-    return kind(value)
-
-
-def settings_from_bundle(sampler: Any) -> SeparationSettings:
-    """The bundle's default settings (``bundle.json``'s ``sampler`` entry); a sampler entry
-    that is not an object, an unknown key, a value of the wrong type or out of range is a
-    :class:`LassError` naming it."""
-    if not isinstance(sampler, dict):
-        raise LassError(f"the bundle's sampler must be an object, not {sampler!r}")
-    unknown = sorted(set(sampler) - set(BUNDLE_SAMPLER_KEYS))
-    if unknown:
-        raise LassError(f"unknown key(s) in the bundle's sampler: {', '.join(unknown)}")
-
-    def get(key: str, default: Any) -> Any:
-        return _bundle_value(sampler, key, default)
-
-    for key, low in (("num_beams", 1), ("k", 1), ("candidates", 1), ("shifts", 1),
-                     ("mask_iterations", 0), ("refine_steps", 0), ("prior_top", 0)):
-        if get(key, low) < low:
-            raise LassError(f"the bundle's sampler {key} must be at least {low}, not "
-                            f"{sampler[key]}")
-    if not get("temperature", 1.0) > 0:
-        raise LassError(f"the bundle's sampler temperature must be positive, not "
-                        f"{sampler['temperature']}")
-    if not 0 < get("p", 0.9) <= 1:
-        raise LassError(f"the bundle's sampler p must be in (0, 1], not {sampler['p']}")
-    kind = get("kind", "beam")
-    return SeparationSettings(
-        sampler=make_sampler(kind, beams=get("num_beams", 10), top_k=get("k", 16),
-                             top_p=get("p", 0.9), temperature=get("temperature", 1.0),
-                             resample=get("resample", 0.0)),
-        lam=get("lam", 3.0), candidates=get("candidates", 1),
-        combine=get("combine", "rerank"), output=get("output", "mask"),
-        mask_fft=get("mask_fft", MASK_FFT), mask_iterations=get("mask_iterations", 0),
-        refine_steps=get("refine_steps", 0), context_overlap=get("context_overlap", None),
-        prior_top=get("prior_top", 0), shifts=get("shifts", 1),
-        evidence_weight=get("evidence_weight", 0.0))
 
 
 @dataclass(frozen=True)

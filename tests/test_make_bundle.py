@@ -40,14 +40,17 @@ def test_make_bundle_from_two_priors_and_from_a_shared_prior(tmp_path, capsys):
     shared = tmp_path / "shared-bundle"
     assert make_bundle_main(["--codec", str(parts / "codec"), "--shared-prior",
                              str(tmp_path / "shared"), "--stems", "drums", "bass",
-                             "--likelihood", str(parts / "likelihood.npz"), "--beams", "2",
+                             "--likelihood", str(parts / "likelihood.npz"),
                              "--smoothing", "backoff", "--alpha", "0.5", "--prior-top", "4",
                              "--min-count", "2", "--sampler", "ancestral", "--candidates", "3",
                              "--temperature", "0.8", "--combine", "mean",
                              "--mask-fft", "1024", "--mask-iterations", "1", "--shifts", "2",
-                             "--out", str(shared)]) == 0
+                             "--context-overlap", "16", "--resample", "0.5", "--seed", "7",
+                             "--refine-lr", "0.02", "--out", str(shared)]) == 0
     sep = Separator.from_pretrained(shared)
-    assert sep.settings.sampler == Ancestral(0.8)
+    assert sep.settings.sampler == Ancestral(0.8, resample=0.5)
+    assert (sep.settings.context_overlap, sep.settings.seed) == (16, 7)
+    assert sep.settings.refine_lr == 0.02
     assert (sep.settings.candidates, sep.settings.combine) == (3, "mean")
     assert (sep.settings.mask_fft, sep.settings.mask_iterations) == (1024, 1)
     assert sep.settings.shifts == 2
@@ -84,7 +87,7 @@ def test_make_bundle_from_two_priors_and_from_a_shared_prior(tmp_path, capsys):
                              "--out", str(bad)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
-    assert err[0].startswith("lass-make-bundle: error: shifts must be between 1 and the codec's")
+    assert err[0] == "lass-make-bundle: error: --shifts must be at least 1, not 0"
     assert not bad.exists()
 
 

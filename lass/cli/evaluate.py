@@ -44,9 +44,18 @@ from lass.evaluate import (
     score,
 )
 from lass.separator import Separator
+from lass.settings import add_setting_options, given_options
 from lass.supervised import load_supervised
 
 PROG = "lass-evaluate"
+#: The separation settings lass-evaluate takes for its LASS methods (the sampler and its
+#: samples come from each method's name and --beams, --top-k, --candidates, --temperature).
+EVALUATE_SETTINGS = ("lam", "context_overlap", "mask_fft", "mask_iterations", "shifts",
+                     "evidence_weight", "prior_top", "rerank_top", "refine_steps", "refine_lr",
+                     "refine_penalty")
+#: Recorded in the results' config whether given or not (the others only when given).
+RECORDED = ("lam", "context_overlap", "mask_fft", "mask_iterations", "shifts",
+            "evidence_weight")
 DEFAULT_METHODS = ["average", "hpss", "nmf", "oracle-decode", "oracle-mask", "lass-beam-decode",
                    "lass-beam-mask", "lass-greedy-decode", "lass-greedy-mask"]
 
@@ -67,20 +76,6 @@ def _parser() -> argparse.ArgumentParser:
                         "default: the bundle's)")
     p.add_argument("--temperature", type=float, default=None,
                    help="temperature of the sampling samplers (default: the bundle's, or 1)")
-    p.add_argument("--lam", type=float, default=None,
-                   help="likelihood weight of the LASS methods (default: the bundle's)")
-    p.add_argument("--context-overlap", type=int, default=None, metavar="TOKENS",
-                   help="tokens carried into a prior's next window (default: the bundle's)")
-    p.add_argument("--mask-fft", type=int, default=None, metavar="N",
-                   help="STFT size of the LASS methods' mask output (default: the bundle's)")
-    p.add_argument("--mask-iterations", type=int, default=None, metavar="N",
-                   help="EM updates before the LASS methods' masks (default: the bundle's)")
-    p.add_argument("--shifts", type=int, default=None, metavar="N",
-                   help="delayed copies of each mixture the LASS methods separate and pool "
-                        "(default: the bundle's)")
-    p.add_argument("--evidence-weight", type=float, default=None, metavar="MU",
-                   help="weight of the bundle's token evidence model in the LASS methods (0: "
-                        "the counts alone; default: the bundle's)")
     p.add_argument("--batch", type=int, default=8, metavar="N",
                    help="mixtures whose LASS searches run as one batch (faster per mixture "
                         "on a CPU; 1: one at a time)")
@@ -93,6 +88,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="leave these stems out of the mixtures (their SDRs are NaN; the "
                         "energy_db table gives what each method put in them)")
     p.add_argument("--device", default="auto")
+    add_setting_options(p.add_argument_group(
+        "settings of the LASS methods", "each defaults to the bundle's"), EVALUATE_SETTINGS)
     return p
 
 
@@ -139,18 +136,8 @@ def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     device = resolve_device(args.device)
     separator = Separator.from_pretrained(args.bundle, device=device)
-    if args.lam is not None:
-        separator = separator.with_settings(lam=args.lam)
-    if args.context_overlap is not None:
-        separator = separator.with_settings(context_overlap=args.context_overlap)
-    if args.mask_fft is not None:
-        separator = separator.with_settings(mask_fft=args.mask_fft)
-    if args.mask_iterations is not None:
-        separator = separator.with_settings(mask_iterations=args.mask_iterations)
-    if args.shifts is not None:
-        separator = separator.with_settings(shifts=args.shifts)
-    if args.evidence_weight is not None:
-        separator = separator.with_settings(evidence_weight=args.evidence_weight)
+    given = given_options(args, EVALUATE_SETTINGS)
+    separator = separator.with_settings(**given) if given else separator
     separator.check_settings(separator.settings)
     rate = separator.codec.sample_rate
     tracks = find_tracks(args.data, args.split, list(separator.stems), args.layout)
@@ -192,12 +179,8 @@ def _main(argv: Sequence[str] | None) -> int:
               "beams": args.beams, "top_k": args.top_k, "candidates": args.candidates,
               "temperature": args.temperature,
               "supervised": str(args.supervised) if supervised is not None else None,
-              "lam": separator.settings.lam,
-              "context_overlap": separator.settings.context_overlap,
-              "mask_fft": separator.settings.mask_fft,
-              "mask_iterations": separator.settings.mask_iterations,
-              "shifts": separator.settings.shifts,
-              "evidence_weight": separator.settings.evidence_weight}
+              **{k: getattr(separator.settings, k) for k in RECORDED},
+              **{k: v for k, v in given.items() if k not in RECORDED}}
     if args.without:
         config["without"] = list(args.without)
     done: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}

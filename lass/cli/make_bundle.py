@@ -11,8 +11,10 @@ A B C ...``; the counts (and the token evidence model) must be for N sources.
 Copies the components into ``--out`` (a new folder, written next to it and renamed into
 place), checks that they fit together (codebook sizes, the codec the priors and counts were
 made with, the prior's classes), and writes ``bundle.json`` with every sha256.
-``lass-separate -m OUT`` then uses it. Sampler defaults: ``--sampler`` (with ``--beams``,
-or ``--candidates`` samples at ``--temperature``), ``--combine``, ``--lam``, ``--output``.
+``lass-separate -m OUT`` then uses it. Every separation setting of ``lass-separate`` can be
+given here as the bundle's default (``--sampler``, ``--beams``, ``--candidates``,
+``--temperature``, ``--lam``, ``--combine``, ``--output``, ``--mask-fft``, ``--shifts``, ...);
+``bundle.json`` records them all.
 With ``--latent``, ``--likelihood`` is a ``lass-fit-latent`` model of the mixture's encoder
 output instead of counts (``--prior-top``: the tokens per source whose pairs are scored,
 default 16). ``--evidence FILE`` adds a ``lass-fit-evidence`` token evidence model, used
@@ -32,7 +34,14 @@ from lass.bundle import write_bundle
 from lass.cli import run_cli
 from lass.data.audio import public_mode
 from lass.errors import LassError
-from lass.separator import COMBINES, OUTPUTS, check_mask_settings, shift_offsets
+from lass.separator import check_mask_settings, shift_offsets
+from lass.settings import (
+    SeparationSettings,
+    add_setting_options,
+    apply_options,
+    given_options,
+    settings_to_bundle,
+)
 from likelihood import load_counts
 from likelihood.evidence import TokenEvidence
 from likelihood.factorised import FactorisedLikelihood
@@ -62,38 +71,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=1.0, help="smoothing strength")
     p.add_argument("--min-count", type=int, default=1,
                    help="drop tuples counted fewer times (default 1: keep all)")
-    p.add_argument("--prior-top", type=int, default=0, metavar="N",
-                   help="score pairs of the priors' N likeliest tokens unseen in counting "
-                        "(needs --smoothing)")
     p.add_argument("--mix", default="mean", choices=["mean", "sum"])
     p.add_argument("--name", default=None, help="bundle name (default: the folder name)")
     p.add_argument("--description", default="",
                    help="what the bundle separates and what it was trained on (shown by "
                         "lass-separate --list-models)")
-    p.add_argument("--sampler", default="beam", choices=["beam", "ancestral", "topk", "greedy"])
-    p.add_argument("--beams", type=int, default=10)
-    p.add_argument("--candidates", type=int, default=1,
-                   help="samples per input of the sampling samplers")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=16)
-    p.add_argument("--combine", default="rerank", choices=COMBINES,
-                   help="how several candidates become the stems")
-    p.add_argument("--lam", type=float, default=3.0)
-    p.add_argument("--output", default="mask", choices=OUTPUTS)
-    p.add_argument("--mask-fft", type=int, default=2048, metavar="N",
-                   help="STFT size of the mask output, in samples at the codec's rate")
-    p.add_argument("--mask-iterations", type=int, default=0, metavar="N",
-                   help="EM updates of the stems' powers before masking")
-    p.add_argument("--context-overlap", type=int, default=None, metavar="N",
-                   help="tokens a prior's next window starts from (default: half its context)")
-    p.add_argument("--shifts", type=int, default=1, metavar="N",
-                   help="delayed copies of each input separated and pooled (1: off)")
     p.add_argument("--evidence", type=Path, default=None, metavar="FILE",
                    help="a lass-fit-evidence model of the same codec (the learned likelihood "
                         "added to the counts)")
-    p.add_argument("--evidence-weight", type=float, default=1.0, metavar="MU",
-                   help="its weight in the sampler defaults (with --evidence)")
     p.add_argument("--out", type=Path, required=True)
+    add_setting_options(p.add_argument_group(
+        "separation settings", "the bundle's defaults, each settable in lass-separate too "
+        "(not given: the toolkit's default; the evidence weight is 1 with --evidence)"))
     return p
 
 
@@ -155,13 +144,17 @@ def _main(argv: Sequence[str] | None) -> int:
             raise LassError("--smoothing factorised and --factorised FILE go together")
         if args.factorised is not None:
             FactorisedLikelihood.load(args.factorised).check_fits(counts)
-    check_mask_settings(args.mask_fft, args.mask_iterations)
-    shift_offsets(args.shifts, codec.hop_length)
+    given = given_options(args)
+    if args.evidence is not None and "evidence_weight" not in given:
+        given["evidence_weight"] = 1.0
+    settings = apply_options(SeparationSettings(), given, "the default sampler")
+    check_mask_settings(settings.mask_fft, settings.mask_iterations)
+    shift_offsets(settings.shifts, codec.hop_length)
+    if settings.evidence_weight > 0 and args.evidence is None:
+        raise LassError("--evidence-weight needs --evidence FILE")
     if args.evidence is not None:
         if args.latent:
             raise LassError("--evidence adds to counts, not to a --latent likelihood")
-        if not args.evidence_weight >= 0:
-            raise LassError(f"--evidence-weight must be >= 0, not {args.evidence_weight}")
         model = TokenEvidence.load(args.evidence)
         model.check_codec(codec.codebook_size, codec.embedding_dim, identity)
         if model.n_sources != len(stems):
@@ -186,17 +179,7 @@ def _main(argv: Sequence[str] | None) -> int:
                      likelihood_base=("likelihood-factorised.npz" if args.factorised else None),
                      evidence="evidence.npz" if args.evidence is not None else None,
                      description=args.description,
-                     sampler={"kind": args.sampler, "num_beams": args.beams,
-                              "candidates": args.candidates, "temperature": args.temperature,
-                              "k": args.top_k, "combine": args.combine, "lam": args.lam,
-                              "output": args.output, "mask_fft": args.mask_fft,
-                              "mask_iterations": args.mask_iterations,
-                              "shifts": args.shifts,
-                              **({"context_overlap": args.context_overlap}
-                                 if args.context_overlap is not None else {}),
-                              **({"prior_top": args.prior_top} if args.prior_top else {}),
-                              **({"evidence_weight": args.evidence_weight}
-                                 if args.evidence is not None else {})})
+                     sampler=settings_to_bundle(settings))
         for f in [tmp, *tmp.rglob("*")]:  # readable as any new file is, not 0600 / 0700
             f.chmod(public_mode(directory=f.is_dir()))
         tmp.rename(out)

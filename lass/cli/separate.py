@@ -19,12 +19,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import glob
-import math
 import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -39,16 +37,8 @@ from lass.data.audio import read_any, rms_db
 from lass.errors import DataError, LassError
 from lass.langevin import LangevinSeparator
 from lass.output import CLIP_MODES, check_template, output_format, save_stems
-from lass.sampling import Ancestral, TopK, TopP
-from lass.separator import (
-    COMBINES,
-    MAX_CHANNELS,
-    OUTPUTS,
-    SeparationResult,
-    SeparationSettings,
-    Separator,
-    make_sampler,
-)
+from lass.separator import MAX_CHANNELS, SeparationResult, SeparationSettings, Separator
+from lass.settings import add_setting_options, apply_options, given_options
 
 PROG = "lass-separate"
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".m4a", ".aac", ".opus",
@@ -121,45 +111,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     r = p.add_argument_group("research options", "the search and output of LASS; each "
                              "defaults to the bundle's setting")
-    r.add_argument("--sampler", choices=["beam", "greedy", "ancestral", "topk", "topp"],
-                   default=None, help="how token sequences are chosen")
-    r.add_argument("--beams", type=int, default=None,
-                   help="beams of the beam sampler, per shifted copy of the input (--shifts 1 "
-                        "--combine best: N beams in all and the best one out)")
-    r.add_argument("--top-k", type=int, default=None,
-                   help="candidates of --sampler topk (16 when the bundle has none)")
-    r.add_argument("--top-p", type=float, default=None,
-                   help="probability mass of --sampler topp (0.9 when the bundle has none)")
-    r.add_argument("--temperature", type=float, default=None,
-                   help="of the sampling samplers (1 when the bundle has none)")
-    r.add_argument("--resample", type=float, default=None, metavar="FRACTION",
-                   help="ancestral: resample the samples as particles whenever their effective "
-                        "number falls below FRACTION of them (0: independent samples)")
-    r.add_argument("--candidates", type=int, default=None,
-                   help="samples per input copy for the sampling samplers")
-    r.add_argument("--combine", choices=COMBINES, default=None,
-                   help="several candidates: keep the best-scoring, the one that mixes back "
-                        "best, or average their decodings or masks")
-    r.add_argument("--lam", type=float, default=None, help="likelihood weight")
-    r.add_argument("--refine", type=int, default=None, metavar="STEPS",
-                   help="latent refinement steps (0: off)")
-    r.add_argument("--output", choices=OUTPUTS, default=None,
-                   help="decode: the decoded tokens; mask: the input under Wiener masks")
-    r.add_argument("--mask-fft", type=int, default=None, metavar="N",
-                   help="STFT size of the mask output, at the bundle's sample rate")
-    r.add_argument("--mask-iterations", type=int, default=None, metavar="N",
-                   help="EM updates of the stems' powers before masking")
-    r.add_argument("--context-overlap", type=int, default=None, metavar="TOKENS",
-                   help="tokens carried into the next window of a prior")
-    r.add_argument("--shifts", type=int, default=None, metavar="N",
-                   help="separate N copies of the input delayed by fractions of a token's hop "
-                        "and pool their candidates (1: the input alone)")
-    r.add_argument("--prior-top", type=int, default=None, metavar="N",
-                   help="also score tuples of the priors' N likeliest tokens that counting "
-                        "never saw (0: off)")
-    r.add_argument("--evidence-weight", type=float, default=None, metavar="MU",
-                   help="weight of the bundle's token evidence model (0: the counts alone)")
-    r.add_argument("--seed", type=int, default=0, help="seed of the samplers (default: 0)")
+    add_setting_options(r)
     r.add_argument("--no-verify", action="store_true", help="skip the bundle's sha256 checks")
     r.add_argument("--method", choices=["lass", "langevin"], default="lass",
                    help="langevin: annealed Langevin with a bundle of WaveNet priors "
@@ -188,83 +140,17 @@ def expand_inputs(items: Sequence[str]) -> tuple[list[Path], list[str]]:
     return list(unique.values()), missing
 
 
-# What each sampler option sets, and on which samplers it exists.
-_SAMPLER_OPTIONS = {"temperature": ("--temperature", (Ancestral, TopK, TopP), "temperature"),
-                    "top_k": ("--top-k", (TopK,), "k"), "top_p": ("--top-p", (TopP,), "p"),
-                    "resample": ("--resample", (Ancestral,), "resample")}
-
-
-def check_args(args: argparse.Namespace) -> None:
-    """Refuse settings out of range with one line, before any model is loaded or input read."""
-    ints = {"--beams": args.beams, "--candidates": args.candidates, "--top-k": args.top_k,
-            "--shifts": args.shifts, "--batch": args.batch}
-    for flag, value in ints.items():
-        if value is not None and value < 1:
-            raise LassError(f"{flag} must be at least 1, not {value}")
+def check_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Refuse settings out of range with one line, before any model is loaded or input read;
+    the settings given (schema key -> value)."""
+    if args.batch < 1:
+        raise LassError(f"--batch must be at least 1, not {args.batch}")
     if args.threads < 0:
         raise LassError(f"--threads must be 0 (torch's choice) or more, not {args.threads}")
-    if args.temperature is not None and not (math.isfinite(args.temperature)
-                                             and args.temperature > 0):
-        raise LassError(f"--temperature must be positive, not {args.temperature:g}")
-    if args.top_p is not None and not 0 < args.top_p <= 1:
-        raise LassError(f"--top-p must be in (0, 1], not {args.top_p:g}")
-    if args.resample is not None and not 0 <= args.resample <= 1:
-        raise LassError(f"--resample must be in [0, 1], not {args.resample:g}")
-    if args.lam is not None and not (math.isfinite(args.lam) and args.lam >= 0):
-        raise LassError(f"--lam must be >= 0, not {args.lam:g}")
-    if args.sampler is not None or args.beams is not None:
-        kind = args.sampler or "beam"
-        for key, (flag, kinds, _) in _SAMPLER_OPTIONS.items():
-            if getattr(args, key) is not None and not isinstance(make_sampler(kind), kinds):
-                raise LassError(f"{flag} does not apply to --sampler {kind}")
-
-
-def _settings(args: argparse.Namespace, base: SeparationSettings) -> SeparationSettings:
-    """The bundle's settings with the command line's changes. A sampler option without
-    ``--sampler`` changes the bundle's own sampler (an error where it has no such setting);
-    ``--sampler`` with the bundle's own kind keeps the bundle's values of what is not given."""
-    s = base
-    given = {key: getattr(args, key) for key in _SAMPLER_OPTIONS
-             if getattr(args, key) is not None}
-    if args.sampler is not None or args.beams is not None:
-        kind = args.sampler or "beam"
-        own = s.sampler if make_sampler(kind).__class__ is s.sampler.__class__ else None
-        values = {key: getattr(own, field) for key, (_, _, field) in _SAMPLER_OPTIONS.items()
-                  if own is not None and hasattr(own, field)}
-        values.update(given)
-        beams = args.beams if args.beams is not None else getattr(s.sampler, "num_beams", 10)
-        s = replace(s, sampler=make_sampler(kind, beams=beams, **values))
-    elif given:
-        for key, value in given.items():
-            flag, kinds, field = _SAMPLER_OPTIONS[key]
-            if not isinstance(s.sampler, kinds):
-                raise LassError(f"{flag} does not apply to this bundle's sampler "
-                                f"({type(s.sampler).__name__}); give --sampler too")
-            s = replace(s, sampler=replace(s.sampler, **{field: value}))
-    changes: dict[str, Any] = {"seed": args.seed}
-    if args.candidates is not None:
-        changes["candidates"] = args.candidates
-    if args.combine is not None:
-        changes["combine"] = args.combine
-    if args.lam is not None:
-        changes["lam"] = args.lam
-    if args.refine is not None:
-        changes["refine_steps"] = args.refine
-    if args.output is not None:
-        changes["output"] = args.output
-    if args.mask_fft is not None:
-        changes["mask_fft"] = args.mask_fft
-    if args.mask_iterations is not None:
-        changes["mask_iterations"] = args.mask_iterations
-    if args.context_overlap is not None:
-        changes["context_overlap"] = args.context_overlap
-    if args.prior_top is not None:
-        changes["prior_top"] = args.prior_top
-    if args.shifts is not None:
-        changes["shifts"] = args.shifts
-    if args.evidence_weight is not None:
-        changes["evidence_weight"] = args.evidence_weight
-    return replace(s, **changes)
+    given = given_options(args)
+    if "kind" in given or "num_beams" in given:  # a sampler value the sampler lacks
+        apply_options(SeparationSettings(), given)
+    return given
 
 
 def _read(path: Path) -> tuple[np.ndarray, int]:
@@ -370,7 +256,7 @@ def _main(argv: Sequence[str] | None) -> int:
         return 0
     if not args.inputs:
         raise LassError("no input given (audio files, folders or glob patterns)")
-    check_args(args)
+    given = check_args(args)
     check_template(args.filename)
     output_format("flac" if args.flac else "mp3" if args.mp3 else "wav",
                   "float32" if args.float32 else None)  # refuses --float32 with --flac
@@ -402,7 +288,7 @@ def _main(argv: Sequence[str] | None) -> int:
     else:
         separator = Separator.from_pretrained(args.model, device=device,
                                               verify=not args.no_verify)
-        settings = _settings(args, separator.settings)
+        settings = apply_options(separator.settings, given)
         settings_json = settings.to_json()
         beams = getattr(settings.sampler, "num_beams", 0)
         if beams and settings.shifts > 1 and args.shifts is None and (
