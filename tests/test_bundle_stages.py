@@ -20,12 +20,15 @@ def fake_scores(calls: list[tuple[str, tuple[str, ...]]], bundle: dict):
         assert split == "valid"
         calls.append((methods[0], tuple(options)))
         opts = dict(zip(options[::2], options[1::2], strict=True))
-        lam = float(opts.get("--lam", bundle["lam"]))
-        weight = float(opts.get("--evidence-weight", bundle["weight"]))
+
+        def value_of(flag: str, key: str) -> str:
+            return opts[flag] if flag in opts else str(bundle[key])
+
+        lam = float(value_of("--lam", "lam"))
+        weight = float(value_of("--evidence-weight", "weight"))
         value = 5.0 - abs(lam - 5.0) / 5 + (0.1 if weight == 2.0 else 0.0)
         if methods[0] == "lass-ancestral-mask-mean":
-            value += 0.5 if float(opts.get("--temperature", bundle["temperature"])) == 1.5 \
-                else 0.1
+            value += 0.5 if float(value_of("--temperature", "temperature")) == 1.5 else 0.1
         fft = int(opts.get("--mask-fft", bundle.get("mask_fft", 2048)))
         value += {4096: 0.1, 8192: 0.3}.get(fft, 0.0)
         value += 0.05 * (int(opts.get("--shifts", bundle.get("shifts", 1))) - 1)
