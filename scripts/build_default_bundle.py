@@ -20,48 +20,37 @@ Stages (each is skipped when its output exists and resumes when interrupted):
    the priors (half the context, or a quarter when that costs at most 0.1 dB: a new window
    re-reads fewer tokens), then the number of beams (10, or a wider beam when it gains at
    least ``BEAM_GAIN_DB`` on validation)
-6. ``latent``: ``lass-fit-latent`` (1 hour of training mixtures, seed 0, context 2) and
-   lambda for it on the same validation mixtures; the bundle takes the latent likelihood
-   instead of the counts when, at that lambda, its SDR (the tuned output, beams and
-   overlap) beats the counts' by at least ``LATENT_GAIN_DB`` on ``LATENT_CHECK_MIXTURES``
-   validation mixtures (12 proved too few to decide this)
-7. ``sampler``: on the same ``CHECK_MIXTURES`` validation mixtures, the beam search so far
+6. ``sampler``: on the same ``CHECK_MIXTURES`` validation mixtures, the beam search so far
    against the mean of ``SAMPLES`` posterior samples (ancestral sampling, ``SAMPLE_GRID``
    lambdas and temperatures; the stems are the mixture under the Wiener masks of the
    samples' mean magnitude; of the settings within ``SAMPLE_TIE_DB`` of the best, the
    first in the grid's order); sampling replaces the beams when it gains at least
    ``SAMPLER_GAIN_DB``
-8. ``mask``: the mask output's STFT size and EM iterations (``MASK_GRID``; see
+7. ``mask``: the mask output's STFT size and EM iterations (``MASK_GRID``; see
    :func:`lass.separator.soft_masks`) on the same validation mixtures, separated once with
    the bundle's settings; the best replaces the plain 2048-sample ratio masks when it gains
    at least ``MASK_GAIN_DB``
-9. ``shifts``: on the same validation mixtures, the sampled candidates spread over delayed
+8. ``shifts``: on the same validation mixtures, the sampled candidates spread over delayed
    copies of each mixture (``SHIFT_GRID``: copies x samples per copy, the same number of
    search rows and decodings as the bundle's samples; see
    :attr:`lass.separator.SeparationSettings.shifts`); of the settings within
    ``SHIFT_TIE_DB`` of the best, the one with the fewest copies (each copy is one more
    encoding and mixture token sequence), which replaces one copy when it gains at least
    ``SHIFT_GAIN_DB``
-10. ``evidence``: ``lass-fit-evidence`` (``EVIDENCE_HOURS`` of training mixtures, seed
+9. ``evidence``: ``lass-fit-evidence`` (``EVIDENCE_HOURS`` of training mixtures, seed
    ``EVIDENCE_SEED``, ``EVIDENCE_EPOCHS`` epochs): the token evidence model, the learned
    likelihood of each source's token from the mixture's encoder output; then, on the same
    validation mixtures with the bundle's settings, its weight and lambda (``EVIDENCE_GRID``,
    and weight 0: the counts alone); of the settings within ``EVIDENCE_TIE_DB`` of the best,
    the first, which the bundle takes when it gains at least ``EVIDENCE_GAIN_DB``
-11. ``small prior``: when the bundle samples (ancestral) with the token evidence, a
-   smaller prior (``SMALL_PRIOR``: layers, width, heads, key/value heads; seed 0) on the
-   same tokens, trained in the phases of ``SMALL_PRIOR_PHASES`` as the prior's are; then,
-   on the same validation mixtures with the bundle's settings, the bundle's prior
-   (``current``) against the small one at each ``SMALL_PRIOR_GRID`` temperature and
-   evidence weight. Of the small prior's settings within ``SMALL_PRIOR_TIE_DB`` of its
-   best, the first; the bundle takes it when it costs at most ``SMALL_PRIOR_TOLERANCE_DB``
-   against ``current`` (its search steps are faster)
-12. ``assemble``: the bundle in ``WORK/bundle`` (``bundle.json`` with every sha256);
+10. ``assemble``: the bundle in ``WORK/bundle`` (``bundle.json`` with every sha256);
    ``--install`` copies it to ``lass/bundles/default`` and prints the rows of
    ``checkpoints.md``.
 
 Commands run on the CPU unless ``--device cuda``; ``--threads`` sets CPU threads. The
 numbers of a build (times, validation bits, the lambda grid) go to ``WORK/build.json``.
+Alternatives measured and not taken (a latent likelihood, a smaller prior, ...) are in
+docs/default-bundle.md with their figures; the build makes only what the bundle ships.
 """
 
 from __future__ import annotations
@@ -95,11 +84,7 @@ TUNE_MIXTURES = 12
 BEAMS = 10
 WIDER_BEAMS = (20,)  # tried after the grid; kept when they gain BEAM_GAIN_DB or more
 BEAM_GAIN_DB = 0.2
-LATENT_HOURS, LATENT_SEED, LATENT_CONTEXT = 1.0, 0, 2
-LATENT_LAMBDAS = (0.2, 0.3, 0.5)
-LATENT_GAIN_DB = 0.2
-LATENT_CHECK_MIXTURES = 48  # the decision: best lambda against the counts on more mixtures
-CHECK_MIXTURES = LATENT_CHECK_MIXTURES
+CHECK_MIXTURES = 48  # validation mixtures of the sampler, mask, shifts and evidence stages
 SAMPLES = 10  # posterior samples whose masks (or decodings) are averaged
 SAMPLE_GRID = ((5.0, 1.0), (5.0, 1.5), (3.0, 1.5), (7.0, 1.5), (5.0, 2.0))  # (lambda, temperature)
 SAMPLER_GAIN_DB = 0.2
@@ -119,12 +104,6 @@ EVIDENCE_GRID = ((0.0, 5.0), (0.5, 5.0), (1.0, 5.0), (1.5, 5.0), (1.0, 3.0))  # 
 EVIDENCE_GAIN_DB = 0.2
 EVIDENCE_TIE_DB = 0.1
 EVIDENCE_KEYS = tuple(f"weight {w:g} lambda {lam:g}" for w, lam in EVIDENCE_GRID)
-SMALL_PRIOR = (2, 192, 3, 1)  # layers, width, heads, key/value heads
-SMALL_PRIOR_PHASES = (3000, 5000)  # as PRIOR_PHASES
-SMALL_PRIOR_GRID = ((1.5, 1.0), (1.25, 1.0), (2.0, 1.0), (1.5, 1.5))  # (temperature, weight)
-SMALL_PRIOR_TOLERANCE_DB = 0.05
-SMALL_PRIOR_TIE_DB = 0.1
-SMALL_PRIOR_KEYS = tuple(f"temperature {t:g} weight {w:g}" for t, w in SMALL_PRIOR_GRID)
 
 
 def _train_prior(codec: Path, data: Path, out: Path, phases: tuple[int, ...],
@@ -182,7 +161,6 @@ def _scorer(bundle: Path, data: Path, count: int = TUNE_MIXTURES
     on the first ``count`` validation mixtures (the tuning's are the first 12)."""
     from lass.sampling import BeamSearch
     from lass.separator import SeparationSettings, combine_candidates
-    from likelihood.latent import LatentLikelihood
 
     sep, mixtures, mixed_all, gain = _validation(bundle, data, count)
 
@@ -200,8 +178,7 @@ def _scorer(bundle: Path, data: Path, count: int = TUNE_MIXTURES
                                          gain * m.stems))
         out = {kind: float(np.mean(values)) for kind, values in sdr.items()}
         lik = sep.likelihood
-        what = ("latent" if isinstance(lik, LatentLikelihood) else
-                f"{lik.smoothing} {lik.alpha:g} min count {lik.min_count}")
+        what = f"{lik.smoothing} {lik.alpha:g} min count {lik.min_count}"
         print(f"{what}, lambda {lam}, overlap {overlap or 'half'}, {chosen}, {candidates} "
               f"candidates ({combine}): valid SDR decode {out['decode']:.2f} dB, mask "
               f"{out['mask']:.2f} dB", file=sys.stderr, flush=True)
@@ -263,39 +240,6 @@ def _tune_beams(bundle: Path, data: Path, log: dict[str, Any], log_path: Path) -
     return best
 
 
-def _tune_latent(bundle: Path, latent: Path, data: Path, log: dict[str, Any],
-                 log_path: Path) -> dict[str, Any]:
-    """Lambda of the latent likelihood on the tuning mixtures, and whether it replaces the
-    counts (logged under ``latent``)."""
-    from likelihood.latent import LatentLikelihood
-
-    tune = log["tune"]
-    sep, score = _scorer(bundle, data)  # the bundle with the tuned counts
-    sep.likelihood = LatentLikelihood.load(latent)
-    entry: dict[str, Any] = log.setdefault("latent", {})
-    grid: dict[str, dict[str, float]] = entry.setdefault("grid", {})
-    for lam in LATENT_LAMBDAS:
-        if f"{lam:g}" not in grid:
-            grid[f"{lam:g}"] = score(lam, tune["context_overlap"], tune["num_beams"])
-            log_path.write_text(json.dumps(log, indent=1) + "\n")
-    output = tune["output"]
-    best = max(grid, key=lambda lam: grid[lam][output])
-    # The decision, on more validation mixtures: the tuned counts against the latent model.
-    check: dict[str, dict[str, float]] = entry.setdefault("check", {})
-    sep, score = _scorer(bundle, data, LATENT_CHECK_MIXTURES)
-    counts_likelihood = sep.likelihood
-    for name, lam in (("counts", tune["lam"]), ("latent", float(best))):
-        if name not in check:
-            sep.likelihood = LatentLikelihood.load(latent) if name == "latent" \
-                else counts_likelihood
-            check[name] = score(lam, tune["context_overlap"], tune["num_beams"])
-            log_path.write_text(json.dumps(log, indent=1) + "\n")
-    entry.update(lam=float(best), check_mixtures=LATENT_CHECK_MIXTURES,
-                 counts_sdr=check["counts"][output], latent_sdr=check["latent"][output],
-                 use=check["latent"][output] >= check["counts"][output] + LATENT_GAIN_DB)
-    return entry
-
-
 def _tune_sampler(bundle: Path, data: Path, log: dict[str, Any], log_path: Path
                   ) -> dict[str, Any]:
     """The tuned beam search against the mean of ``SAMPLES`` posterior samples (ancestral,
@@ -307,9 +251,10 @@ def _tune_sampler(bundle: Path, data: Path, log: dict[str, Any], log_path: Path
     tune = log["tune"]
     entry: dict[str, Any] = log.setdefault("sampler", {})
     grid: dict[str, dict[str, float]] = entry.setdefault("grid", {})
-    check = log["latent"]["check"]  # the beams on the same mixtures, with the chosen likelihood
-    grid.setdefault("beam", check["latent" if log["latent"]["use"] else "counts"])
-    _sep, score = _scorer(bundle, data, CHECK_MIXTURES)  # the bundle with the chosen likelihood
+    _sep, score = _scorer(bundle, data, CHECK_MIXTURES)  # the bundle with the tuned counts
+    if "beam" not in grid:  # the tuned beam search on the same mixtures
+        grid["beam"] = score(tune["lam"], tune["context_overlap"], tune["num_beams"])
+        log_path.write_text(json.dumps(log, indent=1) + "\n")
     for key, (lam, temperature) in zip(SAMPLE_KEYS, SAMPLE_GRID, strict=True):
         if key not in grid:
             grid[key] = score(lam, tune["context_overlap"], sampler=Ancestral(temperature),
@@ -413,30 +358,6 @@ def _tune_evidence(bundle: Path, evidence: Path, data: Path, log: dict[str, Any]
     log_path.write_text(json.dumps(log, indent=1) + "\n")
 
 
-def _tune_small_prior(bundle: Path, small: Path, data: Path, log: dict[str, Any],
-                      log_path: Path) -> None:
-    """Stage 11: SDR on ``CHECK_MIXTURES`` validation mixtures of the bundle's settings with
-    its prior (``current``) and with the ``small`` prior at every ``SMALL_PRIOR_GRID``
-    temperature and evidence weight, and the choice (logged under ``small_prior``)."""
-    from lass.sampling import Ancestral
-    from priors import load_prior
-
-    def setup(sep: Any) -> None:
-        prior = load_prior(small)
-        prior.check_codebook(sep.codec.codebook_size, sep.codec.identity())
-        sep.priors = dict.fromkeys(sep.stems, prior)
-
-    _score_grid(bundle, data, log, log_path, "small_prior", {"current": {}})
-    grid = _score_grid(bundle, data, log, log_path, "small_prior", {
-        key: {"sampler": Ancestral(t), "evidence_weight": w}
-        for key, (t, w) in zip(SMALL_PRIOR_KEYS, SMALL_PRIOR_GRID, strict=True)}, setup)
-    best = _first_within(grid, SMALL_PRIOR_KEYS, SMALL_PRIOR_TIE_DB)
-    temperature, weight = SMALL_PRIOR_GRID[SMALL_PRIOR_KEYS.index(best)]
-    log["small_prior"].update(mixtures=CHECK_MIXTURES, temperature=temperature, weight=weight,
-                              use=grid[best] >= grid["current"] - SMALL_PRIOR_TOLERANCE_DB)
-    log_path.write_text(json.dumps(log, indent=1) + "\n")
-
-
 def _choose_sampler(log: dict[str, Any]) -> dict[str, Any]:
     """Stage 7's decision from its grid: of the ``SAMPLE_GRID`` settings within
     ``SAMPLE_TIE_DB`` of the best, the first (closer differences on 48 mixtures are noise,
@@ -501,7 +422,7 @@ def main() -> None:
     sampler: dict[str, Any] = {"kind": "beam", "num_beams": BEAMS, "lam": 3.0,
                                "output": "mask"}
     likelihood: dict[str, Any] = {"smoothing": "none", "alpha": 1.0, "min_count": 1}
-    extra: dict[str, Any] = {}  # the token evidence model, once stage 10 chose it
+    extra: dict[str, Any] = {}  # the token evidence model, once stage 9 chose it
 
     def assemble() -> None:
         write_bundle(bundle, name="default", description=DESCRIPTION, sample_rate=22050,
@@ -528,22 +449,6 @@ def main() -> None:
         log.setdefault("seconds", {})["tune-beams"] = round(time.perf_counter() - start, 1)
     sampler["num_beams"] = tune["num_beams"]
     assemble()
-    latent = work / "latent.npz"
-    if not latent.is_file():
-        run_stage(["lass-fit-latent", "--codec", str(codec / "model"), "--data", str(data),
-              "--sources", "drums", "bass", "--hours", str(LATENT_HOURS), "--seed",
-              str(LATENT_SEED), "--context", str(LATENT_CONTEXT), "--out", str(latent), *dev],
-             log, "latent-fit")
-    if "use" not in log.get("latent", {}):
-        start = time.perf_counter()
-        _tune_latent(bundle, latent, data, log, log_path)
-        log.setdefault("seconds", {})["tune-latent"] = round(time.perf_counter() - start, 1)
-    if log["latent"]["use"]:
-        (bundle / "likelihood.npz").unlink()
-        shutil.copy2(latent, bundle / "likelihood.npz")
-        likelihood = {"likelihood_kind": "latent"}
-        sampler["lam"] = log["latent"]["lam"]
-        assemble()
     done = log.get("sampler", {})
     if "use" not in done or any(k not in done["grid"] for k in SAMPLE_KEYS):  # a point added
         start = time.perf_counter()
@@ -576,42 +481,24 @@ def main() -> None:
         if log["shifts"]["use"]:
             sampler.update(shifts=log["shifts"]["shifts"], candidates=log["shifts"]["samples"])
             assemble()
-    if likelihood.get("likelihood_kind") != "latent":  # the evidence adds to counts
-        evidence = work / "evidence.npz"
-        if not evidence.is_file():
-            run_stage(["lass-fit-evidence", "--codec", str(codec / "model"), "--data", str(data),
-                  "--sources", "drums", "bass", "--hours", str(EVIDENCE_HOURS), "--seed",
-                  str(EVIDENCE_SEED), "--epochs", str(EVIDENCE_EPOCHS), "--out", str(evidence),
-                  *dev], log, "evidence-fit")
-        done = log.get("evidence", {})
-        if "use" not in done or any(k not in done["grid"] for k in EVIDENCE_KEYS):
-            start = time.perf_counter()
-            _tune_evidence(bundle, evidence, data, log, log_path)
-            log.setdefault("seconds", {})["tune-evidence"] = round(time.perf_counter() - start,
-                                                                   1)
-        if log["evidence"]["use"]:
-            shutil.copy2(evidence, bundle / "evidence.npz")
-            extra["evidence"] = "evidence.npz"
-            sampler.update(evidence_weight=log["evidence"]["weight"], lam=log["evidence"]["lam"])
-            assemble()
-    if sampler["kind"] == "ancestral" and "evidence" in extra:  # a smaller prior?
-        small = work / "prior-small"
-        layers, width, heads, kv_heads = SMALL_PRIOR
-        _train_prior(codec / "model", data, small, SMALL_PRIOR_PHASES,
-                     ["--layers", str(layers), "--width", str(width), "--heads", str(heads),
-                      "--kv-heads", str(kv_heads)], dev, log, "prior-small")
-        done = log.get("small_prior", {})
-        if "use" not in done or any(k not in done["grid"] for k in SMALL_PRIOR_KEYS):
-            start = time.perf_counter()
-            _tune_small_prior(bundle, small / "model", data, log, log_path)
-            log.setdefault("seconds", {})["tune-small-prior"] = round(
-                time.perf_counter() - start, 1)
-        if log["small_prior"]["use"]:
-            shutil.rmtree(bundle / "prior")
-            shutil.copytree(small / "model", bundle / "prior")
-            sampler.update(temperature=log["small_prior"]["temperature"],
-                           evidence_weight=log["small_prior"]["weight"])
-            assemble()
+    # the token evidence model, added to the counts
+    evidence = work / "evidence.npz"
+    if not evidence.is_file():
+        run_stage(["lass-fit-evidence", "--codec", str(codec / "model"), "--data", str(data),
+              "--sources", "drums", "bass", "--hours", str(EVIDENCE_HOURS), "--seed",
+              str(EVIDENCE_SEED), "--epochs", str(EVIDENCE_EPOCHS), "--out", str(evidence),
+              *dev], log, "evidence-fit")
+    done = log.get("evidence", {})
+    if "use" not in done or any(k not in done["grid"] for k in EVIDENCE_KEYS):
+        start = time.perf_counter()
+        _tune_evidence(bundle, evidence, data, log, log_path)
+        log.setdefault("seconds", {})["tune-evidence"] = round(time.perf_counter() - start,
+                                                               1)
+    if log["evidence"]["use"]:
+        shutil.copy2(evidence, bundle / "evidence.npz")
+        extra["evidence"] = "evidence.npz"
+        sampler.update(evidence_weight=log["evidence"]["weight"], lam=log["evidence"]["lam"])
+        assemble()
     log_path.write_text(json.dumps(log, indent=1) + "\n")
     files = sorted(f for f in bundle.rglob("*") if f.is_file())
     total = sum(f.stat().st_size for f in files)
