@@ -17,9 +17,12 @@ The likelihood entry may add ``"alpha"`` (the smoothing strength, default 1) and
 ``"min_count"`` (triples counted fewer times are dropped, default 1); with
 ``"smoothing": "factorised"`` it names the fitted model, ``"base": {"path": ...,
 "sha256": ...}`` (see :mod:`likelihood.factorised`). ``"kind": "latent"`` names a
-:class:`likelihood.latent.LatentLikelihood` file instead of counts (no smoothing); the sampler
-entry may add ``"context_overlap"`` and ``"prior_top"`` (see
-:class:`lass.separator.SeparationSettings`).
+:class:`likelihood.latent.LatentLikelihood` file instead of counts (no smoothing). The
+sampler entry holds the separation settings, every key of :data:`lass.settings.SCHEMA`
+(a key it lacks takes the toolkit's default).
+
+:func:`make_bundle` assembles a bundle from its parts after checking that they fit
+together; ``lass-make-bundle`` is its command line.
 
 Paths are relative to the bundle; a shared prior is listed under each stem (with an optional
 ``"class"`` index for a class-conditioned one). The sha256 of a directory is taken over its
@@ -32,7 +35,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -224,4 +227,131 @@ def write_bundle(root: str | os.PathLike[str], *, name: str, sample_rate: int,
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(json.dumps(entry, indent=1) + "\n", encoding="utf-8")
     os.replace(tmp, out)
+    return out
+
+
+def make_bundle(out: str | os.PathLike[str], *, codec: str | os.PathLike[str],
+                likelihood: str | os.PathLike[str],
+                priors: Mapping[str, str | os.PathLike[str]] | None = None,
+                shared_prior: str | os.PathLike[str] | None = None,
+                stems: Sequence[str] | None = None, latent: bool = False,
+                smoothing: str = "none", factorised: str | os.PathLike[str] | None = None,
+                alpha: float = 1.0, min_count: int = 1, mix: str = "mean",
+                name: str | None = None, description: str = "",
+                evidence: str | os.PathLike[str] | None = None,
+                settings: Any = None) -> Path:
+    """Put a codec, priors (one per stem, or one ``shared_prior`` for ``stems``), a
+    likelihood (counts, or with ``latent`` a ``lass-fit-latent`` model) and an optional token
+    evidence model together as a bundle in the new folder ``out`` (written beside it and
+    renamed into place), after checking that they fit together (codebook sizes, the codec
+    the priors, counts and evidence were made with, the prior's classes, the number of
+    sources); ``settings`` (:class:`lass.settings.SeparationSettings`) are its defaults.
+    A :class:`LassError` says what does not fit; nothing is left behind then."""
+    import shutil
+    import tempfile
+
+    from lass.data.audio import public_mode
+    from lass.separator import check_mask_settings, shift_offsets
+    from lass.settings import SeparationSettings, settings_to_bundle
+    from likelihood import load_counts
+    from likelihood.evidence import TokenEvidence
+    from likelihood.factorised import FactorisedLikelihood
+    from likelihood.latent import LatentLikelihood
+    from priors import load_prior
+    from vqvae import load_codec
+
+    out = Path(out)
+    settings = settings or SeparationSettings()
+    if out.exists():
+        raise LassError(f"{out} already exists; choose a new folder")
+    model = load_codec(codec)
+    identity = model.identity()
+    classes: dict[str, int] = {}
+    sources: dict[str, Path]
+    if shared_prior is not None:
+        if priors:
+            raise LassError("give either --prior STEM=DIR per stem or --shared-prior, not both")
+        prior = load_prior(shared_prior)
+        prior.check_codebook(model.codebook_size, identity)
+        names = prior.config.class_names
+        stems = tuple(stems or names)
+        if len(stems) < 2 or len(set(stems)) != len(stems):
+            raise LassError("--shared-prior needs --stems A B ... (two or more distinct "
+                            "stems, or a prior with as many classes)")
+        if names:
+            missing = [s for s in stems if s not in names]
+            if missing:
+                raise LassError(f"the shared prior has classes {', '.join(names)}; no class "
+                                f"for {', '.join(missing)}")
+            classes = {s: names.index(s) for s in stems}
+        sources = {"prior": Path(shared_prior)}
+        paths = {st: "prior" for st in stems}
+    else:
+        priors = dict(priors or {})
+        if len(priors) < 2:
+            raise LassError("give --prior STEM=DIR once for each stem (two or more)")
+        stems = tuple(priors)
+        for path in priors.values():
+            load_prior(path).check_codebook(model.codebook_size, identity)
+        sources = {f"prior-{stem}": Path(path) for stem, path in priors.items()}
+        paths = {stem: f"prior-{stem}" for stem in priors}
+    if latent:
+        if smoothing != "none" or factorised is not None or min_count > 1:
+            raise LassError("--smoothing, --factorised and --min-count apply to counts, not "
+                            "to a --latent likelihood")
+        LatentLikelihood.load(likelihood).check_codec(model.codebook_size, identity)
+    else:
+        counts = load_counts(likelihood)
+        if counts.n_sources != len(stems):
+            raise LassError(f"the counts are of {counts.n_sources} sources but {len(stems)} "
+                            "stems are named")
+        if counts.k != model.codebook_size:
+            raise LassError(f"the counts have K = {counts.k} but the codec has "
+                            f"{model.codebook_size} codes")
+        made_with = counts.meta.get("codec_identity")
+        if made_with and made_with != identity:
+            raise LassError("the counts were made with another codec (identity "
+                            f"{str(made_with)[:12]}, codec {identity[:12]})")
+        if (smoothing == "factorised") != (factorised is not None):
+            raise LassError("--smoothing factorised and --factorised FILE go together")
+        if factorised is not None:
+            FactorisedLikelihood.load(factorised).check_fits(counts)
+    check_mask_settings(settings.mask_fft, settings.mask_iterations)
+    shift_offsets(settings.shifts, model.hop_length)
+    if settings.evidence_weight > 0 and evidence is None:
+        raise LassError("--evidence-weight needs --evidence FILE")
+    if evidence is not None:
+        if latent:
+            raise LassError("--evidence adds to counts, not to a --latent likelihood")
+        tev = TokenEvidence.load(evidence)
+        tev.check_codec(model.codebook_size, model.embedding_dim, identity)
+        if tev.n_sources != len(stems):
+            raise LassError(f"the token evidence model predicts {tev.n_sources} sources but "
+                            f"{len(stems)} stems are named")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        shutil.copytree(codec, tmp / "codec")
+        for folder, src in sources.items():
+            shutil.copytree(src, tmp / folder)
+        shutil.copy2(likelihood, tmp / "likelihood.npz")
+        if factorised is not None:
+            shutil.copy2(factorised, tmp / "likelihood-factorised.npz")
+        if evidence is not None:
+            shutil.copy2(evidence, tmp / "evidence.npz")
+        write_bundle(tmp, name=name or out.name, sample_rate=model.sample_rate,
+                     stems=stems, mix=mix, codec="codec", priors=paths,
+                     likelihood="likelihood.npz", smoothing=smoothing,
+                     likelihood_kind="latent" if latent else "counts",
+                     alpha=alpha, min_count=min_count, prior_classes=classes or None,
+                     likelihood_base=("likelihood-factorised.npz" if factorised else None),
+                     evidence="evidence.npz" if evidence is not None else None,
+                     description=description,
+                     sampler=settings_to_bundle(settings))
+        for f in [tmp, *tmp.rglob("*")]:  # readable as any new file is, not 0600 / 0700
+            f.chmod(public_mode(directory=f.is_dir()))
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return out

@@ -24,30 +24,19 @@ with the counts at ``--evidence-weight``.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from lass.bundle import write_bundle
+from lass.bundle import make_bundle, read_bundle
 from lass.cli import run_cli
-from lass.data.audio import public_mode
 from lass.errors import LassError
-from lass.separator import check_mask_settings, shift_offsets
 from lass.settings import (
     SeparationSettings,
     add_setting_options,
     apply_options,
     given_options,
-    settings_to_bundle,
 )
-from likelihood import load_counts
-from likelihood.evidence import TokenEvidence
-from likelihood.factorised import FactorisedLikelihood
-from likelihood.latent import LatentLikelihood
-from priors import load_prior
-from vqvae import load_codec
 
 PROG = "lass-make-bundle"
 
@@ -88,104 +77,24 @@ def _parser() -> argparse.ArgumentParser:
 
 def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
-    out: Path = args.out
-    if out.exists():
-        raise LassError(f"{out} already exists; choose a new folder")
-    codec = load_codec(args.codec)
-    identity = codec.identity()
-    classes: dict[str, int] = {}
-    if args.shared_prior is not None:
-        if args.prior:
-            raise LassError("give either --prior STEM=DIR per stem or --shared-prior, not both")
-        prior = load_prior(args.shared_prior)
-        prior.check_codebook(codec.codebook_size, identity)
-        names = prior.config.class_names
-        stems = tuple(args.stems or names)
-        if len(stems) < 2 or len(set(stems)) != len(stems):
-            raise LassError("--shared-prior needs --stems A B ... (two or more distinct "
-                            "stems, or a prior with as many classes)")
-        if names:
-            missing = [s for s in stems if s not in names]
-            if missing:
-                raise LassError(f"the shared prior has classes {', '.join(names)}; no class "
-                                f"for {', '.join(missing)}")
-            classes = {s: names.index(s) for s in stems}
-        sources = {"prior": args.shared_prior}
-        paths = {st: "prior" for st in stems}
-    else:
-        pairs = [item.split("=", 1) for item in args.prior]
-        if len(pairs) < 2 or any(len(p) != 2 for p in pairs):
-            raise LassError("give --prior STEM=DIR once for each stem (two or more)")
-        stems = tuple(p[0] for p in pairs)
-        if len(set(stems)) != len(stems):
-            raise LassError("the --prior stems must differ")
-        for _, path in pairs:
-            load_prior(path).check_codebook(codec.codebook_size, identity)
-        sources = {f"prior-{stem}": Path(path) for stem, path in pairs}
-        paths = {stem: f"prior-{stem}" for stem, _ in pairs}
-    if args.latent:
-        if args.smoothing != "none" or args.factorised is not None or args.min_count > 1:
-            raise LassError("--smoothing, --factorised and --min-count apply to counts, not "
-                            "to a --latent likelihood")
-        LatentLikelihood.load(args.likelihood).check_codec(codec.codebook_size, identity)
-    else:
-        counts = load_counts(args.likelihood)
-        if counts.n_sources != len(stems):
-            raise LassError(f"the counts are of {counts.n_sources} sources but {len(stems)} "
-                            "stems are named")
-        if counts.k != codec.codebook_size:
-            raise LassError(f"the counts have K = {counts.k} but the codec has "
-                            f"{codec.codebook_size} codes")
-        made_with = counts.meta.get("codec_identity")
-        if made_with and made_with != identity:
-            raise LassError("the counts were made with another codec (identity "
-                            f"{str(made_with)[:12]}, codec {identity[:12]})")
-        if (args.smoothing == "factorised") != (args.factorised is not None):
-            raise LassError("--smoothing factorised and --factorised FILE go together")
-        if args.factorised is not None:
-            FactorisedLikelihood.load(args.factorised).check_fits(counts)
     given = given_options(args)
     if args.evidence is not None and "evidence_weight" not in given:
         given["evidence_weight"] = 1.0
     settings = apply_options(SeparationSettings(), given, "the default sampler")
-    check_mask_settings(settings.mask_fft, settings.mask_iterations)
-    shift_offsets(settings.shifts, codec.hop_length)
-    if settings.evidence_weight > 0 and args.evidence is None:
-        raise LassError("--evidence-weight needs --evidence FILE")
-    if args.evidence is not None:
-        if args.latent:
-            raise LassError("--evidence adds to counts, not to a --latent likelihood")
-        model = TokenEvidence.load(args.evidence)
-        model.check_codec(codec.codebook_size, codec.embedding_dim, identity)
-        if model.n_sources != len(stems):
-            raise LassError(f"the token evidence model predicts {model.n_sources} sources but "
-                            f"{len(stems)} stems are named")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        shutil.copytree(args.codec, tmp / "codec")
-        for name, src in sources.items():
-            shutil.copytree(src, tmp / name)
-        shutil.copy2(args.likelihood, tmp / "likelihood.npz")
-        if args.factorised is not None:
-            shutil.copy2(args.factorised, tmp / "likelihood-factorised.npz")
-        if args.evidence is not None:
-            shutil.copy2(args.evidence, tmp / "evidence.npz")
-        write_bundle(tmp, name=args.name or out.name, sample_rate=codec.sample_rate,
-                     stems=stems, mix=args.mix, codec="codec", priors=paths,
-                     likelihood="likelihood.npz", smoothing=args.smoothing,
-                     likelihood_kind="latent" if args.latent else "counts",
-                     alpha=args.alpha, min_count=args.min_count, prior_classes=classes or None,
-                     likelihood_base=("likelihood-factorised.npz" if args.factorised else None),
-                     evidence="evidence.npz" if args.evidence is not None else None,
-                     description=args.description,
-                     sampler=settings_to_bundle(settings))
-        for f in [tmp, *tmp.rglob("*")]:  # readable as any new file is, not 0600 / 0700
-            f.chmod(public_mode(directory=f.is_dir()))
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    priors: dict[str, str] = {}
+    for item in args.prior:
+        stem, sep, path = item.partition("=")
+        if not sep or not stem or not path:
+            raise LassError("give --prior STEM=DIR once for each stem (two or more)")
+        if stem in priors:
+            raise LassError("the --prior stems must differ")
+        priors[stem] = path
+    out = make_bundle(args.out, codec=args.codec, likelihood=args.likelihood, priors=priors,
+                      shared_prior=args.shared_prior, stems=args.stems, latent=args.latent,
+                      smoothing=args.smoothing, factorised=args.factorised, alpha=args.alpha,
+                      min_count=args.min_count, mix=args.mix, name=args.name,
+                      description=args.description, evidence=args.evidence, settings=settings)
+    stems = read_bundle(out, verify=False).stems
     print(f"wrote {out}: stems {', '.join(stems)}; lass-separate -m {out} mix.wav")
     return 0
 
