@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "Separator": "lass.separator",
+    "load_separator": "lass.separator",
     "SeparationSettings": "lass.separator",
     "SeparationResult": "lass.separator",
     "Greedy": "lass.sampling",

@@ -190,6 +190,67 @@ def read_bundle(name_or_path: str | os.PathLike[str] | None, verify: bool = True
         description=str(raw.get("description", "")))
 
 
+@dataclass(frozen=True)
+class LangevinBundleSpec:
+    """A parsed Langevin bundle (``"method": "langevin"``): one WaveNet prior per stem and
+    the annealing schedule's settings (see :class:`lass.langevin.LangevinSeparator`)."""
+
+    root: Path
+    name: str
+    sample_rate: int
+    stems: tuple[str, ...]
+    mix: str
+    priors: dict[str, Path]
+    langevin: dict[str, Any]
+    sha256: str
+    description: str = ""
+
+
+def bundle_method(name_or_path: str | os.PathLike[str] | None) -> str:
+    """How a bundle separates: ``"lass"`` or ``"langevin"`` (its ``method`` entry)."""
+    path = resolve_bundle(name_or_path) / BUNDLE_FILE
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise BundleError(f"cannot read {path}: {err}") from None
+    method = raw.get("method", "lass") if isinstance(raw, dict) else None
+    if method not in ("lass", "langevin"):
+        raise BundleError(f"{path}: unknown method {method!r}; expected lass or langevin")
+    return str(method)
+
+
+def read_langevin_bundle(name_or_path: str | os.PathLike[str] | None, verify: bool = True
+                         ) -> LangevinBundleSpec:
+    """Parse a Langevin bundle and (by default) check the sha256 of every prior."""
+    root = resolve_bundle(name_or_path)
+    path = root / BUNDLE_FILE
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        stems = tuple(str(s) for s in raw["stems"])
+        entries = {s: raw["priors"][s] for s in stems}
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise BundleError(f"cannot read {path}: {err}") from None
+    if raw.get("method") != "langevin":
+        raise BundleError(f"{path} is not a Langevin bundle (method "
+                          f"{raw.get('method', 'lass')!r})")
+    name = str(raw.get("name", root.name))
+    for what, value in (("name", name), *(("stem", st) for st in stems)):
+        if not SAFE_NAME.fullmatch(value):
+            raise BundleError(f"{path}: the bundle's {what} {value!r} is not a plain name")
+    if verify:
+        for stem, entry in entries.items():
+            if entry.get("sha256") and sha256_path(root / entry["path"]) != entry["sha256"]:
+                raise BundleError(f"{path}: the {stem} prior does not match its sha256")
+    rate = raw.get("sample_rate", 22050)
+    if isinstance(rate, bool) or not isinstance(rate, int) or rate <= 0:
+        raise BundleError(f"{path}: sample_rate must be a positive integer, not {rate!r}")
+    return LangevinBundleSpec(root=root, name=name, sample_rate=rate, stems=stems,
+                              mix=str(raw.get("mix", "mean")),
+                              priors={s: root / e["path"] for s, e in entries.items()},
+                              langevin=dict(raw.get("langevin", {})), sha256=sha256_path(path),
+                              description=str(raw.get("description", "")))
+
+
 def write_bundle(root: str | os.PathLike[str], *, name: str, sample_rate: int,
                  stems: Sequence[str], mix: str, codec: str, priors: dict[str, str],
                  likelihood: str, smoothing: str = "none", sampler: dict[str, Any] | None = None,

@@ -24,13 +24,11 @@ time))``; :meth:`priors.wavenet.WaveNetPrior.score` is one.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -193,37 +191,20 @@ class LangevinSeparator:
     def from_pretrained(cls, name_or_path: str | os.PathLike[str] | None,
                         device: str | torch.device = "cpu", verify: bool = True
                         ) -> LangevinSeparator:
-        from lass.bundle import BUNDLE_FILE, BundleError, resolve_bundle, sha256_path
+        from lass.bundle import read_langevin_bundle
         from priors.wavenet import load_wavenet
 
-        root = resolve_bundle(name_or_path)
-        path = root / BUNDLE_FILE
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-            stems = tuple(str(s) for s in raw["stems"])
-            entries = {s: raw["priors"][s] for s in stems}
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise BundleError(f"cannot read {path}: {err}") from None
-        if raw.get("method") != "langevin":
-            raise BundleError(f"{path} is not a Langevin bundle (method "
-                              f"{raw.get('method', 'lass')!r})")
-        priors = {}
-        for stem, entry in entries.items():
-            if verify and entry.get("sha256") and \
-                    sha256_path(root / entry["path"]) != entry["sha256"]:
-                raise BundleError(f"{path}: the {stem} prior does not match its sha256")
-            priors[stem] = load_wavenet(root / entry["path"], device=device)
+        spec = read_langevin_bundle(name_or_path, verify=verify)
+        priors = {stem: load_wavenet(path, device=device) for stem, path in spec.priors.items()}
         field = max(p.receptive_field for p in priors.values())
-        spec = SimpleNamespace(name=str(raw.get("name", root.name)), root=root,
-                               sha256=sha256_path(path))
-        return cls(priors, stems, int(raw.get("sample_rate", 22050)),
-                   str(raw.get("mix", "mean")),
-                   schedule_from_json(dict(raw.get("langevin", {})), field), spec)
+        return cls(priors, spec.stems, spec.sample_rate, spec.mix,
+                   schedule_from_json(spec.langevin, field), spec)
 
     def separate_detailed(self, wave: np.ndarray, sample_rate: int,
                           settings: Any = None) -> SeparationResult:
         """``wave: (time,)`` -> stems at ``sample_rate`` and length (see the class docstring)."""
-        from lass.separator import SeparationResult, _resample
+        from lass.data.audio import resample
+        from lass.separator import SeparationResult
 
         x = np.asarray(wave, dtype=np.float32)
         if x.ndim == 2:
@@ -231,14 +212,14 @@ class LangevinSeparator:
         if x.ndim != 1 or x.size == 0 or not np.all(np.isfinite(x)):
             raise LassError("expected a finite (time,) or (channels, time) waveform")
         t0 = time.perf_counter()
-        xs = _resample(x, sample_rate, self.sample_rate)
+        xs = resample(x, sample_rate, self.sample_rate)
         device = next(iter(self.priors.values())).device
         gen = torch.Generator(device=device).manual_seed(self.seed)
         est = langevin_separate(torch.from_numpy(xs)[None].to(device),
                                 [self.priors[s].score for s in self.stems], self.schedule,
                                 self.mix_rule, generator=gen)[0]
         gain = mix_gain(len(self.stems), self.mix_rule)
-        stems = {s: _resample(gain * est[i].cpu().numpy(), self.sample_rate, sample_rate,
+        stems = {s: resample(gain * est[i].cpu().numpy(), self.sample_rate, sample_rate,
                               x.shape[0]) for i, s in enumerate(self.stems)}
         return SeparationResult(stems=stems, sample_rate=sample_rate, tokens={},
                                 candidates=np.stack([stems[s] for s in self.stems])[None],

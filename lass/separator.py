@@ -28,13 +28,13 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-import soxr
 import torch
 
 from lass.bundle import BundleSpec, read_bundle
+from lass.data.audio import resample
 from lass.data.mixing import check_mix_rule, mix, mix_gain
 from lass.errors import LassError
 from lass.sampling import TokenSeparation, separate_tokens
@@ -51,6 +51,9 @@ from likelihood.evidence import TokenEvidence
 from likelihood.latent import LatentLikelihood
 from priors import Prior, TransformerPrior, load_prior
 from vqvae import Codec, load_codec
+
+if TYPE_CHECKING:
+    from lass.langevin import LangevinSeparator
 
 MAX_CHANNELS = 8  # a 2-D input with more rows than this has time first
 #: Inputs longer than two segments of this many seconds are decoded and masked segment by
@@ -90,16 +93,6 @@ class SeparationResult:
     fallback_steps: int
     timings: dict[str, float]
     shift: int = 0
-
-
-def _resample(wave: np.ndarray, src: int, dst: int, length: int | None = None) -> np.ndarray:
-    out = wave if src == dst else soxr.resample(wave, src, dst, quality="HQ")
-    out = np.asarray(out, dtype=np.float32)
-    if length is not None:
-        fixed = np.zeros(length, dtype=np.float32)
-        fixed[: min(length, out.shape[0])] = out[:length]
-        out = fixed
-    return out
 
 
 def shift_offsets(shifts: int, hop: int) -> list[int]:
@@ -239,6 +232,36 @@ def combine_candidates(mixture: np.ndarray, candidates: np.ndarray, combine: str
     :func:`choose_candidates` picks, through :func:`output_stems`."""
     used = candidates[choose_candidates(mixture, candidates, combine, rerank_top)]
     return output_stems(mixture, used, output, mask_fft, mask_iterations)
+
+
+class SeparatesAudio(Protocol):
+    """What every separator offers (LASS's :class:`Separator`, and
+    :class:`lass.langevin.LangevinSeparator`): its stems, its working rate, the bundle it came
+    from, and ``separate_detailed``, the step the commands call."""
+
+    stems: tuple[str, ...]
+    bundle: Any
+
+    @property
+    def sample_rate(self) -> int:
+        """The rate the separator works at (inputs at other rates are resampled)."""
+
+    def separate_detailed(self, wave: np.ndarray, sample_rate: int,
+                          settings: Any = None) -> SeparationResult:
+        """Separate one ``(time,)`` or ``(channels, time)`` input into its stems."""
+
+
+def load_separator(name_or_path: str | os.PathLike[str] | None = None,
+                   device: str | torch.device = "cpu", verify: bool = True
+                   ) -> Separator | LangevinSeparator:
+    """The separator a bundle describes: :class:`Separator` for a LASS bundle,
+    :class:`lass.langevin.LangevinSeparator` for a Langevin one (its ``method`` entry)."""
+    from lass.bundle import bundle_method
+    from lass.langevin import LangevinSeparator
+
+    if bundle_method(name_or_path) == "langevin":
+        return LangevinSeparator.from_pretrained(name_or_path, device=device, verify=verify)
+    return Separator.from_pretrained(name_or_path, device=device, verify=verify)
 
 
 class Separator:
@@ -475,7 +498,7 @@ class Separator:
         checked = [self._channels(w) for w in waves]
         inputs = [c.mean(axis=0) for c, _ in checked]
         t0 = time.perf_counter()
-        resampled = [_resample(x, sample_rate, self.codec.sample_rate) for x in inputs]
+        resampled = [resample(x, sample_rate, self.codec.sample_rate) for x in inputs]
         resample = (time.perf_counter() - t0) / max(1, len(inputs))
         groups: dict[int, list[int]] = {}
         for i, xc in enumerate(resampled):
@@ -571,7 +594,7 @@ class Separator:
             """N ``(C, length)`` decodings of the copies at the codec's rate, delayed by
             ``delays: (C,)`` -> ``(C, N, time)`` at the input's rate."""
             dec = gain * torch.stack(list(decoded), 1).detach().cpu().numpy()
-            return np.stack([[_resample(c[d: d + n], codec_rate, sample_rate, x.shape[0])
+            return np.stack([[resample(c[d: d + n], codec_rate, sample_rate, x.shape[0])
                               for c in one] for one, d in zip(dec, delays, strict=True)])
 
         length = n + offsets[-1]
@@ -664,7 +687,7 @@ class Separator:
                     dec = self._decode(c[torch.from_numpy(rows)][:, a:b], (b - a) * hop)
                     part = gain * dec.cpu().numpy()[:, lo_c + d - a * hop: hi_c + d - a * hop]
                     for r, one in zip(rows, part, strict=True):
-                        out[int(np.nonzero(which == r)[0][0]), k] = _resample(
+                        out[int(np.nonzero(which == r)[0][0]), k] = resample(
                             one, codec_rate, sample_rate, hi - lo)
             return out
 

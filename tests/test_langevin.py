@@ -137,6 +137,19 @@ def test_lass_separate_method_langevin_with_a_wavenet_bundle(tmp_path, capsys):
     info = json.loads((out / "wn" / "mix" / "separation.json").read_text())
     assert info["settings"]["method"] == "langevin"
     assert info["settings"]["name"] == "basis"
+    # the bundle says how it separates: no --method needed, a contrary one is refused
+    from lass import Separator, load_separator
+    from lass.langevin import LangevinSeparator
+
+    assert isinstance(load_separator(root), LangevinSeparator)
+    assert isinstance(load_separator("toy"), Separator)
+    assert separate_main([str(tmp_path / "mix.wav"), "-m", str(root), "-o",
+                          str(tmp_path / "out2")]) == 0
+    assert (tmp_path / "out2" / "wn" / "mix" / "drums.wav").is_file()
+    capsys.readouterr()
+    assert separate_main([str(tmp_path / "mix.wav"), "-m", str(root), "--method", "lass",
+                          "-o", str(tmp_path / "out3")]) == 1
+    assert "--method lass: the bundle separates with langevin" in capsys.readouterr().err
     # a LASS bundle asked to run Langevin, and a tampered prior: one error line each
     (root / "drums" / "config.json").write_text("{}")
     capsys.readouterr()

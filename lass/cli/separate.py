@@ -31,6 +31,7 @@ import soundfile as sf
 from tqdm import tqdm
 
 from lass import __version__
+from lass.bundle import bundle_method
 from lass.cli import EXIT_ERROR, run_cli
 from lass.cli.common import resolve_device
 from lass.data.audio import read_any, rms_db
@@ -113,9 +114,9 @@ def _parser() -> argparse.ArgumentParser:
                              "defaults to the bundle's setting")
     add_setting_options(r)
     r.add_argument("--no-verify", action="store_true", help="skip the bundle's sha256 checks")
-    r.add_argument("--method", choices=["lass", "langevin"], default="lass",
-                   help="langevin: annealed Langevin with a bundle of WaveNet priors "
-                        "(default: lass)")
+    r.add_argument("--method", choices=["lass", "langevin"], default=None,
+                   help="lass, or langevin (annealed Langevin with a bundle of WaveNet "
+                        "priors); default: the bundle's")
     return p
 
 
@@ -278,7 +279,10 @@ def _main(argv: Sequence[str] | None) -> int:
         raise DataError("--batch must be at least 1")
     t0 = time.perf_counter()
     separator: Separator | LangevinSeparator
-    if args.method == "langevin":
+    method = bundle_method(args.model)
+    if args.method is not None and args.method != method:
+        raise LassError(f"--method {args.method}: the bundle separates with {method}")
+    if method == "langevin":
         separator = LangevinSeparator.from_pretrained(args.model, device=device,
                                                       verify=not args.no_verify)
         settings: SeparationSettings | None = None

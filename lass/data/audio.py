@@ -208,3 +208,17 @@ def rms_db(audio: np.ndarray) -> float:
     """Root-mean-square level in dB relative to full scale (``-inf`` for digital silence)."""
     power = float(np.mean(np.square(audio, dtype=np.float64))) if audio.size else 0.0
     return 10.0 * math.log10(power) if power > 0 else -math.inf
+
+
+def resample(wave: np.ndarray, src: int, dst: int, length: int | None = None) -> np.ndarray:
+    """``(time,)`` float32 at ``src`` Hz -> ``dst`` Hz (soxr, high quality), cut or padded
+    with zeros to ``length`` samples when given."""
+    import soxr
+
+    out = wave if src == dst else soxr.resample(wave, src, dst, quality="HQ")
+    out = np.asarray(out, dtype=np.float32)
+    if length is not None:
+        fixed = np.zeros(length, dtype=np.float32)
+        fixed[: min(length, out.shape[0])] = out[:length]
+        out = fixed
+    return out
