@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from lass.bundle import BundleSpec, read_bundle
-from lass.data.audio import resample
+from lass.data.audio import resample as resample_to
 from lass.data.mixing import check_mix_rule, mix, mix_gain
 from lass.errors import LassError
 from lass.sampling import TokenSeparation, separate_tokens
@@ -498,8 +498,8 @@ class Separator:
         checked = [self._channels(w) for w in waves]
         inputs = [c.mean(axis=0) for c, _ in checked]
         t0 = time.perf_counter()
-        resampled = [resample(x, sample_rate, self.codec.sample_rate) for x in inputs]
-        resample = (time.perf_counter() - t0) / max(1, len(inputs))
+        resampled = [resample_to(x, sample_rate, self.codec.sample_rate) for x in inputs]
+        resample_seconds = (time.perf_counter() - t0) / max(1, len(inputs))
         groups: dict[int, list[int]] = {}
         for i, xc in enumerate(resampled):
             groups.setdefault(xc.shape[0], []).append(i)
@@ -518,7 +518,7 @@ class Separator:
                                          [checked[i] for i in members], report)
             done += seconds
             for i, r in zip(members, group, strict=True):
-                r.timings["encode"] += resample
+                r.timings["encode"] += resample_seconds
                 results[i] = r
         return [results[i] for i in range(len(inputs))]
 
@@ -594,7 +594,7 @@ class Separator:
             """N ``(C, length)`` decodings of the copies at the codec's rate, delayed by
             ``delays: (C,)`` -> ``(C, N, time)`` at the input's rate."""
             dec = gain * torch.stack(list(decoded), 1).detach().cpu().numpy()
-            return np.stack([[resample(c[d: d + n], codec_rate, sample_rate, x.shape[0])
+            return np.stack([[resample_to(c[d: d + n], codec_rate, sample_rate, x.shape[0])
                               for c in one] for one, d in zip(dec, delays, strict=True)])
 
         length = n + offsets[-1]
@@ -687,7 +687,7 @@ class Separator:
                     dec = self._decode(c[torch.from_numpy(rows)][:, a:b], (b - a) * hop)
                     part = gain * dec.cpu().numpy()[:, lo_c + d - a * hop: hi_c + d - a * hop]
                     for r, one in zip(rows, part, strict=True):
-                        out[int(np.nonzero(which == r)[0][0]), k] = resample(
+                        out[int(np.nonzero(which == r)[0][0]), k] = resample_to(
                             one, codec_rate, sample_rate, hi - lo)
             return out
 

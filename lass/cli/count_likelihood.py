@@ -19,23 +19,17 @@ every order (for a shared prior; ``--n-sources`` sets N). Progress is checkpoint
 from __future__ import annotations
 
 import argparse
-import math
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
-from tqdm import tqdm
 
 from lass.cli import run_cli
 from lass.cli.common import dataset_mix_rule, resolve_device
-from lass.data import StemDataset, chunk_samples, find_tracks, mix
+from lass.counting import MixturePlan, count_likelihood  # noqa: F401  (MixturePlan: re-exported)
 from lass.errors import DataError
-from likelihood import Counts, TupleCounter, load_counts, save_counts
-from likelihood.counting import CounterState, matrix_to_keys
+from likelihood import load_counts
 from vqvae import Codec, load_codec
 
 PROG = "lass-count-likelihood"
@@ -95,117 +89,21 @@ def print_stats(path: Path) -> None:
           f"{meta.get('shards', [meta.get('shard')])}")
 
 
-class MixturePlan:
-    """Mixture ``n`` as a pure function of ``(seed, n)``."""
-
-    def __init__(self, pools: list[StemDataset], symmetric: bool, gain_db: tuple[float, float],
-                 rule: str, seed: int, n_sources: int = 2) -> None:
-        self.pools, self.symmetric, self.gain_db = pools, symmetric, gain_db
-        self.rule, self.seed = rule, seed
-        self.n_sources = n_sources if symmetric else len(pools)
-
-    def sources(self, n: int) -> torch.Tensor:
-        """``(N, time)``: the N gained sources of mixture ``n``."""
-        rng = np.random.default_rng([self.seed, n])
-        count = self.n_sources
-        if self.symmetric:
-            picks = [self.pools[int(rng.integers(len(self.pools)))] for _ in range(count)]
-        else:
-            picks = self.pools
-        waves = [pool.random_kept_chunk(rng).audio[0] for pool in picks]
-        gains = 10 ** (rng.uniform(*self.gain_db, size=count) / 20)
-        return torch.stack([w * float(g) for w, g in zip(waves, gains, strict=True)])
-
-
 def _count(args: argparse.Namespace) -> int:
     for name in ("codec", "data", "out"):
         if getattr(args, name) is None:
             raise DataError(f"--{name} is required (or use --stats FILE)")
-    shard_i, shard_n = _shard(args.shard)
+    shard = _shard(args.shard)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    if not args.symmetric and len(args.sources) < 2:
-        raise DataError("--sources needs at least two stems (or --symmetric for one pool)")
-    if len(set(args.sources)) != len(args.sources):
-        raise DataError("--sources names a stem twice")
-    n_sources = int(args.n_sources) if args.symmetric else len(args.sources)
-    if n_sources < 2:
-        raise DataError("--n-sources must be at least 2")
     codec: Codec = load_codec(args.codec, device=device)
-    rule = dataset_mix_rule(args.data, args.mix)
-    chunk = chunk_samples(args.chunk_seconds, codec.sample_rate)
-    tracks = find_tracks(args.data, args.split, args.sources, args.layout)
-    pools = [StemDataset(tracks, sample_rate=codec.sample_rate, chunk=chunk, stems=[s],
-                         shuffle=False) for s in args.sources]
-    plan = MixturePlan(pools, args.symmetric, tuple(args.gain_db), rule, args.seed, n_sources)
-    total = max(1, math.ceil(args.hours * 3600 / args.chunk_seconds))
-    mine = list(range(shard_i, total, shard_n))
-    config: dict[str, Any] = {
-        "k": codec.codebook_size, "codec_identity": codec.identity(), "mix": rule,
-        "symmetric": bool(args.symmetric), "sources": list(args.sources),
-        **({"n_sources": n_sources} if n_sources != 2 else {}),
-        "data": {"root": str(args.data.resolve()), "split": args.split, "layout": args.layout,
-                 "tracks": len(tracks)},
-        "chunk_seconds": args.chunk_seconds, "gain_db": list(args.gain_db), "seed": args.seed,
-        "hours": args.hours, "shard": args.shard}
-    partial = args.out.with_name(args.out.name + ".partial.npz")
-    counter, done = TupleCounter(codec.codebook_size, symmetric=args.symmetric, n=n_sources), 0
-    if partial.is_file():
-        saved = load_counts(partial)
-        if saved.meta.get("config") == config:
-            keys, counts = matrix_to_keys(saved.matrix)
-            counter = TupleCounter.from_state(CounterState(
-                codec.codebook_size, bool(args.symmetric), keys, counts,
-                int(saved.meta["triples"]), n_sources))
-            done = int(saved.meta["done"])
-            print(f"{PROG}: resuming at mixture {done} of {len(mine)}", file=sys.stderr)
-
-    def checkpoint(path: Path, finished: bool) -> None:
-        meta = {**config, "triples": counter.triples, "mixtures": done,
-                "seconds": done * args.chunk_seconds}
-        if not finished:
-            meta = {"config": config, "done": done, **meta}
-        save_counts(path, Counts(counter.matrix(), meta))
-
-    bar = tqdm(total=len(mine), initial=done, desc="counting", unit="mix", file=sys.stderr,
-               dynamic_ncols=True)
-    count_seconds, start, last_save = 0.0, time.perf_counter(), time.perf_counter()
-    triples_before = counter.triples
-    try:
-        while done < len(mine):
-            batch = mine[done: done + args.batch]
-            sources = torch.stack([plan.sources(n) for n in batch])  # (b, N, time)
-            mixture = mix(sources, rule, dim=1)
-            with torch.no_grad():
-                codes = codec.encode(torch.cat([mixture, *sources.unbind(1)]).to(
-                    codec.device)).cpu().numpy()
-            b = len(batch)
-            t0 = time.perf_counter()
-            counter.add(codes[:b], *(codes[(s + 1) * b: (s + 2) * b] for s in range(n_sources)))
-            count_seconds += time.perf_counter() - t0
-            done += b
-            bar.update(b)
-            new = counter.triples - triples_before
-            wall = time.perf_counter() - start
-            bar.set_postfix_str(f"{new / wall / 1e3:.0f}k tuples/s overall, counting "
-                                f"{new / max(count_seconds, 1e-9) / 1e6:.0f}M/s")
-            if time.perf_counter() - last_save > args.checkpoint_seconds and done < len(mine):
-                checkpoint(partial, finished=False)
-                last_save = time.perf_counter()
-    finally:
-        bar.close()
-    t0 = time.perf_counter()
-    counter.flush()
-    count_seconds += time.perf_counter() - t0
-    checkpoint(args.out, finished=True)
-    partial.unlink(missing_ok=True)
-    new = counter.triples - triples_before
-    entries = "triples" if n_sources == 2 else f"{n_sources + 1}-tuples"
-    print(f"wrote {args.out}: {counter.triples:,} {entries} from {done} mixtures; this run "
-          f"counted {new:,} in {count_seconds:.2f} s of counting "
-          f"({new / max(count_seconds, 1e-9) / 1e6:.1f}M/s) and "
-          f"{time.perf_counter() - start:.1f} s in all")
+    count_likelihood(codec, args.data, args.sources, args.out,
+                     rule=dataset_mix_rule(args.data, args.mix), split=args.split,
+                     layout=args.layout, hours=args.hours, chunk_seconds=args.chunk_seconds,
+                     gain_db=tuple(args.gain_db), seed=args.seed, shard=shard,
+                     batch=args.batch, symmetric=args.symmetric, n_sources=args.n_sources,
+                     checkpoint_seconds=args.checkpoint_seconds, log_prefix=PROG)
     return 0
 
 

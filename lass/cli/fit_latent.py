@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from lass.cli import run_cli
 from lass.cli.common import dataset_mix_rule, resolve_device
-from lass.cli.count_likelihood import MixturePlan
+from lass.counting import MixturePlan
 from lass.data import StemDataset, chunk_samples, find_tracks, mix
 from lass.errors import DataError
 from likelihood.latent import fit_latent
