@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -101,10 +100,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _main_wavenet(args: argparse.Namespace, device: str) -> int:
     """Train a noise-conditioned WaveNet on raw samples of one stem."""
-    import math
-
     from lass.data import StemDataset
     from priors.wavenet import WaveNetConfig, WaveNetPrior, load_wavenet
+    from priors.wavenet_train import WaveNetTrainConfig, train_wavenet
 
     if len(args.stem) != 1:
         raise DataError("--kind wavenet models one stem: give one --stem")
@@ -124,70 +122,25 @@ def _main_wavenet(args: argparse.Namespace, device: str) -> int:
         net = WaveNetPrior(WaveNetConfig(
             stacks=args.stacks, layers=args.dilated_layers, residual=args.residual,
             gate=args.gate, skip=args.skip, class_name=stem)).to(device)
-    cfg = net.config
-    length = args.samples + cfg.receptive_field
-    rate = cfg.sample_rate
+    length = args.samples + net.config.receptive_field
 
     def data(split: str) -> StemDataset:
-        return StemDataset(find_tracks(args.data, split, [stem], args.layout), sample_rate=rate,
-                           chunk=length, stems=[stem])
+        return StemDataset(find_tracks(args.data, split, [stem], args.layout),
+                           sample_rate=net.config.sample_rate, chunk=length, stems=[stem])
 
     train, valid = data("train"), data("valid")
-    opt = torch.optim.Adam(net.parameters(), lr=args.lr)
-    step = 0
-    if state is not None:
-        opt.load_state_dict(state["optimizer"])
-        step = int(state["step"])
-    lo, hi = (math.log(v / 128) for v in args.sigma_bins)
     vrng = np.random.default_rng([args.seed, 1 << 20])
     vbatch = torch.stack([valid.random_kept_chunk(vrng).audio[0]
-                          for _ in range(min(args.valid_windows, 16))]).to(device)
-    vsigma = torch.exp(torch.linspace(lo, hi, vbatch.shape[0], device=device))
-    params = sum(x.numel() for x in net.parameters())
-    print(f"{PROG}: WaveNet {params / 1e6:.2f}M parameters, receptive field "
-          f"{cfg.receptive_field}, {stem}, device {device}", file=sys.stderr)
-    log = out / "log.jsonl"
-    out.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=args.steps, initial=step, desc="training", unit="step", file=sys.stderr,
-               dynamic_ncols=True)
-    valid_nats = float("nan")
-    try:
-        while step < args.steps:
-            rng = np.random.default_rng([args.seed, step])
-            clean = torch.stack([train.random_kept_chunk(rng).audio[0]
-                                 for _ in range(args.batch)]).to(device)
-            sigma = torch.exp(torch.from_numpy(rng.uniform(lo, hi, args.batch)).float()
-                              ).to(device)
-            gen = torch.Generator(device=device).manual_seed(args.seed * 1_000_003 + step)
-            net.train()
-            loss = net.loss(clean, sigma, cfg.receptive_field, gen)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-            opt.step()
-            step += 1
-            bar.update(1)
-            bar.set_postfix(nats=f"{float(loss):.3f}")
-            if step % 10 == 0 or step == args.steps:
-                append_jsonl(log, {"kind": "train", "step": step, "nats": float(loss)})
-            if step % args.valid_every == 0 or step == args.steps:
-                net.eval()
-                with torch.no_grad():
-                    vgen = torch.Generator(device=device).manual_seed(args.seed)
-                    valid_nats = float(net.loss(vbatch, vsigma, cfg.receptive_field, vgen))
-                append_jsonl(log, {"kind": "valid", "step": step, "nats": valid_nats})
-                bar.write(f"step {step}: valid {valid_nats:.3f} nats/sample")
-            if step % args.checkpoint_every == 0 or step == args.steps:
-                net.eval().save(out / "model")
-                tmp = out / ".trainer.pt.tmp"
-                torch.save({"optimizer": opt.state_dict(), "step": step}, tmp)
-                os.replace(tmp, out / "trainer.pt")
-    finally:
-        bar.close()
-    summary = {"kind": "wavenet", "step": step, "valid_nats_per_sample": round(valid_nats, 4),
-               "parameters": params, "receptive_field": cfg.receptive_field, "stem": stem}
-    write_text_atomic(out / "summary.json", json.dumps(summary, indent=1) + "\n")
-    print(f"saved {out / 'model'}: valid {valid_nats:.3f} nats/sample")
+                          for _ in range(min(args.valid_windows, 16))])
+
+    def draw(rng: np.random.Generator, count: int) -> torch.Tensor:
+        return torch.stack([train.random_kept_chunk(rng).audio[0] for _ in range(count)])
+
+    summary = train_wavenet(net, draw, vbatch, out, WaveNetTrainConfig(
+        steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
+        sigma_bins=(args.sigma_bins[0], args.sigma_bins[1]), valid_every=args.valid_every,
+        checkpoint_every=args.checkpoint_every), state, log_prefix=PROG)
+    print(f"saved {out / 'model'}: valid {summary['valid_nats_per_sample']:.3f} nats/sample")
     return 0
 
 

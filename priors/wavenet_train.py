@@ -1,0 +1,113 @@
+"""Training a noise-conditioned WaveNet prior (:class:`priors.wavenet.WaveNetPrior`) on raw
+samples of one source, resumably.
+
+The data come from a callable, ``draw(rng, count) -> (count, time)`` clean chunks, so this
+module needs no data-set code: ``lass-train-prior --kind wavenet`` passes chunks of a stem
+data set. Each step draws its batch and noise levels from ``numpy.random.default_rng([seed,
+step])``, so a resumed run continues exactly as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from priors.wavenet import WaveNetPrior
+
+Draw = Callable[[np.random.Generator, int], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class WaveNetTrainConfig:
+    """Steps, batch, learning rate, seed, the log-uniform range of noise levels (in
+    quantisation bins of 1/128), and how often to validate and checkpoint."""
+
+    steps: int = 10000
+    batch: int = 4
+    lr: float = 1e-3
+    seed: int = 0
+    sigma_bins: tuple[float, float] = (0.1, 175.9)
+    valid_every: int = 500
+    checkpoint_every: int = 250
+
+
+def _append(path: Path, record: dict[str, Any]) -> None:
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def train_wavenet(net: WaveNetPrior, draw: Draw, valid: torch.Tensor, out: Path,
+                  cfg: WaveNetTrainConfig, state: dict[str, Any] | None = None,
+                  log_prefix: str = "train") -> dict[str, Any]:
+    """Train ``net`` on chunks from ``draw`` (each ``(count, samples + receptive field)``),
+    validating on the fixed ``valid (count, time)`` chunks at fixed noise levels; checkpoints
+    go to ``out/model`` and ``out/trainer.pt`` (``state``: a loaded ``trainer.pt`` to resume),
+    the log to ``out/log.jsonl``. Returns the run's summary (also written to
+    ``out/summary.json``)."""
+    device = next(net.parameters()).device
+    field = net.config.receptive_field
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    step = 0
+    if state is not None:
+        opt.load_state_dict(state["optimizer"])
+        step = int(state["step"])
+    lo, hi = (math.log(v / 128) for v in cfg.sigma_bins)
+    valid = valid.to(device)
+    vsigma = torch.exp(torch.linspace(lo, hi, valid.shape[0], device=device))
+    params = sum(x.numel() for x in net.parameters())
+    print(f"{log_prefix}: WaveNet {params / 1e6:.2f}M parameters, receptive field {field}, "
+          f"{net.config.class_name}, device {device}", file=sys.stderr)
+    log = out / "log.jsonl"
+    out.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=cfg.steps, initial=step, desc="training", unit="step", file=sys.stderr,
+               dynamic_ncols=True)
+    valid_nats = float("nan")
+    try:
+        while step < cfg.steps:
+            rng = np.random.default_rng([cfg.seed, step])
+            clean = draw(rng, cfg.batch).to(device)
+            sigma = torch.exp(torch.from_numpy(rng.uniform(lo, hi, cfg.batch)).float()
+                              ).to(device)
+            gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step)
+            net.train()
+            loss = net.loss(clean, sigma, field, gen)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            opt.step()
+            step += 1
+            bar.update(1)
+            bar.set_postfix(nats=f"{float(loss):.3f}")
+            if step % 10 == 0 or step == cfg.steps:
+                _append(log, {"kind": "train", "step": step, "nats": float(loss)})
+            if step % cfg.valid_every == 0 or step == cfg.steps:
+                net.eval()
+                with torch.no_grad():
+                    vgen = torch.Generator(device=device).manual_seed(cfg.seed)
+                    valid_nats = float(net.loss(valid, vsigma, field, vgen))
+                _append(log, {"kind": "valid", "step": step, "nats": valid_nats})
+                bar.write(f"step {step}: valid {valid_nats:.3f} nats/sample")
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                net.eval().save(out / "model")
+                tmp = out / ".trainer.pt.tmp"
+                torch.save({"optimizer": opt.state_dict(), "step": step}, tmp)
+                os.replace(tmp, out / "trainer.pt")
+    finally:
+        bar.close()
+    summary = {"kind": "wavenet", "step": step, "valid_nats_per_sample": round(valid_nats, 4),
+               "parameters": params, "receptive_field": field,
+               "stem": net.config.class_name}
+    tmp = out / ".summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, out / "summary.json")
+    return summary
