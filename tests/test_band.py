@@ -222,6 +222,7 @@ def test_band_set_splits_stems_and_held_out_timbres(band_set):
     assert not seen["rest"] & set(config.held_out)
 
 
+@pytest.mark.slow  # over 10 s on 2 cores
 def test_band_set_resumes_to_identical_files(band_set, tmp_path):
     config, out, _ = band_set
     again = tmp_path / "again"

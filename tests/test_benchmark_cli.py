@@ -3,6 +3,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile as sf
 
 from tests.bundles import SR, make_debug_bundle, sources
@@ -21,6 +22,7 @@ def _script():
     return module
 
 
+@pytest.mark.slow  # over 10 s on 2 cores
 def test_cli_benchmark_runs_both_checkouts_and_compares_their_stems(tmp_path, capsys):
     """The CLI benchmark runs ``lass-separate`` in fresh processes for this checkout and a
     baseline (here the same checkout), reads each run's timings and reports the same stems

@@ -116,6 +116,7 @@ def test_losses_on_known_cases():
     assert perplexity(torch.tensor([0, 1, 2, 3]), 8) == pytest.approx(4.0)
 
 
+@pytest.mark.slow  # over 10 s on 2 cores
 def test_training_steps_improve_reconstruction():
     model = tiny(codebook_size=64)
     trainer = CodecTrainer(model, TrainConfig(steps=150, lr=3e-3, warmup=5, spec_weight=0.01))

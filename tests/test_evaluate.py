@@ -26,6 +26,7 @@ def test_metrics_on_known_cases():
                                atol=0.3)  # for mono signals v4 SDR is about plain SNR
 
 
+@pytest.mark.slow  # over 10 s on 2 cores
 def test_evaluate_command_writes_a_resumable_table(tmp_path, capsys):
     bundle = make_debug_bundle(tmp_path / "bundle", context=32)
     src = sources(3, 2 * SR, seed=9).numpy()

@@ -96,6 +96,7 @@ def common(data: Path, out: Path) -> list[str]:
             "--checkpoint-every", "2", "--threads", "1"]
 
 
+@pytest.mark.slow  # over 10 s on 2 cores
 def test_train_resumes_exactly_and_evaluates(tmp_path):
     data = make_set(tmp_path / "data")
     proc = run(*common(data, tmp_path / "a"), "--steps", "2")

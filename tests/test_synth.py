@@ -191,6 +191,7 @@ def test_small_set_is_aligned_non_silent_and_split(small_set):
     assert not (names["valid"] & names["test"])
 
 
+@pytest.mark.slow  # over 10 s on 2 cores
 def test_same_seed_gives_identical_files_and_resume_completes(small_set, tmp_path):
     again = tmp_path / "again"
     proc = run_cli("synth-drums-bass", "--hours", "0.05", "--seed", "1", "--out", str(again),
@@ -208,6 +209,7 @@ def test_same_seed_gives_identical_files_and_resume_completes(small_set, tmp_pat
     assert read_tree(again) == reference
 
 
+@pytest.mark.slow  # over 10 s on 2 cores
 def test_cli_errors_are_one_line(tmp_path, small_set):
     proc = run_cli("synth-drums-bass", "--hours", "-1", "--out", str(tmp_path / "x"))
     assert proc.returncode == 1

@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from lass.data import folder_tracks
@@ -61,6 +62,7 @@ def common(data: Path, codec: Path, out: Path) -> list[str]:
             "--threads", "1"]
 
 
+@pytest.mark.slow  # over 10 s on 2 cores
 def test_train_prior_command(tmp_path):
     data = make_set(tmp_path / "data")
     make_codec(tmp_path / "codec")
@@ -104,6 +106,7 @@ def first_run(tmp_path: Path, stem: str, steps: int) -> tuple[Path, Path]:
     return data, out
 
 
+@pytest.mark.slow  # over 10 s on 2 cores
 def test_init_starts_from_saved_weights(tmp_path):
     data, first = first_run(tmp_path, "drums", 4)
     # the architecture options are read from --init: other --width and --layers are ignored
@@ -160,6 +163,7 @@ def test_init_starts_from_saved_weights(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow  # over 10 s on 2 cores
 def test_prior_of_another_codec_is_refused(tmp_path):
     data, out = first_run(tmp_path, "bass", 2)
     torch.manual_seed(1)
@@ -173,6 +177,7 @@ def test_prior_of_another_codec_is_refused(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow  # over 10 s on 2 cores
 def test_init_on_a_fine_tuned_codec_takes_its_identity(tmp_path):
     """A prior of one codec may start a run on another codec of the same size (the first
     fine-tuned): it is said, and the new prior records the new codec."""
@@ -208,6 +213,7 @@ WAVENET_RUN = ("--samples", "256", "--batch", "2", "--valid-every", "2",
                "--checkpoint-every", "2", "--threads", "1")
 
 
+@pytest.mark.slow  # over 10 s on 2 cores
 def test_train_wavenet_prior_and_resume(tmp_path):
     from priors.wavenet import load_wavenet
 
@@ -229,6 +235,7 @@ def test_train_wavenet_prior_and_resume(tmp_path):
     assert 0 < summary["valid_nats_per_sample"] < 10
 
 
+@pytest.mark.slow  # over 10 s on 2 cores
 def test_wavenet_init_starts_from_saved_weights(tmp_path):
     from priors.wavenet import load_wavenet
 

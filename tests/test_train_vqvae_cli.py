@@ -34,6 +34,7 @@ def train(data: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[str
                           capture_output=True, text=True, check=False)
 
 
+@pytest.mark.slow  # over 10 s on 2 cores
 def test_train_resume_and_outputs(tmp_path):
     data = make_set(tmp_path / "data")
     out = tmp_path / "run"
@@ -62,6 +63,7 @@ def test_train_resume_and_outputs(tmp_path):
     assert a.identity() == b.identity()
 
 
+@pytest.mark.slow  # over 10 s on 2 cores
 def test_init_fine_tunes_a_saved_codec(tmp_path):
     data = make_set(tmp_path / "data")
     first = tmp_path / "first"
