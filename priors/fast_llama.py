@@ -38,8 +38,8 @@ computation from the model's own weights with
   (:func:`scripted_step`): the same operations and results, bit for bit, without Python's
   cost per operation; where it does not compile, the function runs in Python.
 - for float32 on a CPU with one key/value head, that step as one C++ operator
-  (:mod:`priors.native`, :data:`NATIVE_STEP`): the products on oneDNN's batch-reduce GEMM
-  kernel where it runs (:data:`BRGEMM_PRODUCTS`), the attention and everything else in
+  (:mod:`priors.native`, ``StepOptions.native_step``): the products on oneDNN's batch-reduce
+  GEMM kernel where it runs (``StepOptions.brgemm_products``), the attention and everything else in
   loops, each family's longer shared past (:attr:`KVBuffer.family_shared`) read from its
   prefix; equal to :func:`token_step` up to float rounding. The same library copies the
   rows a reorder moves (``copy_rows``).
@@ -74,22 +74,34 @@ from torch import nn
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
-# Whether steppers on a CPU use oneDNN's linear with weights packed once per stepper for the
-# per-token products (when :func:`packed_products_work`); False: plain ``torch.mm``.
-PACKED_PRODUCTS = True
-# A multi-token feed into an empty buffer whose families' rows begin with at least this many
-# equal tokens computes that common start once per family (:meth:`LlamaStepper.forward`).
-SHARED_FEED_MIN = 16
-# Whether a stepper's per-token step runs compiled by TorchScript (:func:`scripted_step`,
-# where it compiles); False: the same function in Python.
-SCRIPTED_STEP = True
-# Whether a stepper's per-token step runs as the C++ operator of :mod:`priors.native` where
-# that applies (float32 on a CPU, one key/value head) and builds; False: :data:`SCRIPTED_STEP`.
-NATIVE_STEP = True
-# Whether the C++ step's products by the weights run on oneDNN's batch-reduce GEMM kernel
-# (at::native::cpublas::brgemm, where it works here) on plain weights; False: as
-# :data:`PACKED_PRODUCTS` says.
-BRGEMM_PRODUCTS = True
+
+
+@dataclass(frozen=True)
+class StepOptions:
+    """Which fast paths a :class:`LlamaStepper` takes (each falls back where it does not
+    apply or does not work here; every path gives the same log-probabilities within the
+    tolerances the tests check).
+
+    Attributes:
+        packed_products: on a CPU, the per-token products on oneDNN's linear with the
+            weights packed once per stepper (where :func:`packed_products_work`); False:
+            plain ``torch.mm``.
+        shared_feed_min: a multi-token feed into an empty buffer whose families' rows begin
+            with at least this many equal tokens computes that common start once per family.
+        scripted_step: the per-token step compiled by TorchScript (:func:`scripted_step`,
+            where it compiles); False: the same function in Python.
+        native_step: the per-token step as the C++ operator of :mod:`priors.native` where
+            that applies (float32 on a CPU, one key/value head) and builds; False: as
+            ``scripted_step`` says.
+        brgemm_products: the C++ step's products on oneDNN's batch-reduce GEMM kernel (where
+            it works here) on plain weights; False: as ``packed_products`` says.
+    """
+
+    packed_products: bool = True
+    shared_feed_min: int = 16
+    scripted_step: bool = True
+    native_step: bool = True
+    brgemm_products: bool = True
 
 
 @functools.cache
@@ -598,7 +610,9 @@ class KVBuffer:
 class LlamaStepper:
     """The incremental forward of one Llama network (see the module docstring)."""
 
-    def __init__(self, model: nn.Module, vocab: int, capacity: int) -> None:
+    def __init__(self, model: nn.Module, vocab: int, capacity: int,
+                 options: StepOptions | None = None) -> None:
+        self.options = options or StepOptions()
         net: Any = model  # a LlamaForCausalLM (see :func:`supports`)
         cfg, inner = net.config, net.model
         self.heads = int(cfg.num_attention_heads)
@@ -641,7 +655,8 @@ class LlamaStepper:
             # The same products with oneDNN's packed weights, where that works (per token).
             self.packed: list[tuple[torch.Tensor, ...]] | None = None
             self.packed_head: torch.Tensor | None = None
-            if PACKED_PRODUCTS and packed_products_work(self.head.dtype, self.head.device.type):
+            if self.options.packed_products and packed_products_work(self.head.dtype,
+                                                                     self.head.device.type):
                 pack = torch.ops.mkldnn._reorder_linear_weight
                 self.packed = [tuple(pack(w.t().contiguous()) for w in layer)
                                for layer in self.layers]
@@ -668,7 +683,7 @@ class LlamaStepper:
         # products: 0 torch.mm, 1 oneDNN's packed linear, 2 its batch-reduce GEMM kernel
         self._products = 0 if self.packed is None else 1
         self._native_head = self._head()
-        if self._native() is not None and BRGEMM_PRODUCTS and _brgemm_works():
+        if self._native() is not None and self.options.brgemm_products and _brgemm_works():
             self._products = 2
             self._flat_weights = [w.contiguous() for layer in self.layers for w in layer]
             self._native_head = self.head.contiguous()
@@ -712,7 +727,7 @@ class LlamaStepper:
         cache.unshare()  # (several new positions per row: each row's whole past in place)
         # (the last position runs per row even where the rows agree on all of them)
         common = min(cache.common_start(ids), n - 1) if start == 0 else 0
-        if common >= SHARED_FEED_MIN:
+        if common >= self.options.shared_feed_min:
             # The families' common start once per family, into the shared prefix; then each
             # row's own positions, attending to its family's prefix and to its own past.
             fam, prefix = cache.share, cache.family_prefix()
@@ -770,10 +785,11 @@ class LlamaStepper:
 
     def _native(self) -> Any:
         """The C++ step (:func:`priors.native.native_step`) where it applies: float32 on a
-        CPU, one key/value head, :data:`NATIVE_STEP` on, and it builds here; else None.
+        CPU, one key/value head, ``options.native_step`` on, and it builds here; else None.
         The stepper's constructor asks for it once, so that loading (or building) it is
         part of loading the prior, not of the first search."""
-        if not (NATIVE_STEP and self.kv_heads == 1 and self.embed.dtype == torch.float32
+        if not (self.options.native_step and self.kv_heads == 1
+                and self.embed.dtype == torch.float32
                 and self.embed.device.type == "cpu"):
             return None
         from priors.native import native_step
@@ -815,7 +831,7 @@ class LlamaStepper:
             cache.length = pos + 1
             return logits
         packed = self.packed is not None
-        step = scripted_step() if SCRIPTED_STEP else None
+        step = scripted_step() if self.options.scripted_step else None
         logits = (step or token_step)(
             F.embedding(ids, self.embed), self.packed if packed else self.layers,  # type: ignore[arg-type]
             self._head(), views, prefix, self.rotation[pos], pos, lo, cache.share, self.heads,

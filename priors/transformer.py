@@ -132,6 +132,9 @@ class TransformerPrior(Prior):
         self.fast_decoding = True
         # The last stepper made and what it was made from (see :meth:`_stepper`).
         self._stepper_of: tuple[tuple[Any, ...], fast_llama.LlamaStepper] | None = None
+        #: The fast paths of the incremental stepper (:class:`priors.fast_llama.StepOptions`);
+        #: assign another to switch one off (the stepper is made again).
+        self.step_options = fast_llama.StepOptions()
 
     # -- sizes ----------------------------------------------------------------------------
 
@@ -210,16 +213,16 @@ class TransformerPrior(Prior):
     def _stepper(self) -> fast_llama.LlamaStepper:
         """The stepper of the model's weights as they are now: made again only when a weight
         changed (another tensor, or one written in place) or
-        :data:`priors.fast_llama.PACKED_PRODUCTS` or ``BRGEMM_PRODUCTS`` did, not at every
+        :attr:`step_options` did, not at every
         :meth:`start` (each context window of a search starts one; making it folds and packs
         the weights)."""
-        made_of = (fast_llama.PACKED_PRODUCTS, fast_llama.BRGEMM_PRODUCTS, self.vocab_size,
+        made_of = (self.step_options, self.vocab_size,
                    self.context_length,
                    *((p.data_ptr(), p._version, p.dtype, p.device)
                      for p in self.model.parameters()))
         if self._stepper_of is None or self._stepper_of[0] != made_of:
             stepper = fast_llama.LlamaStepper(self.model, self.vocab_size,
-                                              self.context_length + 1)
+                                              self.context_length + 1, self.step_options)
             self._stepper_of = (made_of, stepper)
         return self._stepper_of[1]
 

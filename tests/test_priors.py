@@ -1,6 +1,7 @@
 import copy
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -142,7 +143,7 @@ def test_packed_products_equal_plain_products(monkeypatch, dtype):
              torch.randint(0, K, (rows,), generator=gen)) for _ in range(12)]
     runs, packed = [], []
     for flag in (True, False):
-        monkeypatch.setattr(fast_llama, "PACKED_PRODUCTS", flag)
+        prior.step_options = fast_llama.StepOptions(packed_products=flag)
         state = prior.start(rows, share=rows)
         packed.append(state.cache.stepper.packed is not None)
         runs.append(replay(prior, state, codes, plan, every=2))
@@ -205,7 +206,6 @@ def test_prime_of_families_with_a_common_start_equals_unshared(kv_heads):
     same tokens within every family, runs that common start once per family into the shared
     past; the log-probs of the feed and of the steps and reorders after it equal those of
     rows that each hold their whole past, and of the ``transformers`` path."""
-    import priors.fast_llama as fast_llama
 
     prior = TransformerPrior(TransformerPriorConfig(
         vocab_size=K, context_length=60, class_names=("a", "b"), width=32, layers=2, heads=4,
@@ -239,7 +239,7 @@ def test_prime_of_families_with_a_common_start_equals_unshared(kv_heads):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
     # A common start shorter than the threshold: every row on its own.
     prior.fast_decoding = True
-    short = window[:, common - fast_llama.SHARED_FEED_MIN + 2:]  # 1 + 14 common tokens
+    short = window[:, common - prior.step_options.shared_feed_min + 2:]  # 1 + 14 common
     _, state = prior.prime(short, prior.start(rows, classes, fam))
     assert state.cache.buffer.shared == 0
     # Rows equal within their family all along: all but the last position are shared.
@@ -256,8 +256,9 @@ def step_on_and_off(monkeypatch, module, getter: str, flag: str, prior: Transfor
                     share: int, seed: int):
     """Replay one plan on 2 families of 4 rows (classes 0 and 1): a prime, then 30 reorders
     to parents among rows 0 and 1 of each family, with steps (every third with the parents'
-    tokens, so that rows with equal pasts come), once with ``fast_llama.<flag>`` on and once
-    off, counting the calls of the step ``module.<getter>()`` gives (the step the flag
+    tokens, so that rows with equal pasts come), once with ``flag`` on and once
+    off (``flag``: a field of the prior's :class:`StepOptions`, the others as the prior
+    has them), counting the calls of the step ``module.<getter>()`` gives (the step the flag
     switches; asking for it without calling it, as a stepper's constructor does, is not
     counted).
 
@@ -265,7 +266,6 @@ def step_on_and_off(monkeypatch, module, getter: str, flag: str, prior: Transfor
     the buffer's shared positions (of its slowest family, and of its fastest) and its
     computed rows (where equal pasts are followed).
     """
-    from priors import fast_llama
 
     gen = torch.Generator().manual_seed(seed)
     fam, families = 4, 2
@@ -277,6 +277,7 @@ def step_on_and_off(monkeypatch, module, getter: str, flag: str, prior: Transfor
              torch.randint(0, K, (rows,), generator=gen)) for _ in range(30)]
     calls = []
     step = getattr(module, getter)()
+    base_options = prior.step_options
 
     def run(*args: object) -> object:
         calls.append(1)
@@ -297,9 +298,10 @@ def step_on_and_off(monkeypatch, module, getter: str, flag: str, prior: Transfor
 
     runs = []
     for on in (True, False):
-        monkeypatch.setattr(fast_llama, flag, on)
+        prior.step_options = replace(base_options, **{flag: on})
         runs.append(replay(prior, prior.start(rows, classes, share=share), codes, plan,
                            every=3, watch=watch))
+    prior.step_options = base_options
     return runs, len(calls), len(plan), shared, unique
 
 
@@ -321,10 +323,10 @@ def test_scripted_step_equals_the_python_step(monkeypatch, dtype, kv_heads):
     from priors import fast_llama
 
     assert fast_llama.scripted_step() is not None  # it compiles here
-    monkeypatch.setattr(fast_llama, "NATIVE_STEP", False)  # (which would run instead)
+    prior = step_prior(kv_heads, dtype)
+    prior.step_options = fast_llama.StepOptions(native_step=False)  # (which would run instead)
     runs, calls, steps, shared, unique = step_on_and_off(
-        monkeypatch, fast_llama, "scripted_step", "SCRIPTED_STEP", step_prior(kv_heads, dtype),
-        share=4, seed=5)
+        monkeypatch, fast_llama, "scripted_step", "scripted_step", prior, share=4, seed=5)
     assert calls == steps  # the compiled step ran every step with the flag on
     assert max(least for least, _ in shared) > 0  # a shared past came
     assert min(unique) <= 4  # and rows with equal pasts
@@ -352,12 +354,12 @@ def test_native_step_equals_the_python_step(monkeypatch, products, share, width,
     assert native.native_step() is not None, native.native_error()  # it builds here
     if products == "brgemm" and not fast_llama._brgemm_works():
         pytest.skip("no batch-reduce GEMM kernel here")
-    monkeypatch.setattr(fast_llama, "PACKED_PRODUCTS", products == "packed")
-    monkeypatch.setattr(fast_llama, "BRGEMM_PRODUCTS", products == "brgemm")
-    monkeypatch.setattr(fast_llama, "SCRIPTED_STEP", False)
     prior = step_prior(1, width=width, heads=heads)
+    prior.step_options = fast_llama.StepOptions(packed_products=products == "packed",
+                                                brgemm_products=products == "brgemm",
+                                                scripted_step=False)
     runs, calls, steps, shared, unique = step_on_and_off(
-        monkeypatch, native, "native_step", "NATIVE_STEP", prior, share=share, seed=6)
+        monkeypatch, native, "native_step", "native_step", prior, share=share, seed=6)
     assert calls == steps  # the native step ran every step with the flag on
     assert prior._stepper()._products == {"mm": 0, "packed": 1, "brgemm": 2}[products]
     if share:

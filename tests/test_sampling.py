@@ -457,9 +457,9 @@ def test_beam_windows_with_a_shared_first_feed_give_the_same_search(monkeypatch)
         start_shared(self, shared)
 
     monkeypatch.setattr(fast_llama.KVBuffer, "start_shared", noted)
-    runs, least_shared = [], fast_llama.SHARED_FEED_MIN
+    runs, least_shared = [], fast_llama.StepOptions().shared_feed_min
     for least in (least_shared, 10 ** 9):
-        monkeypatch.setattr(fast_llama, "SHARED_FEED_MIN", least)
+        prior.step_options = fast_llama.StepOptions(shared_feed_min=least)
         runs.append(separate_tokens(mix, [prior, prior], lik, BeamSearch(4), classes=cls,
                                     context_overlap=24))
     assert shared_starts  # some windows shared their start
