@@ -49,7 +49,7 @@ import torch
 from likelihood import CountLikelihood
 from likelihood.latent import LatentLikelihood
 from priors import Prior, PriorState
-from priors.fast_llama import host_index
+from priors.llama import host_index
 
 
 @dataclass(frozen=True)

@@ -4,11 +4,11 @@ The network is a stock causal LM (Llama-style by default: RoPE, RMSNorm, SwiGLU;
 available) whose vocabulary is the K codec tokens, one unconditional start token (id K) and
 one start token per class (ids K+1 ...). Incremental decoding uses the library's
 ``DynamicCache`` and its ``reorder_cache`` for beams; attention is the library's. A Llama
-network in eval mode decodes instead with :class:`priors.fast_llama.LlamaStepper` (the same
+network in eval mode decodes instead with :class:`priors.llama.LlamaStepper` (the same
 computation from the same weights with a preallocated key/value buffer and fused
 projections; ``fast_decoding = False`` restores the library path). Saved with
 ``save_pretrained`` (safetensors) plus ``prior.json``; loaded offline. :func:`load_prior`
-builds a saved Llama as :class:`priors.fast_llama.TorchLlama` by default, without importing
+builds a saved Llama as :class:`priors.llama.TorchLlama` by default, without importing
 ``transformers`` at all; training loads the library's model (``backend="transformers"``),
 and :meth:`TransformerPrior.with_transformers` converts.
 """
@@ -26,7 +26,7 @@ import torch.nn.functional as F  # noqa: N812
 from safetensors import SafetensorError
 from torch import nn
 
-from priors import fast_llama
+from priors import llama
 from priors.errors import PriorError
 from priors.prior import Prior, PriorState, write_dir_atomically
 
@@ -101,10 +101,10 @@ def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class _FastCache:
-    """The state of :class:`priors.fast_llama.LlamaStepper` decoding."""
+    """The state of :class:`priors.llama.LlamaStepper` decoding."""
 
-    stepper: fast_llama.LlamaStepper
-    buffer: fast_llama.KVBuffer
+    stepper: llama.LlamaStepper
+    buffer: llama.KVBuffer
 
 
 class TransformerPrior(Prior):
@@ -131,10 +131,10 @@ class TransformerPrior(Prior):
         self.model = model
         self.fast_decoding = True
         # The last stepper made and what it was made from (see :meth:`_stepper`).
-        self._stepper_of: tuple[tuple[Any, ...], fast_llama.LlamaStepper] | None = None
-        #: The fast paths of the incremental stepper (:class:`priors.fast_llama.StepOptions`);
+        self._stepper_of: tuple[tuple[Any, ...], llama.LlamaStepper] | None = None
+        #: The fast paths of the incremental stepper (:class:`priors.llama.StepOptions`);
         #: assign another to switch one off (the stepper is made again).
-        self.step_options = fast_llama.StepOptions()
+        self.step_options = llama.StepOptions()
 
     # -- sizes ----------------------------------------------------------------------------
 
@@ -189,7 +189,7 @@ class TransformerPrior(Prior):
         if batch < 1:
             raise PriorError("batch must be >= 1")
         cache: Any
-        torch_only = isinstance(self.model, fast_llama.TorchLlama)
+        torch_only = isinstance(self.model, llama.TorchLlama)
         if torch_only and not self.fast_decoding:
             raise PriorError("this prior was loaded without transformers; its library path "
                              "needs with_transformers()")
@@ -210,7 +210,7 @@ class TransformerPrior(Prior):
         state["_stepper_of"] = None
         return state
 
-    def _stepper(self) -> fast_llama.LlamaStepper:
+    def _stepper(self) -> llama.LlamaStepper:
         """The stepper of the model's weights as they are now: made again only when a weight
         changed (another tensor, or one written in place) or
         :attr:`step_options` did, not at every
@@ -221,15 +221,15 @@ class TransformerPrior(Prior):
                    *((p.data_ptr(), p._version, p.dtype, p.device)
                      for p in self.model.parameters()))
         if self._stepper_of is None or self._stepper_of[0] != made_of:
-            stepper = fast_llama.LlamaStepper(self.model, self.vocab_size,
+            stepper = llama.LlamaStepper(self.model, self.vocab_size,
                                               self.context_length + 1, self.step_options)
             self._stepper_of = (made_of, stepper)
         return self._stepper_of[1]
 
     def _uses_stepper(self) -> bool:
         """Whether :meth:`start` decodes with the lean stepper (else the library's cache)."""
-        return isinstance(self.model, fast_llama.TorchLlama) or (
-            self.fast_decoding and not self.training and fast_llama.supports(self.model))
+        return isinstance(self.model, llama.TorchLlama) or (
+            self.fast_decoding and not self.training and llama.supports(self.model))
 
     def prepare(self) -> None:
         """Make the incremental stepper now, if the searches will use one (folding and
@@ -275,7 +275,7 @@ class TransformerPrior(Prior):
 
     def reorder(self, state: PriorState, index: torch.Tensor) -> PriorState:
         index = torch.as_tensor(index, device=self.device).long().reshape(-1)
-        host = fast_llama.host_index(index)  # one small copy; the checks and bookkeeping
+        host = llama.host_index(index)  # one small copy; the checks and bookkeeping
         lo, hi = (int(host.min()), int(host.max())) if host.size else (0, 0)
         if lo < 0 or hi >= state.batch:
             raise PriorError(f"reorder index out of range for a batch of {state.batch}")
@@ -306,7 +306,7 @@ class TransformerPrior(Prior):
     def with_transformers(self) -> TransformerPrior:
         """This prior on the ``transformers`` network (the same weights, on the same device),
         e.g. to train it or to run the library's decoding; itself if it is on it already."""
-        if not isinstance(self.model, fast_llama.TorchLlama):
+        if not isinstance(self.model, llama.TorchLlama):
             return self
         twin = TransformerPrior(self.config)
         twin.model.load_state_dict(self.model.state_dict(), strict=True)
@@ -360,7 +360,7 @@ def load_prior(path: str | os.PathLike[str], device: str | torch.device = "cpu",
                backend: str = "auto") -> TransformerPrior:
     """Load a prior saved with :meth:`TransformerPrior.save` (offline), in eval mode.
 
-    ``backend``: ``torch`` builds a Llama network as :class:`priors.fast_llama.TorchLlama`
+    ``backend``: ``torch`` builds a Llama network as :class:`priors.llama.TorchLlama`
     without importing ``transformers`` (separation needs nothing else); ``transformers``
     builds the library's model (training); ``auto`` takes ``torch`` where it computes the
     network (Llama, SiLU, no biases, default rotary embedding) and ``transformers``
@@ -394,8 +394,8 @@ def load_prior(path: str | os.PathLike[str], device: str | torch.device = "cpu",
     model: Any = None
     if config.arch == "llama" and backend != "transformers":
         try:
-            model = fast_llama.TorchLlama.from_pretrained(root, device)
-        except fast_llama.UnsupportedConfigError as err:
+            model = llama.TorchLlama.from_pretrained(root, device)
+        except llama.UnsupportedConfigError as err:
             if backend == "torch":
                 raise _load_error(root, err) from None
         except _LOAD_ERRORS as err:

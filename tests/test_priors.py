@@ -131,10 +131,10 @@ def test_packed_products_equal_plain_products(monkeypatch, dtype):
     """oneDNN's packed weights (float32 on a CPU, where they run) give the log-probs of the
     plain products through a prime, steps, beam reorders and rows with equal pasts; float64
     keeps the plain products."""
-    from priors import fast_llama
+    from priors import llama
 
     if dtype == torch.float32 and torch.backends.mkldnn.is_available():
-        assert fast_llama.packed_products_work(torch.float32, "cpu")
+        assert llama.packed_products_work(torch.float32, "cpu")
     prior = tiny(kv_heads=1, context=30).to(dtype)
     gen = torch.Generator().manual_seed(3)
     rows = 6
@@ -143,12 +143,12 @@ def test_packed_products_equal_plain_products(monkeypatch, dtype):
              torch.randint(0, K, (rows,), generator=gen)) for _ in range(12)]
     runs, packed = [], []
     for flag in (True, False):
-        prior.step_options = fast_llama.StepOptions(packed_products=flag)
+        prior.step_options = llama.StepOptions(packed_products=flag)
         state = prior.start(rows, share=rows)
         packed.append(state.cache.stepper.packed is not None)
         runs.append(replay(prior, state, codes, plan, every=2))
     assert packed == [dtype == torch.float32
-                      and fast_llama.packed_products_work(torch.float32, "cpu"), False]
+                      and llama.packed_products_work(torch.float32, "cpu"), False]
     for a, b in zip(*runs, strict=True):
         assert a.dtype == dtype
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
@@ -320,13 +320,14 @@ def test_scripted_step_equals_the_python_step(monkeypatch, dtype, kv_heads):
     bit, through a prime, beams that coalesce (a shared past), rows with equal pasts
     (computed once) and reorders; float32 with oneDNN's packed products, float64 with the
     plain ones."""
-    from priors import fast_llama
+    from priors import llama
+    from priors.llama import stepper as stepper_module
 
-    assert fast_llama.scripted_step() is not None  # it compiles here
+    assert llama.scripted_step() is not None  # it compiles here
     prior = step_prior(kv_heads, dtype)
-    prior.step_options = fast_llama.StepOptions(native_step=False)  # (which would run instead)
+    prior.step_options = llama.StepOptions(native_step=False)  # (which would run instead)
     runs, calls, steps, shared, unique = step_on_and_off(
-        monkeypatch, fast_llama, "scripted_step", "scripted_step", prior, share=4, seed=5)
+        monkeypatch, stepper_module, "scripted_step", "scripted_step", prior, share=4, seed=5)
     assert calls == steps  # the compiled step ran every step with the flag on
     assert max(least for least, _ in shared) > 0  # a shared past came
     assert min(unique) <= 4  # and rows with equal pasts
@@ -347,15 +348,16 @@ def test_native_step_equals_the_python_step(monkeypatch, products, share, width,
     has it) and in plain loops (width 8, or 3 heads); it runs at every step."""
     import shutil
 
-    from priors import fast_llama, native
+    from priors import llama, native
+    from priors.llama import kernels
 
     if shutil.which("c++") is None and shutil.which("g++") is None:
         pytest.skip("no C++ compiler here")
     assert native.native_step() is not None, native.native_error()  # it builds here
-    if products == "brgemm" and not fast_llama._brgemm_works():
+    if products == "brgemm" and not kernels._brgemm_works():
         pytest.skip("no batch-reduce GEMM kernel here")
     prior = step_prior(1, width=width, heads=heads)
-    prior.step_options = fast_llama.StepOptions(packed_products=products == "packed",
+    prior.step_options = llama.StepOptions(packed_products=products == "packed",
                                                 brgemm_products=products == "brgemm",
                                                 scripted_step=False)
     runs, calls, steps, shared, unique = step_on_and_off(
@@ -415,15 +417,16 @@ def test_reorders_copy_the_rows_they_move(monkeypatch, index):
     copies; rows that swap, whose sources are overwritten, always take that way)."""
     import shutil
 
-    from priors import fast_llama, native
+    from priors import llama, native
+    from priors.llama import kernels
 
     if shutil.which("c++") is None and shutil.which("g++") is None:
         pytest.skip("no C++ compiler here")
     assert native.native_step() is not None, native.native_error()
     gen = torch.Generator().manual_seed(3)
     for ops in (native.loaded(), None):
-        monkeypatch.setattr(fast_llama, "_native_ops", lambda ops=ops: ops)
-        buffer = fast_llama.KVBuffer(6, 2, 1, 12, 8, torch.float32, torch.device("cpu"))
+        monkeypatch.setattr(kernels, "native_ops", lambda ops=ops: ops)
+        buffer = llama.KVBuffer(6, 2, 1, 12, 8, torch.float32, torch.device("cpu"))
         buffer.data.copy_(torch.randn(buffer.data.shape, generator=gen))
         buffer.length = 9
         before = buffer.data[..., :9, :].clone()
@@ -692,11 +695,11 @@ def test_prior_training_lowers_bits_and_resumes_exactly(tmp_path):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
     # A prior loaded for separation (the torch network) trains too: the trainer optimises
     # the library network it converts to, and one step moves its weights.
-    from priors import fast_llama
+    from priors import llama
 
     tiny().save(tmp_path / "saved")
     loaded = load_prior(tmp_path / "saved")
-    assert isinstance(loaded.model, fast_llama.TorchLlama)
+    assert isinstance(loaded.model, llama.TorchLlama)
     from_loaded = PriorTrainer(loaded, cfg)
     start = {k: v.clone() for k, v in from_loaded.prior.state_dict().items()}
     from_loaded.train_step(win.batch(np.random.default_rng(2), 8)[0])

@@ -439,7 +439,7 @@ def test_beam_windows_with_a_shared_first_feed_give_the_same_search(monkeypatch)
     """Beam search over several context windows of a shared Transformer prior: each window's
     first feed runs its families' common start once (the beams agree on their older tokens)
     and gives the search of rows that each run their whole window."""
-    from priors import TransformerPrior, TransformerPriorConfig, fast_llama
+    from priors import TransformerPrior, TransformerPriorConfig, llama
 
     k = 6
     _, _, lik, _ = build(k, 2, 5)
@@ -450,16 +450,16 @@ def test_beam_windows_with_a_shared_first_feed_give_the_same_search(monkeypatch)
     mix = torch.from_numpy(np.random.default_rng(2).integers(0, k, (2, 90)))
     cls = (torch.zeros(2, dtype=torch.long), torch.ones(2, dtype=torch.long))
     shared_starts: list[int] = []
-    start_shared = fast_llama.KVBuffer.start_shared
+    start_shared = llama.KVBuffer.start_shared
 
     def noted(self, shared):
         shared_starts.append(shared)
         start_shared(self, shared)
 
-    monkeypatch.setattr(fast_llama.KVBuffer, "start_shared", noted)
-    runs, least_shared = [], fast_llama.StepOptions().shared_feed_min
+    monkeypatch.setattr(llama.KVBuffer, "start_shared", noted)
+    runs, least_shared = [], llama.StepOptions().shared_feed_min
     for least in (least_shared, 10 ** 9):
-        prior.step_options = fast_llama.StepOptions(shared_feed_min=least)
+        prior.step_options = llama.StepOptions(shared_feed_min=least)
         runs.append(separate_tokens(mix, [prior, prior], lik, BeamSearch(4), classes=cls,
                                     context_overlap=24))
     assert shared_starts  # some windows shared their start

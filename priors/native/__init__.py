@@ -4,7 +4,7 @@
 ``torch.utils.cpp_extension`` (a C++ compiler and ``ninja``; about 30 s on the project's
 2-core CPU) into ``~/.cache/lass/native/<key>`` (``LASS_NATIVE_DIR`` overrides the root),
 keyed by the source, the torch version and the CPU (it is compiled for the CPU it runs on),
-and loads it as ``torch.ops.lass_native.token_step``. :class:`priors.fast_llama.LlamaStepper`
+and loads it as ``torch.ops.lass_native.token_step``. :class:`priors.llama.LlamaStepper`
 uses it for float32 steps on a CPU with one key/value head, where it builds; otherwise the
 TorchScript step runs (:func:`native_error` says why it did not build).
 """

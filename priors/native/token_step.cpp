@@ -1,6 +1,6 @@
-// The per-token step of a Llama prior (priors.fast_llama.token_step) as one C++ operator,
+// The per-token step of a Llama prior (priors.llama.kernels.token_step) as one C++ operator,
 // lass_native::token_step: float32 on a CPU, one key/value head. Built on first use by
-// priors.native (torch.utils.cpp_extension); priors.fast_llama falls back to the TorchScript
+// priors.native (torch.utils.cpp_extension); priors.llama falls back to the TorchScript
 // step where it does not build.
 //
 // The products by the weights are oneDNN's batch-reduce GEMM kernel where it runs (else its
