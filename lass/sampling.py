@@ -606,6 +606,60 @@ def _resample(log_weight: torch.Tensor, below: float, single: torch.Generator | 
     return np.take_along_axis(local, _keep_slots(local), axis=1), low
 
 
+Choice = tuple[torch.Tensor, "np.ndarray | None", list[torch.Tensor], "torch.Tensor | None"]
+"""A step's choice: ``(batch, width)`` totals, the ``(batch, width)`` row of its mixture each
+row continues (None: itself), the N sources' ``(rows,)`` tokens, and for sequential Monte
+Carlo the ``(rows,)`` log normalisers (else None)."""
+
+
+class _BeamChoice:
+    """Beam search's step: each mixture keeps the ``width`` best of its beams' candidates by
+    total score (:func:`_score`, :func:`_beam_choice`). For two sources on a CPU in float32,
+    where the beams share the candidates, the same choice is one C++ call
+    (``lass_native::beam_select``: the score, the best beams, their slots and tokens, with no
+    ``(batch, width, C)`` tensor; :data:`NATIVE_BEAM_SELECT`)."""
+
+    def __init__(self, width: int, n_src: int, device: torch.device) -> None:
+        self.width = width
+        self.native = (_native_beam_select() if device.type == "cpu" and n_src == 2
+                       else None)
+
+    def __call__(self, lps: Sequence[torch.Tensor], cand: _Candidates, total: torch.Tensor
+                 ) -> Choice:
+        if self.native is not None and (cand.tokens[0].stride(1) == 0 or self.width == 1) \
+                and lps[0].dtype == torch.float32 and lps[0].device.type == "cpu":
+            total, parent, tok1, tok2 = self.native(
+                lps[0], lps[1], cand.tokens[0][:, 0], cand.tokens[1][:, 0],
+                cand.log_lik[:, 0], total)
+            return total, parent.numpy(), [tok1, tok2], None
+        score = _score(lps, cand)  # (batch, width, C)
+        total, local, pick = _beam_choice(total, score, self.width)
+        source = torch.from_numpy(local.reshape(-1)).to(score.device)
+        return total, local, [_chosen(tok, source, pick) for tok in cand.tokens], None
+
+
+class _SampleChoice:
+    """The sampling samplers' step (greedy, ancestral, top-k, top-p): each row draws one of
+    its candidates from its score (:func:`_sample_choice`) and keeps its own row."""
+
+    def __init__(self, sampler: Greedy | Ancestral | TopK | TopP, batch: int, width: int,
+                 single: torch.Generator | None, generators: list[torch.Generator] | None,
+                 particles: bool, within: torch.Tensor) -> None:
+        self.sampler, self.batch, self.width = sampler, batch, width
+        self.single, self.generators, self.particles = single, generators, particles
+        self.within = within  # (rows,) each row's index within its mixture
+
+    def __call__(self, lps: Sequence[torch.Tensor], cand: _Candidates, total: torch.Tensor
+                 ) -> Choice:
+        score = _score(lps, cand)  # (batch, width, C)
+        rows, n_cand = self.batch * self.width, score.shape[2]
+        pick, log_z = _sample_choice(score.view(rows, n_cand), self.sampler, self.batch,
+                                     self.width, self.single, self.generators, self.particles)
+        total = total + score.view(rows, n_cand).gather(1, pick[:, None]).view(
+            self.batch, self.width)
+        return total, None, [_chosen(tok, self.within, pick) for tok in cand.tokens], log_z
+
+
 @torch.no_grad()
 def separate_tokens(mix_codes: torch.Tensor, priors: Sequence[Prior],
                     likelihood: CountLikelihood | LatentLikelihood, sampler: Sampler, *,
@@ -742,8 +796,11 @@ def separate_tokens(mix_codes: torch.Tensor, priors: Sequence[Prior],
     resample_below = (sampler.resample * width) if isinstance(sampler, Ancestral) else 0.0
     log_weight = torch.zeros(batch, width, device=device)
     resamplings = torch.zeros(batch, dtype=torch.long, device=device)
-    beam_select = (_native_beam_select() if beam and device.type == "cpu" and n_src == 2
-                   else None)
+    choose: _BeamChoice | _SampleChoice
+    if isinstance(sampler, BeamSearch):
+        choose = _BeamChoice(width, n_src, device)
+    else:
+        choose = _SampleChoice(sampler, batch, width, single, generators, particles, within)
     for t in range(length):
         # priors: N x (rows, K)
         if shared:
@@ -759,41 +816,17 @@ def separate_tokens(mix_codes: torch.Tensor, priors: Sequence[Prior],
             assert steps is not None
             cand = _count_candidates(steps, t, mix_of_row, width, lps, fallback_top,
                                      prior_top)
-        if beam_select is not None and (cand.tokens[0].stride(1) == 0 or width == 1) \
-                and lps[0].dtype == torch.float32 and lps[0].device.type == "cpu":
-            # two sources whose beams share the candidates: the score, the best beams, their
-            # slots and tokens in one C++ step (the same as the tensor code below)
-            total, parent, tok1, tok2 = beam_select(
-                lps[0], lps[1], cand.tokens[0][:, 0], cand.tokens[1][:, 0],
-                cand.log_lik[:, 0], total)
-            history = _move_rows(parent.numpy(), streams, history, shared)
-            history[0][:, t] = tok1
-            history[1][:, t] = tok2
-            if steps is not None and (cand.counted < cand.log_lik.shape[2]
-                                      or cand.empty is not None):
-                unseen += _unseen_choices(steps, t, history, mix_of_row, batch)
-            if progress is not None:
-                progress(t + 1, length)
-            continue
-        # score: (batch, width, C)
-        score = _score(lps, cand)
-        n_cand = score.shape[2]
-        # the sampler's choice: for each row, the row it continues (source) and the pick
-        if beam:
-            total, local_h, pick = _beam_choice(total, score, width)
-            history = _move_rows(local_h, streams, history, shared)
-            source = torch.from_numpy(local_h.reshape(-1)).to(device)
-        else:
-            assert not isinstance(sampler, BeamSearch)
-            pick, log_z = _sample_choice(score.view(rows, n_cand), sampler, batch, width,
-                                         single, generators, particles)
-            if log_z is not None:
-                log_weight = log_weight + log_z.view(batch, width)
-            source = within
-            total = total + score.view(rows, n_cand).gather(1, pick[:, None]).view(batch, width)
-        for h, tok in zip(history, cand.tokens, strict=True):
-            h[:, t] = _chosen(tok, source, pick)
-        if steps is not None and (cand.counted < n_cand or cand.empty is not None):
+        # score and the sampler's choice: the totals, the row each row continues and the
+        # N sources' tokens
+        total, parent, tokens, log_z = choose(lps, cand, total)
+        if parent is not None:
+            history = _move_rows(parent, streams, history, shared)
+        for h, tok in zip(history, tokens, strict=True):
+            h[:, t] = tok
+        if log_z is not None:
+            log_weight = log_weight + log_z.view(batch, width)
+        if steps is not None and (cand.counted < cand.log_lik.shape[2]
+                                  or cand.empty is not None):
             unseen += _unseen_choices(steps, t, history, mix_of_row, batch)
         if particles and t + 1 < length:
             resampled = _resample(log_weight, resample_below, single, generators)
