@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from lass.errors import LassError
+from lass.files import write_text_atomic
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._ -]*")
 FORMAT_VERSION = 1
@@ -285,9 +286,7 @@ def write_bundle(root: str | os.PathLike[str], *, name: str, sample_rate: int,
              "sampler": sampler or {"kind": "beam", "num_beams": 10, "lam": 3.0,
                                     "output": "mask"}}
     out = base / BUNDLE_FILE
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(entry, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, out)
+    write_text_atomic(out, json.dumps(entry, indent=1) + "\n")
     return out
 
 

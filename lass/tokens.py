@@ -21,6 +21,7 @@ import torch
 from lass.data.audio import read_audio
 from lass.data.tracks import Track
 from lass.errors import DataError
+from lass.files import write_bytes_atomic
 from vqvae.codec import Codec
 
 SEGMENT_TOKENS = 4096
@@ -82,8 +83,5 @@ def encode_tracks(codec: Codec, tracks: Sequence[Track], stem: str, cache: str |
     buf = io.BytesIO()
     np.savez(buf, tokens=np.concatenate(streams).astype(dtype), offsets=offsets, tracks=names,
              codec_identity=np.array(identity))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)
+    write_bytes_atomic(path, buf.getvalue())
     return streams

@@ -35,7 +35,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from likelihood.errors import LikelihoodError
-from likelihood.table import load_model_file, save_model_file
+from likelihood.files import load_model_file, save_model_file
 
 FORMAT_VERSION = 1
 KIND = "token-evidence"

@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from likelihood.errors import LikelihoodError
-from likelihood.table import Counts, load_model_file, save_model_file
+from likelihood.files import load_model_file, save_model_file
+from likelihood.table import Counts
 
 FORMAT_VERSION = 1
 KIND = "factorised"

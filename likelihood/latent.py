@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from likelihood.errors import LikelihoodError
-from likelihood.table import load_model_file, save_model_file
+from likelihood.files import load_model_file, save_model_file
 
 FORMAT_VERSION = 1
 KIND = "latent-gaussian"

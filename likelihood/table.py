@@ -46,6 +46,7 @@ import scipy.sparse as sp
 import torch
 
 from likelihood.errors import LikelihoodError
+from likelihood.files import write_atomically
 
 if TYPE_CHECKING:
     from likelihood.factorised import FactorisedLikelihood
@@ -131,55 +132,6 @@ def save_counts(path: str | os.PathLike[str], counts: Counts) -> Path:
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     return write_atomically(out, buf.getvalue())
-
-
-def write_atomically(out: Path, data: bytes) -> Path:
-    """Write ``data`` to ``out`` through a temporary file renamed into place."""
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return out
-
-
-def save_model_file(path: str | os.PathLike[str], arrays: dict[str, np.ndarray],
-                    meta: dict[str, Any]) -> Path:
-    """Write named arrays and a JSON ``meta`` record to an ``.npz`` atomically (the format
-    of the fitted likelihood models: factorised, latent)."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    payload: dict[str, Any] = {**arrays, "meta": np.array(json.dumps(meta, sort_keys=True))}
-    np.savez_compressed(buf, **payload)
-    return write_atomically(out, buf.getvalue())
-
-
-def load_model_file(path: str | os.PathLike[str], what: str, kind: str, version: int,
-                    names: tuple[str, ...]) -> tuple[Path, dict[str, torch.Tensor],
-                                                     dict[str, Any]]:
-    """Read a :func:`save_model_file` file whose meta says ``kind`` and ``version``.
-
-    Returns the path, the arrays ``names`` as float32 tensors and the meta record; a
-    missing, foreign, corrupt or truncated file raises :class:`LikelihoodError` naming
-    ``what`` it should have been.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise LikelihoodError(f"{what} not found: {p}")
-    try:
-        with np.load(p, allow_pickle=False) as f:
-            meta = json.loads(str(f["meta"])) if "meta" in f.files else None
-            if not isinstance(meta, dict) or meta.get("format_version") != version \
-                    or meta.get("kind") != kind:
-                raise LikelihoodError(f"{p}: not a {what} file")
-            arrays = {n: torch.from_numpy(f[n].astype(np.float32)) for n in names}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
-        raise LikelihoodError(f"cannot read {what} {p}: corrupt or truncated ({err})"
-                              ) from None
-    return p, arrays, meta
 
 
 def load_counts(path: str | os.PathLike[str]) -> Counts:

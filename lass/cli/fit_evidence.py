@@ -27,8 +27,8 @@ from tqdm import tqdm
 from lass.cli import run_cli
 from lass.cli.fit_latent import add_mixture_arguments, encode_mixtures
 from lass.errors import DataError
+from lass.files import write_bytes_atomic as write_atomically
 from likelihood.evidence import DEFAULT_DILATIONS, EvidenceTrainer, TokenEvidence, evidence_bits
-from likelihood.table import write_atomically
 
 PROG = "lass-fit-evidence"
 

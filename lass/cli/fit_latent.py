@@ -30,8 +30,8 @@ from lass.cli.common import dataset_mix_rule, resolve_device
 from lass.counting import MixturePlan
 from lass.data import StemDataset, chunk_samples, find_tracks, mix
 from lass.errors import DataError
+from lass.files import write_bytes_atomic as write_atomically
 from likelihood.latent import fit_latent
-from likelihood.table import write_atomically
 from vqvae import Codec, load_codec
 
 PROG = "lass-fit-latent"

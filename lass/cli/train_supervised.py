@@ -15,6 +15,7 @@ fixed validation chunks is logged. ``OUT/model`` is the network (``lass-evaluate
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 import time
@@ -30,6 +31,7 @@ from lass.cli.common import append_jsonl, dataset_mix_rule, start_run
 from lass.data import StemDataset, chunk_samples, find_tracks, mix, mix_gain
 from lass.data.audio import write_text_atomic
 from lass.errors import DataError
+from lass.files import write_bytes_atomic
 from lass.supervised import ConvTasNet, ConvTasNetConfig, load_supervised, si_sdr_loss
 
 PROG = "lass-train-supervised"
@@ -128,9 +130,9 @@ def _main(argv: Sequence[str] | None) -> int:
 
     def save() -> None:
         net.save(out / "model")
-        tmp = out / ".trainer.pt.tmp"
-        torch.save({"optimizer": opt.state_dict(), "step": step}, tmp)
-        tmp.replace(out / "trainer.pt")
+        buf = io.BytesIO()
+        torch.save({"optimizer": opt.state_dict(), "step": step}, buf)
+        write_bytes_atomic(out / "trainer.pt", buf.getvalue())
 
     start, first = time.perf_counter(), step
     last: dict[str, float] = {}

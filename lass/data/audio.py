@@ -21,6 +21,7 @@ import soundfile as sf
 import soxr
 
 from lass.errors import DataError
+from lass.files import public_mode, write_text_atomic  # noqa: F401  (write_text_atomic: re-exported)
 
 #: Extra input samples read on each side of a segment that is resampled.
 RESAMPLE_MARGIN = 256
@@ -155,14 +156,6 @@ def _read_with_ffmpeg(path: Path) -> tuple[np.ndarray, int]:
     return data, int(rate)
 
 
-def public_mode(directory: bool = False) -> int:
-    """The mode a new file (``0o666``) or folder (``0o777``) gets under the process's umask:
-    what ``open`` gives, where ``tempfile`` gives ``0o600`` / ``0o700``."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return (0o777 if directory else 0o666) & ~mask
-
-
 def write_wav(path: str | os.PathLike[str], audio: np.ndarray, sample_rate: int,
               subtype: str = "PCM_16", fmt: str = "WAV") -> None:
     """Write ``audio`` (``(time,)`` or ``(time, channels)``) atomically to an audio file
@@ -189,21 +182,6 @@ def write_wav(path: str | os.PathLike[str], audio: np.ndarray, sample_rate: int,
         raise
 
 
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
-    """Write a text file atomically (temporary file in the same folder, then rename)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, public_mode())
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def rms_db(audio: np.ndarray) -> float:
     """Root-mean-square level in dB relative to full scale (``-inf`` for digital silence)."""
     power = float(np.mean(np.square(audio, dtype=np.float64))) if audio.size else 0.0
@@ -222,3 +200,4 @@ def resample(wave: np.ndarray, src: int, dst: int, length: int | None = None) ->
         fixed[: min(length, out.shape[0])] = out[:length]
         out = fixed
     return out
+
