@@ -33,7 +33,14 @@ each stage left in WORK):
    temperatures with the best lambda and weight, taken when it gains 0.2 dB; then the mask
    output's STFT size and EM updates, and the shifted copies (1 or 3), each taken when it
    gains 0.2 dB (``bundle_stages.tune_stage``)
-7. ``assemble``: the bundle in ``WORK/bundle``; ``--install`` copies it to
+7. ``supervised``: the supervised reference, ``lass-train-supervised`` (a small Conv-TasNet)
+   on the same three stems for ``SUPERVISED_STEPS`` steps
+8. ``report``: ``lass-evaluate`` of the average, HPSS, the codec's oracles, the bundle's
+   LASS method and the supervised reference on ``REPORT_TEST_MIXTURES`` mixtures of 3 s of
+   the test split, of the heldout split, and of the heldout split with the other stem left
+   out (``--without other``: what the bundle puts into a stem the song does not have);
+   ``WORK/report-*.json``, the means in ``WORK/build.json`` under ``report``
+9. ``assemble``: the bundle in ``WORK/bundle``; ``--install`` copies it to
    ``lass/bundles/band`` and prints the rows of ``checkpoints.md``.
 
 The likelihood uses the ``votes`` smoothing with a ``PRIOR_TOP`` grid per step, as the
@@ -71,7 +78,8 @@ from vqvae import load_codec
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT = ROOT / "lass" / "bundles" / "default"
 STEMS = ("drums", "bass", "other")
-STAGES = ("data", "codec", "codec-check", "prior", "counts", "evidence", "tune")
+STAGES = ("data", "codec", "codec-check", "prior", "counts", "evidence", "tune", "supervised",
+          "report")
 DATA_HOURS = 10
 CODEC_STEPS = 1000
 CODEC_LR = 5e-4
@@ -87,6 +95,8 @@ PRIOR_TOP = 27  # a 3 x 3 x 3 grid of the sources' likeliest tokens per step
 SMOOTHING = ("votes", 1.0)
 BEAMS = 10
 SAMPLES = 10
+SUPERVISED_STEPS = 10000  # the Conv-TasNet reference (lass-train-supervised's default size)
+REPORT_TEST_MIXTURES = 100  # 3 s mixtures of each table
 DESCRIPTION = ("Drums, bass and other (every other instrument). Trained on 10 hours of "
                "synthetic songs in 16 styles with drums, bass and chords, pads, arpeggios "
                "and leads, rendered with six General MIDI soundfonts and per-stem effects, "
@@ -227,6 +237,33 @@ def main() -> None:
     best = tune_stage(work, bundle, data, TUNING,
                       lambda sampler: assemble(sampler, prior / "model", likelihood), build)
     if done("tune"):
+        return
+    supervised = work / "supervised"
+    trained = supervised / "summary.json"
+    if not (trained.is_file() and json.loads(trained.read_text()).get("step", 0)
+            >= SUPERVISED_STEPS):
+        run_stage(["lass-train-supervised", "--data", str(data), "--stems", *STEMS, "--out",
+                   str(supervised), "--steps", str(SUPERVISED_STEPS), "--seed", "0", *dev]
+                  + (["--resume"] if (supervised / "trainer.pt").is_file() else []),
+                  log, "supervised")
+    if done("supervised"):
+        return
+    # The tables: test (timbres seen in training) and heldout (never heard), and heldout
+    # drums + bass alone (the other stem left out: what the bundle puts into it).
+    method = ("lass-beam-mask" if best["kind"] == "beam" else "lass-ancestral-mask-mean")
+    methods = ["average", "hpss", "oracle-decode", "oracle-mask", method, "supervised"]
+    report = log.setdefault("report", {})
+    for name, split, extra in (("test", "test", []), ("heldout", "heldout", []),
+                               ("heldout-without-other", "heldout", ["--without", "other"])):
+        out = work / f"report-{name}.json"
+        summary_of = evaluate_summary(bundle, data, split, out, methods, REPORT_TEST_MIXTURES,
+                                      3.0, ["--supervised", str(supervised / "model"), *extra])
+        report[name] = {m: {metric: {k: v for k, v in summary_of[m][metric].items()
+                                     if k.endswith("mean")}
+                            for metric in summary_of[m] if metric != "seconds"}
+                        for m in summary_of}
+        build.save()
+    if done("report"):
         return
     bundle_report(bundle, best)
     if args.install:
