@@ -177,8 +177,34 @@ def prune_counts(counts: Counts, min_count: int) -> Counts:
     return Counts(m, meta, counts.source_pairs())
 
 
-def merge_counts(tables: list[Counts]) -> Counts:
-    """Add counts tables counted for the same codec, K, mixing rule and symmetry."""
+#: Meta entries that differ between the shards of one counting run.
+_PER_SHARD = ("shard", "shards", "triples", "mixtures", "seconds", "format_version")
+
+
+def missing_shards(tables: list[Counts]) -> list[str]:
+    """The shards (``"i/n"``) of the counting runs in ``tables`` that are not among them: a
+    run is the tables whose settings agree except the shard (``lass-count-likelihood --shard
+    i/n``); tables made otherwise are complete by themselves."""
+    runs: dict[str, tuple[int, set[int]]] = {}
+    for t in tables:
+        shard = t.meta.get("shard")
+        if "seed" not in t.meta or not isinstance(shard, str) or "/" not in shard:
+            continue
+        i_text, n_text = shard.split("/", 1)
+        key = json.dumps({k: v for k, v in t.meta.items() if k not in _PER_SHARD},
+                         sort_keys=True, default=str)
+        n, got = runs.setdefault(key, (int(n_text), set()))
+        if int(n_text) != n:
+            raise LikelihoodError(f"shard {shard} does not split its run as the others ({n} "
+                                  "shards)")
+        got.add(int(i_text))
+    return [f"{i}/{n}" for n, got in runs.values() for i in range(n) if i not in got]
+
+
+def merge_counts(tables: list[Counts], partial: bool = False) -> Counts:
+    """Add counts tables counted for the same codec, K, mixing rule and symmetry. A counting
+    run split into shards must be complete (:func:`missing_shards` names what is missing)
+    unless ``partial``."""
     if not tables:
         raise LikelihoodError("nothing to merge")
     first = tables[0].meta
@@ -204,6 +230,10 @@ def merge_counts(tables: list[Counts]) -> Counts:
             if t.meta.get(key) != first.get(key):
                 raise LikelihoodError(f"cannot merge counts with different {key}: "
                                       f"{first.get(key)!r} and {t.meta.get(key)!r}")
+    missing = missing_shards(tables)
+    if missing and not partial:
+        raise LikelihoodError(f"shard(s) {', '.join(missing)} of this counting are missing "
+                              "(count them, or merge a part knowingly with --partial)")
     matrix = tables[0].matrix.copy()
     for t in tables[1:]:
         matrix = matrix + t.matrix

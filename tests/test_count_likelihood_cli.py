@@ -141,6 +141,12 @@ def test_the_same_shard_twice_and_a_file_that_is_not_counts_are_refused(setup, c
     assert "are the same counting" in err
     assert "Traceback" not in err
     assert not out.exists()
+    # one shard of a run split in two: the missing one is named; --partial merges anyway
+    assert merge_main([str(root / "s0.npz"), "--out", str(out)]) == 1
+    assert "shard(s) 1/2 of this counting are missing" in capsys.readouterr().err
+    assert not out.exists()
+    assert merge_main([str(root / "s0.npz"), "--out", str(out), "--partial"]) == 0
+    assert load_counts(out).meta["shards"] == ["0/2"]
     (root / "notes.txt").write_text("not counts")
     assert cl.main(["--stats", str(root / "notes.txt")]) == 1
     err = capsys.readouterr().err
