@@ -31,8 +31,8 @@ each stage left in WORK):
    SI-SDR of the mask output of beam search (``BEAMS`` beams) over a grid of (lambda,
    evidence weight); then the ancestral sampler (``SAMPLES`` samples, mean) at two
    temperatures with the best lambda and weight, taken when it gains 0.2 dB; then the mask
-   output's STFT size and EM updates, and the shifted copies (1 or 3), each taken when it
-   gains 0.2 dB (``bundle_stages.tune_stage``)
+   output's STFT size and EM updates, and for the sampler its 10 samples spread as 2 over
+   each of 5 shifted copies, each taken when it gains 0.2 dB (``bundle_stages.tune_stage``)
 7. ``supervised``: the supervised reference, ``lass-train-supervised`` (a small Conv-TasNet)
    on the same three stems for ``SUPERVISED_STEPS`` steps
 8. ``report``: ``lass-evaluate`` of the average, HPSS, the codec's oracles, the bundle's
@@ -105,7 +105,7 @@ TUNING = Tuning(
     grid=((0.0, 1.0), (2.0, 1.0), (5.0, 1.0), (5.0, 0.5), (5.0, 2.0), (10.0, 1.0)),
     mixtures=24, seconds=3.0, beams=BEAMS, samples=SAMPLES, temperatures=(1.0, 1.5),
     sampler_gain_db=0.2, mask_grid=((2048, 0), (4096, 0), (8192, 0), (8192, 1)),
-    shifts_grid=(1, 3), gain_db=0.2)
+    shifts_grid=(1, 5), gain_db=0.2)
 
 
 def _evaluate(bundle: Path, data: Path, split: str, out: Path, methods: list[str],

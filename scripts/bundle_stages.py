@@ -101,7 +101,8 @@ class Tuning:
     of the mask output): beam search (``beams``) over ``grid`` (lambda, evidence weight);
     the ancestral sampler (``samples``, mean) at ``temperatures`` with the best lambda and
     weight, taken when it gains ``sampler_gain_db``; the mask output's (STFT size, EM
-    updates) of ``mask_grid`` and then the shifted copies of ``shifts_grid``, each taken when
+    updates) of ``mask_grid`` and then, for the ancestral sampler, its samples spread over the
+    shifted copies of ``shifts_grid`` (n copies of ``samples / n`` samples each), each taken when
     it gains ``gain_db`` over the first entry of its grid."""
 
     grid: tuple[tuple[float, float], ...]
@@ -165,18 +166,21 @@ def tune_stage(work: Path, bundle: Path, data: Path, tuning: Tuning, assemble: A
         if masks[(fft, em)] >= masks[tuning.mask_grid[0]] + tuning.gain_db:
             best.update(mask_fft=fft, mask_iterations=em, si_sdr=masks[(fft, em)])
             assemble(best)
-    if tuning.shifts_grid:
+    if tuning.shifts_grid and best["kind"] == "ancestral":
+        # the same samples spread over delayed copies: n copies x samples / n each, so the
+        # search keeps its rows (and its time) as the number of copies changes
         mask = ["--mask-fft", str(best.get("mask_fft", tuning.mask_grid[0][0]
                                            if tuning.mask_grid else 2048)),
                 "--mask-iterations", str(best.get("mask_iterations", 0))]
-        shifted = {n: scored("shifts", f"shifts {n}",
-                             f"shifts-{n}-{best.get('mask_fft', 0)}-"
+        per = {n: max(1, tuning.samples // n) for n in tuning.shifts_grid}
+        shifted = {n: scored("shifts", f"shifts {n} samples {per[n]}",
+                             f"shifts-{n}-{per[n]}-{best.get('mask_fft', 0)}-"
                              f"{best.get('mask_iterations', 0)}", method,
-                             ["--shifts", str(n), *mask])
+                             ["--shifts", str(n), "--candidates", str(per[n]), *mask])
                    for n in tuning.shifts_grid}
         n = max(tuning.shifts_grid, key=lambda s: shifted[s])
         if shifted[n] >= shifted[tuning.shifts_grid[0]] + tuning.gain_db:
-            best.update(shifts=n, si_sdr=shifted[n])
+            best.update(shifts=n, candidates=per[n], si_sdr=shifted[n])
             assemble(best)
     tune["chosen"] = best
     build.save()
@@ -189,7 +193,8 @@ def sampler_options(sampler: dict[str, Any], beams: int, samples: int) -> list[s
     if sampler["kind"] == "beam":
         opts += ["--sampler", "beam", "--beams", str(beams)]
     else:
-        opts += ["--sampler", "ancestral", "--candidates", str(samples), "--temperature",
+        opts += ["--sampler", "ancestral", "--candidates",
+                 str(sampler.get("candidates", samples)), "--temperature",
                  str(sampler["temperature"]), "--combine", "mean"]
     if "mask_fft" in sampler:
         opts += ["--mask-fft", str(sampler["mask_fft"]), "--mask-iterations",
