@@ -127,6 +127,22 @@ def resolve_bundle(name_or_path: str | os.PathLike[str] | None) -> Path:
                       f"{' or under $' + BUNDLES_ENV if folder else ''})")
 
 
+def _check_names(path: Path, name: str, stems: Sequence[str]) -> None:
+    """Refuse a bundle name or stem that is not a plain name: both become folder and file
+    names of outputs."""
+    for what, value in (("name", name), *(("stem", st) for st in stems)):
+        if not SAFE_NAME.fullmatch(value):
+            raise BundleError(f"{path}: the bundle's {what} {value!r} is not a plain name "
+                              "(letters, digits, spaces, '.', '_', '-'; not starting with '.')")
+
+
+def _check_rate(path: Path, rate: Any) -> int:
+    """A bundle's ``sample_rate`` entry, which must be a positive integer."""
+    if isinstance(rate, bool) or not isinstance(rate, int) or rate <= 0:
+        raise BundleError(f"{path}: sample_rate must be a positive integer, not {rate!r}")
+    return rate
+
+
 def read_bundle(name_or_path: str | os.PathLike[str] | None, verify: bool = True) -> BundleSpec:
     """Parse a bundle and (by default) check the sha256 of every component."""
     root = resolve_bundle(name_or_path)
@@ -147,10 +163,7 @@ def read_bundle(name_or_path: str | os.PathLike[str] | None, verify: bool = True
     except (KeyError, TypeError) as err:
         raise BundleError(f"{path}: missing entry {err}") from None
     name = str(raw.get("name", root.name))
-    for what, value in (("name", name), *(("stem", st) for st in stems)):
-        if not SAFE_NAME.fullmatch(value):  # both become folder and file names of outputs
-            raise BundleError(f"{path}: the bundle's {what} {value!r} is not a plain name "
-                              "(letters, digits, spaces, '.', '_', '-'; not starting with '.')")
+    _check_names(path, name, stems)
     if len(stems) < 2 or len(set(stems)) != len(stems):
         raise BundleError(f"{path}: a LASS bundle separates two or more distinct stems, got "
                           f"{list(stems)}")
@@ -164,9 +177,8 @@ def read_bundle(name_or_path: str | os.PathLike[str] | None, verify: bool = True
                 raise BundleError(f"{path}: the {what} ({entry['path']}) does not match its "
                                   f"sha256 (file {got[:12]}, bundle {entry['sha256'][:12]}): "
                                   "corrupt or modified")
-    rate, min_count = raw.get("sample_rate"), raw["likelihood"].get("min_count", 1)
-    if isinstance(rate, bool) or not isinstance(rate, int) or rate <= 0:
-        raise BundleError(f"{path}: sample_rate must be a positive integer, not {rate!r}")
+    rate, min_count = _check_rate(path, raw.get("sample_rate")), raw["likelihood"].get(
+        "min_count", 1)
     if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1:
         raise BundleError(f"{path}: the likelihood's min_count must be an integer >= 1, not "
                           f"{min_count!r}")
@@ -235,16 +247,12 @@ def read_langevin_bundle(name_or_path: str | os.PathLike[str] | None, verify: bo
         raise BundleError(f"{path} is not a Langevin bundle (method "
                           f"{raw.get('method', 'lass')!r})")
     name = str(raw.get("name", root.name))
-    for what, value in (("name", name), *(("stem", st) for st in stems)):
-        if not SAFE_NAME.fullmatch(value):
-            raise BundleError(f"{path}: the bundle's {what} {value!r} is not a plain name")
+    _check_names(path, name, stems)
     if verify:
         for stem, entry in entries.items():
             if entry.get("sha256") and sha256_path(root / entry["path"]) != entry["sha256"]:
                 raise BundleError(f"{path}: the {stem} prior does not match its sha256")
-    rate = raw.get("sample_rate", 22050)
-    if isinstance(rate, bool) or not isinstance(rate, int) or rate <= 0:
-        raise BundleError(f"{path}: sample_rate must be a positive integer, not {rate!r}")
+    rate = _check_rate(path, raw.get("sample_rate", 22050))
     return LangevinBundleSpec(root=root, name=name, sample_rate=rate, stems=stems,
                               mix=str(raw.get("mix", "mean")),
                               priors={s: root / e["path"] for s, e in entries.items()},

@@ -4,6 +4,7 @@ import torch
 
 from lass.cli import count_likelihood as cl
 from lass.cli.merge_counts import main as merge_main
+from lass.counting import MixturePlan
 from lass.data import StemDataset, folder_tracks, mix
 from likelihood import load_counts
 from tests.test_train_prior_cli import make_codec
@@ -33,7 +34,7 @@ def test_counts_equal_brute_force_over_the_same_mixtures(setup):
     tracks = folder_tracks(data, "train", ["drums", "bass"])
     pools = [StemDataset(tracks, sample_rate=SR, chunk=2000, stems=[s], shuffle=False)
              for s in ("drums", "bass")]
-    plan = cl.MixturePlan(pools, False, (-6.0, 0.0), "mean", 5)
+    plan = MixturePlan(pools, False, (-6.0, 0.0), "mean", 5)
     cube = np.zeros((32, 32, 32), dtype=np.int64)
     for n in range(15):
         src = plan.sources(n)
@@ -68,7 +69,7 @@ def test_interrupted_run_resumes_to_the_same_table(setup, monkeypatch):
     data, _, tmp_path = setup
     assert count(data, tmp_path, tmp_path / "straight.npz") == 0
     calls = {"n": 0}
-    original = cl.MixturePlan.sources
+    original = MixturePlan.sources
 
     def flaky(self, n):
         calls["n"] += 1
@@ -76,12 +77,12 @@ def test_interrupted_run_resumes_to_the_same_table(setup, monkeypatch):
             raise KeyboardInterrupt
         return original(self, n)
 
-    monkeypatch.setattr(cl.MixturePlan, "sources", flaky)
+    monkeypatch.setattr(MixturePlan, "sources", flaky)
     out = tmp_path / "resumed.npz"
     assert count(data, tmp_path, out, "--checkpoint-seconds", "0") == 130
     assert not out.exists()
     assert (tmp_path / "resumed.npz.partial.npz").is_file()
-    monkeypatch.setattr(cl.MixturePlan, "sources", original)
+    monkeypatch.setattr(MixturePlan, "sources", original)
     assert count(data, tmp_path, out) == 0
     assert not (tmp_path / "resumed.npz.partial.npz").exists()
     a, b = load_counts(tmp_path / "straight.npz"), load_counts(out)
@@ -109,7 +110,7 @@ def test_three_sources_count_shard_and_merge_like_two(setup, capsys):
     tracks = folder_tracks(data, "train", ["drums", "bass"])
     pools = [StemDataset(tracks, sample_rate=SR, chunk=2000, stems=[s], shuffle=False)
              for s in ("drums", "bass")]
-    plan = cl.MixturePlan(pools, True, (-6.0, 0.0), "mean", 3, n_sources=3)
+    plan = MixturePlan(pools, True, (-6.0, 0.0), "mean", 3, n_sources=3)
     cube = np.zeros((32,) * 4, dtype=np.int64)
     for n in range(15):
         src = plan.sources(n)

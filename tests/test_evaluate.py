@@ -13,6 +13,17 @@ from tests.bundles import SR, make_debug_bundle, sources
 from tests.helpers import write_audio
 
 
+def bundle_and_test_set(tmp_path, tracks: int, seed: int):
+    """A debug bundle and a test split of ``tracks`` drums + bass tracks of 2 s under
+    ``tmp_path / "data"``; returns the bundle and the sources ``(tracks, 2, time)``."""
+    bundle = make_debug_bundle(tmp_path / "bundle", context=32)
+    src = sources(tracks, 2 * SR, seed=seed).numpy()
+    for i in range(tracks):
+        write_audio(tmp_path / "data" / "test" / f"t{i}" / "drums.wav", src[i, 0], SR)
+        write_audio(tmp_path / "data" / "test" / f"t{i}" / "bass.wav", src[i, 1], SR)
+    return bundle, src
+
+
 def test_metrics_on_known_cases():
     rng = np.random.default_rng(0)
     ref = rng.standard_normal((2, 3 * SR))
@@ -28,11 +39,7 @@ def test_metrics_on_known_cases():
 
 @pytest.mark.slow  # over 10 s on 2 cores
 def test_evaluate_command_writes_a_resumable_table(tmp_path, capsys):
-    bundle = make_debug_bundle(tmp_path / "bundle", context=32)
-    src = sources(3, 2 * SR, seed=9).numpy()
-    for i in range(3):
-        write_audio(tmp_path / "data" / "test" / f"t{i}" / "drums.wav", src[i, 0], SR)
-        write_audio(tmp_path / "data" / "test" / f"t{i}" / "bass.wav", src[i, 1], SR)
+    bundle, src = bundle_and_test_set(tmp_path, 3, seed=9)
     out = tmp_path / "results.json"
     args = ["--data", str(tmp_path / "data"), "--bundle", str(bundle), "--mixtures", "2",
             "--seconds", "0.25", "--beams", "2", "--out", str(out), "--methods", "average",
@@ -179,11 +186,7 @@ def test_the_supervised_reference_is_a_method(tmp_path, capsys):
 
     from lass.supervised import ConvTasNet, ConvTasNetConfig
 
-    bundle = make_debug_bundle(tmp_path / "bundle", context=32)
-    src = sources(2, 2 * SR, seed=4).numpy()
-    for i in range(2):
-        write_audio(tmp_path / "data" / "test" / f"t{i}" / "drums.wav", src[i, 0], SR)
-        write_audio(tmp_path / "data" / "test" / f"t{i}" / "bass.wav", src[i, 1], SR)
+    bundle, _ = bundle_and_test_set(tmp_path, 2, seed=4)
     torch.manual_seed(0)
     net = ConvTasNet(ConvTasNetConfig(stems=("drums", "bass"), sample_rate=SR, filters=8,
                                       kernel=8, bottleneck=8, hidden=8, skip=8, layers=2,
@@ -220,11 +223,7 @@ def test_a_left_out_stem_is_scored_by_the_energy_put_in_it(tmp_path, capsys):
     np.testing.assert_allclose(s["energy_db"], [20 * np.log10(0.9), -20.0], atol=1e-6)
     assert energy_db(np.zeros((1, 8)), np.ones(8))[0] < -150  # silence: far below the input
 
-    bundle = make_debug_bundle(tmp_path / "bundle", context=32)
-    src = sources(2, 2 * SR, seed=5).numpy()
-    for i in range(2):
-        write_audio(tmp_path / "data" / "test" / f"t{i}" / "drums.wav", src[i, 0], SR)
-        write_audio(tmp_path / "data" / "test" / f"t{i}" / "bass.wav", src[i, 1], SR)
+    bundle, _ = bundle_and_test_set(tmp_path, 2, seed=5)
     out = tmp_path / "r.json"
     args = ["--data", str(tmp_path / "data"), "--bundle", str(bundle), "--mixtures", "2",
             "--seconds", "0.25", "--methods", "average", "oracle-mask", "--out", str(out)]

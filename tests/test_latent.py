@@ -168,8 +168,8 @@ def test_beam_search_under_the_latent_likelihood_is_exact(seed):
 
 
 def test_fit_latent_cli_matches_the_library_and_resumes(tmp_path, capsys, monkeypatch):
-    from lass.cli import count_likelihood as cl
     from lass.cli import fit_latent as fl
+    from lass.counting import MixturePlan
     from lass.data import StemDataset, folder_tracks, mix
     from tests.test_train_prior_cli import make_codec
     from tests.test_train_vqvae_cli import make_set
@@ -188,7 +188,7 @@ def test_fit_latent_cli_matches_the_library_and_resumes(tmp_path, capsys, monkey
     tracks = folder_tracks(data, "train", ["drums", "bass"])
     pools = [StemDataset(tracks, sample_rate=8000, chunk=2000, stems=[s], shuffle=False)
              for s in ("drums", "bass")]
-    plan = cl.MixturePlan(pools, False, (-6.0, 0.0), "mean", 5)
+    plan = MixturePlan(pools, False, (-6.0, 0.0), "mean", 5)
     src = torch.stack([plan.sources(n) for n in range(15)])
     with torch.no_grad():
         z1, z2 = codec.encode(src[:, 0]), codec.encode(src[:, 1])

@@ -27,7 +27,7 @@ import torch
 
 from lass.cli import run_cli
 from lass.cli.common import dataset_mix_rule, resolve_device
-from lass.counting import MixturePlan, count_likelihood  # noqa: F401  (MixturePlan: re-exported)
+from lass.counting import count_likelihood
 from lass.errors import DataError
 from likelihood import load_counts
 from vqvae import Codec, load_codec
