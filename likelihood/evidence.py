@@ -218,11 +218,15 @@ class EvidenceTrainer:
         sources: N tensors ``(n, tokens)``, the sources' tokens; latents ``(n, tokens, D)``.
         epochs: passes over the mixtures; batch: mixtures per step; lr: peak learning rate.
         seed: seed of each epoch's shuffling (epoch ``e`` uses ``seed + e``).
+        shard: ``(rank, world)`` under torchrun: each step's batch is the same on every rank
+            and this rank trains on its contiguous ``batch / world`` mixtures (the caller
+            sets :attr:`network` to a DistributedDataParallel of the model, which averages
+            the gradients), so a step is that of one process on the whole batch.
     """
 
     def __init__(self, model: TokenEvidence, sources: Sequence[torch.Tensor],
                  latents: torch.Tensor, epochs: int, batch: int = 16, lr: float = 2e-3,
-                 seed: int = 0) -> None:
+                 seed: int = 0, shard: tuple[int, int] = (0, 1)) -> None:
         if epochs < 1 or batch < 1 or not lr > 0:
             raise LikelihoodError("epochs, batch and lr must be positive")
         if len(sources) != model.n_sources:
@@ -233,6 +237,13 @@ class EvidenceTrainer:
             raise LikelihoodError("tokens must be (n, tokens) and latents (n, tokens, D)")
         self.model, self.sources, self.latents = model, list(sources), latents
         self.epochs, self.batch, self.seed = epochs, min(batch, first.shape[0]), seed
+        rank, world = shard
+        if self.batch % world:
+            raise LikelihoodError(f"a batch of {self.batch} mixtures does not divide among "
+                                  f"{world} processes")
+        share = self.batch // world
+        self.share = slice(rank * share, (rank + 1) * share)
+        self.network: torch.nn.Module = model
         model.log_unigram.copy_(log_unigrams(sources, model.k))
         self.steps_per_epoch = first.shape[0] // self.batch
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-2)
@@ -247,8 +258,8 @@ class EvidenceTrainer:
         order = torch.randperm(self.sources[0].shape[0], generator=gen)
         total = 0.0
         for step in range(self.steps_per_epoch):
-            idx = order[step * self.batch: (step + 1) * self.batch]
-            lp = self.model(self.latents[idx].transpose(1, 2))
+            idx = order[step * self.batch: (step + 1) * self.batch][self.share]
+            lp = self.network(self.latents[idx].transpose(1, 2))
             target = torch.stack([x[idx] for x in self.sources], 2).to(lp.device)
             loss = -lp.gather(-1, target[..., None]).mean()
             self.optimizer.zero_grad(set_to_none=True)

@@ -99,6 +99,9 @@ class PriorTrainer:
 
     def __init__(self, prior: TransformerPrior, config: PriorTrainConfig) -> None:
         self.prior = prior.with_transformers()  # the library's network (dropout) for training
+        # What the training steps call: the prior, or a DistributedDataParallel wrapping it
+        # (set by the caller under torchrun; its forward is the prior's logits).
+        self.network: torch.nn.Module = self.prior
         self.config = config
         self.step = 0
         self.optimizer = torch.optim.AdamW(self.prior.parameters(), lr=config.lr,
@@ -113,19 +116,21 @@ class PriorTrainer:
         low = c.lr * c.final_lr_fraction
         return low + (c.lr - low) * 0.5 * (1 + math.cos(math.pi * progress))
 
-    def _loss(self, codes: torch.Tensor, classes: torch.Tensor | None) -> torch.Tensor:
+    def _loss(self, codes: torch.Tensor, classes: torch.Tensor | None,
+              network: torch.nn.Module | None = None) -> torch.Tensor:
         device = self.prior.device
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = self.prior.logits(codes.to(device), classes)
+            logits = (network or self.prior)(codes.to(device), classes)
         return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
                                codes.to(device).reshape(-1))
 
     def train_step(self, codes: torch.Tensor, classes: torch.Tensor | None = None) -> float:
-        """One step on ``codes: (batch, tokens)``; returns the loss in bits per token."""
+        """One step on ``codes: (batch, tokens)`` (under torchrun: this rank's share of the
+        global batch); returns the loss in bits per token (of this share)."""
         self.prior.train()
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(self.step)
-        loss = self._loss(codes, classes)
+        loss = self._loss(codes, classes, self.network)
         if not torch.isfinite(loss):
             raise PriorError(f"training diverged at step {self.step}")
         self.optimizer.zero_grad(set_to_none=True)

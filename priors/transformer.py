@@ -298,6 +298,11 @@ class TransformerPrior(Prior):
         ids = torch.cat([self.start_tokens(b, classes)[:, None], codes[:, :-1]], dim=1)
         return self.model(input_ids=ids, use_cache=False).logits[..., : self.vocab_size]
 
+    def forward(self, codes: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
+        """:meth:`logits` (so that a training wrapper such as DistributedDataParallel can
+        call the prior)."""
+        return self.logits(codes, classes)
+
     def token_log_probs(self, codes: torch.Tensor, classes: torch.Tensor | None = None
                         ) -> torch.Tensor:
         logp = F.log_softmax(_at_least_float32(self.logits(codes, classes)), dim=-1)

@@ -139,6 +139,10 @@ class WaveNetPrior(nn.Module):
             raise PriorError("sigma must be positive, one value or one per batch row")
         return torch.tanh(self.sigma_in(torch.log(s)[:, None]))
 
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+        """:meth:`logits` (what a training wrapper such as DistributedDataParallel calls)."""
+        return self.logits(x, sigma)
+
     def logits(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
         """``x: (batch, time)`` (noisy) samples -> ``(batch, 256, time)`` logits of each
         sample's clean bin given the samples before it (teacher forcing)."""

@@ -4,7 +4,10 @@ samples of one source, resumably.
 The data come from a callable, ``draw(rng, count) -> (count, time)`` clean chunks, so this
 module needs no data-set code: ``lass-train-prior --kind wavenet`` passes chunks of a stem
 data set. Each step draws its batch and noise levels from ``numpy.random.default_rng([seed,
-step])``, so a resumed run continues exactly as an uninterrupted one.
+step])``, so a resumed run continues exactly as an uninterrupted one. Under torchrun every
+rank draws the same global batch and noise and trains on its contiguous share (``shard``),
+through a DistributedDataParallel of the network that averages the gradients; rank 0 alone
+writes the log and checkpoints.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from priors.wavenet import WaveNetPrior
+from priors.errors import PriorError
+from priors.wavenet import WaveNetPrior, quantise
 
 Draw = Callable[[np.random.Generator, int], torch.Tensor]
 
@@ -48,12 +52,21 @@ def _append(path: Path, record: dict[str, Any]) -> None:
 
 def train_wavenet(net: WaveNetPrior, draw: Draw, valid: torch.Tensor, out: Path,
                   cfg: WaveNetTrainConfig, state: dict[str, Any] | None = None,
-                  log_prefix: str = "train") -> dict[str, Any]:
+                  log_prefix: str = "train", network: torch.nn.Module | None = None,
+                  shard: tuple[int, int] = (0, 1)) -> dict[str, Any]:
     """Train ``net`` on chunks from ``draw`` (each ``(count, samples + receptive field)``),
     validating on the fixed ``valid (count, time)`` chunks at fixed noise levels; checkpoints
     go to ``out/model`` and ``out/trainer.pt`` (``state``: a loaded ``trainer.pt`` to resume),
     the log to ``out/log.jsonl``. Returns the run's summary (also written to
-    ``out/summary.json``)."""
+    ``out/summary.json``). ``network``: what the steps call (a DistributedDataParallel of
+    ``net`` under torchrun; its forward is :meth:`WaveNetPrior.logits`); ``shard``: ``(rank,
+    world)``, this rank's share of each batch (rank 0 writes the files)."""
+    rank, world = shard
+    if cfg.batch % world:
+        raise PriorError(f"a batch of {cfg.batch} does not divide among {world} processes")
+    mine = slice(rank * cfg.batch // world, (rank + 1) * cfg.batch // world)
+    main = rank == 0
+    network = network or net
     device = next(net.parameters()).device
     field = net.config.receptive_field
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
@@ -65,12 +78,13 @@ def train_wavenet(net: WaveNetPrior, draw: Draw, valid: torch.Tensor, out: Path,
     valid = valid.to(device)
     vsigma = torch.exp(torch.linspace(lo, hi, valid.shape[0], device=device))
     params = sum(x.numel() for x in net.parameters())
-    print(f"{log_prefix}: WaveNet {params / 1e6:.2f}M parameters, receptive field {field}, "
-          f"{net.config.class_name}, device {device}", file=sys.stderr)
+    if main:
+        print(f"{log_prefix}: WaveNet {params / 1e6:.2f}M parameters, receptive field "
+              f"{field}, {net.config.class_name}, device {device}", file=sys.stderr)
     log = out / "log.jsonl"
     out.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=cfg.steps, initial=step, desc="training", unit="step", file=sys.stderr,
-               dynamic_ncols=True)
+               dynamic_ncols=True, disable=not main)
     valid_nats = float("nan")
     try:
         while step < cfg.steps:
@@ -80,7 +94,10 @@ def train_wavenet(net: WaveNetPrior, draw: Draw, valid: torch.Tensor, out: Path,
                               ).to(device)
             gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step)
             net.train()
-            loss = net.loss(clean, sigma, field, gen)
+            noise = torch.randn(clean.shape, generator=gen, dtype=clean.dtype, device=device)
+            logits = network(clean[mine] + sigma[mine, None] * noise[mine], sigma[mine])
+            loss = torch.nn.functional.cross_entropy(logits[..., field:],
+                                                     quantise(clean[mine])[:, field:])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
@@ -88,6 +105,8 @@ def train_wavenet(net: WaveNetPrior, draw: Draw, valid: torch.Tensor, out: Path,
             step += 1
             bar.update(1)
             bar.set_postfix(nats=f"{float(loss):.3f}")
+            if not main:
+                continue
             if step % 10 == 0 or step == cfg.steps:
                 _append(log, {"kind": "train", "step": step, "nats": float(loss)})
             if step % cfg.valid_every == 0 or step == cfg.steps:
@@ -104,6 +123,8 @@ def train_wavenet(net: WaveNetPrior, draw: Draw, valid: torch.Tensor, out: Path,
                 os.replace(tmp, out / "trainer.pt")
     finally:
         bar.close()
+    if not main:
+        return {"step": step}
     summary = {"kind": "wavenet", "step": step, "valid_nats_per_sample": round(valid_nats, 4),
                "parameters": params, "receptive_field": field,
                "stem": net.config.class_name}

@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
@@ -92,6 +93,16 @@ class ResUnit(nn.Module):
         return x + self.conv2(F.elu(self.conv1(F.elu(x))))
 
 
+def _gathered(x: torch.Tensor) -> torch.Tensor:
+    """``x`` of every rank of a data-parallel run concatenated in rank order along dim 0
+    (the shares must have one shape); ``x`` itself in one process."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return x
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
+
+
 class EMACodebook(nn.Module):
     """Unit-norm codebook ``(codes, dim)`` with EMA updates and dead-code restarts."""
 
@@ -119,7 +130,11 @@ class EMACodebook(nn.Module):
     @torch.no_grad()
     def update(self, z: torch.Tensor, codes: torch.Tensor, generator: torch.Generator | None
                ) -> int:
-        """EMA step on ``z: (n, dim)`` assigned to ``codes: (n,)``; return restarted codes."""
+        """EMA step on ``z: (n, dim)`` assigned to ``codes: (n,)``; return restarted codes.
+
+        Under torchrun the ranks' ``z`` and ``codes`` are gathered first (in rank order: the
+        global batch), so every rank takes the same step, that of the whole batch."""
+        z, codes = _gathered(z), _gathered(codes)
         onehot = F.one_hot(codes, self.embedding.shape[0]).to(z.dtype)
         self.usage.mul_(self.decay).add_(onehot.sum(0), alpha=1 - self.decay)
         self.embed_sum.mul_(self.decay).add_(onehot.t() @ z, alpha=1 - self.decay)

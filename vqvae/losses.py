@@ -5,6 +5,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_fn
+
+
+def _sum_over_ranks(x: torch.Tensor) -> torch.Tensor:
+    """``x`` summed over the processes of a data-parallel run (differentiably: the gradient
+    of each rank's share is kept); ``x`` itself in one process."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return dist_fn.all_reduce(x)
+    return x
 
 
 def stft_magnitude(wave: torch.Tensor, n_fft: int) -> torch.Tensor:
@@ -20,7 +30,9 @@ def multi_resolution_stft_loss(est: torch.Tensor, ref: torch.Tensor,
     """Mean over resolutions of spectral convergence + L1 of log magnitudes.
 
     ``est``, ``ref``: ``(batch, time)``. Resolutions longer than ``time`` are left out.
-    Returns a scalar.
+    Returns a scalar. Under torchrun the spectral convergence's norms are summed over the
+    ranks' shares of the batch (so it is that of the whole batch); the L1 term is a mean,
+    which the averaging of gradients makes global.
     """
     sizes = [n for n in ffts if n <= est.shape[-1]]
     if not sizes:
@@ -28,7 +40,9 @@ def multi_resolution_stft_loss(est: torch.Tensor, ref: torch.Tensor,
     total = est.new_zeros(())
     for n in sizes:
         s_est, s_ref = stft_magnitude(est, n), stft_magnitude(ref, n)
-        convergence = torch.linalg.norm(s_ref - s_est) / torch.linalg.norm(s_ref).clamp_min(eps)
+        err = _sum_over_ranks((s_ref - s_est).pow(2).sum())
+        energy = _sum_over_ranks(s_ref.pow(2).sum().detach())
+        convergence = err.sqrt() / energy.sqrt().clamp_min(eps)
         log_mag = (torch.log(s_est + eps) - torch.log(s_ref + eps)).abs().mean()
         total = total + convergence + log_mag
     return total / len(sizes)

@@ -68,6 +68,9 @@ class CodecTrainer:
 
     def __init__(self, model: ConvVQVAE, config: TrainConfig) -> None:
         self.model = model
+        # What the training steps call: the model, or a DistributedDataParallel wrapping it
+        # (set by the caller under torchrun).
+        self.network: torch.nn.Module = model
         self.config = config
         self.step = 0
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
@@ -83,7 +86,9 @@ class CodecTrainer:
         return low + (c.lr - low) * 0.5 * (1 + math.cos(math.pi * progress))
 
     def train_step(self, wave: torch.Tensor) -> StepStats:
-        """One optimisation step on ``wave: (batch, time)`` (time a multiple of the hop)."""
+        """One optimisation step on ``wave: (batch, time)`` (time a multiple of the hop; under
+        torchrun, this rank's share of the global batch: the codebook and the spectral
+        convergence gather the other shares, so the step is that of the whole batch)."""
         c = self.config
         self.model.train()
         lr = self.lr_at(self.step)
@@ -91,7 +96,7 @@ class CodecTrainer:
             group["lr"] = lr
         gen = torch.Generator().manual_seed(c.seed * 1_000_003 + self.step)
         wave = wave.to(self.model.device)
-        out = self.model(wave, generator=gen)
+        out = self.network(wave, generator=gen)
         wave_loss = normalised_mse(out.recon, wave)
         spec_loss = (multi_resolution_stft_loss(out.recon, wave) if c.spec_weight > 0
                      else wave.new_zeros(()))

@@ -25,7 +25,9 @@ import torch
 from tqdm import tqdm
 
 from lass.cli import run_cli
+from lass.cli.common import resolve_device
 from lass.cli.fit_latent import add_mixture_arguments, encode_mixtures
+from lass.distributed import finish, init_world, main_first, parallel
 from lass.errors import DataError
 from lass.files import write_bytes_atomic as write_atomically
 from likelihood.evidence import DEFAULT_DILATIONS, EvidenceTrainer, TokenEvidence, evidence_bits
@@ -51,10 +53,12 @@ def _fit(args: argparse.Namespace) -> int:
     if args.epochs < 1 or args.train_batch < 1 or not args.lr > 0 or args.width < 1:
         raise DataError("--epochs, --train-batch, --lr and --width must be positive")
     out: Path = args.out
-    codec, config, parts, encode_seconds = encode_mixtures(
-        args, PROG, out.with_name(out.name + ".encoded.pt"))
+    world, args.device = init_world(resolve_device(args.device))
+    with main_first(world):  # under torchrun rank 0 encodes, the others read its file
+        codec, config, parts, encode_seconds = encode_mixtures(
+            args, PROG, out.with_name(out.name + ".encoded.pt"), keep=world.size > 1)
     valid = None
-    if args.valid_hours > 0:
+    if args.valid_hours > 0 and world.main:  # rank 0 alone measures
         vargs = argparse.Namespace(**{**vars(args), "split": "valid", "hours": args.valid_hours,
                                       "seed": args.seed + 1, "gain_db": [0.0, 0.0]})
         _c, _config, valid, _s = encode_mixtures(
@@ -67,23 +71,27 @@ def _fit(args: argparse.Namespace) -> int:
                           ).to(codec.device)
     latents = parts["latents"].to(codec.device)
     trainer = EvidenceTrainer(model, list(parts["tokens"].unbind(1)), latents, args.epochs,
-                              args.train_batch, args.lr, args.seed)
+                              args.train_batch, args.lr, args.seed, (world.rank, world.size))
     state_path = out.with_name(out.name + ".trainer.pt")
     if state_path.is_file():
         try:
             saved = torch.load(state_path, weights_only=True, map_location=codec.device)
             if saved.get("meta") == meta:
                 trainer.load_state_dict(saved["trainer"])
-                print(f"{PROG}: resuming after epoch {trainer.epoch} of {args.epochs}",
-                      file=sys.stderr)
+                if world.main:
+                    print(f"{PROG}: resuming after epoch {trainer.epoch} of {args.epochs}",
+                          file=sys.stderr)
         except Exception:  # a torn checkpoint: start over
-            print(f"{PROG}: ignoring unreadable {state_path}", file=sys.stderr)
+            if world.main:
+                print(f"{PROG}: ignoring unreadable {state_path}", file=sys.stderr)
+    trainer.network = parallel(model, world)
     valid_latents = valid["latents"].to(codec.device) if valid is not None else None
     figures: dict[str, list[float]] | None = None  # the held-out figures of the last epoch
     start = time.perf_counter()
     while trainer.epoch < args.epochs:
         bar = tqdm(total=trainer.steps_per_epoch, desc=f"epoch {trainer.epoch + 1}/"
-                   f"{args.epochs}", unit="step", file=sys.stderr, dynamic_ncols=True)
+                   f"{args.epochs}", unit="step", file=sys.stderr, dynamic_ncols=True,
+                   disable=not world.main)
 
         def progress(step: int, bits: float, bar: tqdm = bar) -> None:
             bar.update(step - bar.n)
@@ -91,6 +99,8 @@ def _fit(args: argparse.Namespace) -> int:
 
         train_bits = trainer.run_epoch(progress)
         bar.close()
+        if not world.main:
+            continue
         if valid is not None and valid_latents is not None:
             figures = evidence_bits(model, list(valid["tokens"].unbind(1)), valid_latents)
 
@@ -103,6 +113,9 @@ def _fit(args: argparse.Namespace) -> int:
         buf = io.BytesIO()
         torch.save({"meta": meta, "trainer": trainer.state_dict()}, buf)
         write_atomically(state_path, buf.getvalue())
+    finish()
+    if not world.main:
+        return 0
     if valid is not None and valid_latents is not None:  # (no figures: resumed when done)
         model.meta["valid"] = figures or evidence_bits(model, list(valid["tokens"].unbind(1)),
                                                        valid_latents)

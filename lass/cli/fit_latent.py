@@ -83,10 +83,11 @@ def _load_encoded(path: Path, config: dict[str, Any]) -> dict[str, list[torch.Te
     return {n: [saved[n]] for n in ("tokens", "latents")}
 
 
-def encode_mixtures(args: argparse.Namespace, prog: str, encoded: Path
+def encode_mixtures(args: argparse.Namespace, prog: str, encoded: Path, keep: bool = False
                     ) -> tuple[Codec, dict[str, Any], dict[str, torch.Tensor], float]:
     """Encode the training mixtures :func:`add_mixture_arguments` describe, resuming from
-    (and checkpointing to) ``encoded``.
+    (and checkpointing to) ``encoded`` (``keep``: always write it at the end, for other
+    processes to read).
 
     Returns the codec, the description of the mixtures, ``tokens: (n, N, tokens)`` the N
     sources' tokens and ``latents: (n, tokens, D)`` float16 the mixtures' encoder outputs,
@@ -145,7 +146,7 @@ def encode_mixtures(args: argparse.Namespace, prog: str, encoded: Path
     finally:
         bar.close()
     encode_seconds = time.perf_counter() - start
-    if done and time.perf_counter() - start > args.checkpoint_seconds:
+    if done and (keep or time.perf_counter() - start > args.checkpoint_seconds):
         _save_encoded(encoded, config, parts)  # the fit can be resumed from here
     return codec, config, {n: torch.cat(v) for n, v in parts.items()}, encode_seconds
 

@@ -40,6 +40,7 @@ from lass.cli import run_cli
 from lass.cli.common import append_jsonl, start_run
 from lass.data import find_tracks
 from lass.data.audio import write_text_atomic
+from lass.distributed import World, finish, init_world, main_first, parallel, rank_slice
 from lass.errors import DataError
 from lass.tokens import encode_tracks
 from priors.baselines import baseline_bits
@@ -98,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _main_wavenet(args: argparse.Namespace, device: str) -> int:
+def _main_wavenet(args: argparse.Namespace, device: str, world: World) -> int:
     """Train a noise-conditioned WaveNet on raw samples of one stem."""
     from lass.data import StemDataset
     from priors.wavenet import WaveNetConfig, WaveNetPrior, load_wavenet
@@ -136,12 +137,21 @@ def _main_wavenet(args: argparse.Namespace, device: str) -> int:
     def draw(rng: np.random.Generator, count: int) -> torch.Tensor:
         return torch.stack([train.random_kept_chunk(rng).audio[0] for _ in range(count)])
 
+    rank_slice(args.batch, world)  # (one line when the batch does not divide)
     summary = train_wavenet(net, draw, vbatch, out, WaveNetTrainConfig(
         steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
         sigma_bins=(args.sigma_bins[0], args.sigma_bins[1]), valid_every=args.valid_every,
-        checkpoint_every=args.checkpoint_every), state, log_prefix=PROG)
+        checkpoint_every=args.checkpoint_every), state, log_prefix=PROG,
+        network=parallel(net, world, unused=True), shard=(world.rank, world.size))
+    finish()
+    if not world.main:
+        return 0
     print(f"saved {out / 'model'}: valid {summary['valid_nats_per_sample']:.3f} nats/sample")
     return 0
+
+
+def _quiet(*_args: object, **_kwargs: object) -> None:
+    """What the ranks other than 0 print: nothing."""
 
 
 def _streams(args: argparse.Namespace, codec: Codec, split: str
@@ -207,15 +217,18 @@ def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     out: Path = args.out
     device = start_run(out, args.resume, args.threads, args.device)
+    world, device = init_world(device)
     if args.kind == "wavenet":
-        return _main_wavenet(args, device)
+        return _main_wavenet(args, device, world)
     if args.codec is None:
         raise DataError("--codec is required for a Transformer prior")
     if len(set(args.stem)) != len(args.stem):
         raise DataError("--stem names must be distinct")
+    share = rank_slice(args.batch, world)
     codec = load_codec(args.codec)
-    train_streams, train_classes = _streams(args, codec, "train")
-    valid_streams, valid_classes = _streams(args, codec, "valid")
+    with main_first(world):  # rank 0 fills the token cache, the others read it
+        train_streams, train_classes = _streams(args, codec, "train")
+        valid_streams, valid_classes = _streams(args, codec, "valid")
     conditional = args.conditional and len(args.stem) > 1
     windows = TokenWindows(train_streams, args.context, train_classes if conditional else None)
     valid_windows = TokenWindows(valid_streams, args.context,
@@ -229,7 +242,8 @@ def _main(argv: Sequence[str] | None) -> int:
                 [s for s, k in zip(train_streams, train_classes, strict=True) if k == c],
                 [s for s, k in zip(valid_streams, valid_classes, strict=True) if k == c],
                 codec.codebook_size)
-            print(f"{PROG}: {stem} baselines (bits/token): unigram "
+            (print if world.main else _quiet)(
+                  f"{PROG}: {stem} baselines (bits/token): unigram "
                   f"{per_stem[stem].unigram:.3f}, bigram {per_stem[stem].bigram:.3f}",
                   file=sys.stderr)
     labelled = TokenWindows(valid_streams, args.context, valid_classes)
@@ -242,7 +256,8 @@ def _main(argv: Sequence[str] | None) -> int:
                                        else valid_cls[label_of_window == c])
                 for c, stem in enumerate(args.stem) if bool((label_of_window == c).any())}
 
-    print(f"{PROG}: valid baselines (bits/token): unigram entropy {baselines.unigram_entropy:.3f}"
+    say = print if world.main else _quiet
+    say(f"{PROG}: valid baselines (bits/token): unigram entropy {baselines.unigram_entropy:.3f}"
           f", unigram {baselines.unigram:.3f}, bigram {baselines.bigram:.3f} "
           f"({baselines.tokens} tokens)", file=sys.stderr)
     tcfg = PriorTrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, warmup=args.warmup,
@@ -253,23 +268,28 @@ def _main(argv: Sequence[str] | None) -> int:
     else:
         torch.manual_seed(args.seed)
         trainer = PriorTrainer(_new_prior(args, codec, conditional, device), tcfg)
+    trainer.network = parallel(trainer.prior, world)  # (rank 0's weights on every rank)
     out.mkdir(parents=True, exist_ok=True)
     log = out / "log.jsonl"
     params = sum(p.numel() for p in trainer.prior.parameters())
-    print(f"{PROG}: {params / 1e6:.2f}M parameters, {len(windows.streams)} train streams, "
-          f"context {args.context}, device {device}", file=sys.stderr)
+    say(f"{PROG}: {params / 1e6:.2f}M parameters, {len(windows.streams)} train streams, "
+        f"context {args.context}, device {device}"
+        + (f", {world.size} processes of {args.batch // world.size} windows" if world.size > 1
+           else ""), file=sys.stderr)
     start, start_step = time.perf_counter(), trainer.step
     valid_bits = float("nan")
     bar = tqdm(total=args.steps, initial=trainer.step, desc="training", unit="step",
-               file=sys.stderr, dynamic_ncols=True)
+               file=sys.stderr, dynamic_ncols=True, disable=not world.main)
     try:
         while trainer.step < args.steps:
             codes, classes = windows.batch(np.random.default_rng([args.seed, trainer.step]),
                                            args.batch)
-            bits = trainer.train_step(codes, classes)
+            bits = trainer.train_step(codes[share], None if classes is None else classes[share])
             bar.update(1)
             bar.set_postfix(bits=f"{bits:.3f}")
             step = trainer.step
+            if not world.main:  # rank 0 alone validates and writes
+                continue
             if step % 10 == 0 or step == args.steps:
                 append_jsonl(log, {"kind": "train", "step": step, "bits": bits,
                                    "lr": trainer.lr_at(step - 1)})
@@ -287,6 +307,9 @@ def _main(argv: Sequence[str] | None) -> int:
     finally:
         bar.close()
     wall = time.perf_counter() - start
+    finish()
+    if not world.main:
+        return 0
     if valid_bits != valid_bits:  # nothing ran: measure once
         valid_bits = trainer.evaluate(valid_codes, valid_cls)
     summary = {"step": trainer.step, "valid_bits_per_token": round(valid_bits, 4),
@@ -298,7 +321,7 @@ def _main(argv: Sequence[str] | None) -> int:
                             for k, v in (evaluate_per_stem() if per_stem else {}).items()},
                "parameters": params, "stems": args.stem, "conditional": conditional,
                "last_run": {"steps": trainer.step - start_step, "wall_seconds": round(wall, 1),
-                            "device": device}}
+                            "device": device, "processes": world.size}}
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=1) + "\n")
     print(f"saved {out / 'model'}: valid {valid_bits:.3f} bits/token; bigram "
           f"{baselines.bigram:.3f}, unigram {baselines.unigram:.3f}")

@@ -28,6 +28,7 @@ from lass.cli import run_cli
 from lass.cli.common import append_jsonl, dataset_mix_rule, start_run
 from lass.data import StemDataset, chunk_samples, find_tracks, mix
 from lass.data.audio import write_text_atomic
+from lass.distributed import finish, init_world, parallel, rank_slice
 from lass.errors import DataError
 from vqvae import load_codec
 from vqvae.conv import ConvVQVAE, ConvVQVAEConfig
@@ -126,6 +127,8 @@ def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     out: Path = args.out
     device = start_run(out, args.resume, args.threads, args.device)
+    world, device = init_world(device)
+    share = rank_slice(args.batch, world)
     rule = dataset_mix_rule(args.data, args.mix)
     train_tracks = find_tracks(args.data, "train", args.stems, args.layout)
     valid_tracks = find_tracks(args.data, "valid", args.stems, args.layout)
@@ -162,24 +165,32 @@ def _main(argv: Sequence[str] | None) -> int:
                                           codebook_size=args.codebook_size, dim=args.dim,
                                           channels=args.channels)).to(device)
         trainer = CodecTrainer(model, tcfg)
+    trainer.network = parallel(trainer.model, world)  # (rank 0's weights on every rank)
     batches = Batches(train, args.batch, args.seed, args.mix_fraction, rule)
-    valid_set = _valid_set(valid, args.valid_chunks, rule)
+    valid_set = _valid_set(valid, args.valid_chunks, rule) if world.main else {}
     out.mkdir(parents=True, exist_ok=True)
     log = out / "log.jsonl"
     params = sum(p.numel() for p in trainer.model.parameters())
-    print(f"{PROG}: {params / 1e6:.2f}M parameters, hop {trainer.model.hop_length}, "
-          f"{trainer.model.codebook_size} codes, {len(train)} train chunks of {chunk} samples, "
-          f"device {device}", file=sys.stderr)
+    if world.main:
+        per = share.stop - share.start
+        print(f"{PROG}: {params / 1e6:.2f}M parameters, hop {trainer.model.hop_length}, "
+              f"{trainer.model.codebook_size} codes, {len(train)} train chunks of {chunk} "
+              f"samples, device {device}"
+              + (f", {world.size} processes of {per} chunks" if world.size > 1 else ""),
+              file=sys.stderr)
     start, start_step = time.perf_counter(), trainer.step
     last_valid: dict[str, float] = {}
     bar = tqdm(total=args.steps, initial=trainer.step, desc="training", unit="step",
-               file=sys.stderr, dynamic_ncols=True)
+               file=sys.stderr, dynamic_ncols=True, disable=not world.main)
     try:
         while trainer.step < args.steps:
-            stats = trainer.train_step(batches(trainer.step))
+            # Every rank draws the global batch (a function of the step) and takes its share.
+            stats = trainer.train_step(batches(trainer.step)[share])
             bar.update(1)
             bar.set_postfix(loss=f"{stats.loss:.3f}", sdr=f"{stats.sdr:.1f}",
                             ppl=f"{stats.perplexity:.0f}", used=stats.used)
+            if not world.main:  # rank 0 alone validates and writes
+                continue
             if stats.step % 10 == 0 or stats.step == args.steps:
                 append_jsonl(log, {"kind": "train", **stats.__dict__})
             if stats.step % args.valid_every == 0 or stats.step == args.steps:
@@ -192,6 +203,9 @@ def _main(argv: Sequence[str] | None) -> int:
     finally:
         bar.close()
     wall = time.perf_counter() - start
+    finish()
+    if not world.main:
+        return 0
     steps_done = trainer.step - start_step
     if not last_valid:
         last_valid = validate(trainer.model, valid_set)
@@ -199,7 +213,7 @@ def _main(argv: Sequence[str] | None) -> int:
                "config": trainer.model.config_dict(), "train": tcfg.__dict__,
                "last_run": {"steps": steps_done, "wall_seconds": round(wall, 1),
                             "steps_per_second": round(steps_done / wall, 3) if wall else None,
-                            "device": device}}
+                            "device": device, "processes": world.size}}
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=1) + "\n")
     print(f"saved {out / 'model'}: " + ", ".join(f"{k} {v}" for k, v in last_valid.items()))
     return 0
