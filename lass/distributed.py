@@ -107,7 +107,8 @@ def parallel(module: torch.nn.Module, world: World, unused: bool = False) -> tor
     """``module`` wrapped in DistributedDataParallel when there are several processes (its
     parameters and buffers are taken from rank 0; the buffers are not broadcast at each step:
     the trainers keep them equal on every rank); ``module`` itself in one process.
-    ``unused``: some parameters get no gradient (the last WaveNet layer's residual output)."""
+    ``unused``: some parameters get no gradient (the last layer's residual output of a WaveNet
+    or a Conv-TasNet)."""
     if world.size == 1:
         return module
     device = next(module.parameters()).device

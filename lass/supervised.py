@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F  # noqa: N812
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -210,10 +211,13 @@ def load_supervised(path: str | os.PathLike[str], device: str | torch.device = "
     return net.to(device).eval()
 
 
-def si_sdr_loss(estimate: torch.Tensor, target: torch.Tensor, eps: float = 1e-8
-                ) -> torch.Tensor:
+def si_sdr_loss(estimate: torch.Tensor, target: torch.Tensor, eps: float = 1e-8,
+                across_ranks: bool = False) -> torch.Tensor:
     """Mean negative SI-SDR (dB) of ``(batch, stems, time)`` estimates; silent targets are
-    left out (their SI-SDR is undefined)."""
+    left out (their SI-SDR is undefined). ``across_ranks`` (training under torchrun, each
+    rank passing its share of the batch; every rank must call): the silence threshold and
+    the count of kept items are those of the whole batch, and the loss is scaled so that
+    averaging the ranks' gradients gives the whole batch's."""
     target = target - target.mean(-1, keepdim=True)
     estimate = estimate - estimate.mean(-1, keepdim=True)
     power = (target ** 2).sum(-1)
@@ -222,5 +226,15 @@ def si_sdr_loss(estimate: torch.Tensor, target: torch.Tensor, eps: float = 1e-8
     noise = estimate - projection
     ratio = (projection ** 2).sum(-1) / ((noise ** 2).sum(-1) + eps)
     sdr = 10 * torch.log10(ratio + eps)
-    keep = power > 1e-6 * power.max().clamp_min(eps)
-    return -(sdr[keep].mean() if bool(keep.any()) else sdr.mean() * 0)
+    peak = power.max().detach()
+    world = (dist.get_world_size() if across_ranks and dist.is_available()
+             and dist.is_initialized() else 1)
+    if world > 1:
+        dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+    keep = power > 1e-6 * peak.clamp_min(eps)
+    count = keep.sum().to(sdr.dtype)
+    if world > 1:
+        dist.all_reduce(count)
+    if not bool(count > 0):
+        return -(sdr.mean() * 0)
+    return -(sdr[keep].sum() * world / count)

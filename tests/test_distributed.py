@@ -129,3 +129,18 @@ def test_distributed_batch_that_does_not_divide_is_one_line():
     assert rank_slice(8, World()) == slice(0, 8)
     with pytest.raises(LassError, match="does not divide among 3 processes"):
         rank_slice(8, World(0, 3))
+
+
+@pytest.mark.slow
+def test_distributed_supervised_training_equals_one_process(tmp_path):
+    """The silence threshold and the count of kept items are the whole batch's."""
+    data = make_set(tmp_path / "data")
+    for n in (1, 2):
+        proc = launch("lass.cli.train_supervised", [
+            "--data", str(data), "--stems", "drums", "bass", "--out", str(tmp_path / f"sup{n}"),
+            "--sample-rate", str(SR), "--batch", "4", "--seconds", "0.25", "--filters", "16",
+            "--kernel", "8", "--bottleneck", "8", "--hidden", "16", "--skip", "8",
+            "--layers", "2", "--stacks", "1", "--steps", "3", "--valid-every", "3",
+            "--valid-chunks", "2", "--threads", "1", "--device", "cpu"], n)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_same_weights(tmp_path / "sup1" / "model", tmp_path / "sup2" / "model")

@@ -30,6 +30,7 @@ from lass.cli import run_cli
 from lass.cli.common import append_jsonl, dataset_mix_rule, start_run
 from lass.data import StemDataset, chunk_samples, find_tracks, mix, mix_gain
 from lass.data.audio import write_text_atomic
+from lass.distributed import finish, init_world, parallel, rank_slice
 from lass.errors import DataError
 from lass.files import write_bytes_atomic
 from lass.supervised import ConvTasNet, ConvTasNetConfig, load_supervised, si_sdr_loss
@@ -92,6 +93,8 @@ def _main(argv: Sequence[str] | None) -> int:
     device = start_run(out, args.resume, args.threads, args.device)
     if args.steps < 1 or args.batch < 1 or args.seconds <= 0:
         raise DataError("--steps, --batch and --seconds must be positive")
+    world, device = init_world(device)
+    share = rank_slice(args.batch, world)
     rule = dataset_mix_rule(args.data, args.mix)
     chunk = chunk_samples(args.seconds, args.sample_rate)
 
@@ -101,8 +104,9 @@ def _main(argv: Sequence[str] | None) -> int:
                            seed=seed, require=[])
 
     train, valid = dataset("train", args.seed), dataset("valid", 12345)
-    valid_mix, valid_target = _batch(valid, np.random.default_rng(12345), args.valid_chunks,
-                                     rule)
+    if world.main:  # rank 0 alone validates
+        valid_mix, valid_target = _batch(valid, np.random.default_rng(12345),
+                                         args.valid_chunks, rule)
     state = None
     if args.resume and (out / "trainer.pt").is_file():
         net = load_supervised(out / "model", device=device).train()
@@ -116,6 +120,7 @@ def _main(argv: Sequence[str] | None) -> int:
             stems=tuple(args.stems), sample_rate=args.sample_rate, filters=args.filters,
             kernel=args.kernel, bottleneck=args.bottleneck, hidden=args.hidden, skip=args.skip,
             layers=args.layers, stacks=args.stacks)).to(device).train()
+    network = parallel(net, world, unused=True)  # (rank 0's weights on every rank)
     opt = torch.optim.Adam(net.parameters(), lr=args.lr)
     step = 0
     if state is not None:
@@ -124,9 +129,11 @@ def _main(argv: Sequence[str] | None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     log = out / "log.jsonl"
     params = sum(p.numel() for p in net.parameters())
-    print(f"{PROG}: {params / 1e6:.2f}M parameters, {len(train)} train chunks of {chunk} "
-          f"samples, receptive field {net.config.receptive_field} samples, device {device}",
-          file=sys.stderr)
+    if world.main:
+        print(f"{PROG}: {params / 1e6:.2f}M parameters, {len(train)} train chunks of {chunk} "
+              f"samples, receptive field {net.config.receptive_field} samples, device "
+              f"{device}" + (f", {world.size} processes" if world.size > 1 else ""),
+              file=sys.stderr)
 
     def save() -> None:
         net.save(out / "model")
@@ -137,7 +144,7 @@ def _main(argv: Sequence[str] | None) -> int:
     start, first = time.perf_counter(), step
     last: dict[str, float] = {}
     bar = tqdm(total=args.steps, initial=step, desc="training", unit="step", file=sys.stderr,
-               dynamic_ncols=True)
+               dynamic_ncols=True, disable=not world.main)
     try:
         while step < args.steps:
             rng = np.random.default_rng([args.seed, step])
@@ -146,7 +153,9 @@ def _main(argv: Sequence[str] | None) -> int:
                 0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * step / args.steps))))
             for group in opt.param_groups:
                 group["lr"] = lr
-            loss = si_sdr_loss(net(mixture.to(device)), target.to(device))
+            # Every rank draws the global batch (a function of the step) and takes its share.
+            loss = si_sdr_loss(network(mixture[share].to(device)), target[share].to(device),
+                               across_ranks=True)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
@@ -154,6 +163,8 @@ def _main(argv: Sequence[str] | None) -> int:
             step += 1
             bar.update(1)
             bar.set_postfix(si_sdr=f"{-float(loss):.2f}")
+            if not world.main:  # rank 0 alone validates and writes
+                continue
             if step % 10 == 0 or step == args.steps:
                 append_jsonl(log, {"kind": "train", "step": step, "si_sdr": -float(loss),
                                    "lr": lr})
@@ -166,12 +177,15 @@ def _main(argv: Sequence[str] | None) -> int:
     finally:
         bar.close()
     wall = time.perf_counter() - start
+    finish()
+    if not world.main:
+        return 0
     if not last:
         last = validate(net, valid_mix.to(device), valid_target.to(device))
     summary = {"step": step, "valid": last, "parameters": params,
                "config": json.loads((out / "model" / "supervised.json").read_text()),
                "last_run": {"steps": step - first, "wall_seconds": round(wall, 1),
-                            "device": device}}
+                            "device": device, "processes": world.size}}
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=1) + "\n")
     print(f"saved {out / 'model'}: " + ", ".join(f"{k} {v}" for k, v in last.items()))
     return 0
