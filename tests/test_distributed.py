@@ -144,3 +144,24 @@ def test_distributed_supervised_training_equals_one_process(tmp_path):
             "--valid-chunks", "2", "--threads", "1", "--device", "cpu"], n)
         assert proc.returncode == 0, proc.stderr[-3000:]
     assert_same_weights(tmp_path / "sup1" / "model", tmp_path / "sup2" / "model")
+
+
+@pytest.mark.slow
+def test_distributed_flow_training_equals_one_process(tmp_path):
+    """From a flow whose ActNorm is initialised (at its data-dependent start the gradients of
+    the normalisations vanish, so Adam's first step turns rounding into updates of size lr;
+    the start itself gathers the statistics of the whole batch)."""
+    data = make_set(tmp_path / "data")
+    args = ["--kind", "flow", "--data", str(data), "--stem", "bass", "--blocks", "2",
+            "--flows", "2", "--flow-layers", "2", "--flow-hidden", "8", "--samples", "256",
+            "--sample-rate", str(SR), "--batch", "4", "--valid-every", "3",
+            "--valid-windows", "2", "--threads", "1", "--device", "cpu"]
+    proc = launch("lass.cli.train_prior", [*args, "--out", str(tmp_path / "start"),
+                                           "--steps", "2"], 1)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for n in (1, 2):
+        proc = launch("lass.cli.train_prior", [
+            *args, "--out", str(tmp_path / f"flow{n}"), "--steps", "3",
+            "--init", str(tmp_path / "start" / "model")], n)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_same_weights(tmp_path / "flow1" / "model", tmp_path / "flow2" / "model")

@@ -267,3 +267,34 @@ def test_wavenet_init_starts_from_saved_weights(tmp_path):
         f"lass-train-prior: error: --init {first / 'model'}: its stem 'bass' differs from "
         "this run's 'drums' (--stem)")
     assert "Traceback" not in proc.stderr
+
+
+SMALL_FLOW = ["--blocks", "2", "--flows", "2", "--flow-layers", "2", "--flow-hidden", "8",
+              "--samples", "256", "--batch", "4", "--valid-every", "2", "--valid-windows", "4",
+              "--checkpoint-every", "2", "--threads", "1", "--sample-rate", str(SR)]
+
+
+@pytest.mark.slow  # over 10 s on 2 cores
+def test_train_flow_prior_resumes_exactly(tmp_path):
+    from priors.flow import load_flow
+
+    data = make_set(tmp_path / "data")
+    args = ["--kind", "flow", "--data", str(data), "--stem", "bass", *SMALL_FLOW]
+    straight, halves = tmp_path / "straight", tmp_path / "halves"
+    proc = run(*args, "--out", str(straight), "--steps", "4")
+    assert proc.returncode == 0, proc.stderr
+    assert run(*args, "--out", str(halves), "--steps", "2").returncode == 0
+    proc = run(*args, "--out", str(halves), "--steps", "4", "--resume")
+    assert proc.returncode == 0, proc.stderr
+    a, b = load_flow(straight / "model"), load_flow(halves / "model")
+    assert a.config.class_name == "bass"
+    assert a.config.sample_rate == SR
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        torch.testing.assert_close(x, y, msg=name)
+    summary = json.loads((straight / "summary.json").read_text())
+    assert summary["kind"] == "flow"
+    assert summary["step"] == 4
+    assert np.isfinite(summary["valid_nats_per_sample"])
+    bad = run(*args, "--out", str(tmp_path / "bad"), "--steps", "1", "--samples", "250")
+    assert bad.returncode == 1
+    assert "multiple of 2**blocks" in bad.stderr

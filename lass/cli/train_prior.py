@@ -53,8 +53,9 @@ PROG = "lass-train-prior"
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
-    p.add_argument("--kind", default="transformer", choices=["transformer", "wavenet"],
-                   help="transformer: tokens of --codec; wavenet: raw samples (PnF)")
+    p.add_argument("--kind", default="transformer", choices=["transformer", "wavenet", "flow"],
+                   help="transformer: tokens of --codec; wavenet: raw samples (PnF); flow: "
+                        "raw sample windows (a FloWaveNet-style flow, the thesis' prior)")
     p.add_argument("--codec", type=Path, default=None, help="saved codec directory")
     p.add_argument("--data", type=Path, required=True, help="stem data set root")
     p.add_argument("--stem", nargs="+", required=True, help="stem(s) the prior models")
@@ -93,37 +94,61 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--gate", type=int, default=256)
     w.add_argument("--skip", type=int, default=128)
     w.add_argument("--samples", type=int, default=16000,
-                   help="samples per training chunk (after the receptive field)")
+                   help="samples per training chunk (WaveNet: after the receptive field; "
+                        "flow: the window, a multiple of 2**blocks)")
     w.add_argument("--sigma-bins", type=float, nargs=2, default=[0.1, 175.9],
-                   metavar=("LO", "HI"), help="noise levels drawn log-uniformly, in bins")
+                   metavar=("LO", "HI"), help="noise levels drawn log-uniformly, in bins "
+                                              "of 1/128 (also for --kind flow)")
+    f = p.add_argument_group("--kind flow (also --samples, --sigma-bins)")
+    f.add_argument("--blocks", type=int, default=3, help="squeeze-then-flows blocks")
+    f.add_argument("--flows", type=int, default=4, help="flows per block")
+    f.add_argument("--flow-layers", type=int, default=4, help="layers of each coupling WaveNet")
+    f.add_argument("--flow-hidden", type=int, default=32, help="channels of the couplings")
+    f.add_argument("--sample-rate", type=int, default=22050,
+                   help="rate the flow models (the data are resampled to it)")
     return p
 
 
-def _main_wavenet(args: argparse.Namespace, device: str, world: World) -> int:
-    """Train a noise-conditioned WaveNet on raw samples of one stem."""
+def _main_samples(args: argparse.Namespace, device: str, world: World) -> int:
+    """Train a noise-conditioned WaveNet or flow on raw samples of one stem."""
     from lass.data import StemDataset
+    from priors.flow import FlowConfig, FlowPrior, load_flow
+    from priors.sample_train import SamplePriorTrainConfig, train_sample_prior
     from priors.wavenet import WaveNetConfig, WaveNetPrior, load_wavenet
-    from priors.wavenet_train import WaveNetTrainConfig, train_wavenet
 
     if len(args.stem) != 1:
-        raise DataError("--kind wavenet models one stem: give one --stem")
+        raise DataError(f"--kind {args.kind} models one stem: give one --stem")
     stem = args.stem[0]
     out: Path = args.out
+    load = load_wavenet if args.kind == "wavenet" else load_flow
     state: dict[str, Any] | None = None
+    net: WaveNetPrior | FlowPrior
     if args.resume and (out / "trainer.pt").is_file():
-        net = load_wavenet(out / "model", device=device)
+        net = load(out / "model", device=device)
         state = torch.load(str(out / "trainer.pt"), map_location=device, weights_only=True)
     elif args.init is not None:  # a new run from saved weights: its architecture and stem
-        net = load_wavenet(args.init, device=device).train()
+        net = load(args.init, device=device).train()
         if net.config.class_name != stem:
             raise DataError(f"--init {args.init}: its stem {net.config.class_name!r} differs "
                             f"from this run's {stem!r} (--stem)")
-    else:
+    elif args.kind == "wavenet":
         torch.manual_seed(args.seed)
         net = WaveNetPrior(WaveNetConfig(
             stacks=args.stacks, layers=args.dilated_layers, residual=args.residual,
             gate=args.gate, skip=args.skip, class_name=stem)).to(device)
-    length = args.samples + net.config.receptive_field
+    else:
+        torch.manual_seed(args.seed)
+        net = FlowPrior(FlowConfig(
+            blocks=args.blocks, flows=args.flows, layers=args.flow_layers,
+            hidden=args.flow_hidden, sample_rate=args.sample_rate, class_name=stem,
+            sigma_range=(args.sigma_bins[0] / 128, args.sigma_bins[1] / 128))).to(device)
+    if isinstance(net, WaveNetPrior):
+        length = args.samples + net.config.receptive_field
+    else:
+        length = args.samples
+        if length % net.config.multiple:
+            raise DataError(f"--samples {length} is not a multiple of 2**blocks "
+                            f"({net.config.multiple})")
 
     def data(split: str) -> StemDataset:
         return StemDataset(find_tracks(args.data, split, [stem], args.layout),
@@ -138,7 +163,7 @@ def _main_wavenet(args: argparse.Namespace, device: str, world: World) -> int:
         return torch.stack([train.random_kept_chunk(rng).audio[0] for _ in range(count)])
 
     rank_slice(args.batch, world)  # (one line when the batch does not divide)
-    summary = train_wavenet(net, draw, vbatch, out, WaveNetTrainConfig(
+    summary = train_sample_prior(net, draw, vbatch, out, SamplePriorTrainConfig(
         steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
         sigma_bins=(args.sigma_bins[0], args.sigma_bins[1]), valid_every=args.valid_every,
         checkpoint_every=args.checkpoint_every), state, log_prefix=PROG,
@@ -218,8 +243,8 @@ def _main(argv: Sequence[str] | None) -> int:
     out: Path = args.out
     device = start_run(out, args.resume, args.threads, args.device)
     world, device = init_world(device)
-    if args.kind == "wavenet":
-        return _main_wavenet(args, device, world)
+    if args.kind in ("wavenet", "flow"):
+        return _main_samples(args, device, world)
     if args.codec is None:
         raise DataError("--codec is required for a Transformer prior")
     if len(set(args.stem)) != len(args.stem):
