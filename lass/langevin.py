@@ -148,10 +148,49 @@ def langevin_separate(mixture: torch.Tensor, priors: Sequence[Score],
     return x
 
 
+def sgld_schedule(sigma: float, steps: int, eta: float, gamma: float) -> LangevinSchedule:
+    """Plain SGLD (the thesis' Algorithm 2): ``steps`` whole-signal updates at one noise
+    level ``sigma`` (a noise-conditioned prior's smallest, i.e. the prior of clean audio),
+    step size ``eta`` and mixture weight ``gamma``."""
+    if not (sigma > 0 and eta > 0 and gamma > 0 and steps > 0):
+        raise LassError("SGLD needs a positive sigma, eta, gamma and number of steps")
+    return LangevinSchedule(sigmas=(float(sigma),), steps=int(steps), eta_scale=float(eta),
+                            eta_ref=float(sigma), gamma_scale=float(gamma) * sigma**2,
+                            name="sgld")
+
+
+def annealed_schedule(start: float, stop: float, levels: int, steps: int, eta_scale: float,
+                      eta_ref: float, gamma_scale: float) -> LangevinSchedule:
+    """Whole-signal annealed Langevin: ``levels`` geometric noise levels ``start -> stop``,
+    ``steps`` updates each, ``eta = eta_scale (sigma / eta_ref)^2``, ``gamma = gamma_scale /
+    sigma^2`` (BASIS' form with free constants)."""
+    if not (start >= stop > 0 and levels > 0 and steps > 0 and eta_scale > 0 and eta_ref > 0
+            and gamma_scale > 0):
+        raise LassError("an annealed schedule needs start >= stop > 0 and positive levels, "
+                        "steps, eta and gamma")
+    return LangevinSchedule(sigmas=geometric(start, stop, levels), steps=steps,
+                            eta_scale=eta_scale, eta_ref=eta_ref, gamma_scale=gamma_scale,
+                            name="annealed")
+
+
 def schedule_from_json(entry: dict[str, Any], receptive_field: int) -> LangevinSchedule:
     """A schedule from a bundle's ``langevin`` entry: ``{"schedule": "pnf" | "basis",
-    "steps": N, "window": W, "levels": L}`` (missing fields: the paper's values)."""
+    "steps": N, "window": W, "levels": L}`` (missing fields: the paper's values);
+    ``{"schedule": "sgld", "sigma", "steps", "eta", "gamma"}`` (:func:`sgld_schedule`); or
+    ``{"schedule": "annealed", "start", "stop", "levels", "steps", "eta_scale", "eta_ref",
+    "gamma_scale"}`` (:func:`annealed_schedule`)."""
     kind = str(entry.get("schedule", "pnf"))
+    try:
+        if kind == "sgld":
+            return sgld_schedule(float(entry["sigma"]), int(entry["steps"]),
+                                 float(entry["eta"]), float(entry["gamma"]))
+        if kind == "annealed":
+            return annealed_schedule(
+                float(entry["start"]), float(entry["stop"]), int(entry["levels"]),
+                int(entry["steps"]), float(entry["eta_scale"]), float(entry["eta_ref"]),
+                float(entry["gamma_scale"]))
+    except (KeyError, TypeError, ValueError) as err:
+        raise LassError(f"the {kind} schedule of the bundle lacks or mistypes {err}") from None
     if kind == "pnf":
         return pnf_schedule(receptive_field, steps=int(entry.get("steps", 256)),
                             window=int(entry.get("window", 20000)),
@@ -159,11 +198,29 @@ def schedule_from_json(entry: dict[str, Any], receptive_field: int) -> LangevinS
     if kind == "basis":
         return basis_schedule(steps=int(entry.get("steps", 100)),
                               levels=int(entry.get("levels", 10)))
-    raise LassError(f"unknown Langevin schedule {kind!r}; expected pnf or basis")
+    raise LassError(f"unknown Langevin schedule {kind!r}; expected pnf, basis, sgld or "
+                    "annealed")
+
+
+def load_langevin_prior(path: str | os.PathLike[str], device: str | torch.device = "cpu"
+                        ) -> Any:
+    """A saved WaveNet (:mod:`priors.wavenet`) or flow (:mod:`priors.flow`) prior, by the
+    ``class`` of its ``config.json``; either has ``score(x, sigma)``."""
+    import json
+    from pathlib import Path
+
+    from priors.flow import FlowPrior, load_flow
+    from priors.wavenet import load_wavenet
+
+    try:
+        kind = json.loads((Path(path) / "config.json").read_text(encoding="utf-8")).get("class")
+    except (OSError, ValueError, AttributeError):
+        kind = None
+    return load_flow(path, device) if kind == FlowPrior.__name__ else load_wavenet(path, device)
 
 
 class LangevinSeparator:
-    """Annealed Langevin separation with one WaveNet prior per stem, loaded from a bundle.
+    """Annealed Langevin separation with one WaveNet or flow prior per stem, from a bundle.
 
     ``bundle.json``::
 
@@ -192,11 +249,12 @@ class LangevinSeparator:
                         device: str | torch.device = "cpu", verify: bool = True
                         ) -> LangevinSeparator:
         from lass.bundle import read_langevin_bundle
-        from priors.wavenet import load_wavenet
 
         spec = read_langevin_bundle(name_or_path, verify=verify)
-        priors = {stem: load_wavenet(path, device=device) for stem, path in spec.priors.items()}
-        field = max(p.receptive_field for p in priors.values())
+        priors = {stem: load_langevin_prior(path, device=device)
+                  for stem, path in spec.priors.items()}
+        # (a flow sees the whole window: windowed schedules suit the causal WaveNet only)
+        field = max(int(getattr(p, "receptive_field", 0)) for p in priors.values())
         return cls(priors, spec.stems, spec.sample_rate, spec.mix,
                    schedule_from_json(spec.langevin, field), spec)
 
