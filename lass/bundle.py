@@ -219,17 +219,132 @@ class LangevinBundleSpec:
     description: str = ""
 
 
+@dataclass(frozen=True)
+class PosteriorBundleSpec:
+    """A parsed posterior bundle (``"method": "posterior"``): an amortised posterior (see
+    :class:`lass.posterior.PosteriorSeparator`)."""
+
+    root: Path
+    name: str
+    sample_rate: int
+    stems: tuple[str, ...]
+    mix: str
+    posterior: Path
+    sha256: str
+    description: str = ""
+
+
+METHODS = ("lass", "langevin", "posterior")
+
+
 def bundle_method(name_or_path: str | os.PathLike[str] | None) -> str:
-    """How a bundle separates: ``"lass"`` or ``"langevin"`` (its ``method`` entry)."""
+    """How a bundle separates: ``"lass"``, ``"langevin"`` or ``"posterior"`` (its
+    ``method`` entry)."""
     path = resolve_bundle(name_or_path) / BUNDLE_FILE
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise BundleError(f"cannot read {path}: {err}") from None
     method = raw.get("method", "lass") if isinstance(raw, dict) else None
-    if method not in ("lass", "langevin"):
-        raise BundleError(f"{path}: unknown method {method!r}; expected lass or langevin")
+    if method not in METHODS:
+        raise BundleError(f"{path}: unknown method {method!r}; expected {', '.join(METHODS)}")
     return str(method)
+
+
+def read_posterior_bundle(name_or_path: str | os.PathLike[str] | None, verify: bool = True
+                          ) -> PosteriorBundleSpec:
+    """Parse a posterior bundle and (by default) check the posterior's sha256."""
+    root = resolve_bundle(name_or_path)
+    path = root / BUNDLE_FILE
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        stems = tuple(str(s) for s in raw["stems"])
+        entry = raw["posterior"]
+        folder = root / entry["path"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise BundleError(f"cannot read {path}: {err}") from None
+    if raw.get("method") != "posterior":
+        raise BundleError(f"{path} is not a posterior bundle (method "
+                          f"{raw.get('method', 'lass')!r})")
+    name = str(raw.get("name", root.name))
+    _check_names(path, name, stems)
+    if verify and entry.get("sha256") and sha256_path(folder) != entry["sha256"]:
+        raise BundleError(f"{path}: the posterior does not match its sha256")
+    return PosteriorBundleSpec(root=root, name=name,
+                               sample_rate=_check_rate(path, raw.get("sample_rate", 22050)),
+                               stems=stems, mix=str(raw.get("mix", "mean")), posterior=folder,
+                               sha256=sha256_path(path),
+                               description=str(raw.get("description", "")))
+
+
+def _write_folder_bundle(out: Path, parts: Mapping[str, Path], meta: dict[str, Any]) -> Path:
+    """Copy ``parts`` (bundle folder name -> source folder) into the new bundle ``out`` with
+    ``bundle.json`` = ``meta`` (written beside ``out`` and renamed into place)."""
+    import shutil
+    import tempfile
+
+    from lass.data.audio import public_mode
+
+    if out.exists():
+        raise LassError(f"{out} already exists; choose a new folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for folder, src in parts.items():
+            shutil.copytree(src, tmp / folder)
+        write_text_atomic(tmp / BUNDLE_FILE, json.dumps(meta, indent=1) + "\n")
+        for f in [tmp, *tmp.rglob("*")]:
+            f.chmod(public_mode(directory=f.is_dir()))
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def make_langevin_bundle(out: str | os.PathLike[str], *,
+                         priors: Mapping[str, str | os.PathLike[str]], mix: str,
+                         langevin: dict[str, Any], name: str | None = None,
+                         description: str = "") -> Path:
+    """A Langevin bundle in the new folder ``out``: one saved WaveNet or flow prior per stem
+    (their sample rates must agree) and the schedule's entry (see
+    :func:`lass.langevin.schedule_from_json`, which checks it)."""
+    from lass.data.mixing import check_mix_rule
+    from lass.langevin import load_langevin_prior, schedule_from_json
+
+    out = Path(out)
+    if len(priors) < 2:
+        raise LassError("a Langevin bundle needs a prior for each of two or more stems")
+    check_mix_rule(mix)
+    nets = {stem: load_langevin_prior(path) for stem, path in priors.items()}
+    rates = {int(n.config.sample_rate) for n in nets.values()}
+    if len(rates) != 1:
+        raise LassError(f"the priors work at different sample rates: {sorted(rates)}")
+    schedule_from_json(langevin, max(int(getattr(n, "receptive_field", 0))
+                                     for n in nets.values()))
+    parts = {f"prior-{stem}": Path(path) for stem, path in priors.items()}
+    meta = {"format_version": 1, "method": "langevin", "name": name or out.name,
+            "description": description, "sample_rate": rates.pop(), "stems": list(priors),
+            "mix": mix, "priors": {stem: {"path": f"prior-{stem}",
+                                          "sha256": sha256_path(path)}
+                                   for stem, path in priors.items()},
+            "langevin": langevin}
+    return _write_folder_bundle(out, parts, meta)
+
+
+def make_posterior_bundle(out: str | os.PathLike[str], *, posterior: str | os.PathLike[str],
+                          name: str | None = None, description: str = "") -> Path:
+    """A posterior bundle in the new folder ``out`` from a saved amortised posterior (its
+    stems, rate and mixing rule)."""
+    from lass.posterior import load_posterior
+
+    out = Path(out)
+    cfg = load_posterior(posterior).config
+    meta = {"format_version": 1, "method": "posterior", "name": name or out.name,
+            "description": description, "sample_rate": cfg.sample_rate,
+            "stems": list(cfg.stems), "mix": cfg.mix,
+            "posterior": {"path": "posterior", "sha256": sha256_path(posterior)}}
+    return _write_folder_bundle(out, {"posterior": Path(posterior)}, meta)
 
 
 def read_langevin_bundle(name_or_path: str | os.PathLike[str] | None, verify: bool = True

@@ -54,6 +54,7 @@ from vqvae import Codec, load_codec
 
 if TYPE_CHECKING:
     from lass.langevin import LangevinSeparator
+    from lass.posterior import PosteriorSeparator
 
 MAX_CHANNELS = 8  # a 2-D input with more rows than this has time first
 #: Inputs longer than two segments of this many seconds are decoded and masked segment by
@@ -235,8 +236,9 @@ def combine_candidates(mixture: np.ndarray, candidates: np.ndarray, combine: str
 
 
 class SeparatesAudio(Protocol):
-    """What every separator offers (LASS's :class:`Separator`, and
-    :class:`lass.langevin.LangevinSeparator`): its stems, its working rate, the bundle it came
+    """What every separator offers (LASS's :class:`Separator`,
+    :class:`lass.langevin.LangevinSeparator`, :class:`lass.posterior.PosteriorSeparator`):
+    its stems, its working rate, the bundle it came
     from, and ``separate_detailed``, the step the commands call."""
 
     stems: tuple[str, ...]
@@ -253,14 +255,20 @@ class SeparatesAudio(Protocol):
 
 def load_separator(name_or_path: str | os.PathLike[str] | None = None,
                    device: str | torch.device = "cpu", verify: bool = True
-                   ) -> Separator | LangevinSeparator:
+                   ) -> Separator | LangevinSeparator | PosteriorSeparator:
     """The separator a bundle describes: :class:`Separator` for a LASS bundle,
-    :class:`lass.langevin.LangevinSeparator` for a Langevin one (its ``method`` entry)."""
+    :class:`lass.langevin.LangevinSeparator` for a Langevin one,
+    :class:`lass.posterior.PosteriorSeparator` for an amortised posterior (its ``method``
+    entry)."""
     from lass.bundle import bundle_method
     from lass.langevin import LangevinSeparator
+    from lass.posterior import PosteriorSeparator
 
-    if bundle_method(name_or_path) == "langevin":
+    method = bundle_method(name_or_path)
+    if method == "langevin":
         return LangevinSeparator.from_pretrained(name_or_path, device=device, verify=verify)
+    if method == "posterior":
+        return PosteriorSeparator.from_pretrained(name_or_path, device=device, verify=verify)
     return Separator.from_pretrained(name_or_path, device=device, verify=verify)
 
 

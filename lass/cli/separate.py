@@ -38,6 +38,7 @@ from lass.data.audio import read_any, rms_db
 from lass.errors import DataError, LassError
 from lass.langevin import LangevinSeparator
 from lass.output import CLIP_MODES, check_template, output_format, save_stems
+from lass.posterior import PosteriorSeparator
 from lass.separator import MAX_CHANNELS, SeparationResult, SeparationSettings, Separator
 from lass.settings import add_setting_options, apply_options, given_options
 
@@ -114,9 +115,9 @@ def _parser() -> argparse.ArgumentParser:
                              "defaults to the bundle's setting")
     add_setting_options(r)
     r.add_argument("--no-verify", action="store_true", help="skip the bundle's sha256 checks")
-    r.add_argument("--method", choices=["lass", "langevin"], default=None,
-                   help="lass, or langevin (annealed Langevin with a bundle of WaveNet "
-                        "priors); default: the bundle's")
+    r.add_argument("--method", choices=["lass", "langevin", "posterior"], default=None,
+                   help="lass, langevin (Langevin with a bundle of WaveNet or flow priors) or "
+                        "posterior (an amortised posterior); default: the bundle's")
     return p
 
 
@@ -278,17 +279,21 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.batch < 1:
         raise DataError("--batch must be at least 1")
     t0 = time.perf_counter()
-    separator: Separator | LangevinSeparator
+    separator: Separator | LangevinSeparator | PosteriorSeparator
     method = bundle_method(args.model)
     if args.method is not None and args.method != method:
         raise LassError(f"--method {args.method}: the bundle separates with {method}")
+    settings: SeparationSettings | None = None
+    settings_json: dict[str, Any]
     if method == "langevin":
         separator = LangevinSeparator.from_pretrained(args.model, device=device,
                                                       verify=not args.no_verify)
-        settings: SeparationSettings | None = None
-        settings_json: dict[str, Any] = {"method": "langevin",
-                                         **dataclasses.asdict(separator.schedule),
-                                         "seed": separator.seed}
+        settings_json = {"method": "langevin", **dataclasses.asdict(separator.schedule),
+                         "seed": separator.seed}
+    elif method == "posterior":
+        separator = PosteriorSeparator.from_pretrained(args.model, device=device,
+                                                       verify=not args.no_verify)
+        settings_json = {"method": "posterior", "window": separator.window}
     else:
         separator = Separator.from_pretrained(args.model, device=device,
                                               verify=not args.no_verify)
@@ -312,7 +317,7 @@ def _main(argv: Sequence[str] | None) -> int:
         nonlocal said_downmix
         wave, rate = _read(path)
         if wave.shape[0] > 1 and not said_downmix and not isinstance(separator, Separator):
-            bar.write(f"{PROG}: multichannel input is downmixed to mono for Langevin "
+            bar.write(f"{PROG}: multichannel input is downmixed to mono for {method} "
                       "separation", file=sys.stderr)
             said_downmix = True
         mono = wave.mean(axis=0)
