@@ -25,6 +25,7 @@ from lass.errors import DataError
 from lass.separator import (
     COMBINES,
     OUTPUTS,
+    SeparatesAudio,
     SeparationSettings,
     Separator,
     combine_candidates,
@@ -245,10 +246,13 @@ def lass_samplers(names: Sequence[str]) -> list[str]:
 def make_methods(separator: Separator, names: list[str], beams: int = 10, top_k: int = 16,
                  candidates: int = 1, temperature: float = 1.0,
                  searches: LassSearches | None = None,
-                 supervised: ConvTasNet | None = None) -> dict[str, Method]:
+                 supervised: ConvTasNet | None = None,
+                 others: dict[str, SeparatesAudio] | None = None) -> dict[str, Method]:
     """Separation methods by name: ``lass-<sampler>-<decode|mask>[-<best|rerank|mean>]``,
     ``average``, ``oracle-decode``, ``oracle-mask``, ``hpss``, ``nmf`` and ``supervised``
-    (the ``supervised`` network, :mod:`lass.supervised`). Each maps
+    (the ``supervised`` network, :mod:`lass.supervised`), and ``langevin`` and ``posterior``
+    (the separators of other bundles of the same stems in ``others``, by these names). Each
+    maps
     ``(mixture (time,), sources (N, time))`` to ``(N, time)`` contributions (only the oracles
     look at the sources). LASS methods with the same sampler share one search per mixture
     (``searches``; made here when not given, else its settings are used): its decoded
@@ -286,6 +290,13 @@ def make_methods(separator: Separator, names: list[str], beams: int = 10, top_k:
             if supervised is None:
                 raise DataError("the method 'supervised' needs a trained network")
             methods[name] = lambda m, s, net=supervised: net.separate(m)  # type: ignore[misc]
+        elif name in ("langevin", "posterior"):
+            other = (others or {}).get(name)
+            if other is None:
+                raise DataError(f"the method {name!r} needs a {name} bundle")
+            methods[name] = (
+                lambda m, s, other=other: np.stack([  # type: ignore[misc]
+                    other.separate_detailed(m, rate).stems[st] for st in separator.stems]))
         elif name in lass:
             kind, output, combine = lass[name]
             methods[name] = (

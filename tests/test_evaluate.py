@@ -244,3 +244,40 @@ def test_a_left_out_stem_is_scored_by_the_energy_put_in_it(tmp_path, capsys):
         assert np.sum(10 ** (np.array(r["energy_db"]) / 10)) <= 1.0 + 1e-4
     assert evaluate_main([*args, "--without", "piano"]) == 1
     assert "--without piano" in capsys.readouterr().err
+
+
+def test_langevin_and_posterior_bundles_are_methods(tmp_path, capsys):
+    """An untrained posterior returns each source's share; SGLD with flows runs."""
+    from lass.bundle import make_langevin_bundle, make_posterior_bundle
+    from lass.posterior import AmortisedPosterior, PosteriorConfig
+    from priors.flow import FlowConfig, FlowPrior
+
+    bundle, _ = bundle_and_test_set(tmp_path, 2, seed=5)
+    post = AmortisedPosterior(PosteriorConfig(stems=("drums", "bass"), sample_rate=SR,
+                                              hidden=4, layers=1))
+    post.save(tmp_path / "post")
+    posterior = make_posterior_bundle(tmp_path / "pb", posterior=tmp_path / "post")
+    for stem in ("drums", "bass"):
+        FlowPrior(FlowConfig(blocks=1, flows=1, layers=1, hidden=4, sample_rate=SR,
+                             class_name=stem)).save(tmp_path / f"flow-{stem}")
+    langevin = make_langevin_bundle(
+        tmp_path / "lb", priors={s: tmp_path / f"flow-{s}" for s in ("drums", "bass")},
+        mix="mean", langevin={"schedule": "sgld", "sigma": 0.001, "steps": 3, "eta": 1e-6,
+                              "gamma": 10.0})
+    args = ["--data", str(tmp_path / "data"), "--bundle", str(bundle), "--mixtures", "2",
+            "--seconds", "0.25", "--methods", "average", "posterior", "langevin"]
+    out = tmp_path / "r.json"
+    assert evaluate_main([*args, "--posterior", str(posterior), "--langevin", str(langevin),
+                          "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| posterior |" in printed
+    assert "| langevin |" in printed
+    rows = json.loads(out.read_text())["per_mixture"]
+    # The untrained posterior's stems are the shares: the average baseline's numbers.
+    np.testing.assert_allclose(rows["posterior"][0]["sdr"], rows["average"][0]["sdr"],
+                               atol=1e-3)
+    assert evaluate_main(args) == 1
+    assert "needs --langevin BUNDLE" in capsys.readouterr().err
+    assert evaluate_main([*args, "--posterior", str(langevin), "--langevin",
+                          str(langevin)]) == 1
+    assert "is a langevin bundle" in capsys.readouterr().err

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from lass.bundle import bundle_method
 from lass.cli import run_cli
 from lass.cli.common import resolve_device
 from lass.data import StemDataset, chunk_samples, find_tracks, mix_gain
@@ -43,7 +44,7 @@ from lass.evaluate import (
     parse_lass_method,
     score,
 )
-from lass.separator import Separator
+from lass.separator import SeparatesAudio, Separator, load_separator
 from lass.settings import add_setting_options, given_options
 from lass.supervised import load_supervised
 
@@ -84,6 +85,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--supervised", type=Path, default=None, metavar="MODEL",
                    help="a lass-train-supervised network: the method 'supervised' (it must "
                         "separate the bundle's stems)")
+    p.add_argument("--langevin", type=Path, default=None, metavar="BUNDLE",
+                   help="a Langevin bundle (WaveNet or flow priors) of the same stems: the "
+                        "method 'langevin'")
+    p.add_argument("--posterior", type=Path, default=None, metavar="BUNDLE",
+                   help="an amortised-posterior bundle of the same stems: the method "
+                        "'posterior'")
     p.add_argument("--without", nargs="+", default=[], metavar="STEM",
                    help="leave these stems out of the mixtures (their SDRs are NaN; the "
                         "energy_db table gives what each method put in them)")
@@ -171,7 +178,22 @@ def _main(argv: Sequence[str] | None) -> int:
         if supervised.config.sample_rate != rate:
             raise DataError(f"--supervised {args.supervised} works at "
                             f"{supervised.config.sample_rate} Hz, the bundle at {rate} Hz")
-    methods = make_methods(separator, args.methods, searches=searches, supervised=supervised)
+    others: dict[str, SeparatesAudio] = {}
+    for name in ("langevin", "posterior"):
+        path = getattr(args, name)
+        if name not in args.methods:
+            continue
+        if path is None:
+            raise DataError(f"the method '{name}' needs --{name} BUNDLE")
+        if bundle_method(path) != name:
+            raise DataError(f"--{name} {path} is a {bundle_method(path)} bundle")
+        other = load_separator(path, device=device)
+        if tuple(other.stems) != tuple(separator.stems):
+            raise DataError(f"--{name} {path} separates {list(other.stems)}, the bundle "
+                            f"{list(separator.stems)}")
+        others[name] = other
+    methods = make_methods(separator, args.methods, searches=searches, supervised=supervised,
+                           others=others)
     lass_methods = [m for m in methods if m.startswith("lass-")]
     kinds = lass_samplers(args.methods)
     config = {"data": str(args.data), "split": args.split, "seconds": args.seconds,
@@ -179,6 +201,7 @@ def _main(argv: Sequence[str] | None) -> int:
               "beams": args.beams, "top_k": args.top_k, "candidates": args.candidates,
               "temperature": args.temperature,
               "supervised": str(args.supervised) if supervised is not None else None,
+              **{name: other.bundle.sha256 for name, other in others.items()},
               **{k: getattr(separator.settings, k) for k in RECORDED},
               **{k: v for k, v in given.items() if k not in RECORDED}}
     if args.without:
