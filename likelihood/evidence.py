@@ -218,6 +218,7 @@ class EvidenceTrainer:
         sources: N tensors ``(n, tokens)``, the sources' tokens; latents ``(n, tokens, D)``.
         epochs: passes over the mixtures; batch: mixtures per step; lr: peak learning rate.
         seed: seed of each epoch's shuffling (epoch ``e`` uses ``seed + e``).
+        bf16: bf16 autocast of the network (``None``: on CUDA only; the loss in float32).
         shard: ``(rank, world)`` under torchrun: each step's batch is the same on every rank
             and this rank trains on its contiguous ``batch / world`` mixtures (the caller
             sets :attr:`network` to a DistributedDataParallel of the model, which averages
@@ -226,7 +227,8 @@ class EvidenceTrainer:
 
     def __init__(self, model: TokenEvidence, sources: Sequence[torch.Tensor],
                  latents: torch.Tensor, epochs: int, batch: int = 16, lr: float = 2e-3,
-                 seed: int = 0, shard: tuple[int, int] = (0, 1)) -> None:
+                 seed: int = 0, shard: tuple[int, int] = (0, 1), bf16: bool | None = None
+                 ) -> None:
         if epochs < 1 or batch < 1 or not lr > 0:
             raise LikelihoodError("epochs, batch and lr must be positive")
         if len(sources) != model.n_sources:
@@ -244,6 +246,7 @@ class EvidenceTrainer:
         share = self.batch // world
         self.share = slice(rank * share, (rank + 1) * share)
         self.network: torch.nn.Module = model
+        self.bf16 = bf16 if bf16 is not None else model.device.type == "cuda"
         model.log_unigram.copy_(log_unigrams(sources, model.k))
         self.steps_per_epoch = first.shape[0] // self.batch
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-2)
@@ -259,7 +262,9 @@ class EvidenceTrainer:
         total = 0.0
         for step in range(self.steps_per_epoch):
             idx = order[step * self.batch: (step + 1) * self.batch][self.share]
-            lp = self.network(self.latents[idx].transpose(1, 2))
+            with torch.autocast(self.model.device.type, dtype=torch.bfloat16,
+                                enabled=self.bf16):
+                lp = self.network(self.latents[idx].transpose(1, 2)).float()
             target = torch.stack([x[idx] for x in self.sources], 2).to(lp.device)
             loss = -lp.gather(-1, target[..., None]).mean()
             self.optimizer.zero_grad(set_to_none=True)

@@ -141,11 +141,11 @@ def train_sample_prior(net: WaveNetPrior | FlowPrior, draw: Draw, valid: torch.T
             opt.step()
             step += 1
             bar.update(1)
-            bar.set_postfix(nats=f"{float(loss):.3f}")
+            bar.set_postfix(nats=f"{float(loss.detach()):.3f}")
             if not main:
                 continue
             if step % 10 == 0 or step == cfg.steps:
-                _append(log, {"kind": "train", "step": step, "nats": float(loss)})
+                _append(log, {"kind": "train", "step": step, "nats": float(loss.detach())})
             if step % cfg.valid_every == 0 or step == cfg.steps:
                 net.eval()
                 with torch.no_grad():

@@ -37,6 +37,7 @@ class PriorTrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     seed: int = 0
+    bf16: bool | None = None  # bf16 autocast of the network (None: on CUDA only)
 
 
 class TokenWindows:
@@ -119,7 +120,8 @@ class PriorTrainer:
     def _loss(self, codes: torch.Tensor, classes: torch.Tensor | None,
               network: torch.nn.Module | None = None) -> torch.Tensor:
         device = self.prior.device
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        bf16 = self.config.bf16 if self.config.bf16 is not None else device.type == "cuda"
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = (network or self.prior)(codes.to(device), classes)
         return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
                                codes.to(device).reshape(-1))

@@ -267,13 +267,14 @@ class ConvVQVAE(Codec):
         """
         if wave.shape[-1] % self.hop_length:
             raise CodecError(f"training chunks must be a multiple of hop {self.hop_length}")
-        z = self.latents(wave)
+        z = self.latents(wave).float()  # (the codebook works in float32, also under autocast)
         b, d, t = z.shape
         flat = z.permute(0, 2, 1).reshape(-1, d)
-        codes = self.codebook.nearest(flat.detach())
-        restarted = 0
-        if self.training:
-            restarted = self.codebook.update(flat.detach(), codes, generator)
+        with torch.autocast(z.device.type, enabled=False):
+            codes = self.codebook.nearest(flat.detach())
+            restarted = 0
+            if self.training:
+                restarted = self.codebook.update(flat.detach(), codes, generator)
         q = F.embedding(codes, self.codebook.embedding)
         commit = self.config.commitment * F.mse_loss(flat, q.detach())
         q_st = flat + (q - flat).detach()

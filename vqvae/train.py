@@ -40,6 +40,7 @@ class TrainConfig:
     wave_weight: float = 1.0
     spec_weight: float = 0.02
     seed: int = 0
+    bf16: bool | None = None  # bf16 autocast of the networks (None: on CUDA only)
 
 
 @dataclass(frozen=True)
@@ -96,9 +97,13 @@ class CodecTrainer:
             group["lr"] = lr
         gen = torch.Generator().manual_seed(c.seed * 1_000_003 + self.step)
         wave = wave.to(self.model.device)
-        out = self.network(wave, generator=gen)
-        wave_loss = normalised_mse(out.recon, wave)
-        spec_loss = (multi_resolution_stft_loss(out.recon, wave) if c.spec_weight > 0
+        device = wave.device.type
+        bf16 = c.bf16 if c.bf16 is not None else device == "cuda"
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+            out = self.network(wave, generator=gen)
+        recon = out.recon.float()  # the losses in float32
+        wave_loss = normalised_mse(recon, wave)
+        spec_loss = (multi_resolution_stft_loss(recon, wave) if c.spec_weight > 0
                      else wave.new_zeros(()))
         loss = c.wave_weight * wave_loss + c.spec_weight * spec_loss + out.commit_loss
         if not torch.isfinite(loss):
@@ -110,7 +115,7 @@ class CodecTrainer:
         self.optimizer.step()
         self.step += 1
         with torch.no_grad():
-            sdr = float(sdr_db(out.recon, wave).mean())
+            sdr = float(sdr_db(recon, wave).mean())
         return StepStats(self.step, float(loss.detach()), float(wave_loss.detach()),
                          float(spec_loss.detach()), float(out.commit_loss.detach()), sdr,
                          out.perplexity, out.used, out.restarted, lr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,18 @@ def start_run(out: Path, resume: bool, threads: int, device: str) -> str:
         raise LassError(f"{out} already holds a training run; pass --resume or choose another "
                         "--out")
     return resolve_device(device)
+
+
+def add_precision_option(p: argparse.ArgumentParser) -> None:
+    """``--precision``: ``auto`` (bf16 autocast on CUDA, float32 on the CPU), ``fp32`` or
+    ``bf16`` (also on the CPU)."""
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="auto: bf16 autocast on CUDA, float32 on the CPU")
+
+
+def use_bf16(precision: str, device: str) -> bool:
+    """Whether ``--precision`` asks for bf16 autocast on ``device``."""
+    return precision == "bf16" or (precision == "auto" and device.startswith("cuda"))
 
 
 def dataset_mix_rule(data: Path, override: str | None) -> str:

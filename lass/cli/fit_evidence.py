@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from lass.cli import run_cli
-from lass.cli.common import resolve_device
+from lass.cli.common import add_precision_option, resolve_device, use_bf16
 from lass.cli.fit_latent import add_mixture_arguments, encode_mixtures
 from lass.distributed import finish, init_world, main_first, parallel
 from lass.errors import DataError
@@ -46,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dilations", type=int, nargs="+", default=list(DEFAULT_DILATIONS))
     p.add_argument("--valid-hours", type=float, default=0.1,
                    help="hours of validation mixtures for the held-out figures (0: none)")
+    add_precision_option(p)
     return p
 
 
@@ -71,7 +72,8 @@ def _fit(args: argparse.Namespace) -> int:
                           ).to(codec.device)
     latents = parts["latents"].to(codec.device)
     trainer = EvidenceTrainer(model, list(parts["tokens"].unbind(1)), latents, args.epochs,
-                              args.train_batch, args.lr, args.seed, (world.rank, world.size))
+                              args.train_batch, args.lr, args.seed, (world.rank, world.size),
+                              bf16=use_bf16(args.precision, args.device))
     state_path = out.with_name(out.name + ".trainer.pt")
     if state_path.is_file():
         try:

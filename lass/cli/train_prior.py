@@ -37,7 +37,7 @@ import torch
 from tqdm import tqdm
 
 from lass.cli import run_cli
-from lass.cli.common import append_jsonl, start_run
+from lass.cli.common import add_precision_option, append_jsonl, start_run, use_bf16
 from lass.data import find_tracks
 from lass.data.audio import write_text_atomic
 from lass.distributed import World, finish, init_world, main_first, parallel, rank_slice
@@ -87,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="start a new run from this saved prior's weights (the architecture "
                         "options are taken from it); with --resume, a run already in --out "
                         "continues instead")
+    add_precision_option(p)
     w = p.add_argument_group("--kind wavenet")
     w.add_argument("--stacks", type=int, default=3, help="stacks of dilations 1..512")
     w.add_argument("--dilated-layers", type=int, default=10, help="dilated layers per stack")
@@ -286,7 +287,7 @@ def _main(argv: Sequence[str] | None) -> int:
           f", unigram {baselines.unigram:.3f}, bigram {baselines.bigram:.3f} "
           f"({baselines.tokens} tokens)", file=sys.stderr)
     tcfg = PriorTrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, warmup=args.warmup,
-                            seed=args.seed)
+                            seed=args.seed, bf16=use_bf16(args.precision, device))
     if args.resume and (out / "trainer.pt").is_file():
         trainer = PriorTrainer.resume(out, tcfg, device=device)
         trainer.prior.check_codebook(codec.codebook_size, codec.identity())

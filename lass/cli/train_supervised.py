@@ -27,7 +27,13 @@ import torch
 from tqdm import tqdm
 
 from lass.cli import run_cli
-from lass.cli.common import append_jsonl, dataset_mix_rule, start_run
+from lass.cli.common import (
+    add_precision_option,
+    append_jsonl,
+    dataset_mix_rule,
+    start_run,
+    use_bf16,
+)
 from lass.data import StemDataset, chunk_samples, find_tracks, mix, mix_gain
 from lass.data.audio import write_text_atomic
 from lass.distributed import finish, init_world, parallel, rank_slice
@@ -66,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    add_precision_option(p)
     return p
 
 
@@ -95,6 +102,7 @@ def _main(argv: Sequence[str] | None) -> int:
         raise DataError("--steps, --batch and --seconds must be positive")
     world, device = init_world(device)
     share = rank_slice(args.batch, world)
+    bf16 = use_bf16(args.precision, device)
     rule = dataset_mix_rule(args.data, args.mix)
     chunk = chunk_samples(args.seconds, args.sample_rate)
 
@@ -154,8 +162,10 @@ def _main(argv: Sequence[str] | None) -> int:
             for group in opt.param_groups:
                 group["lr"] = lr
             # Every rank draws the global batch (a function of the step) and takes its share.
-            loss = si_sdr_loss(network(mixture[share].to(device)), target[share].to(device),
-                               across_ranks=True)
+            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16,
+                                enabled=bf16):
+                est = network(mixture[share].to(device))
+            loss = si_sdr_loss(est.float(), target[share].to(device), across_ranks=True)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)

@@ -25,7 +25,13 @@ import torch
 from tqdm import tqdm
 
 from lass.cli import run_cli
-from lass.cli.common import append_jsonl, dataset_mix_rule, start_run
+from lass.cli.common import (
+    add_precision_option,
+    append_jsonl,
+    dataset_mix_rule,
+    start_run,
+    use_bf16,
+)
 from lass.data import StemDataset, chunk_samples, find_tracks, mix
 from lass.data.audio import write_text_atomic
 from lass.distributed import finish, init_world, parallel, rank_slice
@@ -70,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
                         "data keeps its codes close to what they were, so priors trained on "
                         "its tokens can be fine-tuned too; with --resume, a run already in "
                         "--out continues instead")
+    add_precision_option(p)
     return p
 
 
@@ -143,7 +150,8 @@ def _main(argv: Sequence[str] | None) -> int:
     valid = StemDataset(valid_tracks, sample_rate=args.sample_rate, chunk=chunk,
                         stems=args.stems, seed=12345)
     tcfg = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, warmup=args.warmup,
-                       spec_weight=args.spec_weight, seed=args.seed)
+                       spec_weight=args.spec_weight, seed=args.seed,
+                       bf16=use_bf16(args.precision, device))
     if args.resume and (out / "trainer.pt").is_file():
         trainer = CodecTrainer.resume(out, tcfg, device=device)
         if trainer.model.sample_rate != args.sample_rate:
