@@ -16,6 +16,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,7 +26,6 @@ from lass.errors import DataError
 from lass.separator import (
     COMBINES,
     OUTPUTS,
-    SeparatesAudio,
     SeparationSettings,
     Separator,
     combine_candidates,
@@ -238,6 +238,49 @@ class LassSearches:
         return self._cache[key]
 
 
+class OtherSeparations:
+    """The separations of other bundles' separators (``langevin``, ``posterior``) for
+    ``lass-evaluate``: each ``prefetch`` separates the mixtures it is given with every
+    separator as one batch (``separate_many``), and the methods read the results.
+
+    Args:
+        separators: by method name, objects with ``separate_many(waves, rate)``.
+        stems: the order of the stems the methods return.
+        rate: the mixtures' sample rate.
+    """
+
+    def __init__(self, separators: dict[str, Any], stems: Sequence[str], rate: int) -> None:
+        self.separators, self.stems, self.rate = separators, tuple(stems), rate
+        self._cache: dict[tuple[str, bytes], np.ndarray] = {}
+        self._seconds: dict[tuple[str, bytes], float] = {}
+
+    def prefetch(self, names: Sequence[str], mixtures: Sequence[np.ndarray]) -> None:
+        """Separate ``mixtures`` (each ``(time,)``) with the separators ``names``; results of
+        other mixtures are dropped."""
+        wanted = {m.tobytes() for m in mixtures}
+        self._cache = {k: v for k, v in self._cache.items() if k[1] in wanted}
+        self._seconds = {k: v for k, v in self._seconds.items() if k[1] in wanted}
+        for name in names:
+            todo = list({m.tobytes(): m for m in mixtures
+                         if (name, m.tobytes()) not in self._cache}.values())
+            if not todo:
+                continue
+            results = self.separators[name].separate_many(todo, self.rate)
+            for m, r in zip(todo, results, strict=True):
+                self._cache[name, m.tobytes()] = np.stack([r.stems[s] for s in self.stems])
+                self._seconds[name, m.tobytes()] = float(sum(r.timings.values()))
+
+    def __call__(self, name: str, mixture: np.ndarray) -> np.ndarray:
+        """``(N, time)`` stems of ``mixture`` by the separator ``name``."""
+        if (name, mixture.tobytes()) not in self._cache:
+            self.prefetch([name], [mixture])
+        return self._cache[name, mixture.tobytes()]
+
+    def seconds(self, name: str, mixture: np.ndarray) -> float:
+        """The separator's seconds for ``mixture`` (its share of the batch)."""
+        return self._seconds.get((name, mixture.tobytes()), 0.0)
+
+
 def lass_samplers(names: Sequence[str]) -> list[str]:
     """The samplers of the LASS methods among ``names``, in order, each once."""
     return list(dict.fromkeys(parse_lass_method(n)[0] for n in names if n.startswith("lass-")))
@@ -247,12 +290,12 @@ def make_methods(separator: Separator, names: list[str], beams: int = 10, top_k:
                  candidates: int = 1, temperature: float = 1.0,
                  searches: LassSearches | None = None,
                  supervised: ConvTasNet | None = None,
-                 others: dict[str, SeparatesAudio] | None = None) -> dict[str, Method]:
+                 others: OtherSeparations | None = None) -> dict[str, Method]:
     """Separation methods by name: ``lass-<sampler>-<decode|mask>[-<best|rerank|mean>]``,
     ``average``, ``oracle-decode``, ``oracle-mask``, ``hpss``, ``nmf`` and ``supervised``
     (the ``supervised`` network, :mod:`lass.supervised`), and ``langevin`` and ``posterior``
-    (the separators of other bundles of the same stems in ``others``, by these names). Each
-    maps
+    (the separators of other bundles of the same stems, by these names, through
+    ``others``: the time they take is ``others.seconds``). Each maps
     ``(mixture (time,), sources (N, time))`` to ``(N, time)`` contributions (only the oracles
     look at the sources). LASS methods with the same sampler share one search per mixture
     (``searches``; made here when not given, else its settings are used): its decoded
@@ -291,12 +334,10 @@ def make_methods(separator: Separator, names: list[str], beams: int = 10, top_k:
                 raise DataError("the method 'supervised' needs a trained network")
             methods[name] = lambda m, s, net=supervised: net.separate(m)  # type: ignore[misc]
         elif name in ("langevin", "posterior"):
-            other = (others or {}).get(name)
-            if other is None:
+            if others is None or name not in others.separators:
                 raise DataError(f"the method {name!r} needs a {name} bundle")
-            methods[name] = (
-                lambda m, s, other=other: np.stack([  # type: ignore[misc]
-                    other.separate_detailed(m, rate).stems[st] for st in separator.stems]))
+            methods[name] = (lambda m, s, name=name, others=others:  # type: ignore[misc]
+                             others(name, m))
         elif name in lass:
             kind, output, combine = lass[name]
             methods[name] = (

@@ -261,25 +261,42 @@ class LangevinSeparator:
     def separate_detailed(self, wave: np.ndarray, sample_rate: int,
                           settings: Any = None) -> SeparationResult:
         """``wave: (time,)`` -> stems at ``sample_rate`` and length (see the class docstring)."""
+        return self.separate_many([wave], sample_rate)[0]
+
+    def separate_many(self, waves: Sequence[np.ndarray], sample_rate: int,
+                      settings: Any = None) -> list[SeparationResult]:
+        """Several inputs; those of one length run as one batch of chains (each input's
+        result is the one it gets alone only up to the noise drawn for it)."""
         from lass.data.audio import resample
         from lass.separator import SeparationResult
 
-        x = np.asarray(wave, dtype=np.float32)
-        if x.ndim == 2:
-            x = x.mean(axis=0)
-        if x.ndim != 1 or x.size == 0 or not np.all(np.isfinite(x)):
-            raise LassError("expected a finite (time,) or (channels, time) waveform")
-        t0 = time.perf_counter()
-        xs = resample(x, sample_rate, self.sample_rate)
+        inputs = []
+        for wave in waves:
+            x = np.asarray(wave, dtype=np.float32)
+            if x.ndim == 2:
+                x = x.mean(axis=0)
+            if x.ndim != 1 or x.size == 0 or not np.all(np.isfinite(x)):
+                raise LassError("expected a finite (time,) or (channels, time) waveform")
+            inputs.append(x)
         device = next(iter(self.priors.values())).device
-        gen = torch.Generator(device=device).manual_seed(self.seed)
-        est = langevin_separate(torch.from_numpy(xs)[None].to(device),
-                                [self.priors[s].score for s in self.stems], self.schedule,
-                                self.mix_rule, generator=gen)[0]
         gain = mix_gain(len(self.stems), self.mix_rule)
-        stems = {s: resample(gain * est[i].cpu().numpy(), self.sample_rate, sample_rate,
-                              x.shape[0]) for i, s in enumerate(self.stems)}
-        return SeparationResult(stems=stems, sample_rate=sample_rate, tokens={},
-                                candidates=np.stack([stems[s] for s in self.stems])[None],
-                                score=float("nan"), fallback_steps=0,
-                                timings={"langevin": time.perf_counter() - t0})
+        results: list[SeparationResult | None] = [None] * len(inputs)
+        by_length: dict[int, list[int]] = {}
+        for i, x in enumerate(inputs):
+            by_length.setdefault(x.shape[0], []).append(i)
+        for group in by_length.values():
+            t0 = time.perf_counter()
+            xs = np.stack([resample(inputs[i], sample_rate, self.sample_rate) for i in group])
+            gen = torch.Generator(device=device).manual_seed(self.seed)
+            est = langevin_separate(torch.from_numpy(xs).to(device),
+                                    [self.priors[s].score for s in self.stems], self.schedule,
+                                    self.mix_rule, generator=gen).cpu().numpy()
+            share = (time.perf_counter() - t0) / len(group)
+            for row, i in enumerate(group):
+                stems = {s: resample(gain * est[row, k], self.sample_rate, sample_rate,
+                                     inputs[i].shape[0]) for k, s in enumerate(self.stems)}
+                results[i] = SeparationResult(
+                    stems=stems, sample_rate=sample_rate, tokens={},
+                    candidates=np.stack([stems[s] for s in self.stems])[None],
+                    score=float("nan"), fallback_steps=0, timings={"langevin": share})
+        return [r for r in results if r is not None]

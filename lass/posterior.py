@@ -229,28 +229,44 @@ class PosteriorSeparator:
                             f"({spec.mix})")
         return cls(model, spec)
 
-    @torch.no_grad()
     def separate_detailed(self, wave: np.ndarray, sample_rate: int,
                           settings: Any = None) -> SeparationResult:
         """``wave: (time,)`` -> stems at ``sample_rate`` and length."""
+        return self.separate_many([wave], sample_rate)[0]
+
+    @torch.no_grad()
+    def separate_many(self, waves: Sequence[np.ndarray], sample_rate: int,
+                      settings: Any = None) -> list[SeparationResult]:
+        """Several inputs; those of one length run as one batch (the same stems as alone)."""
         from lass.data.audio import resample
         from lass.separator import SeparationResult
 
-        x = np.asarray(wave, dtype=np.float32)
-        if x.ndim == 2:
-            x = x.mean(axis=0)
-        if x.ndim != 1 or x.size == 0 or not np.all(np.isfinite(x)):
-            raise LassError("expected a finite (time,) or (channels, time) waveform")
-        t0 = time.perf_counter()
-        xs = torch.from_numpy(resample(x, sample_rate, self.sample_rate))
-        n = len(self.stems)
-        gain = mix_gain(n, self.mix_rule)
-        parts = [self.posterior(xs[None, i: i + self.window].to(self.posterior.device))[0][0]
-                 for i in range(0, xs.shape[0], self.window)]
-        est = torch.cat(parts, dim=-1).cpu().numpy()  # (N, time)
-        stems = {s: resample(gain * est[i], self.sample_rate, sample_rate, x.shape[0])
-                 for i, s in enumerate(self.stems)}
-        return SeparationResult(stems=stems, sample_rate=sample_rate, tokens={},
-                                candidates=np.stack([stems[s] for s in self.stems])[None],
-                                score=float("nan"), fallback_steps=0,
-                                timings={"posterior": time.perf_counter() - t0})
+        inputs = []
+        for wave in waves:
+            x = np.asarray(wave, dtype=np.float32)
+            if x.ndim == 2:
+                x = x.mean(axis=0)
+            if x.ndim != 1 or x.size == 0 or not np.all(np.isfinite(x)):
+                raise LassError("expected a finite (time,) or (channels, time) waveform")
+            inputs.append(x)
+        gain = mix_gain(len(self.stems), self.mix_rule)
+        results: list[SeparationResult | None] = [None] * len(inputs)
+        by_length: dict[int, list[int]] = {}
+        for i, x in enumerate(inputs):
+            by_length.setdefault(x.shape[0], []).append(i)
+        for group in by_length.values():
+            t0 = time.perf_counter()
+            xs = torch.from_numpy(np.stack([resample(inputs[i], sample_rate, self.sample_rate)
+                                            for i in group]))
+            parts = [self.posterior(xs[:, j: j + self.window].to(self.posterior.device))[0]
+                     for j in range(0, xs.shape[1], self.window)]
+            est = torch.cat(parts, dim=-1).cpu().numpy()  # (batch, N, time)
+            share = (time.perf_counter() - t0) / len(group)
+            for row, i in enumerate(group):
+                stems = {s: resample(gain * est[row, k], self.sample_rate, sample_rate,
+                                     inputs[i].shape[0]) for k, s in enumerate(self.stems)}
+                results[i] = SeparationResult(
+                    stems=stems, sample_rate=sample_rate, tokens={},
+                    candidates=np.stack([stems[s] for s in self.stems])[None],
+                    score=float("nan"), fallback_steps=0, timings={"posterior": share})
+        return [r for r in results if r is not None]

@@ -37,6 +37,7 @@ from lass.data.audio import write_text_atomic
 from lass.errors import DataError
 from lass.evaluate import (
     LassSearches,
+    OtherSeparations,
     evaluation_mixtures,
     lass_samplers,
     make_methods,
@@ -78,8 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=None,
                    help="temperature of the sampling samplers (default: the bundle's, or 1)")
     p.add_argument("--batch", type=int, default=8, metavar="N",
-                   help="mixtures whose LASS searches run as one batch (faster per mixture "
-                        "on a CPU; 1: one at a time)")
+                   help="mixtures whose LASS searches (and Langevin or posterior separations) "
+                        "run as one batch (faster per mixture on a CPU; 1: one at a time)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="results JSON (resumable)")
     p.add_argument("--supervised", type=Path, default=None, metavar="MODEL",
@@ -192,8 +193,9 @@ def _main(argv: Sequence[str] | None) -> int:
             raise DataError(f"--{name} {path} separates {list(other.stems)}, the bundle "
                             f"{list(separator.stems)}")
         others[name] = other
+    batched = OtherSeparations(others, separator.stems, rate)
     methods = make_methods(separator, args.methods, searches=searches, supervised=supervised,
-                           others=others)
+                           others=batched)
     lass_methods = [m for m in methods if m.startswith("lass-")]
     kinds = lass_samplers(args.methods)
     config = {"data": str(args.data), "split": args.split, "seconds": args.seconds,
@@ -231,6 +233,9 @@ def _main(argv: Sequence[str] | None) -> int:
         searches.prefetch(kinds,
                           [x for m, x in zip(group, mixed, strict=True)
                            if any(not finished(n, m.index) for n in lass_methods)])
+        for name in others:  # the other bundles' separators, one batch each
+            batched.prefetch([name], [x for m, x in zip(group, mixed, strict=True)
+                                      if not finished(name, m.index)])
         for mixture, x in zip(group, mixed, strict=True):
             refs = mix_gain(len(separator.stems), separator.mix_rule) * mixture.stems  # true
             # contributions: each source scaled by the mixing rule
@@ -243,6 +248,8 @@ def _main(argv: Sequence[str] | None) -> int:
                 seconds = time.perf_counter() - start
                 if name.startswith("lass-"):
                     seconds += searches.seconds(parse_lass_method(name)[0], x)
+                if name in others:
+                    seconds += batched.seconds(name, x)
                 done[name].append({"index": mixture.index, "track": mixture.track,
                                    "start": mixture.start, "seconds": seconds,
                                    **score(est, refs, rate)})
