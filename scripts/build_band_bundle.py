@@ -257,7 +257,8 @@ def main() -> None:
     method = ("lass-beam-mask" if best["kind"] == "beam" else "lass-ancestral-mask-mean")
     methods = ["average", "hpss", "oracle-decode", "oracle-mask", method]
     report = log.setdefault("report", {})
-    for name, split, extra in (("test", "test", []), ("heldout", "heldout", []),
+    # (held-out timbres first: the targets are judged there)
+    for name, split, extra in (("heldout", "heldout", []), ("test", "test", []),
                                ("heldout-without-other", "heldout", ["--without", "other"])):
         # The supervised reference has its own results file (the same mixtures), so that
         # it can be added to a report without measuring the others again.
