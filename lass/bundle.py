@@ -234,12 +234,12 @@ class PosteriorBundleSpec:
     description: str = ""
 
 
-METHODS = ("lass", "langevin", "posterior")
+METHODS = ("lass", "langevin", "posterior", "image")
 
 
 def bundle_method(name_or_path: str | os.PathLike[str] | None) -> str:
-    """How a bundle separates: ``"lass"``, ``"langevin"`` or ``"posterior"`` (its
-    ``method`` entry)."""
+    """How a bundle separates: ``"lass"``, ``"langevin"``, ``"posterior"`` or ``"image"``
+    (its ``method`` entry)."""
     path = resolve_bundle(name_or_path) / BUNDLE_FILE
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))

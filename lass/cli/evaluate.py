@@ -45,6 +45,7 @@ from lass.evaluate import (
     parse_lass_method,
     score,
 )
+from lass.image_evaluate import DEFAULT_IMAGE_METHODS
 from lass.separator import SeparatesAudio, Separator, load_separator
 from lass.settings import add_setting_options, given_options
 from lass.supervised import load_supervised
@@ -64,13 +65,16 @@ DEFAULT_METHODS = ["average", "hpss", "nmf", "oracle-decode", "oracle-mask", "la
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
-    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--data", type=Path, default=None,
+                   help="stem data set root (audio bundles; image bundles evaluate on MNIST)")
     p.add_argument("--bundle", default=None, help="bundle (default: the embedded default)")
     p.add_argument("--split", default="test")
     p.add_argument("--layout", default="auto")
     p.add_argument("--mixtures", type=int, default=100)
     p.add_argument("--seconds", type=float, default=3.0)
-    p.add_argument("--methods", nargs="+", default=DEFAULT_METHODS)
+    p.add_argument("--methods", nargs="+", default=None,
+                   help=f"default: {' '.join(DEFAULT_METHODS)}; image bundles: "
+                        f"{' '.join(DEFAULT_IMAGE_METHODS)} (see lass.image_evaluate)")
     p.add_argument("--beams", type=int, default=10)
     p.add_argument("--top-k", type=int, default=16)
     p.add_argument("--candidates", type=int, default=None,
@@ -78,9 +82,10 @@ def _parser() -> argparse.ArgumentParser:
                         "default: the bundle's)")
     p.add_argument("--temperature", type=float, default=None,
                    help="temperature of the sampling samplers (default: the bundle's, or 1)")
-    p.add_argument("--batch", type=int, default=8, metavar="N",
+    p.add_argument("--batch", type=int, default=None, metavar="N",
                    help="mixtures whose LASS searches (and Langevin or posterior separations) "
-                        "run as one batch (faster per mixture on a CPU; 1: one at a time)")
+                        "run as one batch (faster per mixture on a CPU; 1: one at a time; "
+                        "default 8, images 256)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="results JSON (resumable)")
     p.add_argument("--supervised", type=Path, default=None, metavar="MODEL",
@@ -143,6 +148,16 @@ def format_table(table: dict[str, dict[str, dict[str, float]]], stems: Sequence[
 def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     device = resolve_device(args.device)
+    if args.batch is not None and args.batch < 1:
+        raise DataError("--batch must be at least 1")
+    if bundle_method(args.bundle) == "image":
+        return _main_images(args, device)
+    if args.data is None:
+        raise DataError("--data is needed: the stem data set to make mixtures from")
+    if args.methods is None:
+        args.methods = DEFAULT_METHODS
+    if args.batch is None:
+        args.batch = 8
     separator = Separator.from_pretrained(args.bundle, device=device)
     given = given_options(args, EVALUATE_SETTINGS)
     separator = separator.with_settings(**given) if given else separator
@@ -263,6 +278,30 @@ def _main(argv: Sequence[str] | None) -> int:
         print()
     if args.out is not None:
         print(f"per-mixture results: {args.out}")
+    return 0
+
+
+def _main_images(args: argparse.Namespace, device: str) -> int:
+    """PSNR table of an image bundle's methods on MNIST mixtures (lass.image_evaluate)."""
+    from lass.image_evaluate import evaluate_images, format_image_table
+    from lass.images import ImageSeparator
+
+    separator = ImageSeparator.from_pretrained(args.bundle, device=device)
+    if args.candidates is not None:
+        separator = separator.with_settings(candidates=args.candidates)
+    if args.temperature is not None:
+        separator = separator.with_settings(temperature=args.temperature)
+    if args.lam is not None:
+        separator = separator.with_settings(lam=args.lam)
+    if getattr(args, "refine", None) is not None:
+        separator = separator.with_settings(refine_steps=args.refine)
+    result = evaluate_images(separator, split=args.split, mixtures=args.mixtures,
+                             methods=args.methods or DEFAULT_IMAGE_METHODS, seed=args.seed,
+                             batch=args.batch or 256,
+                             log=lambda line: print(line, file=sys.stderr))
+    if args.out is not None:
+        write_text_atomic(args.out, json.dumps(result, indent=1) + "\n")
+    print(format_image_table(result["table"]))
     return 0
 
 

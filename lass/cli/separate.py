@@ -53,6 +53,7 @@ EPILOG = """examples:
   lass-separate songs/ -o stems --flac           every audio file under songs/, as FLAC
   lass-separate "live/*.m4a" --filename "{track}_{stem}.{ext}"
   lass-separate mix.wav -m toy                   another bundle (see --list-models)
+  lass-separate digits/ -m mnist                 image mixtures (PNG): source_1.png, source_2.png
   lass-separate --list-models
 
 the default model:
@@ -103,9 +104,10 @@ def _parser() -> argparse.ArgumentParser:
                    "(default: auto)")
     p.add_argument("--threads", type=int, default=0, metavar="N",
                    help="CPU threads (default: 0, torch's choice)")
-    p.add_argument("--batch", type=int, default=8, metavar="N",
+    p.add_argument("--batch", type=int, default=None, metavar="N",
                    help="inputs of equal length and rate, up to N at a time, are searched as "
-                        "one batch: faster per input on a CPU, the same stems (default: 8)")
+                        "one batch: faster per input on a CPU, the same stems (default: 8; "
+                        "images: 256)")
     p.add_argument("-q", "--quiet", action="store_true",
                    help="no progress bars (they are off anyway when stderr is not a terminal)")
     p.add_argument("--list-models", action="store_true",
@@ -115,7 +117,7 @@ def _parser() -> argparse.ArgumentParser:
                              "defaults to the bundle's setting")
     add_setting_options(r)
     r.add_argument("--no-verify", action="store_true", help="skip the bundle's sha256 checks")
-    r.add_argument("--method", choices=["lass", "langevin", "posterior"], default=None,
+    r.add_argument("--method", choices=["lass", "langevin", "posterior", "image"], default=None,
                    help="lass, langevin (Langevin with a bundle of WaveNet or flow priors) or "
                         "posterior (an amortised posterior); default: the bundle's")
     return p
@@ -145,8 +147,6 @@ def expand_inputs(items: Sequence[str]) -> tuple[list[Path], list[str]]:
 def check_args(args: argparse.Namespace) -> dict[str, Any]:
     """Refuse settings out of range with one line, before any model is loaded or input read;
     the settings given (schema key -> value)."""
-    if args.batch < 1:
-        raise LassError(f"--batch must be at least 1, not {args.batch}")
     if args.threads < 0:
         raise LassError(f"--threads must be 0 (torch's choice) or more, not {args.threads}")
     given = given_options(args)
@@ -225,14 +225,22 @@ def list_models() -> list[dict[str, Any]]:
         for d in sorted(folder.iterdir()):
             if not (d / BUNDLE_FILE).is_file():
                 continue
+            size = round(sum(f.stat().st_size for f in d.rglob("*") if f.is_file()) / 1e6, 1)
             try:
+                if bundle_method(d) == "image":
+                    from lass.images import read_image_bundle
+
+                    image = read_image_bundle(d, verify=False)
+                    out.append({"name": image.name, "where": where, "stems": list(image.stems),
+                                "sample_rate": None, "mb": size,
+                                "description": image.description})
+                    continue
                 spec = read_bundle(d, verify=False)
             except LassError as err:
                 out.append({"name": d.name, "where": where, "error": str(err)})
                 continue
-            size = sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
             out.append({"name": spec.name, "where": where, "stems": list(spec.stems),
-                        "sample_rate": spec.sample_rate, "mb": round(size / 1e6, 1),
+                        "sample_rate": spec.sample_rate, "mb": size,
                         "description": spec.description})
     return out
 
@@ -245,8 +253,8 @@ def _print_models() -> None:
         if "error" in m:
             print(f"{m['name']} ({m['where']}): unreadable: {m['error']}")
             continue
-        print(f"{m['name']} ({m['where']}): {', '.join(m['stems'])}; {m['sample_rate']} Hz; "
-              f"{m['mb']} MB")
+        rate = f"{m['sample_rate']} Hz" if m["sample_rate"] else "images"
+        print(f"{m['name']} ({m['where']}): {', '.join(m['stems'])}; {rate}; {m['mb']} MB")
         if m["description"]:
             print(f"    {m['description']}")
 
@@ -257,7 +265,19 @@ def _main(argv: Sequence[str] | None) -> int:
         _print_models()
         return 0
     if not args.inputs:
-        raise LassError("no input given (audio files, folders or glob patterns)")
+        raise LassError("no input given (audio or image files, folders or glob patterns)")
+    if args.batch is not None and args.batch < 1:
+        raise LassError(f"--batch must be at least 1, not {args.batch}")
+    method = bundle_method(args.model)
+    if args.method is not None and args.method != method:
+        raise LassError(f"--method {args.method}: the bundle separates with {method}")
+    if method == "image":
+        from lass.cli.separate_images import separate_images
+
+        _check_out(args.out)
+        return separate_images(args, PROG, resolve_device(args.device))
+    if args.batch is None:
+        args.batch = 8
     given = check_args(args)
     check_template(args.filename)
     output_format("flac" if args.flac else "mp3" if args.mp3 else "wav",
@@ -280,9 +300,6 @@ def _main(argv: Sequence[str] | None) -> int:
         raise DataError("--batch must be at least 1")
     t0 = time.perf_counter()
     separator: Separator | LangevinSeparator | PosteriorSeparator
-    method = bundle_method(args.model)
-    if args.method is not None and args.method != method:
-        raise LassError(f"--method {args.method}: the bundle separates with {method}")
     settings: SeparationSettings | None = None
     settings_json: dict[str, Any]
     if method == "langevin":

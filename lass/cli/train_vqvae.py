@@ -9,6 +9,12 @@ and on mixtures, with the codebook's perplexity. Checkpoints go to ``OUT/model``
 loadable with ``vqvae.load_codec``) and ``OUT/trainer.pt``; ``--resume`` continues a run
 exactly; ``--init MODEL`` starts a new run from a saved codec (fine-tuning).
 ``OUT/log.jsonl`` records the numbers; ``OUT/summary.json`` the last validation.
+
+``--kind image`` trains the 2-D image codec (:mod:`vqvae.image`) on augmented MNIST training
+digits and mixtures of two (no ``--data``; ``--codebook-size``, ``--dim``, ``--channels``,
+``--steps``, ``--batch``, ``--lr``, ``--warmup``, ``--mix-fraction``, ``--seed`` apply):
+
+    lass-train-vqvae --kind image --out runs/mnist/codec --codebook-size 256 --steps 5000
 """
 
 from __future__ import annotations
@@ -45,7 +51,9 @@ PROG = "lass-train-vqvae"
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
-    p.add_argument("--data", type=Path, required=True, help="stem data set root")
+    p.add_argument("--kind", choices=["audio", "image"], default="audio",
+                   help="audio: the 1-D codec on --data; image: the 2-D codec on MNIST digits")
+    p.add_argument("--data", type=Path, default=None, help="stem data set root (audio)")
     p.add_argument("--out", type=Path, required=True, help="run folder")
     p.add_argument("--stems", nargs="+", default=["drums", "bass"])
     p.add_argument("--layout", default="auto", help="auto, folder, slakh or musdb")
@@ -130,8 +138,32 @@ def validate(model: ConvVQVAE, valid: dict[str, torch.Tensor]) -> dict[str, floa
     return result
 
 
+def _main_image(args: argparse.Namespace) -> int:
+    """``--kind image``: the image codec on augmented MNIST training digits."""
+    from lass.image_training import train_image_codec
+    from vqvae.image import ImageTrainConfig, ImageVQVAEConfig
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not args.resume and (args.out / "trainer.pt").is_file():
+        raise DataError(f"{args.out} holds a run: pass --resume to continue it, or another "
+                        "--out")
+    train_image_codec(args.out, config=ImageVQVAEConfig(codebook_size=args.codebook_size,
+                                                        dim=args.dim, channels=args.channels),
+                      train=ImageTrainConfig(steps=args.steps, batch=args.batch, lr=args.lr,
+                                             warmup=args.warmup, seed=args.seed),
+                      mix_fraction=args.mix_fraction, valid_every=args.valid_every,
+                      resume=args.resume, log=lambda line: print(line, file=sys.stderr))
+    print(f"saved {args.out / 'model'}")
+    return 0
+
+
 def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
+    if args.kind == "image":
+        return _main_image(args)
+    if args.data is None:
+        raise DataError("--data is needed: the stem data set root")
     out: Path = args.out
     device = start_run(out, args.resume, args.threads, args.device)
     world, device = init_world(device)

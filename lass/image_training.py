@@ -1,0 +1,177 @@
+"""Training of the MNIST models of image LASS: the image codec, the code-grid prior, and the
+counted likelihood of mixture codes given source-code pairs.
+
+Each function is one resumable stage writing into its own folder (the build script
+``scripts/build_mnist_bundle.py`` and ``lass-train-vqvae --kind image`` call them). Only the
+``train`` and ``valid`` splits of :mod:`lass.data.mnist` are read here: the ``test`` digits
+are reserved for evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lass.data.mnist import augment, augmented_copies, load_mnist, mixture_pairs
+from lass.files import write_text_atomic
+from likelihood import Counts, save_counts
+from likelihood.counting import TupleCounter
+from priors import TransformerPrior, TransformerPriorConfig, load_prior
+from priors.train import PriorTrainConfig, PriorTrainer, TokenWindows
+from vqvae.image import (
+    ImageCodecTrainer,
+    ImageTrainConfig,
+    ImageVQVAE,
+    ImageVQVAEConfig,
+    codec_identity,
+    load_image_codec,
+    reconstruction_psnr,
+)
+
+Log = Callable[[str], None]
+
+
+def _log_line(path: Path, record: dict[str, Any]) -> None:
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record) + "\n")
+
+
+def _batch(images: torch.Tensor, size: int, mix_fraction: float, gen: torch.Generator
+           ) -> torch.Tensor:
+    """``size`` augmented training images, ``mix_fraction`` of them mixtures of two."""
+    n = images.shape[0]
+    pick = torch.randint(0, n, (size, 2), generator=gen)
+    a = augment(images[pick[:, 0]], gen)
+    b = augment(images[pick[:, 1]], gen)
+    mixed = torch.rand(size, generator=gen) < mix_fraction
+    return torch.where(mixed[:, None, None], (a + b) / 2, a)
+
+
+def train_image_codec(out: Path, *, config: ImageVQVAEConfig | None = None,
+                      train: ImageTrainConfig | None = None, mix_fraction: float = 0.25,
+                      valid_every: int = 500, resume: bool = True, log: Log = print
+                      ) -> ImageVQVAE:
+    """Train an :class:`ImageVQVAE` on augmented MNIST training digits (and mixtures of two,
+    ``mix_fraction`` of each batch) into ``out`` (``out/model`` is the codec); resumes a run
+    left there. Logs validation PSNR of digits and of mixtures to ``out/log.jsonl``."""
+    train = train or ImageTrainConfig()
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(train.seed)
+    if resume and (out / "trainer.pt").is_file():
+        trainer = ImageCodecTrainer.resume(out, train)
+        log(f"codec: resuming at step {trainer.step}")
+    else:
+        trainer = ImageCodecTrainer(ImageVQVAE(config), train)
+    images = torch.from_numpy(load_mnist("train")[0])
+    valid = torch.from_numpy(load_mnist("valid")[0])
+    pairs = torch.from_numpy(mixture_pairs(400, valid.shape[0], seed=1))
+    valid_mix = (valid[pairs[:, 0]] + valid[pairs[:, 1]]) / 2
+    t0 = time.perf_counter()
+    while trainer.step < train.steps:
+        gen = torch.Generator().manual_seed(train.seed * 7919 + trainer.step)
+        stats = trainer.train_step(_batch(images, train.batch, mix_fraction, gen))
+        if trainer.step % valid_every == 0 or trainer.step == train.steps:
+            record = {**stats, "valid_psnr": float(reconstruction_psnr(trainer.model,
+                                                                       valid).mean()),
+                      "valid_mix_psnr": float(reconstruction_psnr(trainer.model,
+                                                                  valid_mix).mean()),
+                      "seconds": round(time.perf_counter() - t0, 1)}
+            _log_line(out / "log.jsonl", record)
+            log(f"codec step {trainer.step}: train {stats['psnr']:.2f} dB, valid "
+                f"{record['valid_psnr']:.2f} dB (mixtures {record['valid_mix_psnr']:.2f}), "
+                f"{stats['used']} codes used")
+            trainer.save(out)
+    return load_image_codec(out / "model")
+
+
+@torch.no_grad()
+def encode_images(codec: ImageVQVAE, images: np.ndarray, batch: int = 1000) -> np.ndarray:
+    """``images: (n, H, W)`` -> ``(n, h * w)`` int64 codes in raster order."""
+    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+    return torch.cat([codec.encode(part).flatten(1).cpu() for part in x.split(batch)]).numpy()
+
+
+def prior_streams(codec: ImageVQVAE, split: str, copies: int, seed: int) -> np.ndarray:
+    """Code sequences ``(copies * n, h * w)`` of a split's digits and ``copies - 1``
+    augmented versions of each (the prior's training or validation set)."""
+    return encode_images(codec, augmented_copies(load_mnist(split)[0], copies, seed))
+
+
+def count_image_likelihood(codec: ImageVQVAE, out: Path, *, mixtures: int, seed: int = 0,
+                           augment_copies: int = 4, chunk: int = 20000, log: Log = print
+                           ) -> Counts:
+    """Count ``(m, i, j)`` over ``mixtures`` random pairs of augmented training digits
+    (mixture = mean; both orders, so the table is symmetric) at every grid position; saved
+    to ``out`` (a counts ``.npz``) and returned."""
+    pool = augmented_copies(load_mnist("train")[0], augment_copies, seed)
+    pool_codes = encode_images(codec, pool)
+    counter = TupleCounter(codec.codebook_size, symmetric=True)
+    pairs = mixture_pairs(mixtures, pool.shape[0], seed + 1)
+    t0 = time.perf_counter()
+    for lo in range(0, mixtures, chunk):
+        part = pairs[lo: lo + chunk]
+        mix = (pool[part[:, 0]] + pool[part[:, 1]]) / 2
+        m = encode_images(codec, mix)
+        counter.add(m.ravel(), pool_codes[part[:, 0]].ravel(), pool_codes[part[:, 1]].ravel())
+        log(f"counting: {min(lo + chunk, mixtures)} of {mixtures} mixtures "
+            f"({time.perf_counter() - t0:.0f} s)")
+    counter.flush()
+    counts = Counts(matrix=counter.matrix(),
+                    meta={"codec_identity": codec_identity(codec), "mixtures": mixtures,
+                          "triples": counter.triples, "source": "mnist train"})
+    save_counts(out, counts)
+    write_text_atomic(out.with_suffix(".json"), json.dumps(
+        {"mixtures": mixtures, "seed": seed, "augment_copies": augment_copies,
+         **counts.stats()}, indent=1) + "\n")
+    return counts
+
+
+def train_image_prior(codec: ImageVQVAE, out: Path, *, copies: int = 16,
+                      config: PriorTrainConfig | None = None, width: int = 128, layers: int = 3,
+                      heads: int = 4, dropout: float = 0.1, valid_every: int = 500,
+                      seed: int = 0, resume: bool = True, log: Log = print) -> TransformerPrior:
+    """Train the shared prior over raster-ordered code grids of augmented training digits
+    (``copies`` per digit, the first unaugmented) into ``out`` (``out/model``); resumes a
+    run left there. Logs validation bits per token (unaugmented validation digits) to
+    ``out/log.jsonl``."""
+    config = config or PriorTrainConfig(steps=6000, batch=64, lr=1e-3, seed=seed)
+    out.mkdir(parents=True, exist_ok=True)
+    h, w = codec.grid
+    length = h * w
+    cache = out / f"codes-x{copies}-seed{seed}.npy"
+    if cache.is_file():
+        streams = np.load(cache)
+    else:
+        streams = prior_streams(codec, "train", copies, seed)
+        np.save(cache, streams)
+    valid = torch.from_numpy(encode_images(codec, load_mnist("valid")[0]))
+    torch.manual_seed(seed)
+    if resume and (out / "trainer.pt").is_file():
+        trainer = PriorTrainer.resume(out, config)
+        log(f"prior: resuming at step {trainer.step}")
+    else:
+        prior = TransformerPrior(TransformerPriorConfig(
+            vocab_size=codec.codebook_size, context_length=length, width=width, layers=layers,
+            heads=heads, kv_heads=1, dropout=dropout, codec_identity=codec_identity(codec)))
+        trainer = PriorTrainer(prior, config)
+    windows = TokenWindows(list(streams), length)
+    rng = np.random.default_rng(seed * 7919 + trainer.step)
+    t0 = time.perf_counter()
+    while trainer.step < config.steps:
+        codes, _ = windows.batch(rng, config.batch)
+        bits = trainer.train_step(codes)
+        if trainer.step % valid_every == 0 or trainer.step == config.steps:
+            record = {"step": trainer.step, "train_bits": bits,
+                      "valid_bits": trainer.evaluate(valid, batch=400),
+                      "seconds": round(time.perf_counter() - t0, 1)}
+            _log_line(out / "log.jsonl", record)
+            log(f"prior step {trainer.step}: train {bits:.3f}, valid "
+                f"{record['valid_bits']:.3f} bits per token")
+            trainer.save(out)
+    return load_prior(out / "model")
