@@ -21,6 +21,8 @@ _LAZY = {
     "load_separator": "lass.separator",
     "SeparationSettings": "lass.separator",
     "SeparationResult": "lass.separator",
+    "ImageSeparator": "lass.images",
+    "ImageSettings": "lass.images",
     "Greedy": "lass.sampling",
     "Ancestral": "lass.sampling",
     "TopK": "lass.sampling",

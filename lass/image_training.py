@@ -10,6 +10,7 @@ are reserved for evaluation.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,8 +23,10 @@ from lass.data.mnist import augment, augmented_copies, load_mnist, mixture_pairs
 from lass.files import write_text_atomic
 from likelihood import Counts, save_counts
 from likelihood.counting import TupleCounter
+from likelihood.image_evidence import ImageEvidence
 from priors import TransformerPrior, TransformerPriorConfig, load_prior
 from priors.train import PriorTrainConfig, PriorTrainer, TokenWindows
+from vqvae.files import write_bytes_atomic_torch
 from vqvae.image import (
     ImageCodecTrainer,
     ImageTrainConfig,
@@ -175,3 +178,71 @@ def train_image_prior(codec: ImageVQVAE, out: Path, *, copies: int = 16,
                 f"{record['valid_bits']:.3f} bits per token")
             trainer.save(out)
     return load_prior(out / "model")
+
+
+def train_image_evidence(codec: ImageVQVAE, out: Path, *, steps: int = 3000, batch: int = 128,
+                         lr: float = 2e-3, width: int = 128, blocks: int = 4, seed: int = 0,
+                         valid_every: int = 500, resume: bool = True, log: Log = print
+                         ) -> ImageEvidence:
+    """Train the image token evidence (:mod:`likelihood.image_evidence`) on mixtures of two
+    augmented training digits against the codec's codes of the two, into ``out`` (``out/
+    evidence.npz``; ``out/state.pt`` resumes). Logs the validation nats per position and how
+    often the model's two most likely codes are the sources' codes."""
+    out.mkdir(parents=True, exist_ok=True)
+    images = torch.from_numpy(load_mnist("train")[0])
+    pool_codes = torch.from_numpy(encode_images(codec, images.numpy()))
+    log_u = torch.log(torch.bincount(pool_codes.flatten(), minlength=codec.codebook_size)
+                      .double().add(1.0) / (pool_codes.numel() + codec.codebook_size)).float()
+    valid = load_mnist("valid")[0]
+    pairs = mixture_pairs(400, valid.shape[0], seed=2)
+    valid_mix = torch.from_numpy((valid[pairs[:, 0]] + valid[pairs[:, 1]]) / 2)
+    valid_codes = torch.from_numpy(np.stack([encode_images(codec, valid[pairs[:, 0]]),
+                                             encode_images(codec, valid[pairs[:, 1]])], 1))
+    torch.manual_seed(seed)
+    h, _ = codec.grid
+    model = ImageEvidence(codec.codebook_size, codec.image_shape[0], h, width, blocks,
+                          meta={"codec_identity": codec_identity(codec),
+                                "trained_on": "mixtures of two augmented MNIST train digits"})
+    model.log_unigram.copy_(log_u)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    step = 0
+    if resume and (out / "state.pt").is_file():
+        state = torch.load(str(out / "state.pt"), weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        step = int(state["step"])
+        log(f"evidence: resuming at step {step}")
+    t0 = time.perf_counter()
+    while step < steps:
+        gen = torch.Generator().manual_seed(seed * 7919 + step)
+        pick = torch.randint(0, images.shape[0], (batch, 2), generator=gen)
+        a, b = augment(images[pick[:, 0]], gen), augment(images[pick[:, 1]], gen)
+        with torch.no_grad():
+            codes = torch.stack([codec.encode(a).flatten(1), codec.encode(b).flatten(1)], 1)
+        for group in opt.param_groups:
+            group["lr"] = lr * min(1.0, (step + 1) / 100) * 0.5 * (
+                1 + math.cos(math.pi * step / steps))
+        model.train()
+        loss = model.loss((a + b) / 2, codes)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        if step % valid_every == 0 or step == steps:
+            model.eval()
+            with torch.no_grad():
+                v = float(model.loss(valid_mix, valid_codes))
+                top2 = model(valid_mix).topk(2, dim=-1).indices  # (n, T, 2)
+                hit = (top2[..., :1] == valid_codes.transpose(1, 2)).any(-1).float().mean()
+            record = {"step": step, "train_nats": float(loss.detach()), "valid_nats": v,
+                      "valid_top1_is_a_source": float(hit),
+                      "seconds": round(time.perf_counter() - t0, 1)}
+            _log_line(out / "log.jsonl", record)
+            log(f"evidence step {step}: train {float(loss.detach()):.3f}, valid {v:.3f} nats; "
+                f"top code a source's {float(hit):.2f}")
+            model.save(out / "evidence.npz")
+            write_bytes_atomic_torch(out / "state.pt", {"model": model.state_dict(),
+                                                        "optimizer": opt.state_dict(),
+                                                        "step": step})
+    return ImageEvidence.load(out / "evidence.npz")

@@ -4,7 +4,8 @@ shared Transformer prior over raster-ordered code grids, and the counted likelih
 For a batch of mixtures ``m: (B, H, W)`` in [0, 1]::
 
     tokens      z_mix = codec.encode(m)                                    (B, h * w)
-    search      lass.sampling.separate_tokens with the prior for both sources: the
+    search      lass.sampling.separate_tokens with the prior for both sources (and the
+                image evidence of the mixture, if the bundle has one): the
                 sampler's ``candidates`` separations per mixture          2 x (B, S, h * w)
     decode      every candidate pair                                       (B, S, 2, H, W)
     re-rank     keep the pair whose mean is closest to m (squared error)  (B, 2, H, W)
@@ -16,8 +17,9 @@ For a batch of mixtures ``m: (B, H, W)`` in [0, 1]::
                 [0, 1]; ``decode``: the decodings as they are
 
 There is no mask output for images: refinement plays that part. An image bundle is a folder
-with ``bundle.json`` (``"method": "image"``), the codec, the prior, the counts and the
-settings (:class:`ImageSettings`).
+with ``bundle.json`` (``"method": "image"``), the codec, the prior, the counts, optionally
+the image evidence (:mod:`likelihood.image_evidence`, weighted by ``evidence_weight``) and
+the settings (:class:`ImageSettings`).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from lass.sampling import (
     separate_tokens,
 )
 from likelihood import CountLikelihood
+from likelihood.image_evidence import ImageEvidence
 from priors import TransformerPrior, load_prior
 from vqvae.image import ImageVQVAE, codec_identity, load_image_codec
 
@@ -64,6 +67,8 @@ class ImageSettings:
         candidates: separations drawn per mixture (samples, or beams for ``beam``).
         top_k: ``k`` of ``topk``; top_p: ``p`` of ``topp``; temperature: of the samplers.
         lam: weight of the log-likelihood.
+        evidence_weight: weight ``mu`` of the image evidence (a bundle without one ignores
+            it; 0: off).
         rerank: keep the candidate whose decodings average closest to the mixture (else the
             one the search scored best).
         refine_steps: Adam steps of the post-inference refinement (0: none).
@@ -80,10 +85,11 @@ class ImageSettings:
     top_p: float = 0.9
     temperature: float = 1.0
     lam: float = 1.0
+    evidence_weight: float = 1.0
     rerank: bool = True
-    refine_steps: int = 200
-    refine_lr: float = 0.1
-    refine_penalty: float = 1e-3
+    refine_steps: int = 50
+    refine_lr: float = 0.05
+    refine_penalty: float = 1e-2
     output: str = "project"
     seed: int = 0
 
@@ -96,7 +102,8 @@ class ImageSettings:
                             f"{' or '.join(OUTPUTS)}")
         if self.candidates < 1 or self.top_k < 1 or not 0 < self.top_p <= 1 \
                 or self.temperature <= 0 or self.refine_steps < 0 or self.refine_lr <= 0 \
-                or self.refine_penalty < 0 or not math.isfinite(self.lam):
+                or self.refine_penalty < 0 or not math.isfinite(self.lam) \
+                or not self.evidence_weight >= 0:
             raise LassError(f"image settings out of range: {self.to_json()}")
 
     def to_json(self) -> dict[str, Any]:
@@ -260,15 +267,16 @@ def refine(codec: ImageVQVAE, codes: torch.Tensor, mixtures: torch.Tensor, steps
     for p in codec.parameters():
         p.requires_grad_(False)
     try:
-        for _ in range(steps):
-            pair = codec.decode_latents(z).view(b, 2, *target.shape[1:])
-            fit = (pair.mean(1) - target).pow(2).flatten(1).sum(1)
-            drift = (z - start).pow(2).flatten(1).sum(1).view(b, 2).sum(1)
-            loss = (fit + penalty * drift).sum()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+        with torch.enable_grad():  # (also under a caller's no_grad)
+            for _ in range(steps):
+                pair = codec.decode_latents(z).view(b, 2, *target.shape[1:])
+                fit = (pair.mean(1) - target).pow(2).flatten(1).sum(1)
+                drift = (z - start).pow(2).flatten(1).sum(1).view(b, 2).sum(1)
+                loss = (fit + penalty * drift).sum()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
     finally:
         for p, f in zip(codec.parameters(), frozen, strict=True):
             p.requires_grad_(f)
@@ -288,7 +296,8 @@ class ImageSeparator:
 
     def __init__(self, codec: ImageVQVAE, prior: TransformerPrior,
                  likelihood: CountLikelihood, settings: ImageSettings | None = None,
-                 bundle: ImageBundleSpec | None = None) -> None:
+                 bundle: ImageBundleSpec | None = None,
+                 evidence: ImageEvidence | None = None) -> None:
         if prior.vocab_size != codec.codebook_size or likelihood.k != codec.codebook_size:
             raise LassError(f"codebook sizes do not match: codec {codec.codebook_size}, prior "
                             f"{prior.vocab_size}, likelihood {likelihood.k}")
@@ -299,13 +308,17 @@ class ImageSeparator:
         if prior.context_length < h * w:
             raise LassError(f"the prior's context ({prior.context_length}) is shorter than a "
                             f"code grid ({h * w})")
+        if evidence is not None:
+            evidence.check_codec(codec.codebook_size, None)
         self.codec, self.prior, self.likelihood = codec, prior, likelihood
         self.settings = settings or ImageSettings()
         self.bundle = bundle
+        self.evidence = evidence
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike[str], device: str | torch.device
-                        = "cpu", verify: bool = True) -> ImageSeparator:
+    def from_pretrained(cls, name_or_path: str | os.PathLike[str] | None,
+                        device: str | torch.device = "cpu", verify: bool = True
+                        ) -> ImageSeparator:
         """Load an image bundle (a folder, a name under ``$LASS_BUNDLES``, or ``mnist``)."""
         spec = read_image_bundle(name_or_path, verify=verify)
         codec = load_image_codec(spec.codec, device)
@@ -316,7 +329,11 @@ class ImageSeparator:
                                           codebook_size=codec.codebook_size,
                                           codec_identity=identity, device=device,
                                           min_count=spec.min_count, n_sources=2)
-        return cls(codec, prior, likelihood, spec.settings, spec)
+        evidence = None
+        if spec.evidence is not None:
+            evidence = ImageEvidence.load(spec.evidence, device=device)
+            evidence.check_codec(codec.codebook_size, identity)
+        return cls(codec, prior, likelihood, spec.settings, spec, evidence)
 
     @property
     def image_shape(self) -> tuple[int, int]:
@@ -326,7 +343,8 @@ class ImageSeparator:
     def with_settings(self, **changes: Any) -> ImageSeparator:
         """The same models with some settings changed."""
         return ImageSeparator(self.codec, self.prior, self.likelihood,
-                              dataclasses.replace(self.settings, **changes), self.bundle)
+                              dataclasses.replace(self.settings, **changes), self.bundle,
+                              self.evidence)
 
     @torch.no_grad()
     def candidates(self, mixtures: torch.Tensor, settings: ImageSettings | None = None
@@ -340,8 +358,13 @@ class ImageSeparator:
         num = 1 if s.sampler == "greedy" else s.candidates
         gens = [torch.Generator(device=self.likelihood.device).manual_seed(s.seed)
                 for _ in range(b)]
+        evidence = None
+        if self.evidence is not None and s.evidence_weight > 0:
+            e = s.evidence_weight * self.evidence.evidence(mixtures)  # (B, h * w, K)
+            evidence = e[:, :, None, :].expand(-1, -1, 2, -1).to(self.likelihood.device)
         sep = separate_tokens(mix_codes, [self.prior, self.prior], self.likelihood,
                               s.search_sampler(), lam=s.lam, num_samples=num,
+                              token_evidence=evidence,
                               generator=gens if s.sampler not in ("greedy", "beam") else None)
         codes = torch.stack(sep.sources, dim=2)  # (B, S, 2, h * w)
         return codes.view(b, codes.shape[1], 2, h, w), sep.score
@@ -447,9 +470,10 @@ class ImageBundleSpec:
     settings: ImageSettings
     sha256: str
     description: str = ""
+    evidence: Path | None = None
 
 
-def read_image_bundle(name_or_path: str | os.PathLike[str], verify: bool = True
+def read_image_bundle(name_or_path: str | os.PathLike[str] | None, verify: bool = True
                       ) -> ImageBundleSpec:
     """Parse an image bundle and (by default) check its components' sha256."""
     from lass.bundle import BUNDLE_FILE, BundleError, resolve_bundle, sha256_path
@@ -461,7 +485,8 @@ def read_image_bundle(name_or_path: str | os.PathLike[str], verify: bool = True
         if raw.get("method") != "image":
             raise BundleError(f"{path} is not an image bundle (method "
                               f"{raw.get('method', 'lass')!r})")
-        parts = {key: raw[key] for key in ("codec", "prior", "likelihood")}
+        parts = {key: raw[key] for key in ("codec", "prior", "likelihood", "evidence")
+                 if key in raw or key != "evidence"}
         paths = {key: root / str(entry["path"]) for key, entry in parts.items()}
         settings = ImageSettings.from_json(raw.get("settings", {}))
         lik = parts["likelihood"]
@@ -471,7 +496,8 @@ def read_image_bundle(name_or_path: str | os.PathLike[str], verify: bool = True
             codec=paths["codec"], prior=paths["prior"], likelihood=paths["likelihood"],
             smoothing=str(lik.get("smoothing", "none")), alpha=float(lik.get("alpha", 1.0)),
             min_count=int(lik.get("min_count", 1)), settings=settings,
-            sha256=sha256_path(path), description=str(raw.get("description", "")))
+            sha256=sha256_path(path), description=str(raw.get("description", "")),
+            evidence=paths.get("evidence"))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         raise BundleError(f"cannot read {path}: {err}") from None
     if len(spec.stems) != 2:
@@ -486,7 +512,8 @@ def read_image_bundle(name_or_path: str | os.PathLike[str], verify: bool = True
 def make_image_bundle(out: str | os.PathLike[str], *, codec: str | os.PathLike[str],
                       prior: str | os.PathLike[str], likelihood: str | os.PathLike[str],
                       settings: ImageSettings, name: str, smoothing: str = "none",
-                      alpha: float = 1.0, min_count: int = 1, description: str = "") -> Path:
+                      alpha: float = 1.0, min_count: int = 1, description: str = "",
+                      evidence: str | os.PathLike[str] | None = None) -> Path:
     """Copy an image codec, prior and counts into a new bundle folder ``out`` (written aside,
     then renamed into place) after checking that they fit together."""
     import shutil
@@ -499,11 +526,15 @@ def make_image_bundle(out: str | os.PathLike[str], *, codec: str | os.PathLike[s
     p.check_codebook(c.codebook_size, codec_identity(c))
     CountLikelihood.load(likelihood, smoothing, alpha, codebook_size=c.codebook_size,
                          codec_identity=codec_identity(c), min_count=min_count, n_sources=2)
+    if evidence is not None:
+        ImageEvidence.load(evidence).check_codec(c.codebook_size, codec_identity(c))
 
     def fill(tmp: Path) -> None:
         shutil.copytree(codec, tmp / "codec")
         shutil.copytree(prior, tmp / "prior")
         shutil.copyfile(likelihood, tmp / "likelihood.npz")
+        if evidence is not None:
+            shutil.copyfile(evidence, tmp / "evidence.npz")
         entry = {"format_version": 1, "name": name, "method": "image",
                  **({"description": description} if description else {}),
                  "stems": list(ImageSeparator.stems), "mix": "mean",
@@ -513,6 +544,9 @@ def make_image_bundle(out: str | os.PathLike[str], *, codec: str | os.PathLike[s
                                 "sha256": sha256_path(tmp / "likelihood.npz"),
                                 "smoothing": smoothing, "alpha": alpha,
                                 "min_count": min_count},
+                 **({"evidence": {"path": "evidence.npz",
+                                  "sha256": sha256_path(tmp / "evidence.npz")}}
+                    if evidence is not None else {}),
                  "settings": settings.to_json()}
         (tmp / BUNDLE_FILE).write_text(json.dumps(entry, indent=1) + "\n")
 

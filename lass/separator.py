@@ -53,6 +53,7 @@ from priors import Prior, TransformerPrior, load_prior
 from vqvae import Codec, load_codec
 
 if TYPE_CHECKING:
+    from lass.images import ImageSeparator
     from lass.langevin import LangevinSeparator
     from lass.posterior import PosteriorSeparator
 
@@ -255,18 +256,21 @@ class SeparatesAudio(Protocol):
 
 def load_separator(name_or_path: str | os.PathLike[str] | None = None,
                    device: str | torch.device = "cpu", verify: bool = True
-                   ) -> Separator | LangevinSeparator | PosteriorSeparator:
+                   ) -> Separator | LangevinSeparator | PosteriorSeparator | ImageSeparator:
     """The separator a bundle describes: :class:`Separator` for a LASS bundle,
     :class:`lass.langevin.LangevinSeparator` for a Langevin one,
-    :class:`lass.posterior.PosteriorSeparator` for an amortised posterior (its ``method``
-    entry)."""
+    :class:`lass.posterior.PosteriorSeparator` for an amortised posterior,
+    :class:`lass.images.ImageSeparator` for an image bundle (its ``method`` entry)."""
     from lass.bundle import bundle_method
+    from lass.images import ImageSeparator
     from lass.langevin import LangevinSeparator
     from lass.posterior import PosteriorSeparator
 
     method = bundle_method(name_or_path)
     if method == "langevin":
         return LangevinSeparator.from_pretrained(name_or_path, device=device, verify=verify)
+    if method == "image":
+        return ImageSeparator.from_pretrained(name_or_path, device=device, verify=verify)
     if method == "posterior":
         return PosteriorSeparator.from_pretrained(name_or_path, device=device, verify=verify)
     return Separator.from_pretrained(name_or_path, device=device, verify=verify)

@@ -6,6 +6,7 @@ what it made under ``--work``):
     prior    the shared Transformer prior over raster-ordered code grids of augmented
              training digits
     counts   the counted likelihood over random pairs of augmented training digits
+    evidence the image token evidence on mixtures of two augmented training digits
     tune     sampler, lambda, candidates and refinement on validation mixtures (``tune.json``)
     report   every method on the reserved test mixtures (``report.json``, ``report.md``): the
              README's table
@@ -32,9 +33,15 @@ import torch
 
 from lass.files import write_text_atomic
 from lass.image_evaluate import evaluate_images, format_image_table
-from lass.image_training import count_image_likelihood, train_image_codec, train_image_prior
+from lass.image_training import (
+    count_image_likelihood,
+    train_image_codec,
+    train_image_evidence,
+    train_image_prior,
+)
 from lass.images import ImageSeparator, ImageSettings, make_image_bundle
 from likelihood import CountLikelihood
+from likelihood.image_evidence import ImageEvidence
 from likelihood.table import load_counts
 from priors import load_prior
 from priors.train import PriorTrainConfig
@@ -57,38 +64,55 @@ def _say(text: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
 
 
-def _separator(work: Path, settings: ImageSettings) -> ImageSeparator:
+def _separator(work: Path, settings: ImageSettings, min_count: int) -> ImageSeparator:
     codec = load_image_codec(work / "codec" / "model")
     prior = load_prior(work / "prior" / "model")
-    lik = CountLikelihood(load_counts(work / "counts.npz"))
-    return ImageSeparator(codec, prior, lik, settings)
+    lik = CountLikelihood(load_counts(work / "counts.npz"), min_count=min_count)
+    evidence = ImageEvidence.load(work / "evidence" / "evidence.npz")
+    return ImageSeparator(codec, prior, lik, settings, evidence=evidence)
 
 
-def tune(work: Path, base: ImageSettings, mixtures: int, budget: float) -> ImageSettings:
-    """Grid over sampler x lambda x candidates (re-ranked, refined) on validation mixtures;
-    the best mean PSNR within ``budget`` seconds per mixture wins. Resumes from
+def tune(work: Path, base: ImageSettings, mixtures: int, budget: float, min_count: int
+         ) -> ImageSettings:
+    """Grid over sampler x lambda x evidence weight x temperature (re-ranked, refined,
+    the default candidates) on validation
+    mixtures; the best mean PSNR within ``budget`` seconds per mixture wins. Resumes from
     ``tune.json``."""
     path = work / "tune.json"
     done: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
-    grid = [dataclasses.replace(base, sampler=sampler, lam=lam, candidates=cand, top_k=k)
-            for sampler, k in (("topk", 16), ("topk", 64), ("ancestral", 16))
-            for lam in (0.5, 1.0, 2.0, 4.0)
-            for cand in (32, 64)]
-    for s in grid:
+    grid = [dataclasses.replace(base, sampler=sampler, lam=lam, evidence_weight=mu,
+                                temperature=temperature, candidates=32)
+            for sampler in ("topk", "ancestral")
+            for lam in (0.5, 1.0)
+            for mu in (1.0, 2.0)
+            for temperature in (1.0, 0.7)]
+
+    def run(s: ImageSettings) -> None:
         key = json.dumps(s.to_json(), sort_keys=True)
         if key in done:
-            continue
-        sep = _separator(work, s)
+            return
+        sep = _separator(work, s, min_count)
         result = evaluate_images(sep, split="valid", mixtures=mixtures, methods=["lass"],
                                  batch=mixtures)
         done[key] = result["table"]["lass"]
-        _say(f"tune {s.sampler} k{s.top_k} lam {s.lam} x{s.candidates}: "
-             f"{done[key]['psnr_mean']:.2f} dB, {done[key]['seconds_per_mixture']:.3f} s")
+        _say(f"tune {s.sampler} lam {s.lam} mu {s.evidence_weight} T {s.temperature} "
+             f"x{s.candidates}: {done[key]['psnr_mean']:.2f} dB, "
+             f"{done[key]['seconds_per_mixture']:.3f} s")
         write_text_atomic(path, json.dumps(done, indent=1) + "\n")
-    fits = {k: v for k, v in done.items() if v["seconds_per_mixture"] <= budget} or done
-    best = max(fits, key=lambda k: fits[k]["psnr_mean"])
+
+    def best_within_budget() -> str:
+        fits = {k: v for k, v in done.items() if v["seconds_per_mixture"] <= budget} or done
+        return max(fits, key=lambda k: fits[k]["psnr_mean"])
+
+    for s in grid:
+        run(s)
+    # then more candidates for the best of the grid, while they fit the budget
+    first = ImageSettings.from_json(json.loads(best_within_budget()))
+    for n in (64, 128):
+        run(dataclasses.replace(first, candidates=n))
+    best = best_within_budget()
     chosen = ImageSettings.from_json(json.loads(best))
-    _say(f"tune: chosen {chosen.to_json()} ({fits[best]['psnr_mean']:.2f} dB on validation)")
+    _say(f"tune: chosen {chosen.to_json()} ({done[best]['psnr_mean']:.2f} dB on validation)")
     return chosen
 
 
@@ -96,12 +120,15 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", type=Path, default=Path("runs/mnist"))
     p.add_argument("--codec-steps", type=int, default=5000)
-    p.add_argument("--prior-steps", type=int, default=6000)
+    p.add_argument("--prior-steps", type=int, default=8000)
     p.add_argument("--prior-width", type=int, default=128)
     p.add_argument("--prior-layers", type=int, default=3)
     p.add_argument("--prior-copies", type=int, default=16)
     p.add_argument("--count-mixtures", type=int, default=400000)
-    p.add_argument("--tune-mixtures", type=int, default=200)
+    p.add_argument("--min-count", type=int, default=20,
+                   help="counted triples seen fewer times are dropped when read")
+    p.add_argument("--evidence-steps", type=int, default=3000)
+    p.add_argument("--tune-mixtures", type=int, default=100)
     p.add_argument("--report-mixtures", type=int, default=500)
     p.add_argument("--budget", type=float, default=0.5, help="seconds per mixture, batched")
     p.add_argument("--skip-report", action="store_true")
@@ -120,10 +147,14 @@ def main() -> int:
     if not (work / "counts.npz").is_file():
         count_image_likelihood(codec, work / "counts.npz", mixtures=args.count_mixtures,
                                log=_say)
-    settings = tune(work, ImageSettings(), args.tune_mixtures, args.budget)
+    train_image_evidence(codec, work / "evidence", steps=args.evidence_steps, batch=64,
+                         width=64, blocks=3, log=_say)
+    settings = tune(work, ImageSettings(), args.tune_mixtures, args.budget, args.min_count)
     bundle = make_image_bundle(work / "bundle", codec=work / "codec" / "model",
                                prior=work / "prior" / "model", likelihood=work / "counts.npz",
-                               settings=settings, name="mnist", description=DESCRIPTION)
+                               evidence=work / "evidence" / "evidence.npz",
+                               min_count=args.min_count, settings=settings, name="mnist",
+                               description=DESCRIPTION)
     _say(f"bundle written: {bundle}")
     if not args.skip_report:
         sep = ImageSeparator.from_pretrained(bundle)

@@ -39,6 +39,8 @@ from lass.images import (
 from lass.sampling import BeamSearch, Greedy, separate_tokens
 from likelihood import CountLikelihood, Counts, save_counts
 from likelihood.counting import TupleCounter
+from likelihood.errors import LikelihoodError
+from likelihood.image_evidence import ImageEvidence
 from priors import TransformerPrior, TransformerPriorConfig
 from vqvae.errors import CodecError
 from vqvae.image import (
@@ -87,8 +89,12 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory, digits: np.ndarray) ->
     root = tmp_path_factory.mktemp("image-bundle")
     codec, prior, counts = _tiny_parts(root / "parts", digits)
     settings = ImageSettings(sampler="topk", candidates=4, top_k=4, refine_steps=5)
+    evidence = ImageEvidence(16, width=16, blocks=1,
+                             meta={"codec_identity": codec_identity(load_image_codec(codec))})
+    evidence.save(root / "parts" / "evidence.npz")
     return make_image_bundle(root / "tiny-mnist", codec=codec, prior=prior, likelihood=counts,
-                             settings=settings, name="tiny-mnist")
+                             settings=settings, name="tiny-mnist",
+                             evidence=root / "parts" / "evidence.npz")
 
 
 # -- data --------------------------------------------------------------------------------------
@@ -380,3 +386,70 @@ def test_train_vqvae_kind_image(tmp_path):
     assert code == 0
     codec = load_image_codec(tmp_path / "c" / "model")
     assert codec.codebook_size == 16
+
+
+def test_train_prior_kind_image(tmp_path, tiny_bundle):
+    from lass.cli.train_prior import main as train_prior_main
+    from priors import load_prior
+
+    code = train_prior_main(["--kind", "image", "--codec", str(tiny_bundle / "codec"),
+                             "--out", str(tmp_path / "p"), "--steps", "2", "--batch", "4",
+                             "--copies", "1", "--width", "32", "--layers", "1", "--heads", "2",
+                             "--valid-every", "2"])
+    assert code == 0
+    prior = load_prior(tmp_path / "p" / "model")
+    assert prior.vocab_size == 16
+    assert prior.context_length == 49
+    prior.check_codebook(16, codec_identity(load_image_codec(tiny_bundle / "codec")))
+    log = [json.loads(line) for line in (tmp_path / "p" / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == 2
+    assert log[-1]["valid_bits"] > 0
+
+
+def test_image_evidence_learns_saves_and_checks_its_codec(tmp_path, digits):
+    torch.manual_seed(0)
+    codec = ImageVQVAE(TINY).eval()
+    model = ImageEvidence(16, width=16, blocks=1, meta={"codec_identity": "abc"})
+    x = torch.from_numpy(digits[:32].reshape(16, 2, 28, 28))
+    mix = x.mean(1)
+    codes = torch.stack([codec.encode(x[:, 0]).flatten(1), codec.encode(x[:, 1]).flatten(1)], 1)
+    logq = model(mix)
+    assert logq.shape == (16, 49, 16)
+    assert torch.allclose(logq.exp().sum(-1), torch.ones(16, 49), atol=1e-5)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    first = float(model.loss(mix, codes))
+    for _ in range(30):
+        loss = model.loss(mix, codes)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(loss) < first - 0.3
+    model.eval()
+    model.save(tmp_path / "e.npz")
+    again = ImageEvidence.load(tmp_path / "e.npz")
+    assert torch.allclose(again.evidence(mix), model.evidence(mix), atol=1e-6)
+    with pytest.raises(LikelihoodError, match="another codec"):
+        again.check_codec(16, "xyz")
+    with pytest.raises(LikelihoodError, match="K = 16"):
+        again.check_codec(32, None)
+    (tmp_path / "bad.npz").write_bytes(b"PK broken")
+    with pytest.raises(LikelihoodError, match="corrupt or truncated"):
+        ImageEvidence.load(tmp_path / "bad.npz")
+
+
+def test_evidence_steers_the_search(tiny_bundle, digits):
+    sep = ImageSeparator.from_pretrained(tiny_bundle)
+    assert sep.evidence is not None
+    mix = torch.from_numpy((digits[:4] + digits[4:8]) / 2)
+    greedy = sep.with_settings(sampler="greedy", rerank=False, refine_steps=0)
+    off, _ = greedy.with_settings(evidence_weight=0.0).candidates(mix)
+    # an overwhelming evidence for a code the search rarely chose makes it choose it more
+    values, counts = off.unique(return_counts=True)
+    rare = int(values[counts.argmin()])
+    bias = sep.evidence.out.bias
+    assert bias is not None
+    with torch.no_grad():
+        bias.zero_()
+        bias[rare] = 50.0
+    on, _ = greedy.with_settings(evidence_weight=5.0).candidates(mix)
+    assert (on == rare).sum() > (off == rare).sum()

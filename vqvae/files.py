@@ -13,6 +13,14 @@ from typing import Any
 import torch
 
 
+def _public_mode(directory: bool = False) -> int:
+    """The mode a new file (or folder) gets under the current umask (``mkstemp`` and
+    ``mkdtemp`` make private ones)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return (0o777 if directory else 0o666) & ~mask
+
+
 def write_dir_atomically(path: str | os.PathLike[str], fill: Callable[[Path], None]) -> Path:
     """Let ``fill`` write a new folder beside ``path``, then rename it into place (replacing
     an older one)."""
@@ -21,6 +29,7 @@ def write_dir_atomically(path: str | os.PathLike[str], fill: Callable[[Path], No
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         fill(tmp)
+        tmp.chmod(_public_mode(directory=True))
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -38,6 +47,7 @@ def write_bytes_atomic_torch(path: str | os.PathLike[str], obj: Any) -> Path:
     os.close(fd)
     try:
         torch.save(obj, tmp)
+        os.chmod(tmp, _public_mode())
         os.replace(tmp, p)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -46,6 +46,7 @@ from lass.evaluate import (
     score,
 )
 from lass.image_evaluate import DEFAULT_IMAGE_METHODS
+from lass.images import ImageSeparator
 from lass.separator import SeparatesAudio, Separator, load_separator
 from lass.settings import add_setting_options, given_options
 from lass.supervised import load_supervised
@@ -204,6 +205,8 @@ def _main(argv: Sequence[str] | None) -> int:
         if bundle_method(path) != name:
             raise DataError(f"--{name} {path} is a {bundle_method(path)} bundle")
         other = load_separator(path, device=device)
+        if isinstance(other, ImageSeparator):
+            raise DataError(f"--{name} {path} separates images")
         if tuple(other.stems) != tuple(separator.stems):
             raise DataError(f"--{name} {path} separates {list(other.stems)}, the bundle "
                             f"{list(separator.stems)}")
@@ -284,7 +287,6 @@ def _main(argv: Sequence[str] | None) -> int:
 def _main_images(args: argparse.Namespace, device: str) -> int:
     """PSNR table of an image bundle's methods on MNIST mixtures (lass.image_evaluate)."""
     from lass.image_evaluate import evaluate_images, format_image_table
-    from lass.images import ImageSeparator
 
     separator = ImageSeparator.from_pretrained(args.bundle, device=device)
     if args.candidates is not None:

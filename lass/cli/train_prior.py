@@ -16,6 +16,13 @@ schedule): fine-tuning on other data, or more training when the first run's fold
 another source; see :meth:`priors.transformer.TransformerPrior.with_classes`); with ``--kind
 wavenet``, a saved WaveNet of the same stem.
 
+``--kind image`` trains the shared prior of image LASS over raster-ordered code grids of
+augmented MNIST training digits (``--codec``: an image codec, ``lass-train-vqvae --kind
+image``; no ``--data`` or ``--stem``; ``--copies`` augmented versions of each digit; the
+architecture and optimisation options apply)::
+
+    lass-train-prior --kind image --codec runs/mnist/codec/model --out runs/mnist/prior
+
 ``--kind wavenet`` trains the data-domain prior of PnF-style Langevin separation instead
 (:mod:`priors.wavenet`): raw samples of one stem, noise levels drawn log-uniformly from
 ``--sigma-bins`` (quantisation bins) added to the input, clean 8-bit targets.
@@ -53,12 +60,16 @@ PROG = "lass-train-prior"
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
-    p.add_argument("--kind", default="transformer", choices=["transformer", "wavenet", "flow"],
+    p.add_argument("--kind", default="transformer",
+                   choices=["transformer", "wavenet", "flow", "image"],
                    help="transformer: tokens of --codec; wavenet: raw samples (PnF); flow: "
-                        "raw sample windows (a FloWaveNet-style flow, the thesis' prior)")
+                        "raw sample windows (a FloWaveNet-style flow, the thesis' prior); "
+                        "image: code grids of MNIST digits (--codec an image codec)")
     p.add_argument("--codec", type=Path, default=None, help="saved codec directory")
-    p.add_argument("--data", type=Path, required=True, help="stem data set root")
-    p.add_argument("--stem", nargs="+", required=True, help="stem(s) the prior models")
+    p.add_argument("--data", type=Path, default=None, help="stem data set root")
+    p.add_argument("--stem", nargs="+", default=None, help="stem(s) the prior models")
+    p.add_argument("--copies", type=int, default=16,
+                   help="--kind image: versions of each digit (the first unaugmented)")
     p.add_argument("--out", type=Path, required=True, help="run folder")
     p.add_argument("--conditional", action="store_true",
                    help="with several stems: one class token per stem")
@@ -239,8 +250,35 @@ def _new_prior(args: argparse.Namespace, codec: Codec, conditional: bool, device
     return prior
 
 
+def _main_image(args: argparse.Namespace) -> int:
+    """``--kind image``: the shared prior over MNIST code grids."""
+    from lass.image_training import train_image_prior
+    from vqvae.image import load_image_codec
+
+    if args.codec is None:
+        raise DataError("--codec is required: the image codec whose code grids are modelled")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not args.resume and (args.out / "trainer.pt").is_file():
+        raise DataError(f"{args.out} holds a run: pass --resume to continue it, or another "
+                        "--out")
+    codec = load_image_codec(args.codec)
+    train_image_prior(codec, args.out, copies=args.copies,
+                      config=PriorTrainConfig(steps=args.steps, batch=args.batch, lr=args.lr,
+                                              warmup=args.warmup, seed=args.seed),
+                      width=args.width, layers=args.layers, heads=args.heads,
+                      dropout=args.dropout, valid_every=args.valid_every, seed=args.seed,
+                      resume=args.resume, log=lambda line: print(line, file=sys.stderr))
+    print(f"saved {args.out / 'model'}")
+    return 0
+
+
 def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
+    if args.kind == "image":
+        return _main_image(args)
+    if args.data is None or not args.stem:
+        raise DataError("--data and --stem are required (except with --kind image)")
     out: Path = args.out
     device = start_run(out, args.resume, args.threads, args.device)
     world, device = init_world(device)
