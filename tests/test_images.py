@@ -453,3 +453,26 @@ def test_evidence_steers_the_search(tiny_bundle, digits):
         bias[rare] = 50.0
     on, _ = greedy.with_settings(evidence_weight=5.0).candidates(mix)
     assert (on == rare).sum() > (off == rare).sum()
+
+
+def test_shipped_mnist_bundle(tmp_path):
+    """The embedded ``mnist`` bundle on validation mixtures (the reserved test digits are for
+    the README's table only): well above the average baseline, sources that average to the
+    mixture, and found by name from the command line."""
+    from lass.separator import load_separator
+
+    sep = load_separator("mnist")
+    assert isinstance(sep, ImageSeparator)
+    images = load_mnist("valid")[0]
+    pairs = disjoint_pairs(images.shape[0], seed=0)[:16]
+    src = torch.from_numpy(images[pairs])
+    mix = src.mean(1)
+    result = sep.separate_batch(mix)
+    torch.testing.assert_close(result.sources.mean(1), mix, atol=1e-5, rtol=0)
+    lass_psnr = float(best_assignment_psnr(result.sources, src)[0].mean())
+    average = float(best_assignment_psnr(torch.stack([mix, mix], 1), src)[0].mean())
+    assert lass_psnr > average + 2.5
+    write_png(tmp_path / "mix.png", mix[0].numpy())
+    assert separate_main([str(tmp_path / "mix.png"), "-m", "mnist", "-o",
+                          str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "mnist" / "mix" / "source_2.png").is_file()

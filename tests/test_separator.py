@@ -839,6 +839,7 @@ def test_list_models_version_and_progress(bundle, tmp_path, capsys, monkeypatch)
     listed = capsys.readouterr().out
     assert "default (embedded): drums, bass; 22050 Hz" in listed
     assert "toy (embedded): sine, sawtooth, square, triangle" in listed
+    assert "mnist (embedded): source_1, source_2; images" in listed
     assert "debug ($LASS_BUNDLES): drums, bass; 8000 Hz" in listed
     assert "FluidR3 GM" in listed  # what the default was trained on
     with pytest.raises(SystemExit) as exit_info:
