@@ -3,8 +3,8 @@ what it made under ``--work``):
 
     codec    the image VQ-VAE (28 x 28 -> 7 x 7 codes, 256 codes) on augmented training
              digits and mixtures of two
-    prior    the shared Transformer prior over raster-ordered code grids of augmented
-             training digits
+    prior    the shared Transformer prior over raster-ordered code grids of the training
+             digits (as they are: augmenting them separates worse, docs/images.md)
     counts   the counted likelihood over random pairs of augmented training digits
     evidence the image token evidence on mixtures of two augmented training digits
     tune     sampler, lambda, candidates and refinement on validation mixtures (``tune.json``)
@@ -119,10 +119,12 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", type=Path, default=Path("runs/mnist"))
     p.add_argument("--codec-steps", type=int, default=5000)
-    p.add_argument("--prior-steps", type=int, default=8000)
+    p.add_argument("--prior-steps", type=int, default=2000)
     p.add_argument("--prior-width", type=int, default=128)
     p.add_argument("--prior-layers", type=int, default=3)
-    p.add_argument("--prior-copies", type=int, default=16)
+    p.add_argument("--prior-copies", type=int, default=1,
+                   help="versions of each training digit the prior sees (the first as it "
+                        "is, the others augmented): 1 separates better (docs/images.md)")
     p.add_argument("--count-mixtures", type=int, default=400000)
     p.add_argument("--min-count", type=int, default=20,
                    help="counted triples seen fewer times are dropped when read")
