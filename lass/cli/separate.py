@@ -268,16 +268,6 @@ def _main(argv: Sequence[str] | None) -> int:
         raise LassError("no input given (audio or image files, folders or glob patterns)")
     if args.batch is not None and args.batch < 1:
         raise LassError(f"--batch must be at least 1, not {args.batch}")
-    method = bundle_method(args.model)
-    if args.method is not None and args.method != method:
-        raise LassError(f"--method {args.method}: the bundle separates with {method}")
-    if method == "image":
-        from lass.cli.separate_images import separate_images
-
-        _check_out(args.out)
-        return separate_images(args, PROG, resolve_device(args.device))
-    if args.batch is None:
-        args.batch = 8
     given = check_args(args)
     check_template(args.filename)
     output_format("flac" if args.flac else "mp3" if args.mp3 else "wav",
@@ -288,6 +278,15 @@ def _main(argv: Sequence[str] | None) -> int:
 
         torch.set_num_threads(args.threads)
     _check_out(args.out)
+    method = bundle_method(args.model)
+    if args.method is not None and args.method != method:
+        raise LassError(f"--method {args.method}: the bundle separates with {method}")
+    if method == "image":
+        from lass.cli.separate_images import separate_images
+
+        return separate_images(args, PROG, device)
+    if args.batch is None:
+        args.batch = 8
     files, missing = expand_inputs(args.inputs)
     failures = 0
     for item in missing:
