@@ -4,9 +4,11 @@ the mode any new file gets (umask), not ``mkstemp``'s private 0600."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 
 def public_mode(directory: bool = False) -> int:
@@ -35,3 +37,9 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     """Write a UTF-8 text file atomically; returns the path."""
     return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def append_jsonl(path: str | os.PathLike[str], record: dict[str, Any]) -> None:
+    """Append one JSON record as a line to ``path`` (a run's log: appended, not replaced)."""
+    with Path(path).open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record) + "\n")

@@ -14,13 +14,12 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from lass.data.mnist import augment, augmented_copies, load_mnist, mixture_pairs
-from lass.files import write_text_atomic
+from lass.files import append_jsonl, write_text_atomic
 from likelihood import Counts, save_counts
 from likelihood.counting import TupleCounter
 from likelihood.image_evidence import ImageEvidence
@@ -40,18 +39,17 @@ from vqvae.image import (
 Log = Callable[[str], None]
 
 
-def _log_line(path: Path, record: dict[str, Any]) -> None:
-    with path.open("a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record) + "\n")
+def _augmented_pairs(images: torch.Tensor, size: int, gen: torch.Generator
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``size`` random pairs of ``images``, each image augmented: two ``(size, H, W)``."""
+    pick = torch.randint(0, images.shape[0], (size, 2), generator=gen)
+    return augment(images[pick[:, 0]], gen), augment(images[pick[:, 1]], gen)
 
 
 def _batch(images: torch.Tensor, size: int, mix_fraction: float, gen: torch.Generator
            ) -> torch.Tensor:
     """``size`` augmented training images, ``mix_fraction`` of them mixtures of two."""
-    n = images.shape[0]
-    pick = torch.randint(0, n, (size, 2), generator=gen)
-    a = augment(images[pick[:, 0]], gen)
-    b = augment(images[pick[:, 1]], gen)
+    a, b = _augmented_pairs(images, size, gen)
     mixed = torch.rand(size, generator=gen) < mix_fraction
     return torch.where(mixed[:, None, None], (a + b) / 2, a)
 
@@ -85,7 +83,7 @@ def train_image_codec(out: Path, *, config: ImageVQVAEConfig | None = None,
                       "valid_mix_psnr": float(reconstruction_psnr(trainer.model,
                                                                   valid_mix).mean()),
                       "seconds": round(time.perf_counter() - t0, 1)}
-            _log_line(out / "log.jsonl", record)
+            append_jsonl(out / "log.jsonl", record)
             log(f"codec step {trainer.step}: train {stats['psnr']:.2f} dB, valid "
                 f"{record['valid_psnr']:.2f} dB (mixtures {record['valid_mix_psnr']:.2f}), "
                 f"{stats['used']} codes used")
@@ -173,7 +171,7 @@ def train_image_prior(codec: ImageVQVAE, out: Path, *, copies: int = 16,
             record = {"step": trainer.step, "train_bits": bits,
                       "valid_bits": trainer.evaluate(valid, batch=400),
                       "seconds": round(time.perf_counter() - t0, 1)}
-            _log_line(out / "log.jsonl", record)
+            append_jsonl(out / "log.jsonl", record)
             log(f"prior step {trainer.step}: train {bits:.3f}, valid "
                 f"{record['valid_bits']:.3f} bits per token")
             trainer.save(out)
@@ -215,8 +213,7 @@ def train_image_evidence(codec: ImageVQVAE, out: Path, *, steps: int = 3000, bat
     t0 = time.perf_counter()
     while step < steps:
         gen = torch.Generator().manual_seed(seed * 7919 + step)
-        pick = torch.randint(0, images.shape[0], (batch, 2), generator=gen)
-        a, b = augment(images[pick[:, 0]], gen), augment(images[pick[:, 1]], gen)
+        a, b = _augmented_pairs(images, batch, gen)
         with torch.no_grad():
             codes = torch.stack([codec.encode(a).flatten(1), codec.encode(b).flatten(1)], 1)
         for group in opt.param_groups:
@@ -238,7 +235,7 @@ def train_image_evidence(codec: ImageVQVAE, out: Path, *, steps: int = 3000, bat
             record = {"step": step, "train_nats": float(loss.detach()), "valid_nats": v,
                       "valid_top1_is_a_source": float(hit),
                       "seconds": round(time.perf_counter() - t0, 1)}
-            _log_line(out / "log.jsonl", record)
+            append_jsonl(out / "log.jsonl", record)
             log(f"evidence step {step}: train {float(loss.detach()):.3f}, valid {v:.3f} nats; "
                 f"top code a source's {float(hit):.2f}")
             model.save(out / "evidence.npz")

@@ -52,7 +52,7 @@ from lass.sampling import (
 from likelihood import CountLikelihood
 from likelihood.image_evidence import ImageEvidence
 from priors import TransformerPrior, load_prior
-from vqvae.image import ImageVQVAE, codec_identity, load_image_codec
+from vqvae.image import ImageVQVAE, codec_identity, load_image_codec, psnr
 
 SAMPLERS = ("greedy", "beam", "ancestral", "topk", "topp")
 OUTPUTS = ("project", "decode")
@@ -177,12 +177,6 @@ def write_png(path: str | os.PathLike[str], image: np.ndarray) -> Path:
 
 # -- scores, baselines and the mixture projection ------------------------------------------------
 
-def psnr_db(estimate: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """PSNR (peak 1) over the last two dims: ``(..., H, W)`` -> ``(...)`` dB."""
-    mse = (estimate - reference).pow(2).flatten(-2).mean(-1)
-    return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
-
-
 def best_assignment_psnr(estimates: torch.Tensor, references: torch.Tensor
                          ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean PSNR over the two sources with the better of the two assignments per mixture.
@@ -193,8 +187,8 @@ def best_assignment_psnr(estimates: torch.Tensor, references: torch.Tensor
     Returns:
         ``(B,)`` dB and ``(B, 2)`` the PSNR of each reference under the chosen assignment.
     """
-    same = psnr_db(estimates, references)
-    swapped = psnr_db(estimates.flip(1), references)
+    same = psnr(estimates, references)
+    swapped = psnr(estimates.flip(1), references)
     better = swapped.mean(1) > same.mean(1)
     per = torch.where(better[:, None], swapped, same)
     return per.mean(1), per
@@ -386,8 +380,7 @@ class ImageSeparator:
                        settings: ImageSettings | None = None) -> ImageSeparation:
         """Separate ``mixtures: (B, H, W)`` in [0, 1] at the codec's size."""
         s = settings or self.settings
-        m = torch.as_tensor(np.asarray(mixtures, dtype=np.float32)
-                            if isinstance(mixtures, np.ndarray) else mixtures).float()
+        m = torch.as_tensor(mixtures, dtype=torch.float32)
         if m.dim() != 3 or tuple(m.shape[1:]) != self.image_shape:
             raise DataError(f"mixtures must be (batch, {self.image_shape[0]}, "
                             f"{self.image_shape[1]}), got {tuple(m.shape)}")
@@ -407,7 +400,7 @@ class ImageSeparator:
         if s.output == "project":
             pair = project_to_mixture(pair, m)
         return ImageSeparation(sources=pair.cpu(), codes=kept.cpu(),
-                               mixture_psnr=psnr_db(pair.mean(1), m).cpu(), timings=timings)
+                               mixture_psnr=psnr(pair.mean(1), m).cpu(), timings=timings)
 
     def separate(self, image: np.ndarray | torch.Tensor, settings: ImageSettings | None = None
                  ) -> np.ndarray:

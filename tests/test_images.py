@@ -30,7 +30,6 @@ from lass.images import (
     nmf_separate,
     png_bytes,
     project_to_mixture,
-    psnr_db,
     read_image_bundle,
     read_png,
     refine,
@@ -50,6 +49,7 @@ from vqvae.image import (
     ImageVQVAEConfig,
     codec_identity,
     load_image_codec,
+    psnr,
 )
 
 TINY = ImageVQVAEConfig(codebook_size=16, dim=8, channels=8)
@@ -197,7 +197,7 @@ def test_psnr_takes_the_better_assignment(digits):
     direct, _ = best_assignment_psnr(noisy, ref)
     swapped, _ = best_assignment_psnr(noisy.flip(1), ref)
     assert torch.allclose(direct, swapped)
-    expected = psnr_db(noisy, ref).mean(1)
+    expected = psnr(noisy, ref).mean(1)
     assert torch.allclose(direct, expected)
     assert 20 < float(direct.mean()) < 32  # 0.05 noise: about 26 dB
 

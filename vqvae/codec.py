@@ -261,14 +261,13 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: 
     model.load_state_dict(state, strict=True)
 
 
-def load_codec(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Codec:
-    """Load any codec saved with :meth:`Codec.save` (no pickle), in eval mode on ``device``."""
-    root = Path(path)
-    if not root.is_dir():
-        raise CodecError(f"codec directory not found: {root}")
+def read_saved_config(root: Path, what: str = "codec") -> dict[str, Any]:
+    """The ``config.json`` mapping of a folder saved in the codec format (checked: both files
+    there, a JSON object, this ``format_version``); one clear :class:`CodecError` else."""
     cfg_path, weights = root / CONFIG_FILE, root / WEIGHTS_FILE
     if not cfg_path.is_file() or not weights.is_file():
-        raise CodecError(f"{root} is not a saved codec (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
+        raise CodecError(f"{root} is not a saved {what} (needs {CONFIG_FILE} and "
+                         f"{WEIGHTS_FILE})")
     try:
         config = json.loads(cfg_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
@@ -278,14 +277,30 @@ def load_codec(path: str | os.PathLike[str], device: str | torch.device = "cpu")
     if config.get("format_version") != FORMAT_VERSION:
         raise CodecError(f"{cfg_path}: unsupported format_version {config.get('format_version')!r}"
                          f" (this version reads {FORMAT_VERSION})")
-    name = config.get("class")
-    if name not in _REGISTRY:
-        raise CodecError(f"{cfg_path}: unknown codec class {name!r} "
-                         f"(known: {', '.join(sorted(_REGISTRY))})")
-    model = _REGISTRY[name].from_config_dict(config)
+    return config
+
+
+def load_saved_weights(model: nn.Module, root: Path) -> None:
+    """Load ``root/model.safetensors`` into ``model`` strictly (:func:`load_state_strict`;
+    a corrupt or truncated file is one clear :class:`CodecError`)."""
+    weights = root / WEIGHTS_FILE
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as err:
         raise CodecError(f"cannot read {weights}: corrupt or truncated ({err})") from None
     load_state_strict(model, state, str(weights))
+
+
+def load_codec(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Codec:
+    """Load any codec saved with :meth:`Codec.save` (no pickle), in eval mode on ``device``."""
+    root = Path(path)
+    if not root.is_dir():
+        raise CodecError(f"codec directory not found: {root}")
+    config = read_saved_config(root)
+    name = config.get("class")
+    if name not in _REGISTRY:
+        raise CodecError(f"{root / CONFIG_FILE}: unknown codec class {name!r} "
+                         f"(known: {', '.join(sorted(_REGISTRY))})")
+    model = _REGISTRY[name].from_config_dict(config)
+    load_saved_weights(model, root)
     return model.to(device).eval()

@@ -151,6 +151,46 @@ class EMACodebook(nn.Module):
             self.embed_sum[dead] = z[pick] * self.dead_threshold
         return int(dead.numel())
 
+    def straight_through(self, flat: torch.Tensor, commitment: float,
+                         generator: torch.Generator | None) -> Quantised:
+        """The quantiser's training step on encoder outputs ``flat: (n, dim)``: nearest codes
+        (float32, also under autocast), the EMA update in training mode, the weighted
+        commitment loss, the straight-through code vectors and the batch's code usage."""
+        with torch.autocast(flat.device.type, enabled=False):
+            codes = self.nearest(flat.detach())
+            restarted = 0
+            if self.training:
+                restarted = self.update(flat.detach(), codes, generator)
+        q = F.embedding(codes, self.embedding)
+        commit = commitment * F.mse_loss(flat, q.detach())
+        hist = torch.bincount(codes, minlength=self.embedding.shape[0]).float()
+        p = hist / hist.sum()
+        perplexity = float(torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum()))
+        return Quantised(flat + (q - flat).detach(), codes, commit, perplexity,
+                         int((hist > 0).sum()), restarted)
+
+
+@dataclass(frozen=True)
+class Quantised:
+    """What :meth:`EMACodebook.straight_through` gives.
+
+    Attributes:
+        vectors: ``(n, dim)`` code vectors with the encoder outputs' gradient (straight
+            through).
+        codes: ``(n,)`` codes.
+        commit_loss: scalar commitment loss (already weighted).
+        perplexity: exp of the entropy of the batch's code histogram.
+        used: distinct codes in the batch.
+        restarted: codes restarted by the update (0 in eval mode).
+    """
+
+    vectors: torch.Tensor
+    codes: torch.Tensor
+    commit_loss: torch.Tensor
+    perplexity: float
+    used: int
+    restarted: int
+
 
 @dataclass(frozen=True)
 class VQOutput:
@@ -269,18 +309,8 @@ class ConvVQVAE(Codec):
             raise CodecError(f"training chunks must be a multiple of hop {self.hop_length}")
         z = self.latents(wave).float()  # (the codebook works in float32, also under autocast)
         b, d, t = z.shape
-        flat = z.permute(0, 2, 1).reshape(-1, d)
-        with torch.autocast(z.device.type, enabled=False):
-            codes = self.codebook.nearest(flat.detach())
-            restarted = 0
-            if self.training:
-                restarted = self.codebook.update(flat.detach(), codes, generator)
-        q = F.embedding(codes, self.codebook.embedding)
-        commit = self.config.commitment * F.mse_loss(flat, q.detach())
-        q_st = flat + (q - flat).detach()
-        recon = self.decode_latents(q_st.view(b, t, d).permute(0, 2, 1))
-        hist = torch.bincount(codes, minlength=self.codebook_size).float()
-        p = hist / hist.sum()
-        perplexity = float(torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum()))
-        return VQOutput(recon, codes.view(b, t), commit, perplexity, int((hist > 0).sum()),
-                        restarted)
+        qz = self.codebook.straight_through(z.permute(0, 2, 1).reshape(-1, d),
+                                            self.config.commitment, generator)
+        recon = self.decode_latents(qz.vectors.view(b, t, d).permute(0, 2, 1))
+        return VQOutput(recon, qz.codes.view(b, t), qz.commit_loss, qz.perplexity, qz.used,
+                        qz.restarted)

@@ -24,11 +24,16 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F  # noqa: N812
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
-from vqvae.codec import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, load_state_strict
+from vqvae.codec import (
+    CONFIG_FILE,
+    FORMAT_VERSION,
+    WEIGHTS_FILE,
+    load_saved_weights,
+    read_saved_config,
+)
 from vqvae.conv import EMACodebook
 from vqvae.errors import CodecError
 
@@ -196,19 +201,11 @@ class ImageVQVAE(nn.Module):
         step (restarting dead codes)."""
         z = self.latents(images)
         b, d, h, w = z.shape
-        flat = z.permute(0, 2, 3, 1).reshape(-1, d)
-        codes = self.codebook.nearest(flat.detach())
-        restarted = self.codebook.update(flat.detach(), codes, generator) if self.training \
-            else 0
-        q = F.embedding(codes, self.codebook.embedding)
-        commit = self.config.commitment * F.mse_loss(flat, q.detach())
-        q_st = flat + (q - flat).detach()
-        logits = self.decode_logits(q_st.view(b, h, w, d).permute(0, 3, 1, 2))
-        hist = torch.bincount(codes, minlength=self.codebook_size).float()
-        p = hist / hist.sum()
-        perplexity = float(torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum()))
-        return ImageVQOutput(logits, codes.view(b, h, w), commit, perplexity,
-                             int((hist > 0).sum()), restarted)
+        qz = self.codebook.straight_through(z.permute(0, 2, 3, 1).reshape(-1, d),
+                                            self.config.commitment, generator)
+        logits = self.decode_logits(qz.vectors.view(b, h, w, d).permute(0, 3, 1, 2))
+        return ImageVQOutput(logits, qz.codes.view(b, h, w), qz.commit_loss, qz.perplexity,
+                             qz.used, qz.restarted)
 
     # -- storage ---------------------------------------------------------------------------
 
@@ -234,28 +231,15 @@ def load_image_codec(path: str | os.PathLike[str], device: str | torch.device = 
                      ) -> ImageVQVAE:
     """Load an :class:`ImageVQVAE` saved with :meth:`ImageVQVAE.save`, in eval mode."""
     root = Path(path)
-    cfg_path, weights = root / CONFIG_FILE, root / WEIGHTS_FILE
-    if not cfg_path.is_file() or not weights.is_file():
-        raise CodecError(f"{root} is not a saved image codec (needs {CONFIG_FILE} and "
-                         f"{WEIGHTS_FILE})")
-    try:
-        raw = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise CodecError(f"cannot read {cfg_path}: {err}") from None
-    if not isinstance(raw, dict) or raw.get("class") != ImageVQVAE.__name__:
-        raise CodecError(f"{cfg_path} does not describe an ImageVQVAE")
-    if raw.get("format_version") != FORMAT_VERSION:
-        raise CodecError(f"{cfg_path}: unsupported format_version {raw.get('format_version')!r}")
+    raw = read_saved_config(root, "image codec")
+    if raw.get("class") != ImageVQVAE.__name__:
+        raise CodecError(f"{root / CONFIG_FILE} does not describe an ImageVQVAE")
     fields = {f.name for f in dataclasses.fields(ImageVQVAEConfig)}
     unknown = set(raw) - fields - {"format_version", "class"}
     if unknown:
-        raise CodecError(f"{cfg_path}: unknown keys {', '.join(sorted(unknown))}")
+        raise CodecError(f"{root / CONFIG_FILE}: unknown keys {', '.join(sorted(unknown))}")
     model = ImageVQVAE(ImageVQVAEConfig(**{k: v for k, v in raw.items() if k in fields}))
-    try:
-        state = load_file(str(weights))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise CodecError(f"cannot read {weights}: corrupt or truncated ({err})") from None
-    load_state_strict(model, state, str(weights))
+    load_saved_weights(model, root)
     return model.to(device).eval()
 
 
@@ -271,9 +255,9 @@ def codec_identity(model: ImageVQVAE) -> str:
 
 
 def psnr(estimate: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """Peak signal-to-noise ratio (peak 1) of ``(B, H, W)`` images: ``(B,)`` dB (capped at
-    100 dB for an exact match)."""
-    mse = (estimate - reference).pow(2).flatten(1).mean(1)
+    """Peak signal-to-noise ratio (peak 1) over the last two dims: ``(..., H, W)`` images ->
+    ``(...)`` dB (capped at 100 dB for an exact match)."""
+    mse = (estimate - reference).pow(2).flatten(-2).mean(-1)
     return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
 
 

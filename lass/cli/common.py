@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -30,12 +29,6 @@ def resolve_device(name: str) -> str:
             raise LassError(f"--device {name}: no such CUDA device "
                             f"({torch.cuda.device_count()} present)")
     return name
-
-
-def append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    """Append one JSON record as a line to ``path``."""
-    with path.open("a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record) + "\n")
 
 
 def start_run(out: Path, resume: bool, threads: int, device: str) -> str:

@@ -175,8 +175,6 @@ def _main(argv: Sequence[str] | None) -> int:
             raise DataError("--without leaves no stem in the mixtures")
         keep = np.array([s not in args.without for s in separator.stems])[:, None]
         mixtures = [replace(m, stems=m.stems * keep) for m in mixtures]
-    if args.batch < 1:
-        raise DataError("--batch must be at least 1")
     if args.candidates is None:
         args.candidates = separator.settings.candidates
     if args.temperature is None:

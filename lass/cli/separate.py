@@ -123,14 +123,16 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def expand_inputs(items: Sequence[str]) -> tuple[list[Path], list[str]]:
-    """Audio files named by ``items`` (files, folders, globs) and the items that named none."""
+def expand_inputs(items: Sequence[str], suffixes: Sequence[str] = AUDIO_SUFFIXES
+                  ) -> tuple[list[Path], list[str]]:
+    """Files named by ``items`` (files, folders: their files with one of ``suffixes``, globs)
+    and the items that named none."""
     files: list[Path] = []
     missing: list[str] = []
     for item in items:
         p = Path(item)
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in AUDIO_SUFFIXES)
+            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in suffixes)
         elif p.exists():
             found = [p]
         else:
@@ -295,8 +297,6 @@ def _main(argv: Sequence[str] | None) -> int:
     if not files:
         raise DataError("nothing to separate")
     folders = track_folders(files)
-    if args.batch < 1:
-        raise DataError("--batch must be at least 1")
     t0 = time.perf_counter()
     separator: Separator | LangevinSeparator | PosteriorSeparator
     settings: SeparationSettings | None = None

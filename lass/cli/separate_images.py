@@ -11,7 +11,6 @@ input is reported in one line and skipped; the exit status is then non-zero.
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import shutil
 import sys
@@ -30,27 +29,6 @@ from lass.images import ImageSeparator, png_bytes, read_png
 IMAGE_SUFFIXES = (".png", ".pgm", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".webp")
 #: Mixtures searched as one batch (a 28 x 28 mixture is small: large batches are fastest).
 IMAGE_BATCH = 256
-
-
-def expand_images(items: list[str]) -> tuple[list[Path], list[str]]:
-    """Image files named by ``items`` (files, folders, globs) and the items that named none."""
-    files: list[Path] = []
-    missing: list[str] = []
-    for item in items:
-        p = Path(item)
-        if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
-        elif p.exists():
-            found = [p]
-        else:
-            found = sorted(Path(f) for f in glob.glob(item, recursive=True) if Path(f).is_file())
-        if not found:
-            missing.append(item)
-        files += found
-    unique: dict[Path, Path] = {}
-    for f in files:
-        unique.setdefault(f.resolve(), f)
-    return list(unique.values()), missing
 
 
 def _write_item(folder: Path, sources: np.ndarray, info: dict[str, Any],
@@ -75,13 +53,13 @@ def _write_item(folder: Path, sources: np.ndarray, info: dict[str, Any],
 
 def separate_images(args: argparse.Namespace, prog: str, device: str) -> int:
     """Run ``lass-separate`` for an image bundle (``args`` as parsed by lass-separate)."""
-    from lass.cli.separate import track_folders
+    from lass.cli.separate import expand_inputs, track_folders
 
     t0 = time.perf_counter()
     separator = ImageSeparator.from_pretrained(args.model, device=device,
                                                verify=not args.no_verify)
     load_seconds = time.perf_counter() - t0
-    files, missing = expand_images(list(args.inputs))
+    files, missing = expand_inputs(args.inputs, IMAGE_SUFFIXES)
     failures = len(missing)
     for item in missing:
         print(f"{prog}: error: no image file at {item}", file=sys.stderr)
@@ -107,7 +85,7 @@ def separate_images(args: argparse.Namespace, prog: str, device: str) -> int:
         if not loaded:
             continue
         start = time.perf_counter()
-        results = separator.separate_many([im for _, im in loaded])
+        results = separator.separate_many([im for _, im in loaded], batch=batch)
         seconds = (time.perf_counter() - start) / len(loaded)
         for (path, image), sources in zip(loaded, results, strict=True):
             info = {"input": str(path), "height": int(image.shape[0]),

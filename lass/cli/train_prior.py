@@ -44,11 +44,12 @@ import torch
 from tqdm import tqdm
 
 from lass.cli import run_cli
-from lass.cli.common import add_precision_option, append_jsonl, start_run, use_bf16
+from lass.cli.common import add_precision_option, start_run, use_bf16
 from lass.data import find_tracks
 from lass.data.audio import write_text_atomic
 from lass.distributed import World, finish, init_world, main_first, parallel, rank_slice
 from lass.errors import DataError
+from lass.files import append_jsonl
 from lass.tokens import encode_tracks
 from priors.baselines import baseline_bits
 from priors.train import PriorTrainConfig, PriorTrainer, TokenWindows

@@ -29,7 +29,6 @@ from tqdm import tqdm
 from lass.cli import run_cli
 from lass.cli.common import (
     add_precision_option,
-    append_jsonl,
     dataset_mix_rule,
     start_run,
     use_bf16,
@@ -38,7 +37,7 @@ from lass.data import StemDataset, chunk_samples, find_tracks, mix, mix_gain
 from lass.data.audio import write_text_atomic
 from lass.distributed import finish, init_world, parallel, rank_slice
 from lass.errors import DataError
-from lass.files import write_bytes_atomic
+from lass.files import append_jsonl, write_bytes_atomic
 from lass.supervised import ConvTasNet, ConvTasNetConfig, load_supervised, si_sdr_loss
 
 PROG = "lass-train-supervised"

@@ -33,7 +33,6 @@ from tqdm import tqdm
 from lass.cli import run_cli
 from lass.cli.common import (
     add_precision_option,
-    append_jsonl,
     dataset_mix_rule,
     start_run,
     use_bf16,
@@ -42,6 +41,7 @@ from lass.data import StemDataset, chunk_samples, find_tracks, mix
 from lass.data.audio import write_text_atomic
 from lass.distributed import finish, init_world, parallel, rank_slice
 from lass.errors import DataError
+from lass.files import append_jsonl
 from vqvae import load_codec
 from vqvae.conv import ConvVQVAE, ConvVQVAEConfig
 from vqvae.train import CodecTrainer, TrainConfig, perplexity, reconstruction_sdr
