@@ -310,7 +310,8 @@ class Separator:
         self.prior_classes = prior_classes or {}
         self.bundle = bundle
         if evidence is not None:  # sizes here; the codec identity in from_pretrained
-            evidence.check_codec(codec.codebook_size, codec.embedding_dim, None)
+            evidence.check_codec(codec.codebook_size, codec.embedding_dim, None,
+                                 codec.hop_length)
             if evidence.n_sources != len(stems):
                 raise LassError(f"the token evidence model predicts {evidence.n_sources} "
                                 f"sources but {len(stems)} stems are named")
@@ -355,7 +356,8 @@ class Separator:
         evidence = None
         if spec.evidence is not None:
             evidence = TokenEvidence.load(spec.evidence, device=device)
-            evidence.check_codec(codec.codebook_size, codec.embedding_dim, identity)
+            evidence.check_codec(codec.codebook_size, codec.embedding_dim, identity,
+                                 codec.hop_length)
         return cls(codec, priors, likelihood, spec.stems, spec.mix,
                    settings, spec.prior_classes, spec, evidence)
 
@@ -553,11 +555,14 @@ class Separator:
             z = self.codec.latents_batched(torch.from_numpy(copies.reshape(rows, -1)).to(
                 self.device))
             mix_codes = self.codec.quantise(z)
-        del copies  # the search reads tokens and latents only; a long input's copies are large
+        reads_wave = self.evidence is not None and self.evidence.hop > 0
+        wave = torch.from_numpy(copies.reshape(rows, -1)) if reads_wave else None
+        del copies  # the search reads tokens and latents (and the samples only if the
+        # evidence model reads them): a long input's copies are large
         latents = z.transpose(1, 2) if isinstance(self.likelihood, LatentLikelihood) else None
         evidence = None
         if self.evidence is not None and s.evidence_weight > 0:
-            window, weight = self.evidence.window(z), s.evidence_weight
+            window, weight = self.evidence.window(z, wave=wave), s.evidence_weight
 
             def evidence(a: int, b: int) -> torch.Tensor:
                 return weight * window(a, b)

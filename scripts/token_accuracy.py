@@ -62,14 +62,14 @@ def main() -> None:
     s = sep.settings
     if sep.evidence is not None:
         with torch.no_grad():
-            ev = sep.evidence.evidence(z)  # (batch, T, N, K)
+            ev = sep.evidence.evidence(z, xs)  # (batch, T, N, K)
         report("token evidence alone (most likely)", ev.argmax(-1).permute(0, 2, 1))
     if isinstance(sep.likelihood, CountLikelihood):
         prior = [sep.priors[st] for st in stems]
         classes = [None if sep.prior_classes.get(st) is None
                    else torch.full((b,), sep.prior_classes[st]) for st in stems]
         token_ev = None if sep.evidence is None or s.evidence_weight <= 0 else (
-            s.evidence_weight * sep.evidence.evidence(z))
+            s.evidence_weight * sep.evidence.evidence(z, xs))
         out = separate_tokens(mix_codes, prior, sep.likelihood, BeamSearch(args.beams),
                               lam=s.lam, classes=classes, prior_top=s.prior_top,
                               token_evidence=token_ev, context_overlap=s.context_overlap)

@@ -100,6 +100,67 @@ def test_trainer_learns_a_planted_mapping_and_resumes_exactly():
                         epochs=0)
 
 
+def test_a_model_that_reads_samples_learns_what_only_the_samples_carry(tmp_path):
+    """Latents of pure noise; each step's hop of samples holds both sources' tokens (a
+    one-hot of each in its halves): only a model that reads the samples can learn them.
+    Its windows equal the whole evidence, it saves and loads with its hop, and it refuses
+    a codec of another hop and a call without the samples."""
+    hop, k, length = 16, 8, 20
+
+    def data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                         torch.Tensor]:
+        gen = torch.Generator().manual_seed(seed)
+        first = torch.randint(0, k, (n, length), generator=gen)
+        second = torch.randint(0, k, (n, length), generator=gen)
+        codes = torch.eye(k)
+        wave = torch.cat([codes[first], codes[second]], 2).reshape(n, length * hop)
+        wave = wave + 0.2 * torch.randn(wave.shape, generator=gen)
+        return first, second, torch.randn(n, length, 4, generator=gen), wave
+
+    first, second, latents, wave = data(160, 0)
+    vf, vs, vl, vw = data(16, 1)
+
+    def trained(reads: bool) -> EvidenceTrainer:
+        torch.manual_seed(3)
+        trainer = EvidenceTrainer(TokenEvidence(k, 4, width=16, dilations=(1,),
+                                                hop=hop if reads else 0),
+                                  [first, second], latents, epochs=6, batch=8, lr=1e-2,
+                                  seed=2, waves=wave)
+        for _ in range(6):
+            trainer.run_epoch()
+        return trainer
+
+    blind, reader = trained(False), trained(True)
+    assert min(evidence_bits(blind.model, [vf, vs], vl, waves=vw)["bits"]) > 2.5
+    got = evidence_bits(reader.model, [vf, vs], vl, waves=vw)
+    assert max(got["bits"]) < 1.0
+    assert min(got["top1"]) > 0.75
+    model = reader.model
+    z = vl.transpose(1, 2)
+    full = model.evidence(z, vw)
+    for block in (1, 8, 512):
+        window = model.window(z, block=block, wave=vw)
+        for a, b in ((0, 4), (5, 7), (6, 13), (2, 3), (13, 20), (0, 20)):
+            torch.testing.assert_close(window(a, b), full[:, a:b], atol=1e-5, rtol=0)
+    # samples past tokens * hop are cut, missing ones are zeros
+    torch.testing.assert_close(model(z, torch.cat([vw, torch.ones(16, 5)], 1)), model(z, vw))
+    torch.testing.assert_close(model(z[:, :, :19], vw[:, : 19 * hop - 3]),
+                               model(z[:, :, :19], torch.cat(
+                                   [vw[:, : 19 * hop - 3], torch.zeros(16, 3)], 1)))
+    model.save(tmp_path / "reader.npz")
+    back = TokenEvidence.load(tmp_path / "reader.npz")
+    assert back.hop == hop
+    assert torch.equal(back(z, vw), model(z, vw).detach())
+    back.check_codec(k, 4, None, hop)
+    with pytest.raises(LikelihoodError, match="hops of 16 samples"):
+        back.check_codec(k, 4, None, 32)
+    with pytest.raises(LikelihoodError, match="give wave"):
+        back(z)
+    with pytest.raises(LikelihoodError, match="give waves"):
+        EvidenceTrainer(TokenEvidence(k, 4, width=4, dilations=(1,), hop=hop),
+                        [first, second], latents, epochs=1)
+
+
 def test_fit_evidence_cli_trains_resumes_and_reports(tmp_path, capsys, monkeypatch):
     from lass.cli import fit_evidence as fe
     from tests.test_train_prior_cli import make_codec
@@ -125,6 +186,12 @@ def test_fit_evidence_cli_trains_resumes_and_reports(tmp_path, capsys, monkeypat
     got.check_codec(codec.codebook_size, codec.embedding_dim, codec.identity())
     for suffix in (".encoded.pt", ".valid.encoded.pt", ".trainer.pt"):
         assert not (tmp_path / f"a.npz{suffix}").exists()
+    # --waveform: the model also reads the mixtures' samples, in hops of the codec's
+    assert run(tmp_path / "w.npz", "--waveform") == 0
+    reader = TokenEvidence.load(tmp_path / "w.npz")
+    assert reader.hop == codec.hop_length
+    assert got.hop == 0
+    assert len(reader.meta["valid"]["bits"]) == 2
 
     # Killed in the second epoch: a new run resumes after the first, to the same weights.
     real = EvidenceTrainer.run_epoch
@@ -192,6 +259,14 @@ def test_bundle_with_token_evidence(tmp_path, capsys):
         plain.check_settings(plain.with_settings(evidence_weight=1.0).settings)
     with pytest.raises(LassError, match=">= 0"):
         sep.check_settings(sep.with_settings(evidence_weight=-1.0).settings)
+    # a model that reads the samples separates too, and its stems still sum to the input
+    TokenEvidence(codec.codebook_size, codec.embedding_dim, width=8, dilations=(1,),
+                  meta={"codec_identity": codec.identity()}, hop=codec.hop_length
+                  ).save(tmp_path / "reader.npz")
+    assert make_bundle_main([*base, "--evidence", str(tmp_path / "reader.npz"),
+                             "--out", str(tmp_path / "reader-bundle")]) == 0
+    reads = Separator.from_pretrained(tmp_path / "reader-bundle").separate_detailed(wave, SR)
+    np.testing.assert_allclose(reads.stems["drums"] + reads.stems["bass"], wave, atol=1e-4)
     # a model of another codec is refused with one line; the file is hashed
     TokenEvidence(codec.codebook_size + 1, codec.embedding_dim, width=4, dilations=(1,)
                   ).save(tmp_path / "other.npz")

@@ -29,8 +29,8 @@ from lass.cli.common import add_precision_option, resolve_device, use_bf16
 from lass.cli.fit_latent import add_mixture_arguments, encode_mixtures
 from lass.distributed import finish, init_world, main_first, parallel
 from lass.errors import DataError
-from lass.files import write_bytes_atomic as write_atomically
 from likelihood.evidence import DEFAULT_DILATIONS, EvidenceTrainer, TokenEvidence, evidence_bits
+from vqvae.files import write_bytes_atomic as write_atomically
 
 PROG = "lass-fit-evidence"
 
@@ -44,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (one cycle)")
     p.add_argument("--width", type=int, default=256, help="channels of the network")
     p.add_argument("--dilations", type=int, nargs="+", default=list(DEFAULT_DILATIONS))
+    p.add_argument("--waveform", action="store_true",
+                   help="the model also reads the mixture's samples, cut into the codec's hops")
     p.add_argument("--valid-hours", type=float, default=0.1,
                    help="hours of validation mixtures for the held-out figures (0: none)")
     add_precision_option(p)
@@ -57,23 +59,25 @@ def _fit(args: argparse.Namespace) -> int:
     world, args.device = init_world(resolve_device(args.device))
     with main_first(world):  # under torchrun rank 0 encodes, the others read its file
         codec, config, parts, encode_seconds = encode_mixtures(
-            args, PROG, out.with_name(out.name + ".encoded.pt"), keep=world.size > 1)
+            args, PROG, out.with_name(out.name + ".encoded.pt"), keep=world.size > 1,
+            waves=args.waveform)
     valid = None
     if args.valid_hours > 0 and world.main:  # rank 0 alone measures
         vargs = argparse.Namespace(**{**vars(args), "split": "valid", "hours": args.valid_hours,
                                       "seed": args.seed + 1, "gain_db": [0.0, 0.0]})
         _c, _config, valid, _s = encode_mixtures(
-            vargs, PROG, out.with_name(out.name + ".valid.encoded.pt"))
+            vargs, PROG, out.with_name(out.name + ".valid.encoded.pt"), waves=args.waveform)
     meta: dict[str, Any] = {**config, "hours": args.hours, "epochs": args.epochs,
                             "lr": args.lr, "train_batch": args.train_batch}
     torch.manual_seed(args.seed)
     model = TokenEvidence(codec.codebook_size, codec.embedding_dim, args.width,
-                          tuple(args.dilations), meta, n_sources=len(args.sources)
-                          ).to(codec.device)
+                          tuple(args.dilations), meta, n_sources=len(args.sources),
+                          hop=codec.hop_length if args.waveform else 0).to(codec.device)
     latents = parts["latents"].to(codec.device)
     trainer = EvidenceTrainer(model, list(parts["tokens"].unbind(1)), latents, args.epochs,
                               args.train_batch, args.lr, args.seed, (world.rank, world.size),
-                              bf16=use_bf16(args.precision, args.device))
+                              bf16=use_bf16(args.precision, args.device),
+                              waves=parts.get("waves"))
     state_path = out.with_name(out.name + ".trainer.pt")
     if state_path.is_file():
         try:
@@ -88,6 +92,7 @@ def _fit(args: argparse.Namespace) -> int:
                 print(f"{PROG}: ignoring unreadable {state_path}", file=sys.stderr)
     trainer.network = parallel(model, world)
     valid_latents = valid["latents"].to(codec.device) if valid is not None else None
+    valid_waves = valid.get("waves") if valid is not None else None
     figures: dict[str, list[float]] | None = None  # the held-out figures of the last epoch
     start = time.perf_counter()
     while trainer.epoch < args.epochs:
@@ -104,7 +109,8 @@ def _fit(args: argparse.Namespace) -> int:
         if not world.main:
             continue
         if valid is not None and valid_latents is not None:
-            figures = evidence_bits(model, list(valid["tokens"].unbind(1)), valid_latents)
+            figures = evidence_bits(model, list(valid["tokens"].unbind(1)), valid_latents,
+                                    waves=valid_waves)
 
             def each(name: str, f: dict[str, list[float]] = figures) -> str:
                 return " / ".join(f"{v:.3f}" for v in f[name])
@@ -120,7 +126,7 @@ def _fit(args: argparse.Namespace) -> int:
         return 0
     if valid is not None and valid_latents is not None:  # (no figures: resumed when done)
         model.meta["valid"] = figures or evidence_bits(model, list(valid["tokens"].unbind(1)),
-                                                       valid_latents)
+                                                       valid_latents, waves=valid_waves)
     model.meta["train_seconds"] = round(time.perf_counter() - start, 1)
     model.save(out)
     for suffix in (".encoded.pt", ".valid.encoded.pt", ".trainer.pt"):

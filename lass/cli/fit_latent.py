@@ -30,9 +30,9 @@ from lass.cli.common import dataset_mix_rule, resolve_device
 from lass.counting import MixturePlan
 from lass.data import StemDataset, chunk_samples, find_tracks, mix
 from lass.errors import DataError
-from lass.files import write_bytes_atomic as write_atomically
 from likelihood.latent import fit_latent
 from vqvae import Codec, load_codec
+from vqvae.files import write_bytes_atomic as write_atomically
 
 PROG = "lass-fit-latent"
 
@@ -80,18 +80,21 @@ def _load_encoded(path: Path, config: dict[str, Any]) -> dict[str, list[torch.Te
         return None
     if not isinstance(saved, dict) or saved.get("config") != config:
         return None
-    return {n: [saved[n]] for n in ("tokens", "latents")}
+    names = ("tokens", "latents", "waves") if config.get("waves") else ("tokens", "latents")
+    return {n: [saved[n]] for n in names}
 
 
-def encode_mixtures(args: argparse.Namespace, prog: str, encoded: Path, keep: bool = False
+def encode_mixtures(args: argparse.Namespace, prog: str, encoded: Path, keep: bool = False,
+                    waves: bool = False
                     ) -> tuple[Codec, dict[str, Any], dict[str, torch.Tensor], float]:
     """Encode the training mixtures :func:`add_mixture_arguments` describe, resuming from
     (and checkpointing to) ``encoded`` (``keep``: always write it at the end, for other
     processes to read).
 
     Returns the codec, the description of the mixtures, ``tokens: (n, N, tokens)`` the N
-    sources' tokens and ``latents: (n, tokens, D)`` float16 the mixtures' encoder outputs,
-    and the seconds spent encoding.
+    sources' tokens and ``latents: (n, tokens, D)`` float16 the mixtures' encoder outputs
+    (and with ``waves`` ``waves: (n, time)`` float16 the mixtures themselves), and the
+    seconds spent encoding.
     """
     if len(args.sources) < 2 or len(set(args.sources)) != len(args.sources):
         raise DataError("--sources needs at least two distinct stems")
@@ -117,6 +120,9 @@ def encode_mixtures(args: argparse.Namespace, prog: str, encoded: Path, keep: bo
         "chunk_seconds": args.chunk_seconds, "gain_db": list(args.gain_db), "seed": args.seed,
         "mixtures": total}
     parts: dict[str, list[torch.Tensor]] = {"tokens": [], "latents": []}
+    if waves:
+        config["waves"] = True
+        parts["waves"] = []
     if encoded.is_file():
         loaded = _load_encoded(encoded, config)
         if loaded is not None:
@@ -138,6 +144,8 @@ def encode_mixtures(args: argparse.Namespace, prog: str, encoded: Path, keep: bo
             b = len(batch)
             parts["tokens"].append(codes.view(b, len(args.sources), -1).cpu())
             parts["latents"].append(latents.half().cpu())
+            if waves:
+                parts["waves"].append(mixture.half().cpu())
             done += b
             bar.update(b)
             if time.perf_counter() - last_save > args.checkpoint_seconds and done < total:
