@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from lass.errors import LassError
-from lass.files import write_text_atomic
+from vqvae.files import write_dir_atomically, write_text_atomic
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._ -]*")
 FORMAT_VERSION = 1
@@ -281,25 +281,16 @@ def _write_folder_bundle(out: Path, parts: Mapping[str, Path], meta: dict[str, A
     """Copy ``parts`` (bundle folder name -> source folder) into the new bundle ``out`` with
     ``bundle.json`` = ``meta`` (written beside ``out`` and renamed into place)."""
     import shutil
-    import tempfile
-
-    from lass.data.audio import public_mode
 
     if out.exists():
         raise LassError(f"{out} already exists; choose a new folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+
+    def fill(tmp: Path) -> None:
         for folder, src in parts.items():
             shutil.copytree(src, tmp / folder)
         write_text_atomic(tmp / BUNDLE_FILE, json.dumps(meta, indent=1) + "\n")
-        for f in [tmp, *tmp.rglob("*")]:
-            f.chmod(public_mode(directory=f.is_dir()))
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+
+    return write_dir_atomically(out, fill, replace=False)
 
 
 def make_langevin_bundle(out: str | os.PathLike[str], *,
@@ -431,9 +422,7 @@ def make_bundle(out: str | os.PathLike[str], *, codec: str | os.PathLike[str],
     sources); ``settings`` (:class:`lass.settings.SeparationSettings`) are its defaults.
     A :class:`LassError` says what does not fit; nothing is left behind then."""
     import shutil
-    import tempfile
 
-    from lass.data.audio import public_mode
     from lass.separator import check_mask_settings, shift_offsets
     from lass.settings import SeparationSettings, settings_to_bundle
     from likelihood import load_counts
@@ -507,13 +496,12 @@ def make_bundle(out: str | os.PathLike[str], *, codec: str | os.PathLike[str],
         if latent:
             raise LassError("--evidence adds to counts, not to a --latent likelihood")
         tev = TokenEvidence.load(evidence)
-        tev.check_codec(model.codebook_size, model.embedding_dim, identity)
+        tev.check_codec(model.codebook_size, model.embedding_dim, identity, model.hop_length)
         if tev.n_sources != len(stems):
             raise LassError(f"the token evidence model predicts {tev.n_sources} sources but "
                             f"{len(stems)} stems are named")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+
+    def fill(tmp: Path) -> None:
         shutil.copytree(codec, tmp / "codec")
         for folder, src in sources.items():
             shutil.copytree(src, tmp / folder)
@@ -531,10 +519,5 @@ def make_bundle(out: str | os.PathLike[str], *, codec: str | os.PathLike[str],
                      evidence="evidence.npz" if evidence is not None else None,
                      description=description,
                      sampler=settings_to_bundle(settings))
-        for f in [tmp, *tmp.rglob("*")]:  # readable as any new file is, not 0600 / 0700
-            f.chmod(public_mode(directory=f.is_dir()))
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+
+    return write_dir_atomically(out, fill, replace=False)

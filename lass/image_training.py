@@ -19,13 +19,12 @@ import numpy as np
 import torch
 
 from lass.data.mnist import augment, augmented_copies, load_mnist, mixture_pairs
-from lass.files import append_jsonl, write_text_atomic
 from likelihood import Counts, save_counts
 from likelihood.counting import TupleCounter
 from likelihood.image_evidence import ImageEvidence
 from priors import TransformerPrior, TransformerPriorConfig, load_prior
 from priors.train import PriorTrainConfig, PriorTrainer, TokenWindows
-from vqvae.files import write_bytes_atomic_torch
+from vqvae.files import append_jsonl, save_torch_atomic, write_text_atomic
 from vqvae.image import (
     ImageCodecTrainer,
     ImageTrainConfig,
@@ -133,7 +132,7 @@ def count_image_likelihood(codec: ImageVQVAE, out: Path, *, mixtures: int, seed:
     return counts
 
 
-def train_image_prior(codec: ImageVQVAE, out: Path, *, copies: int = 16,
+def train_image_prior(codec: ImageVQVAE, out: Path, *, copies: int = 1,
                       config: PriorTrainConfig | None = None, width: int = 128, layers: int = 3,
                       heads: int = 4, dropout: float = 0.1, valid_every: int = 500,
                       seed: int = 0, resume: bool = True, log: Log = print) -> TransformerPrior:
@@ -239,7 +238,7 @@ def train_image_evidence(codec: ImageVQVAE, out: Path, *, steps: int = 3000, bat
             log(f"evidence step {step}: train {float(loss.detach()):.3f}, valid {v:.3f} nats; "
                 f"top code a source's {float(hit):.2f}")
             model.save(out / "evidence.npz")
-            write_bytes_atomic_torch(out / "state.pt", {"model": model.state_dict(),
+            save_torch_atomic(out / "state.pt", {"model": model.state_dict(),
                                                         "optimizer": opt.state_dict(),
                                                         "step": step})
     return ImageEvidence.load(out / "evidence.npz")

@@ -39,7 +39,6 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from lass.errors import DataError, LassError
-from lass.files import write_bytes_atomic
 from lass.sampling import (
     Ancestral,
     BeamSearch,
@@ -52,6 +51,7 @@ from lass.sampling import (
 from likelihood import CountLikelihood
 from likelihood.image_evidence import ImageEvidence
 from priors import TransformerPrior, load_prior
+from vqvae.files import write_bytes_atomic
 from vqvae.image import ImageVQVAE, codec_identity, load_image_codec, psnr
 
 SAMPLERS = ("greedy", "beam", "ancestral", "topk", "topp")
@@ -512,7 +512,7 @@ def make_image_bundle(out: str | os.PathLike[str], *, codec: str | os.PathLike[s
     import shutil
 
     from lass.bundle import BUNDLE_FILE, sha256_path
-    from priors.prior import write_dir_atomically
+    from vqvae.files import write_dir_atomically
 
     c = load_image_codec(codec)
     p = load_prior(prior)

@@ -24,8 +24,9 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from lass.data.audio import public_mode, write_text_atomic, write_wav
+from lass.data.audio import write_wav
 from lass.errors import LassError
+from vqvae.files import public_mode, write_text_atomic
 
 #: Output containers: name -> (libsndfile format, file extension).
 FORMATS: dict[str, tuple[str, str]] = {"wav": ("WAV", "wav"), "flac": ("FLAC", "flac"),

@@ -39,7 +39,7 @@ from torch import nn
 
 from lass.data.mixing import check_mix_rule, mix, mix_gain
 from lass.errors import LassError
-from priors.prior import write_dir_atomically
+from vqvae.files import write_dir_atomically
 
 if TYPE_CHECKING:
     from lass.separator import SeparationResult

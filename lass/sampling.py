@@ -245,21 +245,19 @@ class _PriorStream:
 
 
 # Whether beam search over candidates that a mixture's beams share takes one C++ step
-# (lass_native::beam_select, where priors.native has loaded) for the scores, the choice of
-# beams and their slots; False: the tensor code.
+# (lass_search::beam_select, where lass.native builds) for the scores, the choice of beams
+# and their slots; False: the tensor code.
 NATIVE_BEAM_SELECT = True
 
 
 def _native_beam_select() -> Callable[..., list[torch.Tensor]] | None:
-    """``torch.ops.lass_native.beam_select`` where it applies (:data:`NATIVE_BEAM_SELECT`,
-    the C++ library builds and loads: :func:`priors.native.native_step`), else None."""
+    """``torch.ops.lass_search.beam_select`` where it applies (:data:`NATIVE_BEAM_SELECT`,
+    the C++ library builds and loads: :func:`lass.native.beam_select`), else None."""
     if not NATIVE_BEAM_SELECT:
         return None
-    from priors import native
+    from lass import native
 
-    native.native_step()
-    ops = native.loaded()
-    return None if ops is None else ops.beam_select
+    return native.beam_select()
 
 
 def _keep_slots(parent: np.ndarray) -> np.ndarray:
@@ -616,7 +614,7 @@ class _BeamChoice:
     """Beam search's step: each mixture keeps the ``width`` best of its beams' candidates by
     total score (:func:`_score`, :func:`_beam_choice`). For two sources on a CPU in float32,
     where the beams share the candidates, the same choice is one C++ call
-    (``lass_native::beam_select``: the score, the best beams, their slots and tokens, with no
+    (``lass_search::beam_select``: the score, the best beams, their slots and tokens, with no
     ``(batch, width, C)`` tensor; :data:`NATIVE_BEAM_SELECT`)."""
 
     def __init__(self, width: int, n_src: int, device: torch.device) -> None:

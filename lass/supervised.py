@@ -33,7 +33,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lass.errors import LassError
-from priors.prior import write_dir_atomically
+from vqvae.files import write_dir_atomically
 
 CONFIG_FILE = "supervised.json"
 WEIGHTS_FILE = "model.safetensors"

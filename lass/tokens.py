@@ -21,8 +21,8 @@ import torch
 from lass.data.audio import read_audio
 from lass.data.tracks import Track
 from lass.errors import DataError
-from lass.files import write_bytes_atomic
 from vqvae.codec import Codec
+from vqvae.files import write_bytes_atomic
 
 SEGMENT_TOKENS = 4096
 MARGIN_TOKENS = 64

@@ -1,6 +1,5 @@
-"""Writing and reading the likelihood package's files: atomic writes (a temporary file in
-the same folder, renamed into place) and the ``.npz`` model files of the fitted likelihoods
-(factorised, latent, the token evidence)."""
+"""The ``.npz`` model files of the fitted likelihoods (factorised, latent, the token
+evidence models), written atomically (:mod:`vqvae.files`)."""
 
 from __future__ import annotations
 
@@ -15,18 +14,7 @@ import numpy as np
 import torch
 
 from likelihood.errors import LikelihoodError
-
-
-def write_atomically(out: Path, data: bytes) -> Path:
-    """Write ``data`` to ``out`` through a temporary file renamed into place."""
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return out
+from vqvae.files import write_bytes_atomic
 
 
 def save_model_file(path: str | os.PathLike[str], arrays: dict[str, np.ndarray],
@@ -38,7 +26,7 @@ def save_model_file(path: str | os.PathLike[str], arrays: dict[str, np.ndarray],
     buf = io.BytesIO()
     payload: dict[str, Any] = {**arrays, "meta": np.array(json.dumps(meta, sort_keys=True))}
     np.savez_compressed(buf, **payload)
-    return write_atomically(out, buf.getvalue())
+    return write_bytes_atomic(out, buf.getvalue())
 
 
 def load_model_file(path: str | os.PathLike[str], what: str, kind: str, version: int,

@@ -46,7 +46,7 @@ import scipy.sparse as sp
 import torch
 
 from likelihood.errors import LikelihoodError
-from likelihood.files import write_atomically
+from vqvae.files import write_bytes_atomic
 
 if TYPE_CHECKING:
     from likelihood.factorised import FactorisedLikelihood
@@ -131,7 +131,7 @@ def save_counts(path: str | os.PathLike[str], counts: Counts) -> Path:
         arrays["pairs"] = counts.pairs.astype(np.int64)
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
-    return write_atomically(out, buf.getvalue())
+    return write_bytes_atomic(out, buf.getvalue())
 
 
 def load_counts(path: str | os.PathLike[str]) -> Counts:

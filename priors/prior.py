@@ -9,34 +9,12 @@ state a copy of row ``index[i]`` (beam search).
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-
-
-def write_dir_atomically(path: str | os.PathLike[str], fill: Callable[[Path], None]) -> Path:
-    """Let ``fill`` write a new folder beside ``path``, then rename it into place (replacing
-    an older one); on any failure nothing is left behind."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        fill(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
 
 
 @dataclass

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from tqdm import tqdm
 from priors.errors import PriorError
 from priors.flow import LOG_2PI, FlowPrior
 from priors.wavenet import WaveNetPrior, quantise
+from vqvae.files import save_torch_atomic, write_json_atomic
 
 Draw = Callable[[np.random.Generator, int], torch.Tensor]
 # (network, noisy (batch, time), clean (batch, time), sigma (batch,)) -> nats per sample
@@ -158,9 +158,8 @@ def train_sample_prior(net: WaveNetPrior | FlowPrior, draw: Draw, valid: torch.T
                 bar.write(f"step {step}: valid {valid_nats:.3f} nats/sample")
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 net.eval().save(out / "model")
-                tmp = out / ".trainer.pt.tmp"
-                torch.save({"optimizer": opt.state_dict(), "step": step}, tmp)
-                os.replace(tmp, out / "trainer.pt")
+                save_torch_atomic(out / "trainer.pt",
+                                  {"optimizer": opt.state_dict(), "step": step})
     finally:
         bar.close()
     if not main:
@@ -168,7 +167,5 @@ def train_sample_prior(net: WaveNetPrior | FlowPrior, draw: Draw, valid: torch.T
     summary = {"kind": kind, "step": step, "valid_nats_per_sample": round(valid_nats, 4),
                "parameters": params, "stem": net.config.class_name,
                **({"receptive_field": field} if kind == "wavenet" else {})}
-    tmp = out / ".summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, out / "summary.json")
+    write_json_atomic(out / "summary.json", summary)
     return summary

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch.nn.functional as F  # noqa: N812
 
 from priors.errors import PriorError
 from priors.transformer import TransformerPrior, load_prior
+from vqvae.files import save_torch_atomic
 
 
 @dataclass(frozen=True)
@@ -166,14 +166,7 @@ class PriorTrainer:
         root = Path(folder)
         root.mkdir(parents=True, exist_ok=True)
         self.prior.save(root / "model")
-        fd, tmp = tempfile.mkstemp(prefix=".trainer.", suffix=".tmp", dir=root)
-        os.close(fd)
-        try:
-            torch.save(self.state_dict(), tmp)
-            os.replace(tmp, root / "trainer.pt")
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        save_torch_atomic(root / "trainer.pt", self.state_dict())
 
     @classmethod
     def resume(cls, folder: str | os.PathLike[str], config: PriorTrainConfig,

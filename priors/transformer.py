@@ -28,7 +28,8 @@ from torch import nn
 
 from priors import llama
 from priors.errors import PriorError
-from priors.prior import Prior, PriorState, write_dir_atomically
+from priors.prior import Prior, PriorState
+from vqvae.files import write_dir_atomically
 
 if TYPE_CHECKING:
     from transformers import GPT2Config, LlamaConfig

@@ -38,7 +38,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from priors.errors import PriorError
-from priors.prior import write_dir_atomically
+from vqvae.files import write_dir_atomically
 
 BINS = 256
 FORMAT_VERSION = 1

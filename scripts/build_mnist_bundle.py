@@ -31,7 +31,6 @@ from typing import Any
 
 import torch
 
-from lass.files import write_text_atomic
 from lass.image_evaluate import evaluate_images, format_image_table
 from lass.image_training import (
     count_image_likelihood,
@@ -45,6 +44,7 @@ from likelihood.image_evidence import ImageEvidence
 from likelihood.table import load_counts
 from priors import load_prior
 from priors.train import PriorTrainConfig
+from vqvae.files import write_text_atomic
 from vqvae.image import ImageTrainConfig, ImageVQVAEConfig, load_image_codec
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -149,8 +149,7 @@ def test_native_beam_select_equals_the_tensor_code(monkeypatch, k, beams, densit
     fewer than the step's most), and one beam."""
     import shutil
 
-    from lass import sampling
-    from priors import native
+    from lass import native, sampling
 
     if shutil.which("c++") is None and shutil.which("g++") is None:
         pytest.skip("no C++ compiler here")
@@ -159,7 +158,7 @@ def test_native_beam_select_equals_the_tensor_code(monkeypatch, k, beams, densit
     mix = torch.cat([pr[3] for pr in problems])
     calls = []
     assert sampling._native_beam_select() is not None, native.native_error()
-    op = native.loaded().beam_select
+    op = native.beam_select()
 
     def counted(*args):
         calls.append(1)

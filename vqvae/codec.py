@@ -11,8 +11,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
@@ -24,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vqvae.errors import CodecError
+from vqvae.files import write_dir_atomically
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -214,20 +213,13 @@ class Codec(nn.Module, ABC):
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write ``config.json`` + ``model.safetensors`` into the directory ``path`` atomically."""
-        out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-        try:
-            state = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
+        state = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
+
+        def fill(tmp: Path) -> None:
             save_file(state, str(tmp / WEIGHTS_FILE), metadata={"class": type(self).__name__})
             (tmp / CONFIG_FILE).write_text(json.dumps(self.config_dict(), indent=1) + "\n")
-            if out.exists():
-                shutil.rmtree(out)
-            os.replace(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return out
+
+        return write_dir_atomically(path, fill)
 
     @classmethod
     def from_config_dict(cls, config: dict[str, Any]) -> Codec:

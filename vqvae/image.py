@@ -318,11 +318,11 @@ class ImageCodecTrainer:
 
     def save(self, folder: str | os.PathLike[str]) -> None:
         """Write ``folder/model`` and ``folder/trainer.pt`` (each atomically)."""
-        from vqvae.files import write_bytes_atomic_torch
+        from vqvae.files import save_torch_atomic
 
         root = Path(folder)
         self.model.save(root / "model")
-        write_bytes_atomic_torch(root / "trainer.pt",
+        save_torch_atomic(root / "trainer.pt",
                                  {"optimizer": self.optimizer.state_dict(), "step": self.step,
                                   "config": dataclasses.asdict(self.config)})
 

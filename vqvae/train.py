@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import torch
 from vqvae.codec import load_codec
 from vqvae.conv import ConvVQVAE
 from vqvae.errors import CodecError
+from vqvae.files import save_torch_atomic
 from vqvae.losses import multi_resolution_stft_loss, normalised_mse, sdr_db
 
 
@@ -130,14 +130,7 @@ class CodecTrainer:
         root = Path(folder)
         root.mkdir(parents=True, exist_ok=True)
         self.model.save(root / "model")
-        fd, tmp = tempfile.mkstemp(prefix=".trainer.", suffix=".tmp", dir=root)
-        os.close(fd)
-        try:
-            torch.save(self.state_dict(), tmp)
-            os.replace(tmp, root / "trainer.pt")
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        save_torch_atomic(root / "trainer.pt", self.state_dict())
 
     @classmethod
     def resume(cls, folder: str | os.PathLike[str], config: TrainConfig,

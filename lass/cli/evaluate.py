@@ -33,7 +33,6 @@ from lass.bundle import bundle_method
 from lass.cli import run_cli
 from lass.cli.common import resolve_device
 from lass.data import StemDataset, chunk_samples, find_tracks, mix_gain
-from lass.data.audio import write_text_atomic
 from lass.errors import DataError
 from lass.evaluate import (
     LassSearches,
@@ -50,6 +49,7 @@ from lass.images import ImageSeparator
 from lass.separator import SeparatesAudio, Separator, load_separator
 from lass.settings import add_setting_options, given_options
 from lass.supervised import load_supervised
+from vqvae.files import write_text_atomic
 
 PROG = "lass-evaluate"
 #: The separation settings lass-evaluate takes for its LASS methods (the sampler and its

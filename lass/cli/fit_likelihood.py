@@ -22,9 +22,9 @@ import torch
 from tqdm import tqdm
 
 from lass.cli import run_cli
-from lass.files import write_bytes_atomic as write_atomically
 from likelihood import CountLikelihood, Counts, LikelihoodError, load_counts
 from likelihood.factorised import FitState, fit_factorised, held_out_bits
+from vqvae.files import write_bytes_atomic as write_atomically
 
 PROG = "lass-fit-likelihood"
 

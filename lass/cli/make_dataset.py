@@ -19,12 +19,13 @@ import numpy as np
 from tqdm import tqdm
 
 from lass.cli import run_cli
-from lass.data.audio import write_text_atomic, write_wav
+from lass.data.audio import write_wav
 from lass.data.synth.band_build import BandConfig, make_band_dataset
 from lass.data.synth.build import SynthConfig, make_synth_dataset
 from lass.data.synth.soundfonts import SOUNDFONTS
 from lass.data.toy import TOY_SOURCES, ToyData
 from lass.errors import DataError
+from vqvae.files import write_text_atomic
 
 PROG = "lass-make-dataset"
 

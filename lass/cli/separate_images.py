@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -23,8 +21,8 @@ import numpy as np
 
 from lass.cli import EXIT_ERROR
 from lass.errors import DataError, LassError
-from lass.files import public_mode
 from lass.images import ImageSeparator, png_bytes, read_png
+from vqvae.files import write_dir_atomically
 
 IMAGE_SUFFIXES = (".png", ".pgm", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".webp")
 #: Mixtures searched as one batch (a 28 x 28 mixture is small: large batches are fastest).
@@ -34,21 +32,13 @@ IMAGE_BATCH = 256
 def _write_item(folder: Path, sources: np.ndarray, info: dict[str, Any],
                 stems: tuple[str, ...]) -> None:
     """``folder/<stem>.png`` for each source and ``separation.json``, all at once."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+
+    def fill(tmp: Path) -> None:
         for stem, image in zip(stems, sources, strict=True):
             (tmp / f"{stem}.png").write_bytes(png_bytes(image))
         (tmp / "separation.json").write_text(json.dumps(info, indent=1) + "\n")
-        tmp.chmod(public_mode(directory=True))
-        for f in tmp.iterdir():
-            f.chmod(public_mode())
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    write_dir_atomically(folder, fill)
 
 
 def separate_images(args: argparse.Namespace, prog: str, device: str) -> int:

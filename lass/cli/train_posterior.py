@@ -33,13 +33,12 @@ from lass.bundle import read_langevin_bundle
 from lass.cli import run_cli
 from lass.cli.common import start_run
 from lass.data import StemDataset, find_tracks, mix
-from lass.data.audio import write_text_atomic
 from lass.distributed import finish, init_world, parallel, rank_slice
 from lass.errors import DataError
-from lass.files import append_jsonl, write_bytes_atomic
 from lass.posterior import AmortisedPosterior, PosteriorConfig, elbo, load_posterior
 from lass.supervised import si_sdr_loss
 from priors.flow import FlowPrior, load_flow
+from vqvae.files import append_jsonl, write_bytes_atomic, write_text_atomic
 
 PROG = "lass-train-posterior"
 

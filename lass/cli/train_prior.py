@@ -46,15 +46,14 @@ from tqdm import tqdm
 from lass.cli import run_cli
 from lass.cli.common import add_precision_option, start_run, use_bf16
 from lass.data import find_tracks
-from lass.data.audio import write_text_atomic
 from lass.distributed import World, finish, init_world, main_first, parallel, rank_slice
 from lass.errors import DataError
-from lass.files import append_jsonl
 from lass.tokens import encode_tracks
 from priors.baselines import baseline_bits
 from priors.train import PriorTrainConfig, PriorTrainer, TokenWindows
 from priors.transformer import TransformerPrior, TransformerPriorConfig, load_prior
 from vqvae import Codec, load_codec
+from vqvae.files import append_jsonl, write_text_atomic
 
 PROG = "lass-train-prior"
 
@@ -69,8 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--codec", type=Path, default=None, help="saved codec directory")
     p.add_argument("--data", type=Path, default=None, help="stem data set root")
     p.add_argument("--stem", nargs="+", default=None, help="stem(s) the prior models")
-    p.add_argument("--copies", type=int, default=16,
-                   help="--kind image: versions of each digit (the first unaugmented)")
+    p.add_argument("--copies", type=int, default=1,
+                   help="--kind image: versions of each digit (the first unaugmented; more "
+                        "lowers the prior's bits but separates worse, docs/images.md)")
     p.add_argument("--out", type=Path, required=True, help="run folder")
     p.add_argument("--conditional", action="store_true",
                    help="with several stems: one class token per stem")

@@ -34,11 +34,10 @@ from lass.cli.common import (
     use_bf16,
 )
 from lass.data import StemDataset, chunk_samples, find_tracks, mix, mix_gain
-from lass.data.audio import write_text_atomic
 from lass.distributed import finish, init_world, parallel, rank_slice
 from lass.errors import DataError
-from lass.files import append_jsonl, write_bytes_atomic
 from lass.supervised import ConvTasNet, ConvTasNetConfig, load_supervised, si_sdr_loss
+from vqvae.files import append_jsonl, write_bytes_atomic, write_text_atomic
 
 PROG = "lass-train-supervised"
 

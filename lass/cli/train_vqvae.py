@@ -38,12 +38,11 @@ from lass.cli.common import (
     use_bf16,
 )
 from lass.data import StemDataset, chunk_samples, find_tracks, mix
-from lass.data.audio import write_text_atomic
 from lass.distributed import finish, init_world, parallel, rank_slice
 from lass.errors import DataError
-from lass.files import append_jsonl
 from vqvae import load_codec
 from vqvae.conv import ConvVQVAE, ConvVQVAEConfig
+from vqvae.files import append_jsonl, write_text_atomic
 from vqvae.train import CodecTrainer, TrainConfig, perplexity, reconstruction_sdr
 
 PROG = "lass-train-vqvae"

@@ -21,7 +21,7 @@ import soundfile as sf
 import soxr
 
 from lass.errors import DataError
-from lass.files import public_mode, write_text_atomic  # noqa: F401  (write_text_atomic: re-exported)
+from vqvae.files import write_file_atomic
 
 #: Extra input samples read on each side of a segment that is resampled.
 RESAMPLE_MARGIN = 256
@@ -170,16 +170,9 @@ def write_wav(path: str | os.PathLike[str], audio: np.ndarray, sample_rate: int,
     arr = np.asarray(audio)
     if not np.all(np.isfinite(arr)):
         raise DataError(f"refusing to write non-finite audio to {p}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    os.close(fd)
-    try:
-        extra = {"compression_level": 0.0, "bitrate_mode": "CONSTANT"} if fmt == "MP3" else {}
-        sf.write(tmp, arr, sample_rate, subtype=subtype, format=fmt, **extra)
-        os.chmod(tmp, public_mode())
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    extra = {"compression_level": 0.0, "bitrate_mode": "CONSTANT"} if fmt == "MP3" else {}
+    write_file_atomic(p, lambda tmp: sf.write(tmp, arr, sample_rate, subtype=subtype,
+                                              format=fmt, **extra))
 
 
 def rms_db(audio: np.ndarray) -> float:

@@ -132,12 +132,16 @@ def _shared_attention(q: torch.Tensor, k_own: torch.Tensor, v_own: torch.Tensor,
 
 def token_step(x: torch.Tensor, weights: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor,
                                                     torch.Tensor]],
-               head: torch.Tensor, views: list[tuple[torch.Tensor, torch.Tensor]],
-               prefix: list[tuple[torch.Tensor, torch.Tensor]], rot: torch.Tensor, pos: int,
-               lo: int, fam: int, heads: int, kv_heads: int, inner: int,
-               eps_root: torch.Tensor, packed: bool, keep: torch.Tensor | None,
+               head: torch.Tensor, eps_root: torch.Tensor, sizes: tuple[int, int, int],
+               packed: bool, views: list[tuple[torch.Tensor, torch.Tensor]],
+               prefix: list[tuple[torch.Tensor, torch.Tensor]], rot: torch.Tensor,
+               where: tuple[int, int, int], keep: torch.Tensor | None,
                spread: torch.Tensor | None) -> torch.Tensor:
     """The layers and output of :meth:`LlamaStepper._step`: one new token per row.
+
+    The arguments come in three groups: the network (``weights``, ``head``, ``eps_root``,
+    ``sizes``, ``packed``), the step (``views``, ``prefix``, ``rot``, ``where``) and the
+    rows computed (``keep``, ``spread``).
 
     Args:
         x: ``(unique, width)`` the new tokens' embeddings: one per row, or per computed row
@@ -151,15 +155,21 @@ def token_step(x: torch.Tensor, weights: list[tuple[torch.Tensor, torch.Tensor, 
         prefix: per layer the families' shared ``(keys, values)``, each ``(rows / fam,
             kv_heads, capacity, head_dim)``, positions ``[0, lo)`` read (empty when ``lo``
             is 0).
+        eps_root: ``sqrt(width eps)`` (:func:`_rms_divisor`).
+        sizes: ``(heads, kv_heads, inner)``: the query and key/value heads and the MLP's
+            width.
         rot: ``(head_dim, head_dim)`` the rotary embedding of position ``pos``.
-        fam: rows per family; heads, kv_heads: the query and key/value heads; inner: the
-            MLP's width; eps_root: ``sqrt(width eps)`` (:func:`_rms_divisor`).
+        where: ``(pos, lo, fam)``: the new position, the first position the rows hold
+            themselves (the ones before are their family's, in ``prefix``) and the rows per
+            family.
         keep: ``(unique,)`` the computed rows; spread: ``(rows,)`` the computed row of each
             row.
 
     Returns:
         ``(rows, K)`` the next token's logits.
     """
+    heads, kv_heads, inner = sizes
+    pos, lo, fam = where
     rows = views[0][0].shape[0]
     d = rot.shape[0]
     group = heads // kv_heads

@@ -267,9 +267,9 @@ class LlamaStepper:
         if native is not None:
             logits = native(
                 F.embedding(ids, self.embed), self._flat_weights, self._native_head,
+                self._eps_root, [self.heads, self.kv_heads, self.inner_size, self._products],
                 [t for kv in views for t in kv], [t for kv in prefix for t in kv],
-                self.rotation[pos], pos, lo, cache.share, self.heads, self.kv_heads,
-                self.inner_size, self._eps_root, self._products, keep, spread,
+                self.rotation[pos], [pos, lo, cache.share], keep, spread,
                 torch.from_numpy(fams) if longer else None)
             cache.length = pos + 1
             return logits
@@ -277,7 +277,7 @@ class LlamaStepper:
         step = scripted_step() if self.options.scripted_step else None
         logits = (step or token_step)(
             F.embedding(ids, self.embed), self.packed if packed else self.layers,  # type: ignore[arg-type]
-            self._head(), views, prefix, self.rotation[pos], pos, lo, cache.share, self.heads,
-            self.kv_heads, self.inner_size, self._eps_root, packed, keep, spread)
+            self._head(), self._eps_root, (self.heads, self.kv_heads, self.inner_size), packed,
+            views, prefix, self.rotation[pos], (pos, lo, cache.share), keep, spread)
         cache.length = pos + 1
         return logits

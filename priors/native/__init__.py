@@ -27,8 +27,6 @@ SOURCE = Path(__file__).with_name("token_step.cpp")
 # resolves to the copy torch has loaded already (one runtime, torch's threads)
 FLAGS = ["-O3", "-march=native", "-fopenmp"]
 LINK_FLAGS = ["-fopenmp"]
-_error: list[str] = []
-_loaded: list[Any] = []  # torch.ops.lass_native, once loaded
 
 
 def _cpu_key() -> str:
@@ -40,76 +38,119 @@ def _cpu_key() -> str:
         return platform.processor()
 
 
+STAMP = "built"  # written beside the library once it has been built and loaded
+
+
+class NativeLibrary:
+    """A C++ operator library compiled once per machine from one source file and loaded
+    into ``torch.ops``: the prior step here, and the search's beam choice in
+    :mod:`lass.native`.
+
+    Args:
+        name: the shared library's name (``<name>.so``).
+        source: the ``.cpp`` file (it registers its operators with ``TORCH_LIBRARY``).
+        namespace: the ``torch.ops`` namespace its operators are registered in.
+        what: how a message names it.
+    """
+
+    def __init__(self, name: str, source: Path, namespace: str, what: str) -> None:
+        self.name, self.source, self.namespace, self.what = name, source, namespace, what
+        self._error: list[str] = []
+        self._loaded: list[Any] = []
+
+    def build_dir(self) -> Path:
+        """Where this machine's build lives: ``LASS_NATIVE_DIR`` (or
+        ``~/.cache/lass/native``) / a key of the source, torch, flags, CPU and Python."""
+        key = hashlib.sha256("\0".join([self.source.read_text(), torch.__version__,
+                                        " ".join(FLAGS + LINK_FLAGS), _cpu_key(),
+                                        sys.version]).encode()).hexdigest()[:16]
+        root = Path(os.environ.get("LASS_NATIVE_DIR")
+                    or Path.home() / ".cache" / "lass" / "native")
+        return root / key
+
+    def ops(self) -> Any:
+        """The ``torch.ops`` namespace, built if need be, or None where it cannot be built or
+        loaded (no compiler, no ``ninja``, not Linux/x86, a failed build): then
+        :meth:`error` gives the reason. Tried once per process.
+
+        A build that has loaded once before (its folder holds the library and :data:`STAMP`;
+        the folder's name covers the source) is loaded directly, in about 15 ms, without
+        importing ``torch.utils.cpp_extension`` or running ``ninja`` (about 130 ms)."""
+        if self._loaded or self._error:
+            return self._loaded[0] if self._loaded else None
+        where = self.build_dir()
+        library, stamp = where / f"{self.name}.so", where / STAMP
+        if library.exists() and stamp.exists():
+            try:
+                torch.ops.load_library(str(library))
+                self._loaded.append(getattr(torch.ops, self.namespace))
+                return self._loaded[0]
+            except (OSError, RuntimeError):  # a damaged library: build it again
+                stamp.unlink(missing_ok=True)
+                library.unlink(missing_ok=True)  # (else ninja would take it as up to date)
+        try:
+            from torch.utils.cpp_extension import load
+
+            where.mkdir(parents=True, exist_ok=True)
+            started = time.perf_counter()
+            if not library.exists():
+                print(f"lass: compiling {self.what} once for this machine into {where} (about "
+                      f"30 s; the install command does it ahead of time)", file=sys.stderr)
+            # compiled from a copy in the build folder: the same path from every checkout of
+            # the same source (ninja rebuilds when the path in its build file changes)
+            source = where / self.source.name
+            text = self.source.read_text()
+            if not source.exists() or source.read_text() != text:
+                part = source.with_suffix(f".{os.getpid()}.tmp")
+                part.write_text(text)
+                os.replace(part, source)
+            # (copies: load() adds to the lists it is given, which would change the key)
+            load(self.name, sources=[str(source)], extra_cflags=list(FLAGS),
+                 extra_ldflags=list(LINK_FLAGS), build_directory=str(where),
+                 is_python_module=False, verbose=False)
+            self._loaded.append(getattr(torch.ops, self.namespace))
+            stamp.write_text(f"{library.name} loaded\n")
+            if time.perf_counter() - started > 2.0:
+                print(f"lass: {self.what} compiled in {time.perf_counter() - started:.0f} s",
+                      file=sys.stderr)
+            return self._loaded[0]
+        except Exception as err:  # whatever the build raises: the caller's fallback runs
+            self._error.append(str(err).strip().splitlines()[-1] if str(err).strip()
+                               else repr(err))
+            return None
+
+    def loaded(self) -> Any:
+        """The ``torch.ops`` namespace if :meth:`ops` has loaded it in this process, else
+        None; never builds."""
+        return self._loaded[0] if self._loaded else None
+
+    def error(self) -> str | None:
+        """Why :meth:`ops` gave None (None if it built or was not tried)."""
+        return self._error[-1] if self._error else None
+
+
+STEP = NativeLibrary("lass_native_step", SOURCE, "lass_native", "the native prior step")
+
+
 def build_dir() -> Path:
     """Where this machine's build of the step lives."""
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), torch.__version__,
-                                    " ".join(FLAGS + LINK_FLAGS), _cpu_key(),
-                                    sys.version]).encode()).hexdigest()[:16]
-    root = Path(os.environ.get("LASS_NATIVE_DIR") or Path.home() / ".cache" / "lass" / "native")
-    return root / key
-
-
-STAMP = "built"  # written beside the library once it has been built and loaded
+    return STEP.build_dir()
 
 
 @functools.cache
 def native_step() -> Any:
     """``torch.ops.lass_native.token_step``, built if need be, or None where it cannot be
-    built or loaded (no compiler, no ``ninja``, not Linux/x86, a failed build): then
-    :func:`native_error` gives the reason.
-
-    A build that has loaded once before (its folder holds the library and :data:`STAMP`;
-    the folder's name covers the source) is loaded directly, in about 15 ms, without
-    importing ``torch.utils.cpp_extension`` or running ``ninja`` (about 130 ms)."""
-    where = build_dir()
-    library, stamp = where / "lass_native_step.so", where / STAMP
-    if library.exists() and stamp.exists():
-        try:
-            torch.ops.load_library(str(library))
-            _loaded.append(torch.ops.lass_native)
-            return torch.ops.lass_native.token_step
-        except (OSError, RuntimeError):  # a damaged library: build it again
-            stamp.unlink(missing_ok=True)
-            library.unlink(missing_ok=True)  # (else ninja would take it as up to date)
-    try:
-        from torch.utils.cpp_extension import load
-
-        where.mkdir(parents=True, exist_ok=True)
-        started = time.perf_counter()
-        if not library.exists():
-            print(f"lass: compiling the native prior step once for this machine into {where} "
-                  "(about 30 s; `python -m priors.native` does it ahead of time)",
-                  file=sys.stderr)
-        # compiled from a copy in the build folder: the same path from every checkout of the
-        # same source (ninja rebuilds when the path in its build file changes)
-        source = where / SOURCE.name
-        text = SOURCE.read_text()
-        if not source.exists() or source.read_text() != text:
-            part = source.with_suffix(f".{os.getpid()}.tmp")
-            part.write_text(text)
-            os.replace(part, source)
-        load("lass_native_step", sources=[str(source)], extra_cflags=FLAGS,
-             extra_ldflags=LINK_FLAGS, build_directory=str(where), is_python_module=False,
-             verbose=False)
-        op = torch.ops.lass_native.token_step
-        _loaded.append(torch.ops.lass_native)
-        stamp.write_text(f"{library.name} loaded\n")
-        if time.perf_counter() - started > 2.0:
-            print(f"lass: native prior step compiled in {time.perf_counter() - started:.0f} s",
-                  file=sys.stderr)
-        return op
-    except Exception as err:  # whatever the build raises: the TorchScript step runs instead
-        _error.append(str(err).strip().splitlines()[-1] if str(err).strip() else repr(err))
-        return None
+    built or loaded: then :func:`native_error` gives the reason."""
+    ops = STEP.ops()
+    return None if ops is None else ops.token_step
 
 
 def loaded() -> Any:
-    """``torch.ops.lass_native`` (``token_step``, ``copy_rows``, ``beam_select``,
-    ``brgemm_works``) if :func:`native_step` has built and loaded it in this process, else
-    None; never builds."""
-    return _loaded[0] if _loaded else None
+    """``torch.ops.lass_native`` (``token_step``, ``copy_rows``, ``brgemm_works``) if
+    :func:`native_step` has built and loaded it in this process, else None; never builds."""
+    return STEP.loaded()
 
 
 def native_error() -> str | None:
     """Why :func:`native_step` gave None (None if it built or was not tried)."""
-    return _error[-1] if _error else None
+    return STEP.error()

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import soxr
 
-from lass.data.audio import rms_db, write_text_atomic, write_wav
+from lass.data.audio import rms_db, write_wav
 from lass.data.synth.band import BandSong, compose_band_song
 from lass.data.synth.build import (
     SILENCE_DB,
@@ -47,6 +47,7 @@ from lass.data.synth.effects import apply_chain, draw_chain
 from lass.data.synth.render import find_fluidsynth, render_part
 from lass.data.synth.soundfonts import SOUNDFONTS, Soundfont, soundfonts
 from lass.errors import DataError
+from vqvae.files import write_text_atomic
 
 #: Bumped whenever composition, rendering or effects change what a seed produces.
 BAND_VERSION = 1

@@ -24,10 +24,11 @@ from typing import TypeVar
 
 import numpy as np
 
-from lass.data.audio import rms_db, write_text_atomic, write_wav
+from lass.data.audio import rms_db, write_wav
 from lass.data.synth.compose import Song, compose_song
 from lass.data.synth.render import find_fluidsynth, find_soundfont, render_part
 from lass.errors import DataError
+from vqvae.files import write_text_atomic
 
 T = TypeVar("T")
 
