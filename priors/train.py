@@ -22,7 +22,7 @@ import torch.nn.functional as F  # noqa: N812
 
 from priors.errors import PriorError
 from priors.transformer import TransformerPrior, load_prior
-from vqvae.files import save_torch_atomic
+from vqvae.files import read_trainer_state, save_torch_atomic
 
 
 @dataclass(frozen=True)
@@ -173,14 +173,8 @@ class PriorTrainer:
                device: str | torch.device = "cpu") -> PriorTrainer:
         """Continue the run saved in ``folder``."""
         root = Path(folder)
-        if not (root / "trainer.pt").is_file():
-            raise PriorError(f"nothing to resume in {root}: no trainer.pt")
+        state = read_trainer_state(root, PriorError, device)
         prior = load_prior(root / "model", device=device, backend="transformers")
-        try:
-            state = torch.load(str(root / "trainer.pt"), map_location=device, weights_only=True)
-        except Exception as err:  # torch raises many types for damaged files
-            raise PriorError(f"cannot read {root / 'trainer.pt'}: corrupt or truncated "
-                             f"({type(err).__name__})") from None
         trainer = cls(prior, config)
         trainer.optimizer.load_state_dict(state["optimizer"])
         trainer.step = int(state["step"])

@@ -20,7 +20,8 @@ output exists; the training stages resume when interrupted):
    tuples counted at least twice and each source's pair counts of the whole table (97.5% of
    the distinct 5-tuples are counted once: 26 MB of noise)
 5. ``evidence``: ``lass-fit-evidence`` for the four sources (``EVIDENCE_HOURS`` hours of
-   training mixtures, ``EVIDENCE_EPOCHS`` epochs)
+   training mixtures, ``EVIDENCE_EPOCHS`` epochs, ``EVIDENCE_OPTIONS``: the model reads the
+   mixture's samples besides the encoder's outputs, over +-33 steps)
 6. ``tune``: on 24 validation mixtures of 1 s (never test), ``TUNING``: mean SI-SDR of the
    mask output of beam search (``BEAMS`` beams) over a grid of (lambda, evidence weight);
    then the ancestral sampler's (``SAMPLES`` samples, combined by their mean) at two
@@ -69,8 +70,9 @@ PRIOR = ["--context", "256", "--width", "192", "--layers", "3", "--heads", "4", 
          "1", "--steps", "1500"]
 COUNT_HOURS = 6.0
 COUNT_MIN = 2
-EVIDENCE_HOURS = 1.0
+EVIDENCE_HOURS = 4.0
 EVIDENCE_EPOCHS = 6
+EVIDENCE_OPTIONS = ("--waveform", "--dilations", "1", "2", "4", "8", "16")
 PRIOR_TOP = 16  # a 4 x 4 x 4 x 4 grid of the sources' likeliest tokens per step
 SMOOTHING = ("votes", 1.0)
 BEAMS = 10
@@ -110,7 +112,7 @@ def main() -> None:
                    "0", *dev] + (["--resume"] if prior.exists() else []), log, "prior")
     counts = counts_stage(work, codec / "model", data, STEMS, COUNT_HOURS, COUNT_MIN, dev, log)
     evidence = evidence_stage(work, codec / "model", data, STEMS, EVIDENCE_HOURS,
-                              EVIDENCE_EPOCHS, dev, log)
+                              EVIDENCE_EPOCHS, dev, log, EVIDENCE_OPTIONS)
     build.save()
     bundle = work / "bundle"
 

@@ -65,15 +65,17 @@ def counts_stage(work: Path, codec: Path, data: Path, stems: Sequence[str], hour
 
 
 def evidence_stage(work: Path, codec: Path, data: Path, stems: Sequence[str], hours: float,
-                   epochs: int, dev: list[str], log: dict[str, Any]) -> Path:
-    """``lass-fit-evidence`` for ``stems`` on ``hours`` hours of training mixtures into
-    ``WORK/evidence.npz`` (returned)."""
+                   epochs: int, dev: list[str], log: dict[str, Any],
+                   options: Sequence[str] = ()) -> Path:
+    """``lass-fit-evidence`` for ``stems`` on ``hours`` hours of training mixtures (and
+    ``options``, e.g. ``--waveform``) into ``WORK/evidence.npz`` (returned)."""
     evidence = work / "evidence.npz"
     if not evidence.is_file():
         run_stage(["lass-fit-evidence", "--codec", str(codec), "--data", str(data),
                    "--sources", *stems, "--hours", str(hours), "--chunk-seconds", "1",
                    "--gain-db", "0", "0", "--seed", "0", "--epochs", str(epochs),
-                   "--valid-hours", "0.05", "--out", str(evidence), *dev], log, "evidence")
+                   "--valid-hours", "0.05", "--out", str(evidence), *options, *dev], log,
+                  "evidence")
     return evidence
 
 

@@ -71,6 +71,24 @@ def save_torch_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
     return write_bytes_atomic(path, buf.getvalue())
 
 
+def read_trainer_state(folder: str | os.PathLike[str], error: type[Exception],
+                       device: str | torch.device = "cpu") -> dict[str, Any]:
+    """The ``trainer.pt`` a trainer's ``save`` left in ``folder`` (optimizer state, step,
+    settings), for its ``resume``: none there, or a damaged one, raises ``error`` with one
+    line."""
+    path = Path(folder) / "trainer.pt"
+    if not path.is_file():
+        raise error(f"nothing to resume in {Path(folder)}: no trainer.pt")
+    try:
+        state = torch.load(str(path), map_location=device, weights_only=True)
+    except Exception as err:  # torch raises many types for damaged files
+        raise error(f"cannot read {path}: corrupt or truncated ({type(err).__name__})"
+                    ) from None
+    if not isinstance(state, dict) or "optimizer" not in state or "step" not in state:
+        raise error(f"{path} is not a trainer's state")
+    return state
+
+
 def write_dir_atomically(path: str | os.PathLike[str], fill: Callable[[Path], None],
                          replace: bool = True) -> Path:
     """Let ``fill`` write a new folder beside ``path``, then rename it into place (replacing

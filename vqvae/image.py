@@ -330,15 +330,10 @@ class ImageCodecTrainer:
     def resume(cls, folder: str | os.PathLike[str], config: ImageTrainConfig,
                device: str | torch.device = "cpu") -> ImageCodecTrainer:
         """Continue the run saved in ``folder`` with ``config``."""
-        root = Path(folder)
-        if not (root / "trainer.pt").is_file():
-            raise CodecError(f"nothing to resume in {root}: no trainer.pt")
-        model = load_image_codec(root / "model", device)
-        try:
-            state = torch.load(str(root / "trainer.pt"), map_location=device, weights_only=True)
-        except Exception as err:  # torch raises many types for damaged files
-            raise CodecError(f"cannot read {root / 'trainer.pt'}: corrupt or truncated "
-                             f"({type(err).__name__})") from None
+        from vqvae.files import read_trainer_state
+
+        state = read_trainer_state(folder, CodecError, device)
+        model = load_image_codec(Path(folder) / "model", device)
         trainer = cls(model, config)
         trainer.optimizer.load_state_dict(state["optimizer"])
         trainer.step = int(state["step"])

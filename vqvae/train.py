@@ -22,7 +22,7 @@ import torch
 from vqvae.codec import load_codec
 from vqvae.conv import ConvVQVAE
 from vqvae.errors import CodecError
-from vqvae.files import save_torch_atomic
+from vqvae.files import read_trainer_state, save_torch_atomic
 from vqvae.losses import multi_resolution_stft_loss, normalised_mse, sdr_db
 
 
@@ -137,16 +137,10 @@ class CodecTrainer:
                device: str | torch.device = "cpu") -> CodecTrainer:
         """Load ``folder/model`` and ``folder/trainer.pt``; continue with ``config``."""
         root = Path(folder)
-        if not (root / "trainer.pt").is_file():
-            raise CodecError(f"nothing to resume in {root}: no trainer.pt")
+        state = read_trainer_state(root, CodecError, device)
         model = load_codec(root / "model", device=device)
         if not isinstance(model, ConvVQVAE):
             raise CodecError(f"{root / 'model'} holds a {type(model).__name__}, not a ConvVQVAE")
-        try:
-            state = torch.load(str(root / "trainer.pt"), map_location=device, weights_only=True)
-        except Exception as err:  # torch raises many types for damaged files
-            raise CodecError(f"cannot read {root / 'trainer.pt'}: corrupt or truncated "
-                             f"({type(err).__name__})") from None
         trainer = cls(model, config)
         trainer.optimizer.load_state_dict(state["optimizer"])
         trainer.step = int(state["step"])

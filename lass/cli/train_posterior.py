@@ -38,7 +38,7 @@ from lass.errors import DataError
 from lass.posterior import AmortisedPosterior, PosteriorConfig, elbo, load_posterior
 from lass.supervised import si_sdr_loss
 from priors.flow import FlowPrior, load_flow
-from vqvae.files import append_jsonl, write_bytes_atomic, write_text_atomic
+from vqvae.files import append_jsonl, read_trainer_state, write_bytes_atomic, write_text_atomic
 
 PROG = "lass-train-posterior"
 
@@ -126,7 +126,7 @@ def _main(argv: Sequence[str] | None) -> int:
         if model.config.stems != spec.stems or model.config.mix != spec.mix:
             raise DataError(f"the run in {out} separates {list(model.config.stems)}, not "
                             f"the priors' {list(spec.stems)}")
-        state = torch.load(out / "trainer.pt", map_location=device, weights_only=True)
+        state = read_trainer_state(out, DataError, device)
     else:
         torch.manual_seed(args.seed)
         model = AmortisedPosterior(PosteriorConfig(

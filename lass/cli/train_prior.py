@@ -53,7 +53,7 @@ from priors.baselines import baseline_bits
 from priors.train import PriorTrainConfig, PriorTrainer, TokenWindows
 from priors.transformer import TransformerPrior, TransformerPriorConfig, load_prior
 from vqvae import Codec, load_codec
-from vqvae.files import append_jsonl, write_text_atomic
+from vqvae.files import append_jsonl, read_trainer_state, write_text_atomic
 
 PROG = "lass-train-prior"
 
@@ -138,7 +138,7 @@ def _main_samples(args: argparse.Namespace, device: str, world: World) -> int:
     net: WaveNetPrior | FlowPrior
     if args.resume and (out / "trainer.pt").is_file():
         net = load(out / "model", device=device)
-        state = torch.load(str(out / "trainer.pt"), map_location=device, weights_only=True)
+        state = read_trainer_state(out, DataError, device)
     elif args.init is not None:  # a new run from saved weights: its architecture and stem
         net = load(args.init, device=device).train()
         if net.config.class_name != stem:

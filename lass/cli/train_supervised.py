@@ -37,7 +37,7 @@ from lass.data import StemDataset, chunk_samples, find_tracks, mix, mix_gain
 from lass.distributed import finish, init_world, parallel, rank_slice
 from lass.errors import DataError
 from lass.supervised import ConvTasNet, ConvTasNetConfig, load_supervised, si_sdr_loss
-from vqvae.files import append_jsonl, write_bytes_atomic, write_text_atomic
+from vqvae.files import append_jsonl, read_trainer_state, write_bytes_atomic, write_text_atomic
 
 PROG = "lass-train-supervised"
 
@@ -119,7 +119,7 @@ def _main(argv: Sequence[str] | None) -> int:
         if list(net.stems) != list(args.stems):
             raise DataError(f"the run in {out} separates {list(net.stems)}, not "
                             f"{list(args.stems)}")
-        state = torch.load(out / "trainer.pt", map_location=device, weights_only=True)
+        state = read_trainer_state(out, DataError, device)
     else:
         torch.manual_seed(args.seed)
         net = ConvTasNet(ConvTasNetConfig(
