@@ -91,3 +91,27 @@ def test_sampler_options_name_every_setting():
     assert sampled == ["--lam", "5.0", "--evidence-weight", "0.5", "--sampler", "ancestral",
                        "--candidates", "4", "--temperature", "1.5", "--combine", "mean",
                        "--mask-fft", "8192", "--mask-iterations", "1", "--shifts", "3"]
+
+
+def test_evidence_stage_passes_its_options_and_skips_a_done_stage(tmp_path, monkeypatch):
+    ran: list[list[str]] = []
+
+    def run(cmd, log, stage):
+        ran.append(cmd)
+        Path(cmd[cmd.index("--out") + 1]).write_bytes(b"model")
+
+    monkeypatch.setattr(bundle_stages, "run_stage", run)
+    log: dict = {}
+    out = bundle_stages.evidence_stage(tmp_path, Path("codec"), Path("data"), ("a", "b", "c"),
+                                       4.0, 6, ["--device", "cpu"], log,
+                                       ("--waveform", "--dilations", "1", "2"))
+    assert out == tmp_path / "evidence.npz"
+    cmd = ran[0]
+    assert cmd[0] == "lass-fit-evidence"
+    assert cmd[cmd.index("--sources") + 1: cmd.index("--sources") + 4] == ["a", "b", "c"]
+    assert cmd[cmd.index("--hours") + 1] == "4.0"
+    assert "--waveform" in cmd
+    assert cmd[cmd.index("--dilations") + 1: cmd.index("--dilations") + 3] == ["1", "2"]
+    bundle_stages.evidence_stage(tmp_path, Path("codec"), Path("data"), ("a", "b", "c"), 4.0,
+                                 6, [], log)
+    assert len(ran) == 1  # its output exists: not run again

@@ -72,17 +72,17 @@ def test_folders_replace_the_old_one_whole_or_leave_it(tmp_path):
 def test_a_trainer_state_is_read_or_refused_in_one_line(tmp_path):
     from vqvae.files import read_trainer_state
 
-    class Refused(Exception):
+    class RefusedError(Exception):
         pass
 
-    with pytest.raises(Refused, match="nothing to resume"):
-        read_trainer_state(tmp_path, Refused)
+    with pytest.raises(RefusedError, match="nothing to resume"):
+        read_trainer_state(tmp_path, RefusedError)
     save_torch_atomic(tmp_path / "trainer.pt", {"optimizer": {"lr": 1.0}, "step": 7})
-    assert read_trainer_state(tmp_path, Refused)["step"] == 7
+    assert read_trainer_state(tmp_path, RefusedError)["step"] == 7
     data = (tmp_path / "trainer.pt").read_bytes()
     (tmp_path / "trainer.pt").write_bytes(data[: len(data) // 2])
-    with pytest.raises(Refused, match="corrupt or truncated"):
-        read_trainer_state(tmp_path, Refused)
+    with pytest.raises(RefusedError, match="corrupt or truncated"):
+        read_trainer_state(tmp_path, RefusedError)
     save_torch_atomic(tmp_path / "trainer.pt", [1, 2])
-    with pytest.raises(Refused, match="not a trainer's state"):
-        read_trainer_state(tmp_path, Refused)
+    with pytest.raises(RefusedError, match="not a trainer's state"):
+        read_trainer_state(tmp_path, RefusedError)
