@@ -43,4 +43,6 @@ def test_lass_separate_toy_writes_four_stems_that_sum_to_the_input(tmp_path):
     np.testing.assert_allclose(sum(stems), x, atol=1e-5)
     info = json.loads((out / "toy" / "mix" / "separation.json").read_text())
     assert info["bundle"]["name"] == "toy"
-    assert info["settings"]["evidence_weight"] == 1.0
+    shipped = json.loads((resolve_bundle("toy") / "bundle.json").read_text())["sampler"]
+    assert info["settings"]["evidence_weight"] == shipped["evidence_weight"] > 0
+    assert info["settings"]["lam"] == shipped["lam"]
