@@ -551,21 +551,22 @@ class Separator:
             copies[:, k, off: off + n] = np.stack(xcs)
         rows = batch * len(offsets)
         t0 = time.perf_counter()
+        wave = torch.from_numpy(copies.reshape(rows, -1))
+        del copies
         with torch.no_grad():  # the encoder runs once: its outputs, then their codes
-            z = self.codec.latents_batched(torch.from_numpy(copies.reshape(rows, -1)).to(
-                self.device))
+            z = self.codec.latents_batched(wave.to(self.device))
             mix_codes = self.codec.quantise(z)
-        reads_wave = self.evidence is not None and self.evidence.hop > 0
-        wave = torch.from_numpy(copies.reshape(rows, -1)) if reads_wave else None
-        del copies  # the search reads tokens and latents (and the samples only if the
-        # evidence model reads them): a long input's copies are large
         latents = z.transpose(1, 2) if isinstance(self.likelihood, LatentLikelihood) else None
         evidence = None
-        if self.evidence is not None and s.evidence_weight > 0:
-            window, weight = self.evidence.window(z, wave=wave), s.evidence_weight
+        model = self.evidence if s.evidence_weight > 0 else None
+        if model is not None:
+            window = model.window(z, wave=wave if model.hop else None)
+            weight = s.evidence_weight
 
             def evidence(a: int, b: int) -> torch.Tensor:
                 return weight * window(a, b)
+        del wave  # the search reads tokens and latents (the samples only through a model
+        # that reads them): a long input's copies are large
         encode = (time.perf_counter() - t0) / batch
         t0 = time.perf_counter()
         # copy k of every input draws from its own generator, seeded seed + k

@@ -73,7 +73,7 @@ class TokenEvidence(nn.Module):
         if k < 2 or dim < 1 or width < 1 or not dilations or min(dilations) < 1 \
                 or n_sources < 1 or hop < 0:
             raise LikelihoodError("a token evidence model needs K >= 2, D, width, sources and "
-                                  "dilations >= 1")
+                                  "dilations >= 1, and a hop >= 0")
         self.n_sources, self.hop = int(n_sources), int(hop)
         self.k, self.dim, self.width = int(k), int(dim), int(width)
         self.dilations = tuple(int(d) for d in dilations)

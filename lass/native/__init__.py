@@ -10,7 +10,6 @@ where it does not build, the tensor code runs: :func:`native_error` says why).
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,6 @@ SEARCH = NativeLibrary("lass_native_search", Path(__file__).with_name("beam_sele
                        "lass_search", "the native beam choice")
 
 
-@functools.cache
 def beam_select() -> Any:
     """``torch.ops.lass_search.beam_select``, built if need be, or None where it cannot be
     built or loaded: then :func:`native_error` gives the reason."""

@@ -11,7 +11,6 @@ TorchScript step runs (:func:`native_error` says why it did not build).
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 import platform
@@ -137,7 +136,6 @@ def build_dir() -> Path:
     return STEP.build_dir()
 
 
-@functools.cache
 def native_step() -> Any:
     """``torch.ops.lass_native.token_step``, built if need be, or None where it cannot be
     built or loaded: then :func:`native_error` gives the reason."""
