@@ -536,6 +536,30 @@ class Separator:
                 results[i] = r
         return [results[i] for i in range(len(inputs))]
 
+    def separate_each(self, waves: Sequence[np.ndarray | torch.Tensor], sample_rate: int,
+                      settings: SeparationSettings | None = None,
+                      progress: Callable[[float, float], None] | None = None
+                      ) -> list[SeparationResult | LassError]:
+        """:meth:`separate_many`, but one bad input does not cost the others their results.
+
+        ``waves``: each ``(time,)`` or ``(channels, time)`` at ``sample_rate``. The inputs
+        are separated together first; when that raises a :class:`LassError` (an input that
+        is silent, too short, not finite, ...), they are separated again one by one. Returns,
+        per input, its :class:`SeparationResult` or the error of that input alone.
+        """
+        try:
+            return list(self.separate_many(waves, sample_rate, settings, progress))
+        except LassError as err:
+            if len(waves) == 1:
+                return [err]
+        out: list[SeparationResult | LassError] = []
+        for wave in waves:
+            try:
+                out.append(self.separate_many([wave], sample_rate, settings, progress)[0])
+            except LassError as err:
+                out.append(err)
+        return out
+
     def _separate_group(self, inputs: list[np.ndarray], xcs: list[np.ndarray], sample_rate: int,
                         s: SeparationSettings, channels: list[tuple[np.ndarray, str]],
                         progress: Callable[[int, int], None] | None = None

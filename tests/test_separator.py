@@ -432,6 +432,24 @@ def test_separate_many_batches_equal_lengths_and_matches_one_at_a_time(bundle, k
     assert sep.separate_many([], SR) == []
 
 
+def test_separate_each_keeps_the_good_inputs_of_a_batch_with_a_bad_one(bundle):
+    sep = Separator.from_pretrained(bundle).with_settings(sampler=BeamSearch(2))
+    good = [mixture(0.25, seed=3), mixture(0.25, seed=5)]
+    bad = np.full(good[0].shape, np.nan)
+    with pytest.raises(LassError):
+        sep.separate_many([good[0], bad, good[1]], SR)
+    got = sep.separate_each([good[0], bad, good[1]], SR)
+    assert isinstance(got[1], LassError) and "finite" in str(got[1])
+    for wave, result in zip(good, (got[0], got[2]), strict=True):
+        assert not isinstance(result, LassError)
+        alone = sep.separate_detailed(wave, SR)
+        for stem in sep.stems:
+            np.testing.assert_array_equal(result.tokens[stem], alone.tokens[stem])
+    assert sep.separate_each(good, SR)[0].timings["batch"] == 2  # together when all are good
+    single = sep.separate_each([bad], SR)
+    assert len(single) == 1 and isinstance(single[0], LassError)
+
+
 def test_cli_batches_inputs_and_isolates_a_failing_one(bundle, tmp_path, capsys, monkeypatch):
     names = {"a": mixture(0.25, seed=3), "b": mixture(0.25, seed=5), "c": mixture(0.2, seed=6)}
     poison = mixture(0.25, seed=8)

@@ -366,11 +366,17 @@ def _main(argv: Sequence[str] | None) -> int:
         if clip:
             bar.write(f"{PROG}: warning: {path.name}: {clip}", file=sys.stderr)
 
-    def separate(waves: list[np.ndarray], rate: int) -> list[SeparationResult]:
+    def separate(waves: list[np.ndarray], rate: int) -> list[SeparationResult | LassError]:
         """Inputs ``(channels, time)`` -> their separations (stems ``(channels, time)``, or
-        ``(time,)`` for one channel), with a bar in seconds of audio and its ETA."""
+        ``(time,)`` for one channel) or each one's error, with a bar in seconds of audio."""
         if not isinstance(separator, Separator):
-            return [separator.separate_detailed(w.mean(axis=0), rate, settings) for w in waves]
+            out: list[SeparationResult | LassError] = []
+            for w in waves:
+                try:
+                    out.append(separator.separate_detailed(w.mean(axis=0), rate, settings))
+                except LassError as err:
+                    out.append(err)
+            return out
         seconds = sum(w.shape[1] for w in waves) / rate
         audio = tqdm(total=round(seconds, 1), desc="  search", unit="s audio", file=sys.stderr,
                      dynamic_ncols=True, leave=False, disable=quiet,
@@ -382,16 +388,10 @@ def _main(argv: Sequence[str] | None) -> int:
             audio.refresh()
 
         try:
-            return separator.separate_many([w[0] if w.shape[0] == 1 else w for w in waves],
+            return separator.separate_each([w[0] if w.shape[0] == 1 else w for w in waves],
                                            rate, settings, progress)
         finally:
             audio.close()
-
-    def attempt(wave: np.ndarray, rate: int) -> SeparationResult | LassError:
-        try:
-            return separate([wave], rate)[0]
-        except LassError as err:
-            return err
 
     batch = args.batch if isinstance(separator, Separator) else 1
     for first in range(0, len(files), batch):
@@ -406,11 +406,7 @@ def _main(argv: Sequence[str] | None) -> int:
                 bar.update(1)
         for rate, items in loaded.items():
             start = time.perf_counter()
-            results: list[SeparationResult | LassError]
-            try:
-                results = list(separate([w for _, w, _ in items], rate))
-            except LassError as err:  # one bad input spoils its batch: one by one then
-                results = [err] if len(items) == 1 else [attempt(w, rate) for _, w, _ in items]
+            results = separate([w for _, w, _ in items], rate)
             seconds = (time.perf_counter() - start) / len(items)
             for (path, wave, mono), result in zip(items, results, strict=True):
                 try:
