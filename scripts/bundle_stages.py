@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from lass.bundle import sha256_path
+from vqvae.files import write_json_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -213,13 +214,23 @@ def bundle_report(bundle: Path, best: dict[str, Any]) -> None:
     print(f"bundle {bundle}: {len(files)} files, {total / 1e6:.1f} MB; settings {best}")
 
 
-def install(bundle: Path, name: str) -> None:
+def install(bundle: Path, name: str, share_codec_with: str | None = None) -> None:
     """Copy a built bundle into the package (``lass/bundles/NAME``, replacing what is there)
-    and print the rows of its table in ``checkpoints.md``."""
+    and print the rows of its table in ``checkpoints.md``. With ``share_codec_with``, a
+    codec identical (sha256) to that shipped bundle's is not copied: bundle.json names the
+    other bundle's codec (``../OTHER/codec``), so the package carries it once."""
     target = ROOT / "lass" / "bundles" / name
     if target.exists():
         shutil.rmtree(target)
     shutil.copytree(bundle, target)
+    if share_codec_with is not None:
+        spec_path = target / "bundle.json"
+        spec = json.loads(spec_path.read_text())
+        shared = ROOT / "lass" / "bundles" / share_codec_with / "codec"
+        if spec["codec"]["sha256"] == sha256_path(shared):
+            shutil.rmtree(target / spec["codec"]["path"])
+            spec["codec"]["path"] = f"../{share_codec_with}/codec"
+            write_json_atomic(spec_path, spec)
     for f in target.rglob("*"):
         f.chmod(0o755 if f.is_dir() else 0o644)  # readable by all, as a package's files
     print("| file | bytes | sha256 |\n|---|---|---|")

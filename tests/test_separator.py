@@ -439,7 +439,8 @@ def test_separate_each_keeps_the_good_inputs_of_a_batch_with_a_bad_one(bundle):
     with pytest.raises(LassError):
         sep.separate_many([good[0], bad, good[1]], SR)
     got = sep.separate_each([good[0], bad, good[1]], SR)
-    assert isinstance(got[1], LassError) and "finite" in str(got[1])
+    assert isinstance(got[1], LassError)
+    assert "finite" in str(got[1])
     for wave, result in zip(good, (got[0], got[2]), strict=True):
         assert not isinstance(result, LassError)
         alone = sep.separate_detailed(wave, SR)
@@ -447,7 +448,8 @@ def test_separate_each_keeps_the_good_inputs_of_a_batch_with_a_bad_one(bundle):
             np.testing.assert_array_equal(result.tokens[stem], alone.tokens[stem])
     assert sep.separate_each(good, SR)[0].timings["batch"] == 2  # together when all are good
     single = sep.separate_each([bad], SR)
-    assert len(single) == 1 and isinstance(single[0], LassError)
+    assert len(single) == 1
+    assert isinstance(single[0], LassError)
 
 
 def test_cli_batches_inputs_and_isolates_a_failing_one(bundle, tmp_path, capsys, monkeypatch):
