@@ -236,6 +236,27 @@ def combine_candidates(mixture: np.ndarray, candidates: np.ndarray, combine: str
     return output_stems(mixture, used, output, mask_fft, mask_iterations)
 
 
+def separate_each(separate_many: Callable[[list[Any]], list[SeparationResult]],
+                  waves: Sequence[Any]) -> list[SeparationResult | LassError]:
+    """Separate ``waves`` together with ``separate_many`` (any separator's, bound to its
+    rate and settings) so that one bad input does not cost the others their results: when
+    the batch raises a :class:`LassError` (an input that is silent, too short, not finite,
+    ...), the inputs are separated again one by one. Returns, per input, its
+    :class:`SeparationResult` or the error of that input alone."""
+    try:
+        return list(separate_many(list(waves)))
+    except LassError as err:
+        if len(waves) == 1:
+            return [err]
+    out: list[SeparationResult | LassError] = []
+    for wave in waves:
+        try:
+            out.append(separate_many([wave])[0])
+        except LassError as err:
+            out.append(err)
+    return out
+
+
 class SeparatesAudio(Protocol):
     """What every separator offers (LASS's :class:`Separator`,
     :class:`lass.langevin.LangevinSeparator`, :class:`lass.posterior.PosteriorSeparator`):
@@ -540,25 +561,10 @@ class Separator:
                       settings: SeparationSettings | None = None,
                       progress: Callable[[float, float], None] | None = None
                       ) -> list[SeparationResult | LassError]:
-        """:meth:`separate_many`, but one bad input does not cost the others their results.
-
-        ``waves``: each ``(time,)`` or ``(channels, time)`` at ``sample_rate``. The inputs
-        are separated together first; when that raises a :class:`LassError` (an input that
-        is silent, too short, not finite, ...), they are separated again one by one. Returns,
-        per input, its :class:`SeparationResult` or the error of that input alone.
-        """
-        try:
-            return list(self.separate_many(waves, sample_rate, settings, progress))
-        except LassError as err:
-            if len(waves) == 1:
-                return [err]
-        out: list[SeparationResult | LassError] = []
-        for wave in waves:
-            try:
-                out.append(self.separate_many([wave], sample_rate, settings, progress)[0])
-            except LassError as err:
-                out.append(err)
-        return out
+        """:meth:`separate_many`, but one bad input does not cost the others their results
+        (:func:`separate_each`). ``waves``: each ``(time,)`` or ``(channels, time)``."""
+        return separate_each(
+            lambda some: self.separate_many(some, sample_rate, settings, progress), waves)
 
     def _separate_group(self, inputs: list[np.ndarray], xcs: list[np.ndarray], sample_rate: int,
                         s: SeparationSettings, channels: list[tuple[np.ndarray, str]],

@@ -8,7 +8,14 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from lass.bundle import default_bundle_path, read_bundle, sha256_path
+from lass.bundle import (
+    BundleSpec,
+    default_bundle_path,
+    read_bundle,
+    resolve_bundle,
+    sha256_path,
+    shipped_bundles,
+)
 from lass.cli.separate import main as separate_main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,6 +38,22 @@ def listed_files(bundle: str) -> dict[str, str]:
     section = next(s for s in sections if s.startswith(f"Shipped inside the package: the "
                                                        f"{bundle} bundle"))
     return dict(re.findall(r"\| `([^`]+)` \| \d+ \| `([0-9a-f]{64})` \|", section))
+
+
+def check_shipped(name: str, stems: tuple[str, ...]) -> BundleSpec:
+    """Read the shipped bundle ``name`` (every component's sha256 checked) and check that it
+    is found by name among the shipped bundles, separates ``stems`` at 22050 Hz from their
+    mean, and lists every one of its files with its sha256 in checkpoints.md."""
+    spec = read_bundle(name)
+    assert spec.stems == stems
+    assert spec.sample_rate == 22050
+    assert spec.mix == "mean"
+    root = resolve_bundle(name)
+    assert root == shipped_bundles() / name
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    assert listed_files(name) == {p.relative_to(root).as_posix(): sha256_path(p)
+                                  for p in files}
+    return spec
 
 
 def test_separate_with_no_model_writes_drums_and_bass(tmp_path, capsys):

@@ -7,24 +7,16 @@ import json
 import numpy as np
 import soundfile as sf
 
-from lass.bundle import read_bundle, resolve_bundle, sha256_path, shipped_bundles
+from lass.bundle import resolve_bundle, shipped_bundles
 from lass.cli.separate import main as separate_main
 from lass.data import ToyData, mix
-from tests.test_default_bundle import listed_files
+from tests.test_default_bundle import check_shipped
 
 STEMS = ("sine", "sawtooth", "square", "triangle")
 
 
 def test_toy_bundle_is_found_by_name_and_listed_with_hashes():
-    spec = read_bundle("toy")  # checks every component's sha256
-    assert spec.stems == STEMS
-    assert spec.sample_rate == 22050
-    assert spec.mix == "mean"
-    root = resolve_bundle("toy")
-    files = sorted(p for p in root.rglob("*") if p.is_file())
-    assert listed_files("toy") == {p.relative_to(root).as_posix(): sha256_path(p)
-                                   for p in files}
-    assert root == shipped_bundles() / "toy"
+    check_shipped("toy", STEMS)
     total = sum(p.stat().st_size for p in shipped_bundles().rglob("*") if p.is_file())
     assert total < 80 * 1000 * 1000
 

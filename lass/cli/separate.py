@@ -39,7 +39,13 @@ from lass.errors import DataError, LassError
 from lass.langevin import LangevinSeparator
 from lass.output import CLIP_MODES, check_template, output_format, save_stems
 from lass.posterior import PosteriorSeparator
-from lass.separator import MAX_CHANNELS, SeparationResult, SeparationSettings, Separator
+from lass.separator import (
+    MAX_CHANNELS,
+    SeparationResult,
+    SeparationSettings,
+    Separator,
+    separate_each,
+)
 from lass.settings import add_setting_options, apply_options, given_options
 
 PROG = "lass-separate"
@@ -370,13 +376,8 @@ def _main(argv: Sequence[str] | None) -> int:
         """Inputs ``(channels, time)`` -> their separations (stems ``(channels, time)``, or
         ``(time,)`` for one channel) or each one's error, with a bar in seconds of audio."""
         if not isinstance(separator, Separator):
-            out: list[SeparationResult | LassError] = []
-            for w in waves:
-                try:
-                    out.append(separator.separate_detailed(w.mean(axis=0), rate, settings))
-                except LassError as err:
-                    out.append(err)
-            return out
+            return separate_each(lambda some: separator.separate_many(
+                [w.mean(axis=0) for w in some], rate, settings), waves)
         seconds = sum(w.shape[1] for w in waves) / rate
         audio = tqdm(total=round(seconds, 1), desc="  search", unit="s audio", file=sys.stderr,
                      dynamic_ncols=True, leave=False, disable=quiet,
