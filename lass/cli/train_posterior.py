@@ -177,12 +177,13 @@ def _main(argv: Sequence[str] | None) -> int:
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             opt.step()
             step += 1
+            elbo_value = float(value.detach())
             bar.update(1)
-            bar.set_postfix(elbo=f"{float(value):.3f}")
+            bar.set_postfix(elbo=f"{elbo_value:.3f}")
             if not world.main:
                 continue
             if step % 10 == 0 or step == args.steps:
-                append_jsonl(log, {"kind": "train", "step": step, "elbo": float(value),
+                append_jsonl(log, {"kind": "train", "step": step, "elbo": elbo_value,
                                    **parts, "lr": lr})
             if step % args.valid_every == 0 or step == args.steps:
                 last = validate(model, valid_mix.to(device), valid_src.to(device))

@@ -169,12 +169,13 @@ def _main(argv: Sequence[str] | None) -> int:
             torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
             opt.step()
             step += 1
+            train_si_sdr = -float(loss.detach())
             bar.update(1)
-            bar.set_postfix(si_sdr=f"{-float(loss):.2f}")
+            bar.set_postfix(si_sdr=f"{train_si_sdr:.2f}")
             if not world.main:  # rank 0 alone validates and writes
                 continue
             if step % 10 == 0 or step == args.steps:
-                append_jsonl(log, {"kind": "train", "step": step, "si_sdr": -float(loss),
+                append_jsonl(log, {"kind": "train", "step": step, "si_sdr": train_si_sdr,
                                    "lr": lr})
             if step % args.valid_every == 0 or step == args.steps:
                 last = validate(net, valid_mix.to(device), valid_target.to(device))
