@@ -70,8 +70,8 @@ PRIOR = ["--context", "256", "--width", "192", "--layers", "3", "--heads", "4", 
          "1", "--steps", "1500"]
 COUNT_HOURS = 6.0
 COUNT_MIN = 2
-EVIDENCE_HOURS = 4.0
-EVIDENCE_EPOCHS = 6
+EVIDENCE_HOURS = 8.0
+EVIDENCE_EPOCHS = 4
 EVIDENCE_OPTIONS = ("--waveform", "--dilations", "1", "2", "4", "8", "16")
 PRIOR_TOP = 16  # a 4 x 4 x 4 x 4 grid of the sources' likeliest tokens per step
 SMOOTHING = ("votes", 1.0)
@@ -79,7 +79,8 @@ BEAMS = 10
 SAMPLES = 10
 TUNING = Tuning(
     grid=((6.0, 1.0), (0.0, 2.0), (3.0, 2.0), (6.0, 2.0), (10.0, 2.0), (6.0, 3.0), (6.0, 4.0),
-          (10.0, 4.0), (3.0, 6.0), (6.0, 6.0), (6.0, 8.0), (10.0, 8.0)),
+          (10.0, 4.0), (3.0, 6.0), (6.0, 6.0), (6.0, 8.0), (10.0, 8.0), (6.0, 12.0),
+          (6.0, 16.0)),
     mixtures=24, seconds=1.0, beams=BEAMS, samples=SAMPLES, temperatures=(1.0, 1.5),
     sampler_gain_db=0.2,
     mask_grid=((2048, 0), (4096, 0), (8192, 0), (4096, 1), (8192, 1)), gain_db=0.2)
