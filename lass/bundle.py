@@ -35,7 +35,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -277,9 +277,34 @@ def read_posterior_bundle(name_or_path: str | os.PathLike[str] | None, verify: b
                                description=str(raw.get("description", "")))
 
 
-def _write_folder_bundle(out: Path, parts: Mapping[str, Path], meta: dict[str, Any]) -> Path:
-    """Copy ``parts`` (bundle folder name -> source folder) into the new bundle ``out`` with
-    ``bundle.json`` = ``meta`` (written beside ``out`` and renamed into place)."""
+def store_half(folder: str | os.PathLike[str]) -> int:
+    """Rewrite every ``*.safetensors`` file in ``folder`` with its float32 tensors stored as
+    float16 (other dtypes unchanged); returns the number of tensors converted. Loading is
+    unchanged: ``load_state_dict`` copies them into the float32 parameters, so a model is
+    computed in float32 from weights rounded to float16 (half the bytes on disk)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    converted = 0
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        tensors = load_file(str(path))
+        out = {}
+        for key, value in tensors.items():
+            if value.dtype == torch.float32:
+                value = value.to(torch.float16)
+                converted += 1
+            out[key] = value.contiguous()
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(out, str(tmp))
+        os.replace(tmp, path)
+    return converted
+
+
+def _write_folder_bundle(out: Path, parts: Mapping[str, Path],
+                         meta: Callable[[Path], dict[str, Any]], half: bool = False) -> Path:
+    """Copy ``parts`` (bundle folder name -> source folder) into the new bundle ``out``
+    (weights stored as float16 when ``half``; see :func:`store_half`) with ``bundle.json`` =
+    ``meta(staging folder)`` (written beside ``out`` and renamed into place)."""
     import shutil
 
     if out.exists():
@@ -288,7 +313,9 @@ def _write_folder_bundle(out: Path, parts: Mapping[str, Path], meta: dict[str, A
     def fill(tmp: Path) -> None:
         for folder, src in parts.items():
             shutil.copytree(src, tmp / folder)
-        write_text_atomic(tmp / BUNDLE_FILE, json.dumps(meta, indent=1) + "\n")
+            if half:
+                store_half(tmp / folder)
+        write_text_atomic(tmp / BUNDLE_FILE, json.dumps(meta(tmp), indent=1) + "\n")
 
     return write_dir_atomically(out, fill, replace=False)
 
@@ -296,10 +323,11 @@ def _write_folder_bundle(out: Path, parts: Mapping[str, Path], meta: dict[str, A
 def make_langevin_bundle(out: str | os.PathLike[str], *,
                          priors: Mapping[str, str | os.PathLike[str]], mix: str,
                          langevin: dict[str, Any], name: str | None = None,
-                         description: str = "") -> Path:
+                         description: str = "", half: bool = False) -> Path:
     """A Langevin bundle in the new folder ``out``: one saved WaveNet or flow prior per stem
     (their sample rates must agree) and the schedule's entry (see
-    :func:`lass.langevin.schedule_from_json`, which checks it)."""
+    :func:`lass.langevin.schedule_from_json`, which checks it); ``half`` stores the weights
+    as float16 (:func:`store_half`)."""
     from lass.data.mixing import check_mix_rule
     from lass.langevin import load_langevin_prior, schedule_from_json
 
@@ -314,28 +342,37 @@ def make_langevin_bundle(out: str | os.PathLike[str], *,
     schedule_from_json(langevin, max(int(getattr(n, "receptive_field", 0))
                                      for n in nets.values()))
     parts = {f"prior-{stem}": Path(path) for stem, path in priors.items()}
-    meta = {"format_version": 1, "method": "langevin", "name": name or out.name,
-            "description": description, "sample_rate": rates.pop(), "stems": list(priors),
-            "mix": mix, "priors": {stem: {"path": f"prior-{stem}",
-                                          "sha256": sha256_path(path)}
-                                   for stem, path in priors.items()},
-            "langevin": langevin}
-    return _write_folder_bundle(out, parts, meta)
+    rate = rates.pop()
+
+    def meta(tmp: Path) -> dict[str, Any]:
+        return {"format_version": 1, "method": "langevin", "name": name or out.name,
+                "description": description, "sample_rate": rate, "stems": list(priors),
+                "mix": mix, "priors": {stem: {"path": f"prior-{stem}",
+                                              "sha256": sha256_path(tmp / f"prior-{stem}")}
+                                       for stem in priors},
+                "langevin": langevin}
+
+    return _write_folder_bundle(out, parts, meta, half)
 
 
 def make_posterior_bundle(out: str | os.PathLike[str], *, posterior: str | os.PathLike[str],
-                          name: str | None = None, description: str = "") -> Path:
+                          name: str | None = None, description: str = "",
+                          half: bool = False) -> Path:
     """A posterior bundle in the new folder ``out`` from a saved amortised posterior (its
-    stems, rate and mixing rule)."""
+    stems, rate and mixing rule); ``half`` stores the weights as float16
+    (:func:`store_half`)."""
     from lass.posterior import load_posterior
 
     out = Path(out)
     cfg = load_posterior(posterior).config
-    meta = {"format_version": 1, "method": "posterior", "name": name or out.name,
-            "description": description, "sample_rate": cfg.sample_rate,
-            "stems": list(cfg.stems), "mix": cfg.mix,
-            "posterior": {"path": "posterior", "sha256": sha256_path(posterior)}}
-    return _write_folder_bundle(out, {"posterior": Path(posterior)}, meta)
+
+    def meta(tmp: Path) -> dict[str, Any]:
+        return {"format_version": 1, "method": "posterior", "name": name or out.name,
+                "description": description, "sample_rate": cfg.sample_rate,
+                "stems": list(cfg.stems), "mix": cfg.mix,
+                "posterior": {"path": "posterior", "sha256": sha256_path(tmp / "posterior")}}
+
+    return _write_folder_bundle(out, {"posterior": Path(posterior)}, meta, half)
 
 
 def read_langevin_bundle(name_or_path: str | os.PathLike[str] | None, verify: bool = True

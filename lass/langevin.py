@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from lass.data.mixing import check_mix_rule, mix, mix_gain
+from lass.data.mixing import check_mix_rule, mix, mix_gain, sum_to_input
 from lass.errors import LassError
 
 if TYPE_CHECKING:
@@ -230,7 +230,9 @@ class LangevinSeparator:
          "langevin": {"schedule": "pnf", "steps": 256, "window": 20000}}
 
     ``separate_detailed`` has the signature of :meth:`lass.separator.Separator.separate_detailed`
-    (``lass-separate --method langevin`` uses it); the output is the last level's samples.
+    (``lass-separate --method langevin`` uses it); the stems are the last level's samples as
+    contributions (scaled by the mixing rule's gain), made to add up to the input by giving
+    each an equal share of what they miss (:func:`lass.data.mixing.sum_to_input`).
     """
 
     def __init__(self, priors: dict[str, Any], stems: tuple[str, ...], sample_rate: int,
@@ -293,8 +295,10 @@ class LangevinSeparator:
                                     self.mix_rule, generator=gen).cpu().numpy()
             share = (time.perf_counter() - t0) / len(group)
             for row, i in enumerate(group):
-                stems = {s: resample(gain * est[row, k], self.sample_rate, sample_rate,
-                                     inputs[i].shape[0]) for k, s in enumerate(self.stems)}
+                outs = sum_to_input(np.stack([
+                    resample(gain * est[row, k], self.sample_rate, sample_rate,
+                             inputs[i].shape[0]) for k in range(len(self.stems))]), inputs[i])
+                stems = dict(zip(self.stems, outs, strict=True))
                 results[i] = SeparationResult(
                     stems=stems, sample_rate=sample_rate, tokens={},
                     candidates=np.stack([stems[s] for s in self.stems])[None],

@@ -37,7 +37,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from lass.data.mixing import check_mix_rule, mix, mix_gain
+from lass.data.mixing import check_mix_rule, mix, mix_gain, sum_to_input
 from lass.errors import LassError
 from vqvae.files import write_dir_atomically
 
@@ -204,8 +204,9 @@ class PosteriorSeparator:
 
     ``separate_detailed`` has the signature of
     :meth:`lass.separator.Separator.separate_detailed`; the stems are the posterior means,
-    as contributions (scaled by the mixing rule's gain, so they sum to the input), computed
-    in windows of ``window`` samples.
+    as contributions (scaled by the mixing rule's gain), made to add up to the input exactly
+    by giving each an equal share of what they miss (:func:`lass.data.mixing.sum_to_input`),
+    computed in windows of ``window`` samples.
     """
 
     def __init__(self, posterior: AmortisedPosterior, bundle: Any = None,
@@ -263,8 +264,10 @@ class PosteriorSeparator:
             est = torch.cat(parts, dim=-1).cpu().numpy()  # (batch, N, time)
             share = (time.perf_counter() - t0) / len(group)
             for row, i in enumerate(group):
-                stems = {s: resample(gain * est[row, k], self.sample_rate, sample_rate,
-                                     inputs[i].shape[0]) for k, s in enumerate(self.stems)}
+                outs = sum_to_input(np.stack([
+                    resample(gain * est[row, k], self.sample_rate, sample_rate,
+                             inputs[i].shape[0]) for k in range(len(self.stems))]), inputs[i])
+                stems = dict(zip(self.stems, outs, strict=True))
                 results[i] = SeparationResult(
                     stems=stems, sample_rate=sample_rate, tokens={},
                     candidates=np.stack([stems[s] for s in self.stems])[None],

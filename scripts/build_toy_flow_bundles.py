@@ -10,19 +10,21 @@ mean. Stages (each is skipped when its output exists; the trainings resume when
 interrupted; the numbers go to ``WORK/build.json``):
 
 1. ``flows``: ``lass-train-prior --kind flow`` for each source (``FLOW``: 3 blocks of 4
-   flows, couplings of 4 layers and 32 channels; windows of 2048 samples; noise levels
+   flows, couplings of 4 layers and 16 channels; windows of 2048 samples; noise levels
    log-uniform over ``SIGMA_BINS``; ``FLOW_STEPS`` steps).
-2. ``langevin``: on ``TUNE_MIXTURES`` validation mixtures of ``SECONDS`` (never test), the
-   mean SI-SDR of each Langevin schedule of ``SCHEDULES``, from plain SGLD at the flows'
+2. ``langevin``: on ``TUNE_MIXTURES`` validation mixtures of ``TUNE_SECONDS`` (never
+   test), the mean SI-SDR of each Langevin schedule of ``SCHEDULES``, from plain SGLD at the flows'
    smallest noise level (the thesis' Algorithm 2) to annealing from ``SIGMA_START`` down to
    it; the best is the `toy-flow` bundle's. Both kinds are reported, which says whether
    plain SGLD mixes.
 3. ``posterior``: ``lass-train-posterior`` against the flows (``POSTERIOR``,
    ``POSTERIOR_STEPS`` steps).
-4. ``report``: ``lass-evaluate`` on ``REPORT_MIXTURES`` test mixtures of ``SECONDS``: the
-   average, the oracle (the codec's, through the shipped `toy` LASS bundle), LASS with the
-   `toy` bundle, Langevin with the flows and the posterior; ``WORK/report.json``.
-5. ``assemble``: ``WORK/toy-flow`` and ``WORK/toy-posterior``; ``--install`` copies them to
+4. ``report``: ``lass-evaluate`` on ``REPORT_MIXTURES`` test mixtures of
+   ``REPORT_SECONDS``: the average, the oracle (the codec's, through the shipped `toy` LASS
+   bundle), LASS with the `toy` bundle and Langevin with the flows in ``WORK/report.json``
+   (``--until langevin`` stops after it), the posterior in ``WORK/report-posterior.json``.
+5. ``assemble``: ``WORK/toy-flow`` and ``WORK/toy-posterior``, their weights stored as
+   float16 (computed in float32; half the bytes); ``--install`` copies them to
    ``lass/bundles/`` and prints the rows of ``checkpoints.md``.
 
 ``--quick`` shrinks every stage to a few steps and mixtures (a rehearsal of the commands).
@@ -45,17 +47,19 @@ ROOT = Path(__file__).resolve().parent.parent
 STEMS = ("sine", "sawtooth", "square", "triangle")
 ITEMS = 3000
 SIGMA_BINS = (0.1, 64.0)  # noise levels of the flows, in bins of 1/128
-FLOW = ["--blocks", "3", "--flows", "4", "--flow-layers", "4", "--flow-hidden", "32",
+FLOW = ["--blocks", "3", "--flows", "4", "--flow-layers", "4", "--flow-hidden", "16",
         "--samples", "2048", "--batch", "16", "--lr", "1e-3"]
 FLOW_STEPS = 4000
 SIGMA_START = 0.25  # where annealing starts (signal units; the sources reach 1.0)
-SECONDS = 0.5
-TUNE_MIXTURES = 12
-REPORT_MIXTURES = 48
-POSTERIOR = ["--samples", "2048", "--batch", "8", "--hidden", "64", "--layers", "10",
+LANGEVIN_STEPS = 200
+TUNE_SECONDS = 0.25
+TUNE_MIXTURES = 8
+REPORT_SECONDS = 0.5
+REPORT_MIXTURES = 16
+POSTERIOR = ["--samples", "2048", "--batch", "8", "--hidden", "32", "--layers", "10",
              "--cycle", "10", "--gamma", "1e4", "--lr", "1e-3"]
-POSTERIOR_STEPS = 4000
-LASS_METHOD = "lass-ancestral-mask-mean"  # the shipped toy bundle's method
+POSTERIOR_STEPS = 2500
+LASS_METHOD = "lass-beam-mask"  # the shipped toy bundle's method
 FLOW_DESCRIPTION = ("ToyData's four oscillators (sine, sawtooth, square, triangle) by "
                     "Langevin dynamics with one noise-conditioned flow prior per source "
                     "(the thesis' method); 22.05 kHz mono, mixture = mean.")
@@ -66,18 +70,19 @@ POSTERIOR_DESCRIPTION = ("ToyData's four oscillators (sine, sawtooth, square, tr
 
 
 def schedules(sigma_min: float, quick: bool) -> dict[str, dict[str, Any]]:
-    """The Langevin schedules the build compares: plain SGLD at the smallest noise level
-    and annealing down to it, each at two step sizes and mixture weights."""
-    steps = 4 if quick else 400
+    """The Langevin schedules the build compares, each of ``LANGEVIN_STEPS`` updates: plain
+    SGLD at the flows' smallest noise level (the thesis' Algorithm 2) at two step sizes, and
+    annealing from ``SIGMA_START`` down to it (10 levels) at two mixture weights."""
+    steps = 4 if quick else LANGEVIN_STEPS
     out: dict[str, dict[str, Any]] = {}
-    for eta in (0.02, 0.1):
+    for eta in (0.1, 0.5):
         out[f"sgld-eta{eta:g}"] = {"schedule": "sgld", "sigma": sigma_min, "steps": steps,
                                    "eta": eta * sigma_min**2, "gamma": 1 / sigma_min**2}
-        for gamma in (1.0, 15.0):
-            out[f"annealed-eta{eta:g}-gamma{gamma:g}"] = {
-                "schedule": "annealed", "start": SIGMA_START, "stop": sigma_min,
-                "levels": 2 if quick else 20, "steps": 2 if quick else 20,
-                "eta_scale": eta, "eta_ref": 1.0, "gamma_scale": gamma}
+    for gamma in (1.0, 15.0):
+        out[f"annealed-eta0.1-gamma{gamma:g}"] = {
+            "schedule": "annealed", "start": SIGMA_START, "stop": sigma_min,
+            "levels": 2 if quick else 10, "steps": 2 if quick else steps // 10,
+            "eta_scale": 0.1, "eta_ref": 1.0, "gamma_scale": gamma}
     return out
 
 
@@ -89,6 +94,8 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--quick", action="store_true", help="a rehearsal: a few steps each")
     p.add_argument("--install", action="store_true")
+    p.add_argument("--until", choices=("flows", "langevin", "posterior"), default=None,
+                   help="stop after this stage")
     args = p.parse_args()
     work: Path = args.work
     work.mkdir(parents=True, exist_ok=True)
@@ -112,6 +119,8 @@ def main() -> None:
                       + (["--resume"] if (out / "trainer.pt").is_file() else []),
                       log, f"flow-{stem}")
     build.save()
+    if args.until == "flows":
+        return
     priors = {s: work / f"flow-{s}" / "model" for s in STEMS}
     sigma_min = SIGMA_BINS[0] / 128
     toy = ROOT / "lass" / "bundles" / "toy"
@@ -126,7 +135,7 @@ def main() -> None:
         make_langevin_bundle(candidate, priors=priors, mix="mean", langevin=schedule,
                              name="toy-flow", description=FLOW_DESCRIPTION)
         summary = evaluate_summary(toy, data, "valid", work / f"tune-{name}.json",
-                                   ["langevin"], mixtures, SECONDS,
+                                   ["langevin"], mixtures, TUNE_SECONDS,
                                    ["--langevin", str(candidate)])
         tune[name] = {"schedule": schedule,
                       "si_sdr": summary["langevin"]["si_sdr"]["avg mean"]}
@@ -139,7 +148,15 @@ def main() -> None:
         shutil.rmtree(flow_bundle)
     make_langevin_bundle(flow_bundle, priors=priors, mix="mean",
                          langevin=tune[best]["schedule"], name="toy-flow",
-                         description=FLOW_DESCRIPTION)
+                         description=FLOW_DESCRIPTION, half=True)
+    # Two results files: the Langevin run does not wait for the posterior's training.
+    mixtures, seconds = (2, 0.1) if quick else (REPORT_MIXTURES, REPORT_SECONDS)
+    summary = evaluate_summary(
+        toy, data, "test", work / "report.json",
+        ["average", "oracle-mask", LASS_METHOD, "langevin"], mixtures, seconds,
+        ["--langevin", str(flow_bundle)])
+    if args.until == "langevin":
+        return
     posterior = work / "posterior"
     posterior_steps = 3 if quick else POSTERIOR_STEPS
     done = posterior / "summary.json"
@@ -149,16 +166,16 @@ def main() -> None:
                    "--seed", "0", *dev]
                   + (["--resume"] if (posterior / "trainer.pt").is_file() else []),
                   log, "posterior")
+    if args.until == "posterior":
+        return
     posterior_bundle = work / "toy-posterior"
     if posterior_bundle.exists():
         shutil.rmtree(posterior_bundle)
     make_posterior_bundle(posterior_bundle, posterior=posterior / "model",
-                          name="toy-posterior", description=POSTERIOR_DESCRIPTION)
-    summary = evaluate_summary(
-        toy, data, "test", work / "report.json",
-        ["average", "oracle-mask", LASS_METHOD, "langevin", "posterior"],
-        2 if quick else REPORT_MIXTURES, SECONDS,
-        ["--langevin", str(flow_bundle), "--posterior", str(posterior_bundle)])
+                          name="toy-posterior", description=POSTERIOR_DESCRIPTION, half=True)
+    summary |= evaluate_summary(toy, data, "test", work / "report-posterior.json",
+                                ["posterior"], mixtures, seconds,
+                                ["--posterior", str(posterior_bundle)])
     log["report"] = {m: {"si_sdr": summary[m]["si_sdr"], "seconds": summary[m]["seconds"]}
                      for m in summary}
     build.save()

@@ -90,6 +90,53 @@ def test_posterior_saves_loads_and_separates_into_contributions(tmp_path):
         load_posterior(tmp_path / "post")
 
 
+def test_half_storage_halves_the_weights_and_keeps_the_outputs(tmp_path):
+    """Bundles made with ``half=True`` store float16 weights (about half the bytes), verify
+    their sha256, load into float32 models and give outputs within float16 rounding of the
+    float32 originals; non-float buffers (the flows' ``initialised``) are kept."""
+    from priors.flow import FlowConfig, FlowPrior, load_flow
+
+    torch.manual_seed(0)
+    model = AmortisedPosterior(PosteriorConfig(stems=("a", "b"), sample_rate=8000,
+                                               hidden=16, layers=3, cycle=2))
+    for enc in model.encoders:
+        assert isinstance(enc, Encoder)
+        torch.nn.init.normal_(enc.end.weight, std=0.1)
+    model.save(tmp_path / "post")
+    full = make_posterior_bundle(tmp_path / "full", posterior=tmp_path / "post")
+    half = make_posterior_bundle(tmp_path / "half", posterior=tmp_path / "post", half=True)
+    size = {b: (b / "posterior" / "model.safetensors").stat().st_size for b in (full, half)}
+    assert size[half] < 0.6 * size[full]
+    spec = read_posterior_bundle(half)  # the sha256 is that of the stored float16 files
+    m = torch.randn(3, 200) * 0.1
+    a = load_posterior(full / "posterior")(m)[0]
+    b = load_posterior(spec.posterior)(m)[0]
+    assert next(load_posterior(spec.posterior).parameters()).dtype == torch.float32
+    torch.testing.assert_close(b, a, atol=2e-3, rtol=2e-3)
+    assert not torch.equal(a, b)  # the weights were really rounded
+
+    priors = {}
+    for stem in ("a", "b"):
+        flow = FlowPrior(FlowConfig(blocks=2, flows=2, layers=2, hidden=8, sample_rate=8000))
+        flow.train()
+        flow(0.1 * torch.randn(4, 64), 0.01)  # initialises the normalisations
+        for c in flow.couplings:
+            for q in c.parameters():
+                torch.nn.init.normal_(q, std=0.05)
+        flow.save(tmp_path / f"flow-{stem}")
+        priors[stem] = tmp_path / f"flow-{stem}"
+    sgld = {"schedule": "sgld", "sigma": 0.001, "steps": 5, "eta": 1e-5, "gamma": 100.0}
+    lfull = make_langevin_bundle(tmp_path / "lfull", priors=priors, mix="mean", langevin=sgld)
+    lhalf = make_langevin_bundle(tmp_path / "lhalf", priors=priors, mix="mean", langevin=sgld,
+                                 half=True)
+    assert load_separator(lhalf) is not None  # sha256 verified on load
+    x = 0.1 * torch.randn(2, 64)
+    fa, fb = load_flow(lfull / "prior-a"), load_flow(lhalf / "prior-a")
+    assert bool(fb.norms[0].initialised)
+    torch.testing.assert_close(fb.log_prob(x, 0.01), fa.log_prob(x, 0.01), rtol=1e-2, atol=0.5)
+    torch.testing.assert_close(fb.inverse(fb(x, 0.01)[0], 0.01), x, atol=1e-5, rtol=1e-5)
+
+
 def test_untrained_posterior_stems_are_shares_that_sum_to_the_input(tmp_path):
     model = AmortisedPosterior(PosteriorConfig(stems=("a", "b"), sample_rate=8000, hidden=4,
                                                layers=1))

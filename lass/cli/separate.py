@@ -31,7 +31,15 @@ import soundfile as sf
 from tqdm import tqdm
 
 from lass import __version__
-from lass.bundle import bundle_method
+from lass.bundle import (
+    BundleSpec,
+    LangevinBundleSpec,
+    PosteriorBundleSpec,
+    bundle_method,
+    read_bundle,
+    read_langevin_bundle,
+    read_posterior_bundle,
+)
 from lass.cli import EXIT_ERROR, run_cli
 from lass.cli.common import resolve_device
 from lass.data.audio import read_any, rms_db
@@ -221,7 +229,7 @@ def track_folders(files: Sequence[Path]) -> dict[Path, Path]:
 def list_models() -> list[dict[str, Any]]:
     """The embedded bundles and those under ``$LASS_BUNDLES``: name, where, stems, sample
     rate, size in MB and description (one entry per readable bundle)."""
-    from lass.bundle import BUNDLE_FILE, BUNDLES_ENV, read_bundle, shipped_bundles
+    from lass.bundle import BUNDLE_FILE, BUNDLES_ENV, shipped_bundles
 
     folders = [("embedded", shipped_bundles())]
     if os.environ.get(BUNDLES_ENV):
@@ -235,7 +243,8 @@ def list_models() -> list[dict[str, Any]]:
                 continue
             size = round(sum(f.stat().st_size for f in d.rglob("*") if f.is_file()) / 1e6, 1)
             try:
-                if bundle_method(d) == "image":
+                method = bundle_method(d)
+                if method == "image":
                     from lass.images import read_image_bundle
 
                     image = read_image_bundle(d, verify=False)
@@ -243,13 +252,17 @@ def list_models() -> list[dict[str, Any]]:
                                 "sample_rate": None, "mb": size,
                                 "description": image.description})
                     continue
-                spec = read_bundle(d, verify=False)
+                spec: BundleSpec | LangevinBundleSpec | PosteriorBundleSpec = (
+                    read_langevin_bundle(d, verify=False) if method == "langevin"
+                    else read_posterior_bundle(d, verify=False) if method == "posterior"
+                    else read_bundle(d, verify=False))
             except LassError as err:
                 out.append({"name": d.name, "where": where, "error": str(err)})
                 continue
             out.append({"name": spec.name, "where": where, "stems": list(spec.stems),
                         "sample_rate": spec.sample_rate, "mb": size,
-                        "description": spec.description})
+                        "description": spec.description,
+                        **({"method": method} if method != "lass" else {})})
     return out
 
 
@@ -262,7 +275,9 @@ def _print_models() -> None:
             print(f"{m['name']} ({m['where']}): unreadable: {m['error']}")
             continue
         rate = f"{m['sample_rate']} Hz" if m["sample_rate"] else "images"
-        print(f"{m['name']} ({m['where']}): {', '.join(m['stems'])}; {rate}; {m['mb']} MB")
+        method = f"; {m['method']}" if m.get("method") else ""
+        print(f"{m['name']} ({m['where']}): {', '.join(m['stems'])}; {rate}{method}; "
+              f"{m['mb']} MB")
         if m["description"]:
             print(f"    {m['description']}")
 

@@ -50,3 +50,12 @@ def mix_gain(num_sources: int, rule: str = "mean") -> float:
     if num_sources < 1:
         raise DataError("a mixture needs at least one source")
     return 1.0 / num_sources if rule == "mean" else 1.0
+
+
+def sum_to_input(stems: np.ndarray, total: np.ndarray) -> np.ndarray:
+    """The contributions nearest to ``stems: (N, time)`` (least squares) that add up to
+    ``total: (time,)``: each stem gets an equal share of what they miss. Separators whose
+    estimates do not add up exactly (Langevin chains, posterior means) return these."""
+    stems = np.asarray(stems, dtype=np.float32)
+    missing = np.asarray(total, dtype=np.float32) - stems.sum(axis=0)
+    return stems + missing[None] / stems.shape[0]
