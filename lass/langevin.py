@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from lass.data.mixing import check_mix_rule, mix, mix_gain, sum_to_input
+from lass.data.mixing import check_mix_rule, mix, mix_gain
 from lass.errors import LassError
 
 if TYPE_CHECKING:
@@ -270,7 +270,7 @@ class LangevinSeparator:
         """Several inputs; those of one length run as one batch of chains (each input's
         result is the one it gets alone only up to the noise drawn for it)."""
         from lass.data.audio import resample
-        from lass.separator import SeparationResult
+        from lass.separator import waveform_result
 
         inputs = []
         for wave in waves:
@@ -295,12 +295,6 @@ class LangevinSeparator:
                                     self.mix_rule, generator=gen).cpu().numpy()
             share = (time.perf_counter() - t0) / len(group)
             for row, i in enumerate(group):
-                outs = sum_to_input(np.stack([
-                    resample(gain * est[row, k], self.sample_rate, sample_rate,
-                             inputs[i].shape[0]) for k in range(len(self.stems))]), inputs[i])
-                stems = dict(zip(self.stems, outs, strict=True))
-                results[i] = SeparationResult(
-                    stems=stems, sample_rate=sample_rate, tokens={},
-                    candidates=np.stack([stems[s] for s in self.stems])[None],
-                    score=float("nan"), fallback_steps=0, timings={"langevin": share})
+                results[i] = waveform_result(est[row], self.stems, gain, self.sample_rate,
+                                             inputs[i], sample_rate, "langevin", share)
         return [r for r in results if r is not None]

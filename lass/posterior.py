@@ -37,7 +37,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from lass.data.mixing import check_mix_rule, mix, mix_gain, sum_to_input
+from lass.data.mixing import check_mix_rule, mix, mix_gain
 from lass.errors import LassError
 from vqvae.files import write_dir_atomically
 
@@ -240,7 +240,7 @@ class PosteriorSeparator:
                       settings: Any = None) -> list[SeparationResult]:
         """Several inputs; those of one length run as one batch (the same stems as alone)."""
         from lass.data.audio import resample
-        from lass.separator import SeparationResult
+        from lass.separator import waveform_result
 
         inputs = []
         for wave in waves:
@@ -264,12 +264,6 @@ class PosteriorSeparator:
             est = torch.cat(parts, dim=-1).cpu().numpy()  # (batch, N, time)
             share = (time.perf_counter() - t0) / len(group)
             for row, i in enumerate(group):
-                outs = sum_to_input(np.stack([
-                    resample(gain * est[row, k], self.sample_rate, sample_rate,
-                             inputs[i].shape[0]) for k in range(len(self.stems))]), inputs[i])
-                stems = dict(zip(self.stems, outs, strict=True))
-                results[i] = SeparationResult(
-                    stems=stems, sample_rate=sample_rate, tokens={},
-                    candidates=np.stack([stems[s] for s in self.stems])[None],
-                    score=float("nan"), fallback_steps=0, timings={"posterior": share})
+                results[i] = waveform_result(est[row], self.stems, gain, self.sample_rate,
+                                             inputs[i], sample_rate, "posterior", share)
         return [r for r in results if r is not None]

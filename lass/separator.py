@@ -35,7 +35,7 @@ import torch
 
 from lass.bundle import BundleSpec, read_bundle
 from lass.data.audio import resample as resample_to
-from lass.data.mixing import check_mix_rule, mix, mix_gain
+from lass.data.mixing import check_mix_rule, mix, mix_gain, sum_to_input
 from lass.errors import LassError
 from lass.sampling import TokenSeparation, separate_tokens
 from lass.settings import (  # noqa: F401  (re-exported: the separator's settings)
@@ -95,6 +95,21 @@ class SeparationResult:
     fallback_steps: int
     timings: dict[str, float]
     shift: int = 0
+
+
+def waveform_result(estimates: np.ndarray, stems: Sequence[str], gain: float, model_rate: int,
+                    wave: np.ndarray, sample_rate: int, method: str, seconds: float
+                    ) -> SeparationResult:
+    """The result of a separator that estimates sources as waveforms (Langevin chains,
+    posterior means): ``estimates: (N, time at model_rate)`` in source units, scaled by the
+    mixing rule's ``gain`` to contributions, resampled to the input ``wave: (time,)`` at
+    ``sample_rate`` and made to add up to it (:func:`lass.data.mixing.sum_to_input`);
+    ``seconds`` is recorded as the timing of ``method``."""
+    parts = sum_to_input(np.stack([resample_to(gain * e, model_rate, sample_rate,
+                                               wave.shape[0]) for e in estimates]), wave)
+    return SeparationResult(stems=dict(zip(stems, parts, strict=True)), sample_rate=sample_rate,
+                            tokens={}, candidates=parts[None], score=float("nan"),
+                            fallback_steps=0, timings={method: seconds})
 
 
 def shift_offsets(shifts: int, hop: int) -> list[int]:

@@ -13,10 +13,10 @@ interrupted; the numbers go to ``WORK/build.json``):
    flows, couplings of 4 layers and 16 channels; windows of 2048 samples; noise levels
    log-uniform over ``SIGMA_BINS``; ``FLOW_STEPS`` steps).
 2. ``langevin``: on ``TUNE_MIXTURES`` validation mixtures of ``TUNE_SECONDS`` (never
-   test), the mean SI-SDR of each Langevin schedule of ``SCHEDULES``, from plain SGLD at the flows'
-   smallest noise level (the thesis' Algorithm 2) to annealing from ``SIGMA_START`` down to
-   it; the best is the `toy-flow` bundle's. Both kinds are reported, which says whether
-   plain SGLD mixes.
+   test), the mean SI-SDR of each Langevin schedule of ``schedules()``, from plain SGLD at
+   the flows' smallest noise level (the thesis' Algorithm 2) to annealing from
+   ``SIGMA_START`` down to it; the best is the `toy-flow` bundle's. Both kinds are
+   reported, which says whether plain SGLD mixes.
 3. ``posterior``: ``lass-train-posterior`` against the flows (``POSTERIOR``,
    ``POSTERIOR_STEPS`` steps).
 4. ``report``: ``lass-evaluate`` on ``REPORT_MIXTURES`` test mixtures of
